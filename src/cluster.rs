@@ -1,0 +1,206 @@
+//! What the planner may read besides the Workflow itself: ConfigMaps (artifact repositories and
+//! the Argo controller's config) and Secrets (credentials). Filled from manifests by the CLI and
+//! from the API server by the controller; the lookups here are pure.
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use serde::Deserialize;
+
+use crate::error::ResolveError;
+use crate::model::{
+    ANNOTATION_DEFAULT_REPOSITORY, ArtifactLocation, SecretKeySelector, Workflow,
+};
+
+/// The ConfigMap holding namespace-level artifact repositories (Argo's default name).
+pub const REPOSITORIES_CONFIGMAP: &str = "artifact-repositories";
+
+/// Where Argo's workflow-controller keeps its config (the global artifact repository).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerConfigRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Default for ControllerConfigRef {
+    fn default() -> Self {
+        Self {
+            namespace: "argo".into(),
+            name: "workflow-controller-configmap".into(),
+        }
+    }
+}
+
+/// ConfigMaps and Secrets by namespace and name.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterState {
+    config_maps: HashMap<(String, String), ConfigMap>,
+    secrets: HashMap<(String, String), Secret>,
+    pub controller_config: ControllerConfigRef,
+}
+
+fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// A repository as a ConfigMap value holds it (`s3: {...}`, `archiveLogs`, ...).
+#[derive(Debug, Deserialize)]
+struct ControllerConfig {
+    #[serde(default, rename = "artifactRepository")]
+    artifact_repository: Option<ArtifactLocation>,
+}
+
+impl ClusterState {
+    pub fn new(controller_config: ControllerConfigRef) -> Self {
+        Self {
+            controller_config,
+            ..Default::default()
+        }
+    }
+
+    pub fn insert_config_map(&mut self, cm: ConfigMap) {
+        self.config_maps.insert(key_of(&cm.metadata), cm);
+    }
+
+    pub fn insert_secret(&mut self, secret: Secret) {
+        self.secrets.insert(key_of(&secret.metadata), secret);
+    }
+
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<&ConfigMap> {
+        self.config_maps
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// One value of a Secret in the workflow's namespace. Argo reads credentials only there,
+    /// and so does artgc, whichever namespace the repository config came from.
+    pub fn secret_value(
+        &self,
+        namespace: &str,
+        selector: &SecretKeySelector,
+        field: &str,
+    ) -> Result<Vec<u8>, ResolveError> {
+        let secret = self
+            .secrets
+            .get(&(namespace.to_string(), selector.name.clone()))
+            .ok_or_else(|| {
+                ResolveError::Secret(format!(
+                    "{field}: Secret {namespace}/{} not found",
+                    selector.name
+                ))
+            })?;
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&selector.key))
+            .ok_or_else(|| {
+                ResolveError::Secret(format!(
+                    "{field}: Secret {namespace}/{} has no key {:?}",
+                    selector.name, selector.key
+                ))
+            })?;
+        Ok(value.0.clone())
+    }
+
+    /// The artifact repository a workflow uses for artifacts without a complete location:
+    /// the one frozen into its status when it started, else resolved as Argo resolves it.
+    pub fn repository_for(&self, wf: &Workflow) -> Result<ArtifactLocation, ResolveError> {
+        if let Some(repo) = wf
+            .status
+            .artifact_repository_ref
+            .as_ref()
+            .and_then(|r| r.artifact_repository.as_ref())
+        {
+            return Ok(repo.clone());
+        }
+        let ns = wf.namespace();
+        let spec_ref = wf.spec.artifact_repository_ref.as_ref().or_else(|| {
+            wf.stored_spec()
+                .and_then(|s| s.artifact_repository_ref.as_ref())
+        });
+        match spec_ref {
+            Some(r) => {
+                let cm_name = r
+                    .config_map
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or(REPOSITORIES_CONFIGMAP);
+                let key = r.key.as_deref().filter(|s| !s.is_empty());
+                for lookup_ns in [ns, self.controller_config.namespace.as_str()] {
+                    if let Some(cm) = self.config_map(lookup_ns, cm_name) {
+                        return repository_in(cm, key, "spec.artifactRepositoryRef");
+                    }
+                }
+                Err(ResolveError::Repository(format!(
+                    "spec.artifactRepositoryRef: ConfigMap {cm_name:?} not found in namespace {ns} or {}",
+                    self.controller_config.namespace
+                )))
+            }
+            None => {
+                if let Some(cm) = self.config_map(ns, REPOSITORIES_CONFIGMAP) {
+                    return repository_in(cm, None, "namespace default repository");
+                }
+                self.controller_repository()
+            }
+        }
+    }
+
+    /// `artifactRepository` from the workflow-controller ConfigMap, either as its own data key
+    /// or inside the older single `config` key.
+    pub fn controller_repository(&self) -> Result<ArtifactLocation, ResolveError> {
+        let ControllerConfigRef { namespace, name } = &self.controller_config;
+        let missing = || {
+            ResolveError::Repository(format!(
+                "no artifact repository: no artifactRepositoryRef, no {REPOSITORIES_CONFIGMAP} ConfigMap in the workflow's namespace, and no artifactRepository in ConfigMap {namespace}/{name}"
+            ))
+        };
+        let cm = self.config_map(namespace, name).ok_or_else(missing)?;
+        let data = cm.data.as_ref().ok_or_else(missing)?;
+        let bad = |field: &str, e: serde_saphyr::Error| {
+            ResolveError::Repository(format!("ConfigMap {namespace}/{name} {field}: {e}"))
+        };
+        if let Some(text) = data.get("artifactRepository") {
+            return serde_saphyr::from_str::<ArtifactLocation>(text)
+                .map_err(|e| bad("data.artifactRepository", e));
+        }
+        if let Some(text) = data.get("config") {
+            let cfg = serde_saphyr::from_str::<ControllerConfig>(text)
+                .map_err(|e| bad("data.config", e))?;
+            return cfg.artifact_repository.ok_or_else(missing);
+        }
+        Err(missing())
+    }
+}
+
+/// The repository under `key` (or the annotated default key) of an `artifact-repositories`
+/// style ConfigMap.
+fn repository_in(
+    cm: &ConfigMap,
+    key: Option<&str>,
+    field: &str,
+) -> Result<ArtifactLocation, ResolveError> {
+    let (ns, name) = key_of(&cm.metadata);
+    let default_key = cm
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_DEFAULT_REPOSITORY))
+        .map(String::as_str);
+    let key = key.or(default_key).ok_or_else(|| {
+        ResolveError::Repository(format!(
+            "{field}: ConfigMap {ns}/{name} names no key and has no {ANNOTATION_DEFAULT_REPOSITORY} annotation"
+        ))
+    })?;
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| {
+            ResolveError::Repository(format!("{field}: ConfigMap {ns}/{name} has no key {key:?}"))
+        })?;
+    serde_saphyr::from_str::<ArtifactLocation>(text).map_err(|e| {
+        ResolveError::Repository(format!("{field}: ConfigMap {ns}/{name} key {key:?}: {e}"))
+    })
+}

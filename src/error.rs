@@ -1,0 +1,54 @@
+//! Error types, one per layer, each with a short stable `category()` for metric labels, Event
+//! reasons and scripts. Messages name the object and field; categories never do.
+
+use thiserror::Error;
+
+/// Input that could not be read or understood.
+#[derive(Debug, Error, Clone)]
+pub enum InputError {
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error("{field}: {reason}")]
+    Field { field: String, reason: String },
+    #[error(
+        "node status is offloaded to Argo's database (status.offloadNodeStatusVersion {version}); artgc cannot read it, so this workflow is not plannable"
+    )]
+    Offloaded { version: String },
+}
+
+impl InputError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Parse { .. } => "parse",
+            Self::Io { .. } => "io",
+            Self::Field { .. } => "invalid_field",
+            Self::Offloaded { .. } => "offloaded",
+        }
+    }
+}
+
+/// Why one artifact's location, repository or credentials could not be resolved.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    #[error("{0}")]
+    Location(String),
+    #[error("{0}")]
+    Repository(String),
+    #[error("{0}")]
+    Secret(String),
+    #[error("{0}")]
+    Strategy(String),
+}
+
+impl ResolveError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Location(_) => "location",
+            Self::Repository(_) => "repository",
+            Self::Secret(_) => "secret",
+            Self::Strategy(_) => "invalid_strategy",
+        }
+    }
+}

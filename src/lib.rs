@@ -1,0 +1,18 @@
+//! artgc: garbage collection of Argo Workflows artifacts.
+//!
+//! The pure core decides ([`plan`], fed by [`model`], [`nodes`], [`cluster`], [`location`]);
+//! the edges do IO ([`manifests`] reads files, [`store`] talks S3, [`execute`] carries a plan
+//! out); [`cli`] is a thin front end over both.
+
+pub mod cli;
+pub mod cluster;
+pub mod error;
+pub mod execute;
+pub mod location;
+pub mod manifests;
+pub mod model;
+pub mod nodes;
+pub mod plan;
+pub mod report;
+pub mod store;
+pub mod telemetry;

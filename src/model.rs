@@ -1,0 +1,423 @@
+//! The parts of Argo's `Workflow` that artifact GC reads.
+//!
+//! Only the fields artgc needs, every one optional, unknown fields ignored, so objects from
+//! Argo 3.4 up to 4.x all parse. The controller writes back with patches on specific paths, never
+//! by re-serialising this model, so nothing it does not know about is lost.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Deserialize, Serialize};
+
+/// Label Argo sets to `"true"` once a workflow has finished.
+pub const LABEL_COMPLETED: &str = "workflows.argoproj.io/completed";
+/// Label naming the Argo controller instance that owns a workflow.
+pub const LABEL_INSTANCE_ID: &str = "workflows.argoproj.io/controller-instanceid";
+/// Annotation on an `artifact-repositories` ConfigMap naming its default key.
+pub const ANNOTATION_DEFAULT_REPOSITORY: &str = "workflows.argoproj.io/default-artifact-repository";
+/// The finalizer that holds a deleting workflow until its artifacts are gone.
+pub const FINALIZER_ARTIFACT_GC: &str = "workflows.argoproj.io/artifact-gc";
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workflow {
+    #[serde(default, deserialize_with = "null_default")]
+    pub metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "null_default")]
+    pub spec: WorkflowSpec,
+    #[serde(default, deserialize_with = "null_default")]
+    pub status: WorkflowStatus,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowSpec {
+    #[serde(default, deserialize_with = "null_default")]
+    pub templates: Vec<Template>,
+    #[serde(default, rename = "artifactGC")]
+    pub artifact_gc: Option<WorkflowArtifactGc>,
+    #[serde(default)]
+    pub artifact_repository_ref: Option<ArtifactRepositoryRef>,
+    #[serde(default)]
+    pub workflow_template_ref: Option<serde_json::Value>,
+    #[serde(default)]
+    pub arguments: Option<Arguments>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowArtifactGc {
+    #[serde(default)]
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub force_finalizer_removal: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactRepositoryRef {
+    #[serde(default)]
+    pub config_map: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Arguments {
+    #[serde(default, deserialize_with = "null_default")]
+    pub artifacts: Vec<Artifact>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Template {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub archive_location: Option<ArtifactLocation>,
+    #[serde(default)]
+    pub inputs: Option<IoArtifacts>,
+    #[serde(default)]
+    pub outputs: Option<IoArtifacts>,
+    /// Steps; only read to find inline templates.
+    #[serde(default)]
+    pub steps: Option<Vec<Vec<StepOrTask>>>,
+    #[serde(default)]
+    pub dag: Option<Dag>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Dag {
+    #[serde(default, deserialize_with = "null_default")]
+    pub tasks: Vec<StepOrTask>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct StepOrTask {
+    #[serde(default)]
+    pub inline: Option<Box<Template>>,
+}
+
+impl Template {
+    /// Templates defined inline in this template's steps or DAG tasks.
+    pub fn inline_templates(&self) -> impl Iterator<Item = &Template> {
+        let steps = self.steps.iter().flatten().flatten();
+        let tasks = self.dag.iter().flat_map(|d| d.tasks.iter());
+        steps.chain(tasks).filter_map(|s| s.inline.as_deref())
+    }
+
+    pub fn artifacts(&self) -> impl Iterator<Item = &Artifact> {
+        let inputs = self.inputs.iter().flat_map(|i| i.artifacts.iter());
+        inputs.chain(self.outputs.iter().flat_map(|o| o.artifacts.iter()))
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct IoArtifacts {
+    #[serde(default, deserialize_with = "null_default")]
+    pub artifacts: Vec<Artifact>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    #[serde(default, deserialize_with = "null_default")]
+    pub name: String,
+    #[serde(default, rename = "artifactGC")]
+    pub artifact_gc: Option<ArtifactGc>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub deleted: bool,
+    #[serde(flatten)]
+    pub location: ArtifactLocation,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ArtifactGc {
+    #[serde(default)]
+    pub strategy: Option<String>,
+}
+
+/// Where an artifact lives, or the base location of a repository / `archiveLocation`.
+/// One field per driver; Argo allows at most one to be set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactLocation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Location>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcs: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oss: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifactory: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hdfs: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<serde_json::Value>,
+}
+
+impl ArtifactLocation {
+    /// The driver in use other than S3, if any.
+    pub fn other_driver(&self) -> Option<&'static str> {
+        [
+            ("gcs", &self.gcs),
+            ("azure", &self.azure),
+            ("oss", &self.oss),
+            ("http", &self.http),
+            ("git", &self.git),
+            ("artifactory", &self.artifactory),
+            ("hdfs", &self.hdfs),
+            ("raw", &self.raw),
+            ("plugin", &self.plugin),
+        ]
+        .into_iter()
+        .find_map(|(name, v)| v.as_ref().map(|_| name))
+    }
+
+    /// Argo's `HasLocation` for S3: endpoint, bucket and key all set.
+    pub fn has_complete_s3(&self) -> bool {
+        self.s3.as_ref().is_some_and(S3Location::is_complete)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Location {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_secret: Option<SecretKeySelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_secret: Option<SecretKeySelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token_secret: Option<SecretKeySelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeySelector>,
+    #[serde(default, rename = "roleARN", skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    #[serde(default, rename = "useSDKCreds", skip_serializing_if = "Option::is_none")]
+    pub use_sdk_creds: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addressing_style: Option<String>,
+}
+
+/// Treats an explicit `null` like a missing field, as Go's JSON decoding does.
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+fn non_empty(s: &Option<String>) -> bool {
+    s.as_deref().is_some_and(|s| !s.is_empty())
+}
+
+impl S3Location {
+    pub fn is_complete(&self) -> bool {
+        non_empty(&self.endpoint) && non_empty(&self.bucket) && non_empty(&self.key)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+pub struct SecretKeySelector {
+    #[serde(default, deserialize_with = "null_default")]
+    pub name: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowStatus {
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default)]
+    pub nodes: Option<BTreeMap<String, NodeStatus>>,
+    #[serde(default)]
+    pub compressed_nodes: Option<String>,
+    #[serde(default)]
+    pub offload_node_status_version: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub stored_templates: BTreeMap<String, Template>,
+    #[serde(default)]
+    pub stored_workflow_template_spec: Option<WorkflowSpec>,
+    #[serde(default)]
+    pub artifact_repository_ref: Option<ArtifactRepositoryRefStatus>,
+    #[serde(default, rename = "artifactGCStatus")]
+    pub artifact_gc_status: Option<ArtifactGcStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactRepositoryRefStatus {
+    #[serde(default)]
+    pub config_map: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub artifact_repository: Option<ArtifactLocation>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactGcStatus {
+    #[serde(default, deserialize_with = "null_default")]
+    pub strategies_processed: BTreeMap<String, bool>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub pods_recouped: BTreeMap<String, bool>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub not_specified: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    #[serde(default, deserialize_with = "null_default")]
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, rename = "type")]
+    pub node_type: Option<String>,
+    #[serde(default)]
+    pub template_name: Option<String>,
+    #[serde(default)]
+    pub template_ref: Option<TemplateRef>,
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default)]
+    pub inputs: Option<IoArtifacts>,
+    #[serde(default)]
+    pub outputs: Option<IoArtifacts>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateRef {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub cluster_scope: Option<bool>,
+}
+
+impl Workflow {
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or("")
+    }
+
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.metadata.labels.as_ref()?.get(key).map(String::as_str)
+    }
+
+    pub fn is_being_deleted(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+    }
+
+    /// Finished in Argo's terms: a final phase and the `completed` label.
+    pub fn is_finished(&self) -> bool {
+        let final_phase = matches!(
+            self.status.phase.as_deref(),
+            Some("Succeeded" | "Failed" | "Error")
+        );
+        final_phase && self.label(LABEL_COMPLETED) == Some("true")
+    }
+
+    /// The spec the workflow runs with: its own, or the stored WorkflowTemplate spec.
+    pub fn stored_spec(&self) -> Option<&WorkflowSpec> {
+        self.status.stored_workflow_template_spec.as_ref()
+    }
+
+    /// The workflow-level strategy: spec, then the stored WorkflowTemplate spec.
+    pub fn workflow_strategy(&self) -> Option<&str> {
+        let own = self.spec.artifact_gc.as_ref().and_then(|g| g.strategy.as_deref());
+        let stored = || {
+            self.stored_spec()?
+                .artifact_gc
+                .as_ref()?
+                .strategy
+                .as_deref()
+        };
+        own.filter(|s| !s.is_empty())
+            .or_else(|| stored().filter(|s| !s.is_empty()))
+    }
+
+    pub fn force_finalizer_removal(&self) -> bool {
+        let own = self.spec.artifact_gc.as_ref().and_then(|g| g.force_finalizer_removal);
+        let stored = || self.stored_spec()?.artifact_gc.as_ref()?.force_finalizer_removal;
+        own.or_else(stored).unwrap_or(false)
+    }
+
+    /// Every template the workflow can run: own, stored WorkflowTemplate spec, stored
+    /// templateRef templates, and templates inlined in steps or DAG tasks of any of those.
+    pub fn all_templates(&self) -> Vec<&Template> {
+        let mut out: Vec<&Template> = Vec::new();
+        let top = self
+            .spec
+            .templates
+            .iter()
+            .chain(self.stored_spec().into_iter().flat_map(|s| s.templates.iter()))
+            .chain(self.status.stored_templates.values());
+        for t in top {
+            out.push(t);
+            let mut stack: Vec<&Template> = t.inline_templates().collect();
+            while let Some(inner) = stack.pop() {
+                out.push(inner);
+                stack.extend(inner.inline_templates());
+            }
+        }
+        out
+    }
+
+    /// The template a Pod node ran, as Argo finds it for GC: `templateName` in the workflow
+    /// (own templates, then the stored WorkflowTemplate spec), else `templateRef` in
+    /// `status.storedTemplates`.
+    pub fn template_of(&self, node: &NodeStatus) -> Option<&Template> {
+        if let Some(name) = node.template_name.as_deref().filter(|n| !n.is_empty()) {
+            let by_name = |ts: &'_ [Template]| -> Option<usize> {
+                ts.iter().position(|t| t.name.as_deref() == Some(name))
+            };
+            if let Some(i) = by_name(&self.spec.templates) {
+                return Some(&self.spec.templates[i]);
+            }
+            if let Some(spec) = self.stored_spec()
+                && let Some(i) = by_name(&spec.templates)
+            {
+                return Some(&spec.templates[i]);
+            }
+        }
+        let tref = node.template_ref.as_ref()?;
+        let (wt, t) = (tref.name.as_deref()?, tref.template.as_deref()?);
+        let scope = if tref.cluster_scope == Some(true) {
+            "cluster"
+        } else {
+            "namespaced"
+        };
+        let key = format!("{scope}/{wt}/{t}");
+        self.status.stored_templates.get(&key)
+    }
+}

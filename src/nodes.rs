@@ -1,0 +1,159 @@
+//! Node status storage: plain `status.nodes`, or `status.compressedNodes` when the object grew
+//! past Argo's size limit (base64 of gzip, zstd or brotli JSON, told apart by magic bytes as
+//! Argo's packer does), or offloaded to Argo's database.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::error::InputError;
+use crate::model::{NodeStatus, Workflow};
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// Bound on the decompressed size: Argo objects are capped near 1.5 MiB compressed, so this is
+/// generous and stops a decompression bomb.
+const MAX_DECOMPRESSED: u64 = 512 * 1024 * 1024;
+
+/// How a workflow's nodes were stored, so that a write-back can keep the same form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeEncoding {
+    Plain,
+    Gzip,
+    Zstd,
+    Brotli,
+}
+
+impl NodeEncoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+            Self::Brotli => "brotli",
+        }
+    }
+}
+
+/// The node map of a workflow and how it was stored.
+#[derive(Debug, Clone)]
+pub struct Nodes {
+    pub nodes: BTreeMap<String, NodeStatus>,
+    pub encoding: NodeEncoding,
+}
+
+/// Reads a workflow's node map, whichever way it is stored.
+pub fn workflow_nodes(wf: &Workflow) -> Result<Nodes, InputError> {
+    let status = &wf.status;
+    if let Some(nodes) = &status.nodes
+        && !nodes.is_empty()
+    {
+        return Ok(Nodes {
+            nodes: nodes.clone(),
+            encoding: NodeEncoding::Plain,
+        });
+    }
+    if let Some(packed) = status.compressed_nodes.as_deref().filter(|s| !s.is_empty()) {
+        let (json, encoding) = decompress(packed).map_err(|reason| InputError::Field {
+            field: "status.compressedNodes".into(),
+            reason,
+        })?;
+        let nodes = serde_json::from_slice::<BTreeMap<String, NodeStatus>>(&json).map_err(|e| {
+            InputError::Field {
+                field: "status.compressedNodes".into(),
+                reason: format!("decompressed data is not a node map: {e}"),
+            }
+        })?;
+        return Ok(Nodes { nodes, encoding });
+    }
+    if let Some(version) = status
+        .offload_node_status_version
+        .as_deref()
+        .filter(|v| !v.is_empty())
+    {
+        return Err(InputError::Offloaded {
+            version: version.to_string(),
+        });
+    }
+    Ok(Nodes {
+        nodes: BTreeMap::new(),
+        encoding: NodeEncoding::Plain,
+    })
+}
+
+/// Decodes `status.compressedNodes` to JSON bytes, detecting the compression by magic bytes.
+pub fn decompress(packed: &str) -> Result<(Vec<u8>, NodeEncoding), String> {
+    let raw = STANDARD
+        .decode(packed.trim())
+        .map_err(|e| format!("not valid base64: {e}"))?;
+    let mut out = Vec::new();
+    let encoding = if raw.starts_with(&GZIP_MAGIC) {
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .take(MAX_DECOMPRESSED)
+            .read_to_end(&mut out)
+            .map_err(|e| format!("gzip: {e}"))?;
+        NodeEncoding::Gzip
+    } else if raw.starts_with(&ZSTD_MAGIC) {
+        zstd::stream::read::Decoder::new(raw.as_slice())
+            .map_err(|e| format!("zstd: {e}"))?
+            .take(MAX_DECOMPRESSED)
+            .read_to_end(&mut out)
+            .map_err(|e| format!("zstd: {e}"))?;
+        NodeEncoding::Zstd
+    } else {
+        brotli::Decompressor::new(raw.as_slice(), 64 * 1024)
+            .take(MAX_DECOMPRESSED)
+            .read_to_end(&mut out)
+            .map_err(|e| format!("brotli: {e}"))?;
+        NodeEncoding::Brotli
+    };
+    Ok((out, encoding))
+}
+
+/// Encodes JSON bytes the way Argo stores `status.compressedNodes`.
+pub fn compress(json: &[u8], encoding: NodeEncoding) -> std::io::Result<String> {
+    let raw = match encoding {
+        NodeEncoding::Plain => json.to_vec(),
+        NodeEncoding::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            enc.write_all(json)?;
+            enc.finish()?
+        }
+        NodeEncoding::Zstd => zstd::stream::encode_all(json, 3)?,
+        NodeEncoding::Brotli => {
+            let mut out = Vec::new();
+            {
+                let mut enc = brotli::CompressorWriter::new(&mut out, 64 * 1024, 5, 22);
+                enc.write_all(json)?;
+            }
+            out
+        }
+    };
+    Ok(STANDARD.encode(raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_every_encoding() {
+        let json = br#"{"n1":{"id":"n1","type":"Pod"}}"#;
+        for enc in [NodeEncoding::Gzip, NodeEncoding::Zstd, NodeEncoding::Brotli] {
+            let packed = compress(json, enc).unwrap();
+            let (back, seen) = decompress(&packed).unwrap();
+            assert_eq!(seen, enc);
+            assert_eq!(back, json);
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decompress("!!!").unwrap_err().contains("base64"));
+        // valid base64, gzip magic, truncated body
+        let bad = STANDARD.encode([0x1f, 0x8b, 0x08, 0x00]);
+        assert!(decompress(&bad).unwrap_err().starts_with("gzip"));
+    }
+}

@@ -1,0 +1,527 @@
+//! The GC plan: for every output artifact of every Pod node, which strategy applies, whether it
+//! is due, where it lives, and what to do with it. Pure: no IO, no clock. The controller and the
+//! CLI both build and execute this same type.
+
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::cluster::ClusterState;
+use crate::error::{InputError, ResolveError};
+use crate::location::{self, Resolved, S3Connection, S3Target, TemplateLookup};
+use crate::manifests::WorkflowInput;
+use crate::model::{Artifact, Workflow};
+use crate::nodes::{NodeEncoding, workflow_nodes};
+
+/// When an artifact may be deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Strategy {
+    OnWorkflowCompletion,
+    OnWorkflowDeletion,
+    Never,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnWorkflowCompletion => "OnWorkflowCompletion",
+            Self::OnWorkflowDeletion => "OnWorkflowDeletion",
+            Self::Never => "Never",
+        }
+    }
+
+    /// `None` for unset (empty), an error for a value Argo does not know.
+    fn parse(value: Option<&str>) -> Result<Option<Self>, String> {
+        match value.unwrap_or_default() {
+            "" => Ok(None),
+            "OnWorkflowCompletion" => Ok(Some(Self::OnWorkflowCompletion)),
+            "OnWorkflowDeletion" => Ok(Some(Self::OnWorkflowDeletion)),
+            "Never" => Ok(Some(Self::Never)),
+            other => Err(format!(
+                "unknown strategy {other:?} (expected OnWorkflowCompletion, OnWorkflowDeletion or Never)"
+            )),
+        }
+    }
+}
+
+/// Which strategies a run acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StrategyFilter {
+    /// What the workflow's state makes due now: completed -> OnWorkflowCompletion; being
+    /// deleted -> both.
+    #[default]
+    Due,
+    /// OnWorkflowCompletion artifacts of finished workflows.
+    Completion,
+    /// OnWorkflowDeletion artifacts of finished workflows, deleted or not.
+    Deletion,
+    /// Both, for finished workflows.
+    All,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanOptions {
+    pub filter: StrategyFilter,
+}
+
+/// File or directory, as far as the key tells; the store may find a directory behind a key
+/// without a trailing `/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    File,
+    Directory,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Directory => "directory",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeepReason {
+    Never,
+    /// Another artifact that is not being deleted uses this key; names it.
+    Shared(String),
+    BucketRoot,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SkipReason {
+    AlreadyDeleted,
+    NotFinished(String),
+    NotSelected { strategy: Strategy },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Delete,
+    Keep(KeepReason),
+    Skip(SkipReason),
+    Unsupported(&'static str),
+    Error(ResolveError),
+}
+
+impl Decision {
+    pub fn action(&self) -> &'static str {
+        match self {
+            Self::Delete => "delete",
+            Self::Keep(_) => "keep",
+            Self::Skip(_) => "skip",
+            Self::Unsupported(_) => "unsupported",
+            Self::Error(_) => "error",
+        }
+    }
+
+    /// A short stable label: the keep reason, the error category, ...
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Delete => "due",
+            Self::Keep(KeepReason::Never) => "never",
+            Self::Keep(KeepReason::Shared(_)) => "shared",
+            Self::Keep(KeepReason::BucketRoot) => "bucket_root",
+            Self::Skip(SkipReason::AlreadyDeleted) => "already_deleted",
+            Self::Skip(SkipReason::NotFinished(_)) => "not_finished",
+            Self::Skip(SkipReason::NotSelected { .. }) => "not_due",
+            Self::Unsupported(_) => "unsupported_driver",
+            Self::Error(e) => e.category(),
+        }
+    }
+
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Delete => "due".into(),
+            Self::Keep(KeepReason::Never) => "strategy Never".into(),
+            Self::Keep(KeepReason::Shared(by)) => format!("shared: key also used by {by}"),
+            Self::Keep(KeepReason::BucketRoot) => {
+                "refused: key is empty or covers the whole bucket".into()
+            }
+            Self::Skip(SkipReason::AlreadyDeleted) => "already deleted".into(),
+            Self::Skip(SkipReason::NotFinished(phase)) => {
+                format!("workflow not finished (phase {phase}); its steps may still read it")
+            }
+            Self::Skip(SkipReason::NotSelected { strategy }) => match strategy {
+                Strategy::OnWorkflowDeletion => {
+                    "not due: OnWorkflowDeletion waits for the workflow's deletion".into()
+                }
+                s => format!("not selected: strategy {}", s.as_str()),
+            },
+            Self::Unsupported(driver) => format!("artgc cannot delete {driver} artifacts"),
+            Self::Error(e) => e.to_string(),
+        }
+    }
+}
+
+/// One output artifact of one Pod node.
+#[derive(Debug, Clone)]
+pub struct ArtifactPlan {
+    pub node: String,
+    /// Position in the node's `outputs.artifacts`, for recording the result.
+    pub index: usize,
+    pub name: String,
+    pub strategy: Strategy,
+    pub due: bool,
+    pub target: Option<S3Target>,
+    pub kind: Option<ObjectKind>,
+    /// Present exactly when the decision is `Delete`.
+    pub connection: Option<S3Connection>,
+    pub decision: Decision,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkflowPlan {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+    /// Set when the workflow could not be planned at all.
+    pub error: Option<InputError>,
+    pub node_encoding: Option<NodeEncoding>,
+    pub artifacts: Vec<ArtifactPlan>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GcPlan {
+    pub workflows: Vec<WorkflowPlan>,
+}
+
+impl GcPlan {
+    pub fn artifacts(&self) -> impl Iterator<Item = (&WorkflowPlan, &ArtifactPlan)> {
+        self.workflows
+            .iter()
+            .flat_map(|w| w.artifacts.iter().map(move |a| (w, a)))
+    }
+}
+
+/// A use of an S3 key that may keep another artifact from being deleted.
+#[derive(Debug, Clone)]
+struct KeyUse {
+    target: S3Target,
+    /// The planned artifact behind it (workflow, artifact); `None` for a use that is live
+    /// whatever this run decides (an unfinished workflow's inputs and templates).
+    owner: Option<(usize, usize)>,
+    label: String,
+}
+
+/// Builds the plan for every workflow of the input.
+pub fn plan(inputs: &[WorkflowInput], state: &ClusterState, opts: &PlanOptions) -> GcPlan {
+    let mut out = GcPlan::default();
+    let mut uses = Vec::new();
+    for input in inputs {
+        let w = out.workflows.len();
+        match input {
+            WorkflowInput::Valid(wf) => {
+                let wp = plan_workflow(wf, state, opts, w, &mut uses);
+                out.workflows.push(wp);
+            }
+            WorkflowInput::Invalid {
+                namespace,
+                name,
+                error,
+            } => out.workflows.push(WorkflowPlan {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                uid: None,
+                error: Some(error.clone()),
+                node_encoding: None,
+                artifacts: Vec::new(),
+            }),
+        }
+    }
+    keep_shared_keys(&mut out, &uses);
+    out
+}
+
+fn plan_workflow(
+    wf: &Workflow,
+    state: &ClusterState,
+    opts: &PlanOptions,
+    w: usize,
+    uses: &mut Vec<KeyUse>,
+) -> WorkflowPlan {
+    let mut wp = WorkflowPlan {
+        namespace: wf.namespace().to_string(),
+        name: wf.name().to_string(),
+        uid: wf.metadata.uid.clone(),
+        error: None,
+        node_encoding: None,
+        artifacts: Vec::new(),
+    };
+    let nodes = match workflow_nodes(wf) {
+        Ok(n) => n,
+        Err(e) => {
+            wp.error = Some(e);
+            return wp;
+        }
+    };
+    wp.node_encoding = Some(nodes.encoding);
+    let repo = OnceCell::new();
+    let repository = || repo.get_or_init(|| state.repository_for(wf)).clone();
+    let any_archive_location = wf
+        .all_templates()
+        .iter()
+        .any(|t| t.archive_location.as_ref().is_some_and(|a| a.has_complete_s3() || a.other_driver().is_some()));
+    let finished = wf.is_finished();
+    let deleting = wf.is_being_deleted();
+    let wf_strategy = Strategy::parse(wf.workflow_strategy());
+    let label = |node: &str, art: &str| {
+        format!("{}/{} artifact {art} (node {node})", wp.namespace, wp.name)
+    };
+
+    for (id, node) in &nodes.nodes {
+        let lookup = match wf.template_of(node) {
+            Some(t) => TemplateLookup::Found(t),
+            None => TemplateLookup::Unknown {
+                any_archive_location,
+            },
+        };
+        if !finished {
+            for art in node.inputs.iter().flat_map(|i| &i.artifacts) {
+                let field = format!("status.nodes[{id}].inputs.artifacts[{}]", art.name);
+                live_use(art, lookup, &field, &repository, label(id, &art.name), uses);
+            }
+        }
+        if node.node_type.as_deref() != Some("Pod") {
+            continue;
+        }
+        for (index, art) in node.outputs.iter().flat_map(|o| &o.artifacts).enumerate() {
+            let field = format!("status.nodes[{id}].outputs.artifacts[{}]", art.name);
+            let own = art.artifact_gc.as_ref().and_then(|g| g.strategy.as_deref());
+            let strategy = match own.filter(|s| !s.is_empty()) {
+                Some(s) => Strategy::parse(Some(s))
+                    .map_err(|e| format!("{field}.artifactGC.strategy: {e}")),
+                None => wf_strategy
+                    .clone()
+                    .map_err(|e| format!("spec.artifactGC.strategy: {e}")),
+            };
+            let resolved = location::resolve(art, lookup, &field, &repository);
+            let target = match &resolved {
+                Ok(Resolved::S3 { target, .. }) => Some(target.clone()),
+                _ => None,
+            };
+            let kind = target.as_ref().map(|t| {
+                if t.is_directory_key() {
+                    ObjectKind::Directory
+                } else {
+                    ObjectKind::File
+                }
+            });
+            let strategy_value = strategy.clone().ok().flatten().unwrap_or(Strategy::Never);
+            let selected = match (opts.filter, strategy_value) {
+                (_, Strategy::Never) => false,
+                (StrategyFilter::Due, Strategy::OnWorkflowCompletion) => true,
+                (StrategyFilter::Due, Strategy::OnWorkflowDeletion) => deleting,
+                (StrategyFilter::Completion, s) => s == Strategy::OnWorkflowCompletion,
+                (StrategyFilter::Deletion, s) => s == Strategy::OnWorkflowDeletion,
+                (StrategyFilter::All, _) => true,
+            };
+            let due = finished && selected && strategy.is_ok();
+            let mut connection = None;
+            let decision = if art.deleted {
+                Decision::Skip(SkipReason::AlreadyDeleted)
+            } else if let Err(e) = &strategy {
+                Decision::Error(ResolveError::Strategy(e.clone()))
+            } else if strategy_value == Strategy::Never {
+                Decision::Keep(KeepReason::Never)
+            } else if !finished {
+                let phase = wf.status.phase.clone().unwrap_or_else(|| "unknown".into());
+                Decision::Skip(SkipReason::NotFinished(phase))
+            } else if !selected {
+                Decision::Skip(SkipReason::NotSelected {
+                    strategy: strategy_value,
+                })
+            } else {
+                match resolved {
+                    Err(e) => Decision::Error(e),
+                    Ok(Resolved::Unsupported(d)) => Decision::Unsupported(d),
+                    Ok(Resolved::S3 { target, location }) => {
+                        if target.is_bucket_root() {
+                            Decision::Keep(KeepReason::BucketRoot)
+                        } else {
+                            match location::connection(state, wf.namespace(), &location, &field) {
+                                Ok(c) => {
+                                    connection = Some(c);
+                                    Decision::Delete
+                                }
+                                Err(e) => Decision::Error(e),
+                            }
+                        }
+                    }
+                }
+            };
+            if let Some(t) = &target
+                && !art.deleted
+            {
+                uses.push(KeyUse {
+                    target: t.clone(),
+                    owner: Some((w, wp.artifacts.len())),
+                    label: label(id, &art.name),
+                });
+            }
+            wp.artifacts.push(ArtifactPlan {
+                node: id.clone(),
+                index,
+                name: art.name.clone(),
+                strategy: strategy_value,
+                due,
+                target,
+                kind,
+                connection,
+                decision,
+            });
+        }
+    }
+    if !finished {
+        // A running workflow will read and write what its templates name.
+        for t in wf.all_templates() {
+            let tname = t.name.as_deref().unwrap_or("(inline)");
+            for art in t.artifacts() {
+                let field = format!("template {tname} artifact {}", art.name);
+                let l = format!("{}/{} template {tname} artifact {}", wp.namespace, wp.name, art.name);
+                live_use(art, TemplateLookup::Found(t), &field, &repository, l, uses);
+            }
+        }
+        let args = wf.spec.arguments.iter().flat_map(|a| &a.artifacts);
+        for art in args {
+            let lookup = TemplateLookup::Unknown {
+                any_archive_location: false,
+            };
+            let l = format!("{}/{} argument {}", wp.namespace, wp.name, art.name);
+            live_use(art, lookup, "spec.arguments", &repository, l, uses);
+        }
+    }
+    wp
+}
+
+/// Records a use by a live workflow, when its key is literal and its location resolves.
+fn live_use(
+    art: &Artifact,
+    lookup: TemplateLookup<'_>,
+    field: &str,
+    repository: &dyn Fn() -> Result<crate::model::ArtifactLocation, ResolveError>,
+    label: String,
+    uses: &mut Vec<KeyUse>,
+) {
+    let literal = art
+        .location
+        .s3
+        .as_ref()
+        .and_then(|s| s.key.as_deref())
+        .is_some_and(|k| !k.contains("{{"));
+    if !literal {
+        return;
+    }
+    if let Ok(Resolved::S3 { target, .. }) = location::resolve(art, lookup, field, repository) {
+        uses.push(KeyUse {
+            target,
+            owner: None,
+            label,
+        });
+    }
+}
+
+/// The keys an artifact may touch: the key itself (unless it names a directory) and the
+/// directory below it.
+fn reach(key: &str) -> (Option<&str>, String) {
+    if key.ends_with('/') {
+        (None, key.to_string())
+    } else {
+        (Some(key), format!("{key}/"))
+    }
+}
+
+fn normalize_endpoint(e: &str) -> String {
+    let e = e.split_once("://").map_or(e, |(_, rest)| rest);
+    e.trim_end_matches('/').to_ascii_lowercase()
+}
+
+#[derive(Default)]
+struct BucketUses {
+    exact: BTreeMap<String, Vec<usize>>,
+    prefix: BTreeMap<String, Vec<usize>>,
+}
+
+impl BucketUses {
+    /// Uses that overlap what `key` may touch.
+    fn overlapping(&self, key: &str, out: &mut Vec<usize>) {
+        let (exact, prefix) = reach(key);
+        let ancestors = |k: &str, out: &mut Vec<usize>| {
+            for (i, _) in k.match_indices('/') {
+                if let Some(ids) = self.prefix.get(&k[..=i]) {
+                    out.extend(ids);
+                }
+            }
+        };
+        if let Some(e) = exact {
+            if let Some(ids) = self.exact.get(e) {
+                out.extend(ids);
+            }
+            ancestors(e, out);
+        }
+        for map in [&self.exact, &self.prefix] {
+            for (k, ids) in map.range(prefix.clone()..) {
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                out.extend(ids);
+            }
+        }
+        ancestors(&prefix[..prefix.len() - 1], out);
+    }
+}
+
+/// Turns `Delete` into `Keep(Shared)` wherever another use of an overlapping key is not being
+/// deleted itself, until nothing changes (keeping one may make another's use live).
+fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse]) {
+    let mut index: HashMap<(String, String), BucketUses> = HashMap::new();
+    for (i, u) in uses.iter().enumerate() {
+        let b = index
+            .entry((normalize_endpoint(&u.target.endpoint), u.target.bucket.clone()))
+            .or_default();
+        let (exact, prefix) = reach(&u.target.key);
+        if let Some(e) = exact {
+            b.exact.entry(e.to_string()).or_default().push(i);
+        }
+        b.prefix.entry(prefix).or_default().push(i);
+    }
+    let mut found = Vec::new();
+    loop {
+        let mut changed = false;
+        for w in 0..plan.workflows.len() {
+            for a in 0..plan.workflows[w].artifacts.len() {
+                let art = &plan.workflows[w].artifacts[a];
+                if art.decision != Decision::Delete {
+                    continue;
+                }
+                let Some(t) = &art.target else { continue };
+                let Some(bucket) =
+                    index.get(&(normalize_endpoint(&t.endpoint), t.bucket.clone()))
+                else {
+                    continue;
+                };
+                found.clear();
+                bucket.overlapping(&t.key, &mut found);
+                let live = found.iter().map(|&i| &uses[i]).find(|u| match u.owner {
+                    None => true,
+                    Some(o) if o == (w, a) => false,
+                    Some((ow, oa)) => {
+                        plan.workflows[ow].artifacts[oa].decision != Decision::Delete
+                    }
+                });
+                if let Some(u) = live {
+                    let art = &mut plan.workflows[w].artifacts[a];
+                    art.decision = Decision::Keep(KeepReason::Shared(u.label.clone()));
+                    art.connection = None;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+}

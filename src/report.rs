@@ -1,0 +1,235 @@
+//! The report of a plan or a purge, as users and scripts read it: one JSON document or a table.
+//! Field names are a public interface; keep them.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::execute::Execution;
+use crate::plan::{Decision, GcPlan};
+
+/// Index of ACTION in the table.
+const ACTION_COLUMN: usize = 9;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub workflows: Vec<WorkflowReport>,
+    pub totals: Totals,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkflowReport {
+    pub namespace: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub artifacts: Vec<ArtifactReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ArtifactReport {
+    pub node: String,
+    pub name: String,
+    pub strategy: &'static str,
+    pub due: bool,
+    pub endpoint: Option<String>,
+    pub bucket: Option<String>,
+    pub key: Option<String>,
+    pub kind: Option<&'static str>,
+    pub action: &'static str,
+    /// Short stable label of the reason (keep reason, error category, ...).
+    pub category: &'static str,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Totals {
+    pub artifacts_deleted: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects_deleted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_reclaimed: Option<u64>,
+    pub failed: u64,
+    pub kept: u64,
+}
+
+impl Report {
+    /// Builds the report of a plan, and of its execution when there was one.
+    pub fn new(plan: &GcPlan, execution: Option<&Execution>, dry_run: bool) -> Self {
+        let mut totals = Totals {
+            objects_deleted: execution.map(|_| 0),
+            bytes_reclaimed: execution.map(|_| 0),
+            ..Default::default()
+        };
+        let mut workflows = Vec::with_capacity(plan.workflows.len());
+        for (w, wp) in plan.workflows.iter().enumerate() {
+            if wp.error.is_some() {
+                totals.failed += 1;
+            }
+            let mut artifacts = Vec::with_capacity(wp.artifacts.len());
+            for (a, ap) in wp.artifacts.iter().enumerate() {
+                let outcome = execution.and_then(|e| e.get(w, a));
+                let mut row = ArtifactReport {
+                    node: ap.node.clone(),
+                    name: ap.name.clone(),
+                    strategy: ap.strategy.as_str(),
+                    due: ap.due,
+                    endpoint: ap.target.as_ref().map(|t| t.endpoint.clone()),
+                    bucket: ap.target.as_ref().map(|t| t.bucket.clone()),
+                    key: ap.target.as_ref().map(|t| t.key.clone()),
+                    kind: ap.kind.map(|k| k.as_str()),
+                    action: ap.decision.action(),
+                    category: ap.decision.category(),
+                    reason: ap.decision.reason(),
+                    objects: None,
+                    bytes: None,
+                };
+                match (&ap.decision, outcome) {
+                    (Decision::Delete, Some(o)) => {
+                        row.kind = o.kind.map(|k| k.as_str()).or(row.kind);
+                        row.objects = Some(o.objects);
+                        row.bytes = Some(o.bytes);
+                        if let Some(e) = &o.error {
+                            row.action = "failed";
+                            row.category = e.category();
+                            row.reason = e.to_string();
+                            totals.failed += 1;
+                        } else {
+                            if !dry_run {
+                                row.action = "deleted";
+                            }
+                            row.reason = if o.absent {
+                                "already absent from the store".into()
+                            } else if dry_run {
+                                format!("would delete {} object(s)", o.objects)
+                            } else {
+                                format!("deleted {} object(s)", o.objects)
+                            };
+                            totals.artifacts_deleted += 1;
+                            *totals.objects_deleted.get_or_insert(0) += o.objects;
+                            *totals.bytes_reclaimed.get_or_insert(0) += o.bytes;
+                        }
+                    }
+                    (Decision::Delete, None) => totals.artifacts_deleted += 1,
+                    (Decision::Keep(_), _) => totals.kept += 1,
+                    (Decision::Error(_), _) => totals.failed += 1,
+                    _ => {}
+                }
+                artifacts.push(row);
+            }
+            workflows.push(WorkflowReport {
+                namespace: wp.namespace.clone(),
+                name: wp.name.clone(),
+                error: wp.error.as_ref().map(|e| e.to_string()),
+                artifacts,
+            });
+        }
+        Report {
+            workflows,
+            totals,
+            dry_run,
+        }
+    }
+
+    pub fn write_json(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut *out, self)?;
+        writeln!(out)
+    }
+
+    pub fn write_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let with_sizes = self.totals.objects_deleted.is_some();
+        let mut header = vec![
+            "WORKFLOW", "NODE", "ARTIFACT", "STRATEGY", "DUE", "ENDPOINT", "BUCKET", "KEY", "KIND",
+            "ACTION",
+        ];
+        if with_sizes {
+            header.extend(["OBJECTS", "BYTES"]);
+        }
+        header.push("REASON");
+        let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+        let dash = || "-".to_string();
+        for w in &self.workflows {
+            let wname = format!("{}/{}", w.namespace, w.name);
+            if let Some(e) = &w.error {
+                let mut row = vec![dash(); header.len()];
+                row[0] = wname.clone();
+                row[ACTION_COLUMN] = "error".into();
+                row[header.len() - 1] = e.clone();
+                rows.push(row);
+            }
+            for a in &w.artifacts {
+                let mut row = vec![
+                    wname.clone(),
+                    a.node.clone(),
+                    a.name.clone(),
+                    a.strategy.to_string(),
+                    if a.due { "yes" } else { "no" }.to_string(),
+                    a.endpoint.clone().unwrap_or_else(dash),
+                    a.bucket.clone().unwrap_or_else(dash),
+                    a.key.clone().unwrap_or_else(dash),
+                    a.kind.map_or_else(dash, str::to_string),
+                    a.action.to_string(),
+                ];
+                if with_sizes {
+                    row.push(a.objects.map_or_else(dash, |n| n.to_string()));
+                    row.push(a.bytes.map_or_else(dash, human_bytes));
+                }
+                row.push(a.reason.clone());
+                rows.push(row);
+            }
+        }
+        let widths: Vec<usize> = (0..header.len())
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        for row in &rows {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+                }
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        let t = &self.totals;
+        let verb = if self.dry_run { "would delete" } else { "deleted" };
+        match (t.objects_deleted, t.bytes_reclaimed) {
+            (Some(o), Some(b)) => writeln!(
+                out,
+                "\n{verb} {} artifact(s), {o} object(s), {}; {} failed; {} kept",
+                t.artifacts_deleted,
+                human_bytes(b),
+                t.failed,
+                t.kept
+            ),
+            _ => writeln!(
+                out,
+                "\n{} artifact(s) to delete; {} error(s); {} kept",
+                t.artifacts_deleted, t.failed, t.kept
+            ),
+        }
+    }
+}
+
+/// Bytes in binary units, e.g. `1.5 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

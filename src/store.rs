@@ -1,0 +1,440 @@
+//! The S3 side: one client per connection, probing what an artifact amounts to (HEAD, listing)
+//! and deleting keys in batches. Knows nothing about workflows; it is handed connections and
+//! keys by the executor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{BehaviorVersion, Region, StalledStreamProtectionConfig};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+use backon::BackoffBuilder;
+use thiserror::Error;
+use tokio::sync::{Mutex, OnceCell, Semaphore};
+
+use crate::location::{Credentials, S3Connection};
+
+/// S3 caps DeleteObjects at 1,000 keys.
+pub const MAX_BATCH: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    AccessDenied,
+    NoSuchBucket,
+    Throttled,
+    Server,
+    Network,
+    NotImplemented,
+    TooManyObjects,
+    Credentials,
+    Request,
+}
+
+/// A failed S3 operation, with a stable category.
+#[derive(Debug, Clone, Error)]
+#[error("{message}")]
+pub struct StoreError {
+    pub kind: StoreErrorKind,
+    pub message: String,
+}
+
+impl StoreError {
+    fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn category(&self) -> &'static str {
+        match self.kind {
+            StoreErrorKind::AccessDenied => "access_denied",
+            StoreErrorKind::NoSuchBucket => "no_such_bucket",
+            StoreErrorKind::Throttled => "throttled",
+            StoreErrorKind::Server => "server_error",
+            StoreErrorKind::Network => "network",
+            StoreErrorKind::NotImplemented => "not_implemented",
+            StoreErrorKind::TooManyObjects => "too_many_objects",
+            StoreErrorKind::Credentials => "credentials",
+            StoreErrorKind::Request => "request",
+        }
+    }
+}
+
+/// Classifies an S3 error code (and HTTP status when there is no code).
+fn kind_of(code: Option<&str>, status: Option<u16>) -> StoreErrorKind {
+    match (code, status) {
+        (Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AllAccessDisabled"), _)
+        | (None, Some(401 | 403)) => StoreErrorKind::AccessDenied,
+        (Some("NoSuchBucket"), _) => StoreErrorKind::NoSuchBucket,
+        (Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"), _)
+        | (_, Some(429 | 503)) => StoreErrorKind::Throttled,
+        (Some("NotImplemented"), _) | (_, Some(501)) => StoreErrorKind::NotImplemented,
+        (Some("InternalError" | "ServiceUnavailable" | "RequestTimeout"), _) => {
+            StoreErrorKind::Server
+        }
+        (_, Some(s)) if s >= 500 => StoreErrorKind::Server,
+        (_, Some(403)) => StoreErrorKind::AccessDenied,
+        _ => StoreErrorKind::Request,
+    }
+}
+
+fn sdk_error<E>(op: &str, target: &str, err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let kind = match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => StoreErrorKind::Network,
+        SdkError::ServiceError(_) | SdkError::ResponseError(_) => {
+            kind_of(err.code(), status)
+        }
+        _ => StoreErrorKind::Request,
+    };
+    let detail = match (err.code(), err.message()) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c.to_string(),
+        _ => match status {
+            Some(s) => format!("HTTP {s}"),
+            None => std::error::Error::source(&err)
+                .map_or_else(|| err.to_string(), |s| s.to_string()),
+        },
+    };
+    StoreError::new(kind, format!("{op} {target}: {detail}"))
+}
+
+/// Limits on the store's work.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// S3 requests in flight at once, across all buckets.
+    pub concurrency: usize,
+    /// Attempts per request for throttling, 5xx and network errors (SDK retries), and per key
+    /// for errors reported inside a DeleteObjects response.
+    pub max_attempts: u32,
+    /// A directory artifact listing more objects than this fails instead of being deleted.
+    pub max_objects_per_artifact: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            max_attempts: 5,
+            max_objects_per_artifact: 100_000,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A listed or HEADed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+}
+
+/// Shared S3 access: cached clients and a bound on requests in flight.
+pub struct ObjectStore {
+    opts: StoreOptions,
+    clients: Mutex<HashMap<S3Connection, Client>>,
+    ambient: OnceCell<aws_config::SdkConfig>,
+    permits: Arc<Semaphore>,
+}
+
+impl ObjectStore {
+    pub fn new(opts: StoreOptions) -> Self {
+        let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+        Self {
+            opts,
+            clients: Mutex::new(HashMap::new()),
+            ambient: OnceCell::new(),
+            permits,
+        }
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    async fn ambient(&self) -> &aws_config::SdkConfig {
+        self.ambient
+            .get_or_init(|| aws_config::defaults(BehaviorVersion::latest()).load())
+            .await
+    }
+
+    /// The client for a connection, built once and reused.
+    pub async fn client(&self, conn: &S3Connection) -> Result<Client, StoreError> {
+        if let Some(c) = self.clients.lock().await.get(conn) {
+            return Ok(c.clone());
+        }
+        let client = self.build_client(conn).await?;
+        self.clients
+            .lock()
+            .await
+            .entry(conn.clone())
+            .or_insert(client.clone());
+        Ok(client)
+    }
+
+    async fn build_client(&self, conn: &S3Connection) -> Result<Client, StoreError> {
+        let retry = RetryConfig::standard()
+            .with_max_attempts(self.opts.max_attempts.max(1))
+            .with_initial_backoff(Duration::from_millis(100))
+            .with_max_backoff(Duration::from_secs(10));
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .operation_attempt_timeout(self.opts.request_timeout)
+            .build();
+        let mut b = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(conn.region.clone()))
+            .endpoint_url(&conn.url)
+            .force_path_style(conn.path_style)
+            .retry_config(retry)
+            .timeout_config(timeouts)
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled());
+        b = match &conn.credentials {
+            Credentials::Static {
+                access_key,
+                secret_key,
+                session_token,
+            } => b.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                access_key,
+                secret_key,
+                session_token.clone(),
+                None,
+                "artgc-secret",
+            )),
+            Credentials::Ambient => {
+                let provider = self.ambient().await.credentials_provider().ok_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Credentials,
+                        "no credentials: the artifact names no Secrets and the AWS SDK found no ambient credentials",
+                    )
+                })?;
+                b.credentials_provider(provider)
+            }
+            Credentials::AssumeRole { role_arn } => {
+                let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+                    .session_name("artgc")
+                    .region(Region::new(conn.region.clone()))
+                    .configure(self.ambient().await)
+                    .build()
+                    .await;
+                b.credentials_provider(provider)
+            }
+        };
+        if let Some(pem) = &conn.ca_pem {
+            use aws_smithy_http_client::tls;
+            let trust = tls::TrustStore::default().with_pem_certificate(pem.clone());
+            let ctx = tls::TlsContext::builder()
+                .with_trust_store(trust)
+                .build()
+                .map_err(|e| StoreError::new(StoreErrorKind::Request, format!("caSecret: {e}")))?;
+            let http = aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(
+                    tls::rustls_provider::CryptoMode::AwsLc,
+                ))
+                .tls_context(ctx)
+                .build_https();
+            b = b.http_client(http);
+        }
+        Ok(Client::from_conf(b.build()))
+    }
+
+    /// HEAD one key: its size, or `None` when there is no such object.
+    pub async fn head(
+        &self,
+        client: &Client,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let _permit = self.permits.acquire().await.expect("semaphore never closed");
+        match client.head_object().bucket(bucket).key(key).send().await {
+            Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
+            Err(e) => Err(sdk_error("HeadObject", &format!("s3://{bucket}/{key}"), e)),
+        }
+    }
+
+    /// Lists every object under `prefix`, at most `limit` of them (more is an error: a bound
+    /// on what one artifact may delete).
+    pub async fn list(
+        &self,
+        client: &Client,
+        bucket: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredObject>, StoreError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = {
+                let _permit = self.permits.acquire().await.expect("semaphore never closed");
+                client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(prefix)
+                    .set_continuation_token(token.take())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("ListObjectsV2", &format!("s3://{bucket}/{prefix}"), e))?
+            };
+            for obj in page.contents() {
+                // A store that ignores the prefix must not widen what is deleted.
+                if let Some(key) = obj.key().filter(|k| k.starts_with(prefix)) {
+                    out.push(StoredObject {
+                        key: key.to_string(),
+                        size: obj.size().unwrap_or(0).max(0) as u64,
+                    });
+                }
+            }
+            if out.len() > limit {
+                return Err(StoreError::new(
+                    StoreErrorKind::TooManyObjects,
+                    format!(
+                        "s3://{bucket}/{prefix} holds more than {limit} objects (raise --max-objects-per-artifact to allow it)"
+                    ),
+                ));
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Deletes keys of one bucket in batches of up to 1,000, retrying keys the store reports as
+    /// throttled or failed on its side. A missing key counts as deleted. Returns one result per
+    /// key, in order.
+    pub async fn delete_keys(
+        &self,
+        client: &Client,
+        bucket: &str,
+        keys: &[String],
+    ) -> Vec<Result<(), StoreError>> {
+        let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); keys.len()];
+        let mut fallback = false;
+        for (chunk_no, chunk) in keys.chunks(MAX_BATCH).enumerate() {
+            let base = chunk_no * MAX_BATCH;
+            if !fallback {
+                match self.delete_batch(client, bucket, chunk).await {
+                    Ok(per_key) => {
+                        for (i, r) in per_key.into_iter().enumerate() {
+                            results[base + i] = r;
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind == StoreErrorKind::NotImplemented => {
+                        tracing::info!(bucket, "store does not implement DeleteObjects; deleting one key at a time");
+                        fallback = true;
+                    }
+                    Err(e) => {
+                        for r in &mut results[base..base + chunk.len()] {
+                            *r = Err(e.clone());
+                        }
+                        continue;
+                    }
+                }
+            }
+            for (i, key) in chunk.iter().enumerate() {
+                results[base + i] = self.delete_one(client, bucket, key).await;
+            }
+        }
+        results
+    }
+
+    async fn delete_batch(
+        &self,
+        client: &Client,
+        bucket: &str,
+        keys: &[String],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); keys.len()];
+        let position: HashMap<&str, usize> =
+            keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let mut pending: Vec<usize> = (0..keys.len()).collect();
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(self.opts.max_attempts.saturating_sub(1) as usize)
+            .with_jitter()
+            .build();
+        loop {
+            let objects = pending
+                .iter()
+                .map(|&i| ObjectIdentifier::builder().key(&keys[i]).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::new(StoreErrorKind::Request, e.to_string()))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| StoreError::new(StoreErrorKind::Request, e.to_string()))?;
+            let out = {
+                let _permit = self.permits.acquire().await.expect("semaphore never closed");
+                client
+                    .delete_objects()
+                    .bucket(bucket)
+                    .delete(delete)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("DeleteObjects", &format!("s3://{bucket}"), e))?
+            };
+            let mut retry = Vec::new();
+            for err in out.errors() {
+                let Some(&i) = err.key().and_then(|k| position.get(k)) else {
+                    continue;
+                };
+                let code = err.code().unwrap_or("Unknown");
+                if code == "NoSuchKey" {
+                    continue;
+                }
+                let kind = kind_of(Some(code), None);
+                let e = StoreError::new(
+                    kind,
+                    format!(
+                        "DeleteObjects s3://{bucket}/{}: {code}: {}",
+                        keys[i],
+                        err.message().unwrap_or_default()
+                    ),
+                );
+                results[i] = Err(e);
+                if matches!(
+                    kind,
+                    StoreErrorKind::Throttled | StoreErrorKind::Server | StoreErrorKind::Request
+                ) && code != "AccessDenied"
+                {
+                    retry.push(i);
+                }
+            }
+            if retry.is_empty() {
+                return Ok(results);
+            }
+            let Some(delay) = delays.next() else {
+                return Ok(results);
+            };
+            tracing::debug!(bucket, keys = retry.len(), ?delay, "retrying keys DeleteObjects reported as failed");
+            tokio::time::sleep(delay).await;
+            for &i in &retry {
+                results[i] = Ok(());
+            }
+            pending = retry;
+        }
+    }
+
+    async fn delete_one(&self, client: &Client, bucket: &str, key: &str) -> Result<(), StoreError> {
+        let _permit = self.permits.acquire().await.expect("semaphore never closed");
+        match client.delete_object().bucket(bucket).key(key).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("NoSuchKey") => Ok(()),
+            Err(e) => Err(sdk_error("DeleteObject", &format!("s3://{bucket}/{key}"), e)),
+        }
+    }
+}
