@@ -63,18 +63,23 @@ pub enum Credentials {
     Ambient,
 }
 
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Static { access_key, .. } => write!(f, "static({access_key}, ***)"),
+            Self::AssumeRole { role_arn } => write!(f, "assume-role({role_arn})"),
+            Self::Ambient => f.write_str("sdk-chain"),
+        }
+    }
+}
+
 impl fmt::Debug for S3Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let creds = match &self.credentials {
-            Credentials::Static { access_key, .. } => format!("static({access_key}, ***)"),
-            Credentials::AssumeRole { role_arn } => format!("assume-role({role_arn})"),
-            Credentials::Ambient => "sdk-chain".into(),
-        };
         f.debug_struct("S3Connection")
             .field("url", &self.url)
             .field("region", &self.region)
             .field("path_style", &self.path_style)
-            .field("credentials", &creds)
+            .field("credentials", &self.credentials)
             .field("ca", &self.ca_pem.is_some())
             .finish()
     }

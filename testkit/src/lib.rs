@@ -1,0 +1,8 @@
+//! Test doubles for artgc's tests, benchmarks and demo. Never used by the controller's own code.
+//!
+//! [`S3Server`] is a real S3 endpoint over HTTP: `s3s-fs` in this process (SigV4 checked), or,
+//! when `ARTGC_TEST_S3_ENDPOINT` is set, an external store such as garage started by `.ci/run`.
+
+pub mod s3;
+
+pub use s3::{S3Server, unique_bucket};

@@ -1,0 +1,148 @@
+//! Builders for Argo objects in tests: shapes as Argo writes them (see
+//! ../shared/fixtures/argo for real ones), written here so each test states what matters.
+#![allow(dead_code)]
+
+use artgc::cluster::{ClusterState, ControllerConfigRef};
+use artgc::manifests::{Inventory, WorkflowInput};
+use artgc::plan::{ArtifactPlan, GcPlan, PlanOptions, StrategyFilter, WorkflowPlan};
+use serde_json::{Value, json};
+
+/// Sets `value` at a dotted path, creating objects on the way.
+pub fn set(v: &mut Value, path: &[&str], value: Value) {
+    let mut cur = v;
+    for p in &path[..path.len() - 1] {
+        if !cur[*p].is_object() {
+            cur[*p] = json!({});
+        }
+        cur = &mut cur[*p];
+    }
+    cur[path[path.len() - 1]] = value;
+}
+
+/// A Workflow that has finished (phase Succeeded, `completed` label).
+pub struct Wf(pub Value);
+
+pub fn workflow(ns: &str, name: &str) -> Wf {
+    Wf(json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {
+            "name": name, "namespace": ns, "uid": format!("uid-{name}"),
+            "labels": {"workflows.argoproj.io/completed": "true", "workflows.argoproj.io/phase": "Succeeded"},
+        },
+        "spec": {"entrypoint": "main", "templates": []},
+        "status": {"phase": "Succeeded", "nodes": {
+            name: {"id": name, "name": name, "type": "Steps", "phase": "Succeeded"}
+        }},
+    }))
+}
+
+impl Wf {
+    pub fn set(mut self, path: &[&str], value: Value) -> Self {
+        set(&mut self.0, path, value);
+        self
+    }
+
+    pub fn running(self) -> Self {
+        self.set(&["status", "phase"], json!("Running"))
+            .set(&["metadata", "labels"], json!({}))
+    }
+
+    pub fn deleting(self) -> Self {
+        self.set(&["metadata", "deletionTimestamp"], json!("2026-11-01T00:00:00Z"))
+    }
+
+    pub fn strategy(self, s: &str) -> Self {
+        self.set(&["spec", "artifactGC", "strategy"], json!(s))
+    }
+
+    pub fn template(mut self, t: Value) -> Self {
+        self.0["spec"]["templates"].as_array_mut().unwrap().push(t);
+        self
+    }
+
+    /// A Pod node that ran `template` and produced `artifacts`.
+    pub fn node(self, id: &str, template: &str, artifacts: Vec<Value>) -> Self {
+        self.set(
+            &["status", "nodes", id],
+            json!({"id": id, "name": id, "type": "Pod", "phase": "Succeeded",
+                   "templateName": template, "outputs": {"artifacts": artifacts}}),
+        )
+    }
+
+    /// The repository frozen into the status when the workflow started.
+    pub fn status_repo(self, repo: Value) -> Self {
+        self.set(
+            &["status", "artifactRepositoryRef"],
+            json!({"configMap": "artifact-repositories", "key": "default", "artifactRepository": repo}),
+        )
+    }
+
+    pub fn input(self) -> WorkflowInput {
+        WorkflowInput::from_value(self.0, "default")
+    }
+}
+
+/// A repository / archive location in MinIO style.
+pub fn s3_repo(endpoint: &str, bucket: &str, secret: &str) -> Value {
+    json!({"s3": {
+        "endpoint": endpoint, "bucket": bucket, "insecure": true,
+        "accessKeySecret": {"name": secret, "key": "accesskey"},
+        "secretKeySecret": {"name": secret, "key": "secretkey"},
+    }})
+}
+
+/// A key-only artifact, as in `s3: {key: ...}`.
+pub fn key_only(name: &str, key: &str) -> Value {
+    json!({"name": name, "path": "/tmp/x", "s3": {"key": key}})
+}
+
+/// An artifact with its own complete location.
+pub fn full(name: &str, endpoint: &str, bucket: &str, key: &str, secret: &str) -> Value {
+    let mut loc = s3_repo(endpoint, bucket, secret);
+    loc["s3"]["key"] = json!(key);
+    loc["name"] = json!(name);
+    loc
+}
+
+pub fn with_strategy(mut art: Value, s: &str) -> Value {
+    art["artifactGC"] = json!({"strategy": s});
+    art
+}
+
+pub fn secret(ns: &str, name: &str, ak: &str, sk: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+           "stringData": {"accesskey": ak, "secretkey": sk}})
+}
+
+/// Plans workflows against ConfigMaps and Secrets given as JSON objects.
+pub fn plan_with(workflows: Vec<Wf>, objects: Vec<Value>, filter: StrategyFilter) -> GcPlan {
+    let mut inv = Inventory::default();
+    let text = serde_json::to_string(&json!({"kind": "List", "apiVersion": "v1", "items": objects})).unwrap();
+    inv.add_text("objects.json", &text, "default").unwrap();
+    let mut state = ClusterState::new(ControllerConfigRef::default());
+    inv.config_maps.into_iter().for_each(|c| state.insert_config_map(c));
+    inv.secrets.into_iter().for_each(|s| state.insert_secret(s));
+    let inputs: Vec<WorkflowInput> = workflows.into_iter().map(Wf::input).collect();
+    artgc::plan::plan(&inputs, &state, &PlanOptions { filter })
+}
+
+pub fn plan_due(workflows: Vec<Wf>, objects: Vec<Value>) -> GcPlan {
+    plan_with(workflows, objects, StrategyFilter::Due)
+}
+
+/// The planned artifact `name` of workflow `wf`.
+pub fn art<'a>(plan: &'a GcPlan, wf: &str, name: &str) -> &'a ArtifactPlan {
+    wfp(plan, wf)
+        .artifacts
+        .iter()
+        .find(|a| a.name == name)
+        .unwrap_or_else(|| panic!("no artifact {name} in {wf}"))
+}
+
+pub fn wfp<'a>(plan: &'a GcPlan, wf: &str) -> &'a WorkflowPlan {
+    plan.workflows
+        .iter()
+        .find(|w| w.name == wf)
+        .unwrap_or_else(|| panic!("no workflow {wf}"))
+}
