@@ -2,13 +2,13 @@
 //! a directory of many keys, or nothing), then delete all keys in batches, bucket by bucket,
 //! with bounded concurrency. Shared by `artgc purge` and the controller.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use futures::StreamExt;
 
 use crate::location::{S3Connection, S3Target};
 use crate::plan::{Decision, GcPlan, ObjectKind};
-use crate::store::{MAX_BATCH, ObjectStore, StoreError, StoredObject};
+use crate::store::{MAX_BATCH, ObjectStore, StoreError, StoreErrorKind, StoredObject};
 
 /// What happened to one artifact the plan said to delete.
 #[derive(Debug, Clone, Default)]
@@ -78,14 +78,27 @@ pub async fn execute(
         .collect();
     let concurrency = store.options().concurrency.max(1);
 
+    // Artifacts of one workflow in one bucket are probed together.
+    let mut probe_groups: HashMap<(usize, &S3Connection, &str), Vec<usize>> = HashMap::new();
+    for (j, job) in jobs.iter().enumerate() {
+        probe_groups
+            .entry((job.id.0, job.conn, job.target.bucket.as_str()))
+            .or_default()
+            .push(j);
+    }
     let probes: Vec<(usize, Result<(ObjectKind, Vec<StoredObject>), StoreError>)> =
-        futures::stream::iter(jobs.iter().enumerate())
-            .map(|(j, job)| async move {
-                let r = probe(store, job.conn, job.target).await;
-                progress.probed(1);
-                (j, r)
+        futures::stream::iter(probe_groups.into_values())
+            .map(|members| {
+                let jobs = &jobs;
+                async move {
+                    let targets: Vec<&S3Target> = members.iter().map(|&j| jobs[j].target).collect();
+                    let results = probe_group(store, jobs[members[0]].conn, &targets).await;
+                    progress.probed(members.len() as u64);
+                    members.into_iter().zip(results).collect::<Vec<_>>()
+                }
             })
             .buffer_unordered(concurrency)
+            .flat_map(futures::stream::iter)
             .collect()
             .await;
 
@@ -168,7 +181,87 @@ pub async fn execute(
     exec
 }
 
-/// What an artifact amounts to in the store. A key ending in `/` is a directory; any other key
+/// The longest prefix, ending at a `/`, shared by all keys.
+fn common_prefix<'a>(keys: impl Iterator<Item = &'a str>) -> &'a str {
+    let mut common: Option<&str> = None;
+    for k in keys {
+        let c = common.get_or_insert(k);
+        let n = c
+            .bytes()
+            .zip(k.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        *c = &c[..n];
+    }
+    let c = common.unwrap_or("");
+    c.rfind('/').map_or("", |i| &c[..=i])
+}
+
+/// Probes the artifacts of one workflow in one bucket. Argo puts a workflow's keys under one
+/// folder, so one listing of their common prefix usually answers for all of them; when there is
+/// none, or it holds too much else, each artifact is probed on its own.
+async fn probe_group(
+    store: &ObjectStore,
+    conn: &S3Connection,
+    targets: &[&S3Target],
+) -> Vec<Result<(ObjectKind, Vec<StoredObject>), StoreError>> {
+    let prefix = common_prefix(targets.iter().map(|t| t.key.as_str()));
+    if targets.len() > 1 && !prefix.is_empty() {
+        let bucket = &targets[0].bucket;
+        let limit = (targets.len() * 100).max(10_000);
+        let listed = match store.client(conn).await {
+            Ok(client) => store.list(&client, bucket, prefix, limit).await,
+            Err(e) => Err(e),
+        };
+        match listed {
+            Ok(objects) => {
+                let index: BTreeMap<String, u64> =
+                    objects.into_iter().map(|o| (o.key, o.size)).collect();
+                return targets.iter().map(|t| Ok(classify(&index, t))).collect();
+            }
+            Err(e) if e.kind == StoreErrorKind::TooManyObjects => {}
+            Err(e) => return targets.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        out.push(probe(store, conn, t).await);
+    }
+    out
+}
+
+/// What a complete listing of a prefix covering the target says about it.
+fn classify(index: &BTreeMap<String, u64>, target: &S3Target) -> (ObjectKind, Vec<StoredObject>) {
+    let under = |prefix: &str| -> Vec<StoredObject> {
+        index
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, &size)| StoredObject {
+                key: k.clone(),
+                size,
+            })
+            .collect()
+    };
+    if target.is_directory_key() {
+        return (ObjectKind::Directory, under(&target.key));
+    }
+    if let Some(&size) = index.get(&target.key) {
+        let obj = StoredObject {
+            key: target.key.clone(),
+            size,
+        };
+        return (ObjectKind::File, vec![obj]);
+    }
+    let objects = under(&target.directory_prefix());
+    let kind = if objects.is_empty() {
+        ObjectKind::File
+    } else {
+        ObjectKind::Directory
+    };
+    (kind, objects)
+}
+
+/// What one artifact amounts to in the store. A key ending in `/` is a directory; any other key
 /// is a file, unless no such object exists and objects exist under `key/` (Argo leaves those
 /// behind; artgc does not).
 async fn probe(
@@ -182,19 +275,21 @@ async fn probe(
         let objects = store.list(&client, &target.bucket, &target.key, limit).await?;
         return Ok((ObjectKind::Directory, objects));
     }
-    if let Some(size) = store.head(&client, &target.bucket, &target.key).await? {
+    let head = store.head(&client, &target.bucket, &target.key).await;
+    if let Ok(Some(size)) = head {
         let obj = StoredObject {
             key: target.key.clone(),
             size,
         };
         return Ok((ObjectKind::File, vec![obj]));
     }
+    // Not found, or a store that fails HEAD where its folder stands: the listing decides, and
+    // the HEAD error stands when it finds nothing.
     let prefix = target.directory_prefix();
     let objects = store.list(&client, &target.bucket, &prefix, limit).await?;
-    let kind = if objects.is_empty() {
-        ObjectKind::File
-    } else {
-        ObjectKind::Directory
-    };
-    Ok((kind, objects))
+    match (head, objects.is_empty()) {
+        (Err(e), true) => Err(e),
+        (_, true) => Ok((ObjectKind::File, objects)),
+        (_, false) => Ok((ObjectKind::Directory, objects)),
+    }
 }

@@ -1,0 +1,213 @@
+//! Deleting for real: plans executed against a real S3 server over HTTP (s3s-fs in this process
+//! with SigV4 checks, or the store named by ARTGC_TEST_S3_ENDPOINT, garage in CI).
+
+mod support;
+
+use artgc::execute::{ArtifactOutcome, Execution, Quiet, execute};
+use artgc::plan::{Decision, GcPlan, ObjectKind};
+use artgc::store::{ObjectStore, StoreOptions};
+use artgc_testkit::S3Server;
+use serde_json::{Value, json};
+use support::*;
+
+/// An artifact with its own complete location on the test server.
+fn on(srv: &S3Server, name: &str, bucket: &str, key: &str, secret: &str) -> Value {
+    let mut a = full(name, &srv.endpoint, bucket, key, secret);
+    a["s3"]["region"] = json!(srv.region);
+    with_strategy(a, "OnWorkflowCompletion")
+}
+
+fn good_secret(srv: &S3Server) -> Value {
+    secret("ns", "s3", &srv.access_key, &srv.secret_key)
+}
+
+async fn run(plan: &GcPlan, dry_run: bool) -> Execution {
+    run_with(plan, dry_run, StoreOptions::default()).await
+}
+
+async fn run_with(plan: &GcPlan, dry_run: bool, opts: StoreOptions) -> Execution {
+    let opts = StoreOptions {
+        max_attempts: 2,
+        ..opts
+    };
+    execute(plan, &ObjectStore::new(opts), dry_run, &Quiet).await
+}
+
+fn outcome<'a>(plan: &GcPlan, exec: &'a Execution, wf: &str, name: &str) -> &'a ArtifactOutcome {
+    let w = plan.workflows.iter().position(|w| w.name == wf).unwrap();
+    let a = plan.workflows[w].artifacts.iter().position(|a| a.name == name).unwrap();
+    exec.get(w, a).unwrap_or_else(|| panic!("no outcome for {wf}/{name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_directories_are_deleted_within_their_prefix() {
+    let srv = S3Server::start().await;
+    let b = srv.bucket("files").await;
+    for (k, body) in [
+        ("w/a.tgz", "0123456789"),
+        ("w/a.tgz.bak", "sibling"),
+        ("w/dir/1", "11111"),
+        ("w/dir/sub/2", "22222"),
+        ("w/dir2/x", "neighbour"),
+        ("w/nodir/f1", "abc"),
+        ("w/nodir/f2", "de"),
+        ("w/nodirx", "neighbour"),
+        ("solo/nodir/f", "xyz"),
+    ] {
+        srv.put(&b, k, body).await;
+    }
+    let w = workflow("ns", "w").node(
+        "n1",
+        "t",
+        vec![
+            on(&srv, "file", &b, "w/a.tgz", "s3"),
+            on(&srv, "dir", &b, "w/dir/", "s3"),
+            // A directory artifact whose key lacks the trailing slash (Argo leaves these behind).
+            on(&srv, "nodir", &b, "w/nodir", "s3"),
+        ],
+    );
+    // Alone in its workflow, the artifact is probed by itself rather than by a shared listing.
+    let solo = workflow("ns", "solo").node("n1", "t", vec![on(&srv, "nodir", &b, "solo/nodir", "s3")]);
+    let plan = plan_due(vec![w, solo], vec![good_secret(&srv)]);
+    let exec = run(&plan, false).await;
+
+    let solo = outcome(&plan, &exec, "solo", "nodir");
+    assert_eq!((solo.kind, solo.objects, solo.bytes), (Some(ObjectKind::Directory), 1, 3), "{:?}", solo.error);
+    let file = outcome(&plan, &exec, "w", "file");
+    assert!(file.error.is_none(), "{:?}", file.error);
+    assert_eq!((file.kind, file.objects, file.bytes), (Some(ObjectKind::File), 1, 10));
+    let dir = outcome(&plan, &exec, "w", "dir");
+    assert_eq!((dir.kind, dir.objects, dir.bytes), (Some(ObjectKind::Directory), 2, 10));
+    let nodir = outcome(&plan, &exec, "w", "nodir");
+    assert!(nodir.error.is_none(), "{:?}", nodir.error);
+    assert_eq!((nodir.kind, nodir.objects, nodir.bytes), (Some(ObjectKind::Directory), 2, 5));
+    assert_eq!(srv.keys(&b).await, vec!["w/a.tgz.bak", "w/dir2/x", "w/nodirx"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_more_than_a_thousand_objects() {
+    let srv = S3Server::start().await;
+    let b = srv.bucket("big").await;
+    let objects: Vec<_> = (0..2500).map(|i| (format!("big/out/{i:05}"), vec![b'x'; 3])).collect();
+    srv.put_many(&b, objects, 32).await;
+    srv.put(&b, "big/keep", "k").await;
+    let w = workflow("ns", "w").node("n1", "t", vec![on(&srv, "out", &b, "big/out/", "s3")]);
+    let plan = plan_due(vec![w], vec![good_secret(&srv)]);
+    let exec = run(&plan, false).await;
+    let out = outcome(&plan, &exec, "w", "out");
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!((out.objects, out.bytes), (2500, 7500));
+    assert_eq!(srv.keys(&b).await, vec!["big/keep"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_fail_one_bucket_and_the_other_is_still_cleaned() {
+    let srv = S3Server::start().await;
+    let (good_b, bad_b) = (srv.bucket("good").await, srv.bucket("denied").await);
+    srv.put(&good_b, "w/a", "a").await;
+    srv.put(&bad_b, "w/b", "b").await;
+    let w = workflow("ns", "w").node(
+        "n1",
+        "t",
+        vec![on(&srv, "good", &good_b, "w/a", "s3"), on(&srv, "bad", &bad_b, "w/b", "wrong")],
+    );
+    let wrong = secret("ns", "wrong", &srv.access_key, "not-the-secret");
+    let plan = plan_due(vec![w], vec![good_secret(&srv), wrong]);
+    let exec = run(&plan, false).await;
+    let bad = outcome(&plan, &exec, "w", "bad");
+    let err = bad.error.as_ref().expect("403 must fail the artifact");
+    assert_eq!(err.category(), "access_denied", "{err}");
+    assert_eq!(bad.objects, 0);
+    assert!(outcome(&plan, &exec, "w", "good").error.is_none());
+    assert_eq!(srv.keys(&good_b).await, Vec::<String>::new());
+    assert_eq!(srv.keys(&bad_b).await, vec!["w/b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_fails_with_its_own_category() {
+    let srv = S3Server::start().await;
+    let name = artgc_testkit::unique_bucket("absent");
+    let w = workflow("ns", "w").node("n1", "t", vec![on(&srv, "a", &name, "w/a", "s3")]);
+    let plan = plan_due(vec![w], vec![good_secret(&srv)]);
+    let exec = run(&plan, false).await;
+    let err = outcome(&plan, &exec, "w", "a").error.clone().expect("must fail");
+    assert_eq!(err.category(), "no_such_bucket", "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_keys_count_as_deleted() {
+    let srv = S3Server::start().await;
+    let b = srv.bucket("gone").await;
+    let w = workflow("ns", "w").node(
+        "n1",
+        "t",
+        vec![on(&srv, "file", &b, "w/never-written.tgz", "s3"), on(&srv, "dir", &b, "w/empty/", "s3")],
+    );
+    let plan = plan_due(vec![w], vec![good_secret(&srv)]);
+    let exec = run(&plan, false).await;
+    for name in ["file", "dir"] {
+        let o = outcome(&plan, &exec, "w", name);
+        assert!(o.error.is_none() && o.absent && o.objects == 0, "{name}: {o:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_counts_and_deletes_nothing() {
+    let srv = S3Server::start().await;
+    let b = srv.bucket("dry").await;
+    srv.put(&b, "w/d/1", "1234").await;
+    srv.put(&b, "w/d/2", "5678").await;
+    let w = workflow("ns", "w").node("n1", "t", vec![on(&srv, "d", &b, "w/d/", "s3")]);
+    let plan = plan_due(vec![w], vec![good_secret(&srv)]);
+    let exec = run(&plan, true).await;
+    let o = outcome(&plan, &exec, "w", "d");
+    assert_eq!((o.objects, o.bytes), (2, 8));
+    assert_eq!(srv.keys(&b).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_artifact_object_bound_fails_before_deleting_anything() {
+    let srv = S3Server::start().await;
+    let b = srv.bucket("bound").await;
+    for i in 0..5 {
+        srv.put(&b, &format!("w/d/{i}"), "x").await;
+    }
+    let w = workflow("ns", "w").node("n1", "t", vec![on(&srv, "d", &b, "w/d/", "s3")]);
+    let plan = plan_due(vec![w], vec![good_secret(&srv)]);
+    let opts = StoreOptions {
+        max_objects_per_artifact: 3,
+        ..Default::default()
+    };
+    let exec = run_with(&plan, false, opts).await;
+    let err = outcome(&plan, &exec, "w", "d").error.clone().expect("bound must fail it");
+    assert_eq!(err.category(), "too_many_objects");
+    assert_eq!(srv.keys(&b).await.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_artifacts_are_never_touched() {
+    let srv = S3Server::start().await;
+    let b = srv.bucket("keep").await;
+    for k in ["a/never", "a/shared", "b/running"] {
+        srv.put(&b, k, "x").await;
+    }
+    let a = workflow("ns", "a").node(
+        "n1",
+        "t",
+        vec![
+            with_strategy(full("never", &srv.endpoint, &b, "a/never", "s3"), "Never"),
+            on(&srv, "shared", &b, "a/shared", "s3"),
+        ],
+    );
+    let other = workflow("ns", "other").node(
+        "n1",
+        "t",
+        vec![with_strategy(full("uses", &srv.endpoint, &b, "a/shared", "s3"), "Never")],
+    );
+    let running = workflow("ns", "b").running().node("n1", "t", vec![on(&srv, "r", &b, "b/running", "s3")]);
+    let plan = plan_due(vec![a, other, running], vec![good_secret(&srv)]);
+    assert!(plan.artifacts().all(|(_, a)| a.decision != Decision::Delete));
+    let exec = run(&plan, false).await;
+    assert!(exec.outcomes.is_empty());
+    assert_eq!(srv.keys(&b).await.len(), 3);
+}
