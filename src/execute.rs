@@ -78,7 +78,9 @@ pub async fn execute(
         .collect();
     let concurrency = store.options().concurrency.max(1);
 
-    // Artifacts of one workflow in one bucket are probed together.
+    // A workflow's artifacts in one bucket are probed together: Argo keeps them under one
+    // folder, and separate workflows' listings run concurrently where one listing's pages
+    // cannot.
     let mut probe_groups: HashMap<(usize, &S3Connection, &str), Vec<usize>> = HashMap::new();
     for (j, job) in jobs.iter().enumerate() {
         probe_groups
@@ -92,7 +94,7 @@ pub async fn execute(
                 let jobs = &jobs;
                 async move {
                     let targets: Vec<&S3Target> = members.iter().map(|&j| jobs[j].target).collect();
-                    let results = probe_group(store, jobs[members[0]].conn, &targets).await;
+                    let results = probe_many(store, jobs[members[0]].conn, targets).await;
                     progress.probed(members.len() as u64);
                     members.into_iter().zip(results).collect::<Vec<_>>()
                 }
@@ -197,37 +199,63 @@ fn common_prefix<'a>(keys: impl Iterator<Item = &'a str>) -> &'a str {
     c.rfind('/').map_or("", |i| &c[..=i])
 }
 
-/// Probes the artifacts of one workflow in one bucket. Argo puts a workflow's keys under one
-/// folder, so one listing of their common prefix usually answers for all of them; when there is
-/// none, or it holds too much else, each artifact is probed on its own.
-async fn probe_group(
+/// Objects a shared listing may run through per artifact it answers for before it is given up:
+/// probing one artifact alone costs a request or two, and a listing page holds up to 1,000.
+const LISTED_PER_ARTIFACT: usize = 200;
+
+/// Probes artifacts of one bucket with as few requests as it can: one listing of their common
+/// prefix answers for all of them (Argo puts a workflow's keys under one folder, and a bulk purge
+/// covers most of a bucket). When that listing would run past a bound proportional to the
+/// artifacts it serves, they are split by the next path segment and each part is tried the same
+/// way, down to single artifacts, which are probed alone.
+async fn probe_many(
     store: &ObjectStore,
     conn: &S3Connection,
-    targets: &[&S3Target],
+    targets: Vec<&S3Target>,
 ) -> Vec<Result<(ObjectKind, Vec<StoredObject>), StoreError>> {
+    if let [single] = targets[..] {
+        return vec![probe(store, conn, single).await];
+    }
     let prefix = common_prefix(targets.iter().map(|t| t.key.as_str()));
-    if targets.len() > 1 && !prefix.is_empty() {
-        let bucket = &targets[0].bucket;
-        let limit = (targets.len() * 100).max(10_000);
-        let listed = match store.client(conn).await {
-            Ok(client) => store.list(&client, bucket, prefix, limit).await,
-            Err(e) => Err(e),
-        };
-        match listed {
-            Ok(objects) => {
-                let index: BTreeMap<String, u64> =
-                    objects.into_iter().map(|o| (o.key, o.size)).collect();
-                return targets.iter().map(|t| Ok(classify(&index, t))).collect();
-            }
-            Err(e) if e.kind == StoreErrorKind::TooManyObjects => {}
-            Err(e) => return targets.iter().map(|_| Err(e.clone())).collect(),
+    let limit = targets.len() * LISTED_PER_ARTIFACT;
+    let listed = match store.client(conn).await {
+        Ok(client) => store.list(&client, &targets[0].bucket, prefix, limit).await,
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok(objects) => {
+            let index: BTreeMap<String, u64> =
+                objects.into_iter().map(|o| (o.key, o.size)).collect();
+            targets.iter().map(|t| Ok(classify(&index, t))).collect()
         }
+        Err(e) if e.kind == StoreErrorKind::TooManyObjects => {
+            // Split by the next segment after the common prefix; keep the input order.
+            let mut parts: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+            for (i, t) in targets.iter().enumerate() {
+                let rest = &t.key[prefix.len()..];
+                let segment = rest.find('/').map_or(rest, |n| &rest[..=n]);
+                parts.entry(segment).or_default().push(i);
+            }
+            if parts.len() == 1 {
+                // Nothing left to split on (the same key named twice): probe each alone.
+                let each = targets.iter().map(|t| probe(store, conn, t));
+                return futures::future::join_all(each).await;
+            }
+            let mut out: Vec<Option<Result<_, StoreError>>> = vec![None; targets.len()];
+            let parts = parts.into_values().map(|idx| {
+                let part = idx.iter().map(|&i| targets[i]).collect();
+                async move { (idx, Box::pin(probe_many(store, conn, part)).await) }
+            });
+            // The store's semaphore bounds the requests these make at once.
+            for (idx, results) in futures::future::join_all(parts).await {
+                for (i, r) in idx.into_iter().zip(results) {
+                    out[i] = Some(r);
+                }
+            }
+            out.into_iter().map(|r| r.expect("every target probed")).collect()
+        }
+        Err(e) => targets.iter().map(|_| Err(e.clone())).collect(),
     }
-    let mut out = Vec::with_capacity(targets.len());
-    for t in targets {
-        out.push(probe(store, conn, t).await);
-    }
-    out
 }
 
 /// What a complete listing of a prefix covering the target says about it.

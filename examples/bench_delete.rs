@@ -1,0 +1,218 @@
+//! Deletion throughput: Argo's method vs artgc purge vs the server's raw batched limit.
+//!
+//! `cargo run --release --example bench_delete [-- --workflows 100 --files 20 --dirs 2 --dir-files 90]`
+//!
+//! Starts s3s-fs in process (or uses the store named by ARTGC_TEST_S3_ENDPOINT and friends, e.g.
+//! garage from `.ci/garage.sh`), seeds the same layout before each measurement, and prints:
+//! (a) Argo's method: one DeleteObject per key, sequential, listing directory artifacts first;
+//! (b) artgc purge end to end: plan from Workflow objects, probe, batched delete;
+//! (c) raw limit: DeleteObjects of 1,000 pre-listed keys, at the best of several concurrencies.
+
+use std::time::Instant;
+
+use artgc::cluster::{ClusterState, ControllerConfigRef};
+use artgc::execute::{Quiet, execute};
+use artgc::manifests::Inventory;
+use artgc::plan::{Decision, PlanOptions, plan};
+use artgc::store::{ObjectStore, StoreOptions};
+use artgc_testkit::S3Server;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use futures::StreamExt;
+use serde_json::json;
+
+struct Layout {
+    workflows: usize,
+    files: usize,
+    dirs: usize,
+    dir_files: usize,
+}
+
+impl Layout {
+    fn objects(&self) -> usize {
+        self.workflows * (self.files + self.dirs * self.dir_files)
+    }
+
+    /// Artifact keys per workflow as Argo's default keyFormat lays them out; every other
+    /// directory key lacks its trailing slash (archive: none).
+    fn artifacts(&self, w: usize) -> Vec<(String, String, bool)> {
+        let wf = format!("bench-{w:04}");
+        let mut out = Vec::new();
+        for f in 0..self.files {
+            out.push((format!("file-{f}"), format!("{wf}/{wf}-step-{f}/file-{f}.tgz"), false));
+        }
+        for d in 0..self.dirs {
+            let slash = if d % 2 == 0 { "/" } else { "" };
+            out.push((format!("dir-{d}"), format!("{wf}/{wf}-dir-{d}/out{slash}"), true));
+        }
+        out
+    }
+
+    fn keys(&self) -> Vec<String> {
+        let mut keys = Vec::with_capacity(self.objects());
+        for w in 0..self.workflows {
+            for (_, key, is_dir) in self.artifacts(w) {
+                if is_dir {
+                    let base = key.trim_end_matches('/');
+                    keys.extend((0..self.dir_files).map(|i| format!("{base}/part-{i:03}.csv")));
+                } else {
+                    keys.push(key);
+                }
+            }
+        }
+        keys
+    }
+}
+
+async fn seed(srv: &S3Server, layout: &Layout) -> String {
+    let bucket = srv.bucket("bench").await;
+    let body = vec![b'a'; 256];
+    let objects = layout.keys().into_iter().map(|k| (k, body.clone())).collect();
+    srv.put_many(&bucket, objects, 32).await;
+    bucket
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// (a) Argo's GC pod: per artifact, list a directory then delete key by key; all sequential.
+async fn argo_method(srv: &S3Server, bucket: &str, layout: &Layout) -> usize {
+    let c = srv.client();
+    let mut n = 0;
+    for w in 0..layout.workflows {
+        for (_, key, is_dir) in layout.artifacts(w) {
+            let keys = if is_dir {
+                let prefix = format!("{}/", key.trim_end_matches('/'));
+                let page = c.list_objects_v2().bucket(bucket).prefix(&prefix).send().await.unwrap();
+                page.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect()
+            } else {
+                vec![key]
+            };
+            for k in keys {
+                c.delete_object().bucket(bucket).key(&k).send().await.unwrap();
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// (b) artgc: Workflow objects -> plan -> execute.
+async fn artgc_purge(srv: &S3Server, bucket: &str, layout: &Layout) -> (u64, f64) {
+    let mut items = vec![json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "s3", "namespace": "bench"},
+        "stringData": {"accesskey": srv.access_key, "secretkey": srv.secret_key}})];
+    for w in 0..layout.workflows {
+        let arts: Vec<_> = layout
+            .artifacts(w)
+            .into_iter()
+            .map(|(name, key, _)| json!({"name": name, "s3": {"key": key}}))
+            .collect();
+        items.push(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+            "metadata": {"name": format!("bench-{w:04}"), "namespace": "bench",
+                         "labels": {"workflows.argoproj.io/completed": "true"}},
+            "spec": {"artifactGC": {"strategy": "OnWorkflowCompletion"}},
+            "status": {"phase": "Succeeded",
+                "artifactRepositoryRef": {"artifactRepository": {"s3": {
+                    "endpoint": srv.endpoint, "bucket": bucket, "insecure": true, "region": srv.region,
+                    "accessKeySecret": {"name": "s3", "key": "accesskey"},
+                    "secretKeySecret": {"name": "s3", "key": "secretkey"}}}},
+                "nodes": {"n": {"id": "n", "type": "Pod", "outputs": {"artifacts": arts}}}},
+        }));
+    }
+    let text = serde_json::to_string(&json!({"apiVersion": "v1", "kind": "List", "items": items})).unwrap();
+    let started = Instant::now();
+    let mut inv = Inventory::default();
+    inv.add_text("bench", &text, "bench").unwrap();
+    let mut state = ClusterState::new(ControllerConfigRef::default());
+    inv.secrets.into_iter().for_each(|s| state.insert_secret(s));
+    let p = plan(&inv.workflows, &state, &PlanOptions::default());
+    let plan_secs = started.elapsed().as_secs_f64();
+    assert!(p.artifacts().all(|(_, a)| a.decision == Decision::Delete));
+    let store = ObjectStore::new(StoreOptions::default());
+    let exec = execute(&p, &store, false, &Quiet).await;
+    let mut objects = 0;
+    for o in exec.outcomes.values() {
+        assert!(o.error.is_none(), "{:?}", o.error);
+        objects += o.objects;
+    }
+    (objects, plan_secs)
+}
+
+/// (c) Batched DeleteObjects of pre-listed keys.
+async fn raw_batches(srv: &S3Server, bucket: &str, keys: &[String], concurrency: usize) {
+    let c = srv.client();
+    futures::stream::iter(keys.chunks(1000))
+        .map(|chunk| async move {
+            let objects = chunk.iter().map(|k| ObjectIdentifier::builder().key(k).build().unwrap()).collect();
+            let del = Delete::builder().set_objects(Some(objects)).quiet(true).build().unwrap();
+            let out = c.delete_objects().bucket(bucket).delete(del).send().await.unwrap();
+            assert!(out.errors().is_empty(), "{:?}", out.errors());
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+#[tokio::main]
+async fn main() {
+    let layout = Layout {
+        workflows: arg("--workflows", 100),
+        files: arg("--files", 20),
+        dirs: arg("--dirs", 2),
+        dir_files: arg("--dir-files", 90),
+    };
+    let srv = S3Server::start().await;
+    let total = layout.objects();
+    println!(
+        "store: {} at {}; {} objects: {} workflows x ({} file artifacts + {} directory artifacts x {} files)",
+        srv.kind, srv.endpoint, total, layout.workflows, layout.files, layout.dirs, layout.dir_files
+    );
+
+    let bucket = seed(&srv, &layout).await;
+    let t = Instant::now();
+    let n = argo_method(&srv, &bucket, &layout).await;
+    let a = n as f64 / t.elapsed().as_secs_f64();
+    assert_eq!(srv.keys(&bucket).await.len(), 0);
+    println!("(a) Argo's method, sequential DeleteObject: {n} objects in {:.2} s = {a:.0} objects/s", t.elapsed().as_secs_f64());
+
+    let bucket = seed(&srv, &layout).await;
+    // What probing costs on this store: one listing of one workflow's folder.
+    let t = Instant::now();
+    let page = srv.client().list_objects_v2().bucket(&bucket).prefix("bench-0000/").send().await.unwrap();
+    println!(
+        "    one ListObjectsV2 of one workflow's folder ({} keys) in this bucket: {:.1} ms",
+        page.contents().len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let t = Instant::now();
+    let (n, plan_secs) = artgc_purge(&srv, &bucket, &layout).await;
+    let secs = t.elapsed().as_secs_f64();
+    let b = n as f64 / secs;
+    assert_eq!(n as usize, total);
+    assert_eq!(srv.keys(&bucket).await.len(), 0);
+    println!("(b) artgc purge end to end: {n} objects in {secs:.2} s (plan {plan_secs:.3} s) = {b:.0} objects/s");
+
+    let mut best = (0.0f64, 0usize);
+    for concurrency in [1, 4, 16] {
+        let bucket = seed(&srv, &layout).await;
+        let keys = srv.keys(&bucket).await;
+        let t = Instant::now();
+        raw_batches(&srv, &bucket, &keys, concurrency).await;
+        let secs = t.elapsed().as_secs_f64();
+        let rate = keys.len() as f64 / secs;
+        assert_eq!(srv.keys(&bucket).await.len(), 0);
+        println!("(c) raw DeleteObjects x1000, concurrency {concurrency}: {} objects in {secs:.2} s = {rate:.0} objects/s", keys.len());
+        if rate > best.0 {
+            best = (rate, concurrency);
+        }
+    }
+    println!("\nsummary ({}): a = {a:.0}/s, b = {b:.0}/s, c = {:.0}/s (concurrency {})", srv.kind, best.0, best.1);
+    println!("b/a = {:.1} (target >= 20), b/c = {:.2} (target >= 0.8)", b / a, b / best.0);
+}
