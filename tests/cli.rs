@@ -1,0 +1,153 @@
+//! The `artgc` binary as users run it: exit codes, output formats, confirmation, and a real
+//! purge against a real S3 server.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use artgc_testkit::S3Server;
+use serde_json::{Value, json};
+use support::*;
+
+fn artgc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_artgc"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run artgc")
+}
+
+async fn artgc_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        artgc(&args)
+    })
+    .await
+    .unwrap()
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+#[test]
+fn plan_over_the_examples_prints_a_table_and_json() {
+    let out = artgc(&["plan", "-f", "examples"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("WORKFLOW"), "{table}");
+    assert!(table.contains("shared: key also used by data-team/publish-latest-r2d2x"), "{table}");
+
+    let doc = json_of(&artgc(&["plan", "-f", "examples", "-o", "json"]));
+    let first = &doc["workflows"][0]["artifacts"][0];
+    for field in ["node", "name", "strategy", "due", "endpoint", "bucket", "key", "kind", "action", "reason"] {
+        assert!(first.get(field).is_some(), "missing {field} in {first}");
+    }
+    assert!(first.get("objects").is_none(), "plan omits objects");
+    assert_eq!(doc["totals"]["artifacts_deleted"], 5);
+    assert_eq!(doc["totals"]["kept"], 2);
+}
+
+#[test]
+fn unparseable_input_exits_2_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.yaml");
+    std::fs::write(&bad, "kind: Workflow\nmetadata: [unclosed\n").unwrap();
+    let out = artgc(&["plan", "-f", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.yaml"), "{err}");
+    let out = artgc(&["plan", "-f", "no/such/path.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn write_manifests(dir: &Path, items: Vec<Value>) {
+    let text = serde_json::to_string_pretty(&json!({"apiVersion": "v1", "kind": "List", "items": items})).unwrap();
+    std::fs::write(dir.join("objects.json"), text).unwrap();
+}
+
+fn s3_art(srv: &S3Server, name: &str, bucket: &str, key: &str, secret: &str) -> Value {
+    let mut a = full(name, &srv.endpoint, bucket, key, secret);
+    a["s3"]["region"] = json!(srv.region);
+    with_strategy(a, "OnWorkflowCompletion")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_needs_yes_dry_runs_and_deletes() {
+    let srv = S3Server::start().await;
+    let b = srv.bucket("cli").await;
+    srv.put(&b, "w/a.txt", "hello").await;
+    srv.put(&b, "w/dir/1", "12").await;
+    srv.put(&b, "w/dir/2", "345").await;
+    srv.put(&b, "other/keep", "k").await;
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflow("ns", "w").node(
+        "n1",
+        "t",
+        vec![s3_art(&srv, "a", &b, "w/a.txt", "s3"), s3_art(&srv, "d", &b, "w/dir/", "s3")],
+    );
+    write_manifests(dir.path(), vec![wf.0, secret("ns", "s3", &srv.access_key, &srv.secret_key)]);
+    let path = dir.path().to_str().unwrap().to_string();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v = vec!["purge".to_string(), "-f".into(), path.clone(), "-o".into(), "json".into()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+
+    // Not a terminal and no --yes: refuse, delete nothing.
+    let out = artgc_async(args(&[])).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert_eq!(srv.keys(&b).await.len(), 4);
+
+    let out = artgc_async(args(&["--dry-run"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = json_of(&out);
+    assert_eq!(doc["dry_run"], true);
+    assert_eq!(doc["totals"]["objects_deleted"], 3);
+    assert_eq!(doc["totals"]["bytes_reclaimed"], 10);
+    assert_eq!(srv.keys(&b).await.len(), 4);
+
+    let out = artgc_async(args(&["--yes"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = json_of(&out);
+    assert_eq!(doc["totals"]["artifacts_deleted"], 2);
+    assert_eq!(doc["totals"]["objects_deleted"], 3);
+    assert_eq!(doc["totals"]["bytes_reclaimed"], 10);
+    assert_eq!(doc["totals"]["failed"], 0);
+    let arts = doc["workflows"][0]["artifacts"].as_array().unwrap();
+    assert!(arts.iter().all(|a| a["action"] == "deleted"), "{arts:?}");
+    assert_eq!(srv.keys(&b).await, vec!["other/keep"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_exits_1_when_an_artifact_fails() {
+    let srv = S3Server::start().await;
+    let b = srv.bucket("clifail").await;
+    srv.put(&b, "w/a", "x").await;
+    srv.put(&b, "w/b", "y").await;
+    let dir = tempfile::tempdir().unwrap();
+    let wf = workflow("ns", "w").node(
+        "n1",
+        "t",
+        vec![s3_art(&srv, "ok", &b, "w/a", "s3"), s3_art(&srv, "denied", &b, "w/b", "bad")],
+    );
+    write_manifests(
+        dir.path(),
+        vec![
+            wf.0,
+            secret("ns", "s3", &srv.access_key, &srv.secret_key),
+            secret("ns", "bad", &srv.access_key, "wrong"),
+        ],
+    );
+    let path = dir.path().to_str().unwrap().to_string();
+    let out = artgc_async(vec!["purge".into(), "-f".into(), path, "--yes".into(), "--max-attempts".into(), "1".into()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("failed"), "{table}");
+    assert!(table.contains("1 failed"), "{table}");
+    assert_eq!(srv.keys(&b).await, vec!["w/b"]);
+}
