@@ -38,11 +38,19 @@ impl Layout {
         let wf = format!("bench-{w:04}");
         let mut out = Vec::new();
         for f in 0..self.files {
-            out.push((format!("file-{f}"), format!("{wf}/{wf}-step-{f}/file-{f}.tgz"), false));
+            out.push((
+                format!("file-{f}"),
+                format!("{wf}/{wf}-step-{f}/file-{f}.tgz"),
+                false,
+            ));
         }
         for d in 0..self.dirs {
             let slash = if d % 2 == 0 { "/" } else { "" };
-            out.push((format!("dir-{d}"), format!("{wf}/{wf}-dir-{d}/out{slash}"), true));
+            out.push((
+                format!("dir-{d}"),
+                format!("{wf}/{wf}-dir-{d}/out{slash}"),
+                true,
+            ));
         }
         out
     }
@@ -66,7 +74,11 @@ impl Layout {
 async fn seed(srv: &S3Server, layout: &Layout) -> String {
     let bucket = srv.bucket("bench").await;
     let body = vec![b'a'; 256];
-    let objects = layout.keys().into_iter().map(|k| (k, body.clone())).collect();
+    let objects = layout
+        .keys()
+        .into_iter()
+        .map(|k| (k, body.clone()))
+        .collect();
     srv.put_many(&bucket, objects, 32).await;
     bucket
 }
@@ -88,13 +100,27 @@ async fn argo_method(srv: &S3Server, bucket: &str, layout: &Layout) -> usize {
         for (_, key, is_dir) in layout.artifacts(w) {
             let keys = if is_dir {
                 let prefix = format!("{}/", key.trim_end_matches('/'));
-                let page = c.list_objects_v2().bucket(bucket).prefix(&prefix).send().await.unwrap();
-                page.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect()
+                let page = c
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(&prefix)
+                    .send()
+                    .await
+                    .unwrap();
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string))
+                    .collect()
             } else {
                 vec![key]
             };
             for k in keys {
-                c.delete_object().bucket(bucket).key(&k).send().await.unwrap();
+                c.delete_object()
+                    .bucket(bucket)
+                    .key(&k)
+                    .send()
+                    .await
+                    .unwrap();
                 n += 1;
             }
         }
@@ -126,7 +152,8 @@ async fn artgc_purge(srv: &S3Server, bucket: &str, layout: &Layout) -> (u64, f64
                 "nodes": {"n": {"id": "n", "type": "Pod", "outputs": {"artifacts": arts}}}},
         }));
     }
-    let text = serde_json::to_string(&json!({"apiVersion": "v1", "kind": "List", "items": items})).unwrap();
+    let text = serde_json::to_string(&json!({"apiVersion": "v1", "kind": "List", "items": items}))
+        .unwrap();
     let started = Instant::now();
     let mut inv = Inventory::default();
     inv.add_text("bench", &text, "bench").unwrap();
@@ -150,9 +177,22 @@ async fn raw_batches(srv: &S3Server, bucket: &str, keys: &[String], concurrency:
     let c = srv.client();
     futures::stream::iter(keys.chunks(1000))
         .map(|chunk| async move {
-            let objects = chunk.iter().map(|k| ObjectIdentifier::builder().key(k).build().unwrap()).collect();
-            let del = Delete::builder().set_objects(Some(objects)).quiet(true).build().unwrap();
-            let out = c.delete_objects().bucket(bucket).delete(del).send().await.unwrap();
+            let objects = chunk
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build().unwrap())
+                .collect();
+            let del = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .unwrap();
+            let out = c
+                .delete_objects()
+                .bucket(bucket)
+                .delete(del)
+                .send()
+                .await
+                .unwrap();
             assert!(out.errors().is_empty(), "{:?}", out.errors());
         })
         .buffer_unordered(concurrency)
@@ -172,7 +212,13 @@ async fn main() {
     let total = layout.objects();
     println!(
         "store: {} at {}; {} objects: {} workflows x ({} file artifacts + {} directory artifacts x {} files)",
-        srv.kind, srv.endpoint, total, layout.workflows, layout.files, layout.dirs, layout.dir_files
+        srv.kind,
+        srv.endpoint,
+        total,
+        layout.workflows,
+        layout.files,
+        layout.dirs,
+        layout.dir_files
     );
 
     let bucket = seed(&srv, &layout).await;
@@ -180,12 +226,22 @@ async fn main() {
     let n = argo_method(&srv, &bucket, &layout).await;
     let a = n as f64 / t.elapsed().as_secs_f64();
     assert_eq!(srv.keys(&bucket).await.len(), 0);
-    println!("(a) Argo's method, sequential DeleteObject: {n} objects in {:.2} s = {a:.0} objects/s", t.elapsed().as_secs_f64());
+    println!(
+        "(a) Argo's method, sequential DeleteObject: {n} objects in {:.2} s = {a:.0} objects/s",
+        t.elapsed().as_secs_f64()
+    );
 
     let bucket = seed(&srv, &layout).await;
     // What probing costs on this store: one listing of one workflow's folder.
     let t = Instant::now();
-    let page = srv.client().list_objects_v2().bucket(&bucket).prefix("bench-0000/").send().await.unwrap();
+    let page = srv
+        .client()
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("bench-0000/")
+        .send()
+        .await
+        .unwrap();
     println!(
         "    one ListObjectsV2 of one workflow's folder ({} keys) in this bucket: {:.1} ms",
         page.contents().len(),
@@ -197,7 +253,9 @@ async fn main() {
     let b = n as f64 / secs;
     assert_eq!(n as usize, total);
     assert_eq!(srv.keys(&bucket).await.len(), 0);
-    println!("(b) artgc purge end to end: {n} objects in {secs:.2} s (plan {plan_secs:.3} s) = {b:.0} objects/s");
+    println!(
+        "(b) artgc purge end to end: {n} objects in {secs:.2} s (plan {plan_secs:.3} s) = {b:.0} objects/s"
+    );
 
     let mut best = (0.0f64, 0usize);
     for concurrency in [1, 4, 16] {
@@ -208,11 +266,21 @@ async fn main() {
         let secs = t.elapsed().as_secs_f64();
         let rate = keys.len() as f64 / secs;
         assert_eq!(srv.keys(&bucket).await.len(), 0);
-        println!("(c) raw DeleteObjects x1000, concurrency {concurrency}: {} objects in {secs:.2} s = {rate:.0} objects/s", keys.len());
+        println!(
+            "(c) raw DeleteObjects x1000, concurrency {concurrency}: {} objects in {secs:.2} s = {rate:.0} objects/s",
+            keys.len()
+        );
         if rate > best.0 {
             best = (rate, concurrency);
         }
     }
-    println!("\nsummary ({}): a = {a:.0}/s, b = {b:.0}/s, c = {:.0}/s (concurrency {})", srv.kind, best.0, best.1);
-    println!("b/a = {:.1} (target >= 20), b/c = {:.2} (target >= 0.8)", b / a, b / best.0);
+    println!(
+        "\nsummary ({}): a = {a:.0}/s, b = {b:.0}/s, c = {:.0}/s (concurrency {})",
+        srv.kind, best.0, best.1
+    );
+    println!(
+        "b/a = {:.1} (target >= 20), b/c = {:.2} (target >= 0.8)",
+        b / a,
+        b / best.0
+    );
 }

@@ -72,7 +72,11 @@ pub struct SourceArgs {
     #[arg(long, value_enum, default_value_t = StrategyFilter::Due)]
     pub strategy: StrategyFilter,
     /// Name of Argo's workflow-controller ConfigMap (global artifact repository).
-    #[arg(long, default_value = "workflow-controller-configmap", env = "ARTGC_CONTROLLER_CONFIGMAP")]
+    #[arg(
+        long,
+        default_value = "workflow-controller-configmap",
+        env = "ARTGC_CONTROLLER_CONFIGMAP"
+    )]
     pub controller_configmap: String,
     /// Namespace of Argo's workflow-controller ConfigMap.
     #[arg(long, default_value = "argo", env = "ARTGC_CONTROLLER_NAMESPACE")]
@@ -112,7 +116,11 @@ pub struct StoreArgs {
     #[arg(long, default_value_t = 5, env = "ARTGC_MAX_ATTEMPTS")]
     pub max_attempts: u32,
     /// A directory artifact with more objects than this fails instead of being deleted.
-    #[arg(long, default_value_t = 100_000, env = "ARTGC_MAX_OBJECTS_PER_ARTIFACT")]
+    #[arg(
+        long,
+        default_value_t = 100_000,
+        env = "ARTGC_MAX_OBJECTS_PER_ARTIFACT"
+    )]
     pub max_objects_per_artifact: usize,
     /// Timeout of one S3 request attempt, in seconds.
     #[arg(long, default_value_t = 30, env = "ARTGC_REQUEST_TIMEOUT")]
@@ -135,7 +143,10 @@ pub fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Plan(args) => plan_command(&args),
         Command::Purge(args) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");
@@ -193,17 +204,21 @@ fn plan_command(args: &PlanArgs) -> u8 {
         }
     };
     let code = print(&Report::new(&plan, None, false), args.source.output);
-    let invalid = plan
-        .workflows
-        .iter()
-        .any(|w| matches!(w.error, Some(InputError::Field { .. } | InputError::Parse { .. })));
+    let invalid = plan.workflows.iter().any(|w| {
+        matches!(
+            w.error,
+            Some(InputError::Field { .. } | InputError::Parse { .. })
+        )
+    });
     if invalid { EXIT_USAGE } else { code }
 }
 
 async fn purge_command(args: &PurgeArgs) -> u8 {
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     if !args.dry_run && !args.yes && !interactive {
-        eprintln!("error: refusing to delete without --yes when not run from a terminal (or use --dry-run)");
+        eprintln!(
+            "error: refusing to delete without --yes when not run from a terminal (or use --dry-run)"
+        );
         return EXIT_USAGE;
     }
     let plan = match load_plan(&args.source) {

@@ -8,9 +8,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde::Deserialize;
 
 use crate::error::ResolveError;
-use crate::model::{
-    ANNOTATION_DEFAULT_REPOSITORY, ArtifactLocation, SecretKeySelector, Workflow,
-};
+use crate::model::{ANNOTATION_DEFAULT_REPOSITORY, ArtifactLocation, SecretKeySelector, Workflow};
 
 /// The ConfigMap holding namespace-level artifact repositories (Argo's default name).
 pub const REPOSITORIES_CONFIGMAP: &str = "artifact-repositories";
@@ -193,13 +191,9 @@ fn repository_in(
             "{field}: ConfigMap {ns}/{name} names no key and has no {ANNOTATION_DEFAULT_REPOSITORY} annotation"
         ))
     })?;
-    let text = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .ok_or_else(|| {
-            ResolveError::Repository(format!("{field}: ConfigMap {ns}/{name} has no key {key:?}"))
-        })?;
+    let text = cm.data.as_ref().and_then(|d| d.get(key)).ok_or_else(|| {
+        ResolveError::Repository(format!("{field}: ConfigMap {ns}/{name} has no key {key:?}"))
+    })?;
     serde_saphyr::from_str::<ArtifactLocation>(text).map_err(|e| {
         ResolveError::Repository(format!("{field}: ConfigMap {ns}/{name} key {key:?}: {e}"))
     })

@@ -46,6 +46,12 @@ pub trait Progress: Sync {
 pub struct Quiet;
 impl Progress for Quiet {}
 
+/// What a probe found: the kind, and the objects to delete with their sizes.
+type Probe = Result<(ObjectKind, Vec<StoredObject>), StoreError>;
+
+/// Keys to delete per (connection, bucket), each once, with the jobs that own it.
+type KeyGroups<'a> = HashMap<(&'a S3Connection, &'a str), Vec<(String, Vec<usize>)>>;
+
 struct Job<'a> {
     id: (usize, usize),
     conn: &'a S3Connection,
@@ -88,25 +94,23 @@ pub async fn execute(
             .or_default()
             .push(j);
     }
-    let probes: Vec<(usize, Result<(ObjectKind, Vec<StoredObject>), StoreError>)> =
-        futures::stream::iter(probe_groups.into_values())
-            .map(|members| {
-                let jobs = &jobs;
-                async move {
-                    let targets: Vec<&S3Target> = members.iter().map(|&j| jobs[j].target).collect();
-                    let results = probe_many(store, jobs[members[0]].conn, targets).await;
-                    progress.probed(members.len() as u64);
-                    members.into_iter().zip(results).collect::<Vec<_>>()
-                }
-            })
-            .buffer_unordered(concurrency)
-            .flat_map(futures::stream::iter)
-            .collect()
-            .await;
+    let probes: Vec<(usize, Probe)> = futures::stream::iter(probe_groups.into_values())
+        .map(|members| {
+            let jobs = &jobs;
+            async move {
+                let targets: Vec<&S3Target> = members.iter().map(|&j| jobs[j].target).collect();
+                let results = probe_many(store, jobs[members[0]].conn, targets).await;
+                progress.probed(members.len() as u64);
+                members.into_iter().zip(results).collect::<Vec<_>>()
+            }
+        })
+        .buffer_unordered(concurrency)
+        .flat_map(futures::stream::iter)
+        .collect()
+        .await;
 
     let mut exec = Execution::default();
-    // Keys to delete per (connection, bucket), each once, with the jobs that own it.
-    let mut groups: HashMap<(&S3Connection, &str), Vec<(String, Vec<usize>)>> = HashMap::new();
+    let mut groups: KeyGroups<'_> = HashMap::new();
     let mut seen: HashMap<(&S3Connection, &str, String), usize> = HashMap::new();
     for (j, result) in probes {
         let job = &jobs[j];
@@ -188,11 +192,7 @@ fn common_prefix<'a>(keys: impl Iterator<Item = &'a str>) -> &'a str {
     let mut common: Option<&str> = None;
     for k in keys {
         let c = common.get_or_insert(k);
-        let n = c
-            .bytes()
-            .zip(k.bytes())
-            .take_while(|(a, b)| a == b)
-            .count();
+        let n = c.bytes().zip(k.bytes()).take_while(|(a, b)| a == b).count();
         *c = &c[..n];
     }
     let c = common.unwrap_or("");
@@ -212,7 +212,7 @@ async fn probe_many(
     store: &ObjectStore,
     conn: &S3Connection,
     targets: Vec<&S3Target>,
-) -> Vec<Result<(ObjectKind, Vec<StoredObject>), StoreError>> {
+) -> Vec<Probe> {
     if let [single] = targets[..] {
         return vec![probe(store, conn, single).await];
     }
@@ -241,7 +241,7 @@ async fn probe_many(
                 let each = targets.iter().map(|t| probe(store, conn, t));
                 return futures::future::join_all(each).await;
             }
-            let mut out: Vec<Option<Result<_, StoreError>>> = vec![None; targets.len()];
+            let mut out: Vec<Option<Probe>> = vec![None; targets.len()];
             let parts = parts.into_values().map(|idx| {
                 let part = idx.iter().map(|&i| targets[i]).collect();
                 async move { (idx, Box::pin(probe_many(store, conn, part)).await) }
@@ -252,7 +252,9 @@ async fn probe_many(
                     out[i] = Some(r);
                 }
             }
-            out.into_iter().map(|r| r.expect("every target probed")).collect()
+            out.into_iter()
+                .map(|r| r.expect("every target probed"))
+                .collect()
         }
         Err(e) => targets.iter().map(|_| Err(e.clone())).collect(),
     }
@@ -292,15 +294,13 @@ fn classify(index: &BTreeMap<String, u64>, target: &S3Target) -> (ObjectKind, Ve
 /// What one artifact amounts to in the store. A key ending in `/` is a directory; any other key
 /// is a file, unless no such object exists and objects exist under `key/` (Argo leaves those
 /// behind; artgc does not).
-async fn probe(
-    store: &ObjectStore,
-    conn: &S3Connection,
-    target: &S3Target,
-) -> Result<(ObjectKind, Vec<StoredObject>), StoreError> {
+async fn probe(store: &ObjectStore, conn: &S3Connection, target: &S3Target) -> Probe {
     let client = store.client(conn).await?;
     let limit = store.options().max_objects_per_artifact;
     if target.is_directory_key() {
-        let objects = store.list(&client, &target.bucket, &target.key, limit).await?;
+        let objects = store
+            .list(&client, &target.bucket, &target.key, limit)
+            .await?;
         return Ok((ObjectKind::Directory, objects));
     }
     let head = store.head(&client, &target.bucket, &target.key).await;

@@ -91,7 +91,9 @@ pub enum TemplateLookup<'a> {
     Found(&'a Template),
     /// Not found (e.g. an inline template). `any_archive_location` says whether some template of
     /// the workflow has its own archiveLocation, in which case the repository cannot be assumed.
-    Unknown { any_archive_location: bool },
+    Unknown {
+        any_archive_location: bool,
+    },
 }
 
 /// Outcome of resolving an artifact's location.
@@ -100,7 +102,7 @@ pub enum Resolved {
     /// S3: the bucket/key, and the S3 fields (own or inherited) that say how to connect.
     S3 {
         target: S3Target,
-        location: S3Location,
+        location: Box<S3Location>,
     },
     /// A driver artgc cannot delete from.
     Unsupported(&'static str),
@@ -163,16 +165,19 @@ pub fn resolve(
 
 fn finish(location: S3Location, field: &str) -> Result<Resolved, ResolveError> {
     let get = |v: &Option<String>, name: &str| {
-        v.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
-            ResolveError::Location(format!("{field}: s3.{name} is not set"))
-        })
+        v.clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ResolveError::Location(format!("{field}: s3.{name} is not set")))
     };
     let target = S3Target {
         endpoint: get(&location.endpoint, "endpoint")?,
         bucket: get(&location.bucket, "bucket")?,
         key: location.key.clone().unwrap_or_default(),
     };
-    Ok(Resolved::S3 { target, location })
+    Ok(Resolved::S3 {
+        target,
+        location: Box::new(location),
+    })
 }
 
 /// Builds the connection for an S3 location, reading Secrets in `namespace` only.

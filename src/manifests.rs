@@ -118,7 +118,10 @@ impl Inventory {
             ("v1", "Secret") => {
                 let mut secret: Secret =
                     serde_json::from_value(obj.clone()).map_err(|e| field_error("Secret", e))?;
-                secret.metadata.namespace.get_or_insert_with(|| ns.to_string());
+                secret
+                    .metadata
+                    .namespace
+                    .get_or_insert_with(|| ns.to_string());
                 // As the API server does: stringData is merged into data and wins.
                 if let Some(strings) = secret.string_data.take() {
                     let data = secret.data.get_or_insert_with(Default::default);
@@ -172,9 +175,11 @@ pub fn parse_documents(origin: &str, text: &str) -> Result<Vec<Value>, InputErro
     if text.trim_start().starts_with(['{', '[']) {
         let mut out = Vec::new();
         for doc in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
-            out.push(doc.map_err(|e| {
-                parse_err(format!("line {} column {}: {e}", e.line(), e.column()))
-            })?);
+            out.push(
+                doc.map_err(|e| {
+                    parse_err(format!("line {} column {}: {e}", e.line(), e.column()))
+                })?,
+            );
         }
         return Ok(out);
     }
@@ -248,7 +253,10 @@ data: {k: v}
         let data = inv.secrets[0].data.as_ref().unwrap();
         assert_eq!(data["accesskey"].0, b"abc");
         assert_eq!(data["secretkey"].0, b"xyz");
-        assert_eq!(inv.config_maps[0].metadata.namespace.as_deref(), Some("dflt"));
+        assert_eq!(
+            inv.config_maps[0].metadata.namespace.as_deref(),
+            Some("dflt")
+        );
     }
 
     #[test]

@@ -211,7 +211,11 @@ pub struct S3Location {
     pub ca_secret: Option<SecretKeySelector>,
     #[serde(default, rename = "roleARN", skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
-    #[serde(default, rename = "useSDKCreds", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "useSDKCreds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub use_sdk_creds: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addressing_style: Option<String>,
@@ -354,7 +358,11 @@ impl Workflow {
 
     /// The workflow-level strategy: spec, then the stored WorkflowTemplate spec.
     pub fn workflow_strategy(&self) -> Option<&str> {
-        let own = self.spec.artifact_gc.as_ref().and_then(|g| g.strategy.as_deref());
+        let own = self
+            .spec
+            .artifact_gc
+            .as_ref()
+            .and_then(|g| g.strategy.as_deref());
         let stored = || {
             self.stored_spec()?
                 .artifact_gc
@@ -367,8 +375,17 @@ impl Workflow {
     }
 
     pub fn force_finalizer_removal(&self) -> bool {
-        let own = self.spec.artifact_gc.as_ref().and_then(|g| g.force_finalizer_removal);
-        let stored = || self.stored_spec()?.artifact_gc.as_ref()?.force_finalizer_removal;
+        let own = self
+            .spec
+            .artifact_gc
+            .as_ref()
+            .and_then(|g| g.force_finalizer_removal);
+        let stored = || {
+            self.stored_spec()?
+                .artifact_gc
+                .as_ref()?
+                .force_finalizer_removal
+        };
         own.or_else(stored).unwrap_or(false)
     }
 
@@ -380,7 +397,11 @@ impl Workflow {
             .spec
             .templates
             .iter()
-            .chain(self.stored_spec().into_iter().flat_map(|s| s.templates.iter()))
+            .chain(
+                self.stored_spec()
+                    .into_iter()
+                    .flat_map(|s| s.templates.iter()),
+            )
             .chain(self.status.stored_templates.values());
         for t in top {
             out.push(t);

@@ -261,10 +261,11 @@ fn plan_workflow(
     wp.node_encoding = Some(nodes.encoding);
     let repo = OnceCell::new();
     let repository = || repo.get_or_init(|| state.repository_for(wf)).clone();
-    let any_archive_location = wf
-        .all_templates()
-        .iter()
-        .any(|t| t.archive_location.as_ref().is_some_and(|a| a.has_complete_s3() || a.other_driver().is_some()));
+    let any_archive_location = wf.all_templates().iter().any(|t| {
+        t.archive_location
+            .as_ref()
+            .is_some_and(|a| a.has_complete_s3() || a.other_driver().is_some())
+    });
     let finished = wf.is_finished();
     let deleting = wf.is_being_deleted();
     let wf_strategy = Strategy::parse(wf.workflow_strategy());
@@ -298,7 +299,7 @@ fn plan_workflow(
                     .clone()
                     .map_err(|e| format!("spec.artifactGC.strategy: {e}")),
             };
-            let resolved = location::resolve(art, lookup, &field, &repository);
+            let resolved = location::resolve(art, lookup, &field, repository);
             let target = match &resolved {
                 Ok(Resolved::S3 { target, .. }) => Some(target.clone()),
                 _ => None,
@@ -381,7 +382,10 @@ fn plan_workflow(
             let tname = t.name.as_deref().unwrap_or("(inline)");
             for art in t.artifacts() {
                 let field = format!("template {tname} artifact {}", art.name);
-                let l = format!("{}/{} template {tname} artifact {}", wp.namespace, wp.name, art.name);
+                let l = format!(
+                    "{}/{} template {tname} artifact {}",
+                    wp.namespace, wp.name, art.name
+                );
                 live_use(art, TemplateLookup::Found(t), &field, &repository, l, uses);
             }
         }
@@ -480,7 +484,10 @@ fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse]) {
     let mut index: HashMap<(String, String), BucketUses> = HashMap::new();
     for (i, u) in uses.iter().enumerate() {
         let b = index
-            .entry((normalize_endpoint(&u.target.endpoint), u.target.bucket.clone()))
+            .entry((
+                normalize_endpoint(&u.target.endpoint),
+                u.target.bucket.clone(),
+            ))
             .or_default();
         let (exact, prefix) = reach(&u.target.key);
         if let Some(e) = exact {
@@ -498,8 +505,7 @@ fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse]) {
                     continue;
                 }
                 let Some(t) = &art.target else { continue };
-                let Some(bucket) =
-                    index.get(&(normalize_endpoint(&t.endpoint), t.bucket.clone()))
+                let Some(bucket) = index.get(&(normalize_endpoint(&t.endpoint), t.bucket.clone()))
                 else {
                     continue;
                 };
@@ -508,9 +514,7 @@ fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse]) {
                 let live = found.iter().map(|&i| &uses[i]).find(|u| match u.owner {
                     None => true,
                     Some(o) if o == (w, a) => false,
-                    Some((ow, oa)) => {
-                        plan.workflows[ow].artifacts[oa].decision != Decision::Delete
-                    }
+                    Some((ow, oa)) => plan.workflows[ow].artifacts[oa].decision != Decision::Delete,
                 });
                 if let Some(u) = live {
                     let art = &mut plan.workflows[w].artifacts[a];

@@ -199,7 +199,11 @@ impl Report {
             writeln!(out, "{}", line.trim_end())?;
         }
         let t = &self.totals;
-        let verb = if self.dry_run { "would delete" } else { "deleted" };
+        let verb = if self.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
         match (t.objects_deleted, t.bytes_reclaimed) {
             (Some(o), Some(b)) => writeln!(
                 out,

@@ -69,7 +69,15 @@ impl StoreError {
 /// Classifies an S3 error code (and HTTP status when there is no code).
 fn kind_of(code: Option<&str>, status: Option<u16>) -> StoreErrorKind {
     match (code, status) {
-        (Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AllAccessDisabled"), _)
+        (
+            Some(
+                "AccessDenied"
+                | "InvalidAccessKeyId"
+                | "SignatureDoesNotMatch"
+                | "AllAccessDisabled",
+            ),
+            _,
+        )
         | (None, Some(401 | 403)) => StoreErrorKind::AccessDenied,
         (Some("NoSuchBucket"), _) => StoreErrorKind::NoSuchBucket,
         (Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"), _)
@@ -91,9 +99,7 @@ where
     let status = err.raw_response().map(|r| r.status().as_u16());
     let kind = match &err {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => StoreErrorKind::Network,
-        SdkError::ServiceError(_) | SdkError::ResponseError(_) => {
-            kind_of(err.code(), status)
-        }
+        SdkError::ServiceError(_) | SdkError::ResponseError(_) => kind_of(err.code(), status),
         _ => StoreErrorKind::Request,
     };
     let detail = match (err.code(), err.message()) {
@@ -101,8 +107,9 @@ where
         (Some(c), None) => c.to_string(),
         _ => match status {
             Some(s) => format!("HTTP {s}"),
-            None => std::error::Error::source(&err)
-                .map_or_else(|| err.to_string(), |s| s.to_string()),
+            None => {
+                std::error::Error::source(&err).map_or_else(|| err.to_string(), |s| s.to_string())
+            }
         },
     };
     StoreError::new(kind, format!("{op} {target}: {detail}"))
@@ -255,7 +262,11 @@ impl ObjectStore {
         bucket: &str,
         key: &str,
     ) -> Result<Option<u64>, StoreError> {
-        let _permit = self.permits.acquire().await.expect("semaphore never closed");
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore never closed");
         match client.head_object().bucket(bucket).key(key).send().await {
             Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
@@ -276,7 +287,11 @@ impl ObjectStore {
         let mut token: Option<String> = None;
         loop {
             let page = {
-                let _permit = self.permits.acquire().await.expect("semaphore never closed");
+                let _permit = self
+                    .permits
+                    .acquire()
+                    .await
+                    .expect("semaphore never closed");
                 client
                     .list_objects_v2()
                     .bucket(bucket)
@@ -284,7 +299,9 @@ impl ObjectStore {
                     .set_continuation_token(token.take())
                     .send()
                     .await
-                    .map_err(|e| sdk_error("ListObjectsV2", &format!("s3://{bucket}/{prefix}"), e))?
+                    .map_err(|e| {
+                        sdk_error("ListObjectsV2", &format!("s3://{bucket}/{prefix}"), e)
+                    })?
             };
             for obj in page.contents() {
                 // A store that ignores the prefix must not widen what is deleted.
@@ -332,7 +349,10 @@ impl ObjectStore {
                         continue;
                     }
                     Err(e) if e.kind == StoreErrorKind::NotImplemented => {
-                        tracing::info!(bucket, "store does not implement DeleteObjects; deleting one key at a time");
+                        tracing::info!(
+                            bucket,
+                            "store does not implement DeleteObjects; deleting one key at a time"
+                        );
                         fallback = true;
                     }
                     Err(e) => {
@@ -357,8 +377,11 @@ impl ObjectStore {
         keys: &[String],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); keys.len()];
-        let position: HashMap<&str, usize> =
-            keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let position: HashMap<&str, usize> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), i))
+            .collect();
         let mut pending: Vec<usize> = (0..keys.len()).collect();
         let mut delays = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
@@ -378,7 +401,11 @@ impl ObjectStore {
                 .build()
                 .map_err(|e| StoreError::new(StoreErrorKind::Request, e.to_string()))?;
             let out = {
-                let _permit = self.permits.acquire().await.expect("semaphore never closed");
+                let _permit = self
+                    .permits
+                    .acquire()
+                    .await
+                    .expect("semaphore never closed");
                 client
                     .delete_objects()
                     .bucket(bucket)
@@ -420,7 +447,12 @@ impl ObjectStore {
             let Some(delay) = delays.next() else {
                 return Ok(results);
             };
-            tracing::debug!(bucket, keys = retry.len(), ?delay, "retrying keys DeleteObjects reported as failed");
+            tracing::debug!(
+                bucket,
+                keys = retry.len(),
+                ?delay,
+                "retrying keys DeleteObjects reported as failed"
+            );
             tokio::time::sleep(delay).await;
             for &i in &retry {
                 results[i] = Ok(());
@@ -430,11 +462,19 @@ impl ObjectStore {
     }
 
     async fn delete_one(&self, client: &Client, bucket: &str, key: &str) -> Result<(), StoreError> {
-        let _permit = self.permits.acquire().await.expect("semaphore never closed");
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore never closed");
         match client.delete_object().bucket(bucket).key(key).send().await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("NoSuchKey") => Ok(()),
-            Err(e) => Err(sdk_error("DeleteObject", &format!("s3://{bucket}/{key}"), e)),
+            Err(e) => Err(sdk_error(
+                "DeleteObject",
+                &format!("s3://{bucket}/{key}"),
+                e,
+            )),
         }
     }
 }

@@ -29,21 +29,35 @@ async fn artgc_async(args: Vec<String>) -> Output {
 
 fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
 #[test]
 fn plan_over_the_examples_prints_a_table_and_json() {
     let out = artgc(&["plan", "-f", "examples"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("WORKFLOW"), "{table}");
-    assert!(table.contains("shared: key also used by data-team/publish-latest-r2d2x"), "{table}");
+    assert!(
+        table.contains("shared: key also used by data-team/publish-latest-r2d2x"),
+        "{table}"
+    );
 
     let doc = json_of(&artgc(&["plan", "-f", "examples", "-o", "json"]));
     let first = &doc["workflows"][0]["artifacts"][0];
-    for field in ["node", "name", "strategy", "due", "endpoint", "bucket", "key", "kind", "action", "reason"] {
+    for field in [
+        "node", "name", "strategy", "due", "endpoint", "bucket", "key", "kind", "action", "reason",
+    ] {
         assert!(first.get(field).is_some(), "missing {field} in {first}");
     }
     assert!(first.get("objects").is_none(), "plan omits objects");
@@ -65,7 +79,9 @@ fn unparseable_input_exits_2_naming_the_file() {
 }
 
 fn write_manifests(dir: &Path, items: Vec<Value>) {
-    let text = serde_json::to_string_pretty(&json!({"apiVersion": "v1", "kind": "List", "items": items})).unwrap();
+    let text =
+        serde_json::to_string_pretty(&json!({"apiVersion": "v1", "kind": "List", "items": items}))
+            .unwrap();
     std::fs::write(dir.join("objects.json"), text).unwrap();
 }
 
@@ -87,12 +103,24 @@ async fn purge_needs_yes_dry_runs_and_deletes() {
     let wf = workflow("ns", "w").node(
         "n1",
         "t",
-        vec![s3_art(&srv, "a", &b, "w/a.txt", "s3"), s3_art(&srv, "d", &b, "w/dir/", "s3")],
+        vec![
+            s3_art(&srv, "a", &b, "w/a.txt", "s3"),
+            s3_art(&srv, "d", &b, "w/dir/", "s3"),
+        ],
     );
-    write_manifests(dir.path(), vec![wf.0, secret("ns", "s3", &srv.access_key, &srv.secret_key)]);
+    write_manifests(
+        dir.path(),
+        vec![wf.0, secret("ns", "s3", &srv.access_key, &srv.secret_key)],
+    );
     let path = dir.path().to_str().unwrap().to_string();
     let args = |extra: &[&str]| -> Vec<String> {
-        let mut v = vec!["purge".to_string(), "-f".into(), path.clone(), "-o".into(), "json".into()];
+        let mut v = vec![
+            "purge".to_string(),
+            "-f".into(),
+            path.clone(),
+            "-o".into(),
+            "json".into(),
+        ];
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
@@ -104,7 +132,12 @@ async fn purge_needs_yes_dry_runs_and_deletes() {
     assert_eq!(srv.keys(&b).await.len(), 4);
 
     let out = artgc_async(args(&["--dry-run"])).await;
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc = json_of(&out);
     assert_eq!(doc["dry_run"], true);
     assert_eq!(doc["totals"]["objects_deleted"], 3);
@@ -112,7 +145,12 @@ async fn purge_needs_yes_dry_runs_and_deletes() {
     assert_eq!(srv.keys(&b).await.len(), 4);
 
     let out = artgc_async(args(&["--yes"])).await;
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc = json_of(&out);
     assert_eq!(doc["totals"]["artifacts_deleted"], 2);
     assert_eq!(doc["totals"]["objects_deleted"], 3);
@@ -133,7 +171,10 @@ async fn purge_exits_1_when_an_artifact_fails() {
     let wf = workflow("ns", "w").node(
         "n1",
         "t",
-        vec![s3_art(&srv, "ok", &b, "w/a", "s3"), s3_art(&srv, "denied", &b, "w/b", "bad")],
+        vec![
+            s3_art(&srv, "ok", &b, "w/a", "s3"),
+            s3_art(&srv, "denied", &b, "w/b", "bad"),
+        ],
     );
     write_manifests(
         dir.path(),
@@ -144,8 +185,21 @@ async fn purge_exits_1_when_an_artifact_fails() {
         ],
     );
     let path = dir.path().to_str().unwrap().to_string();
-    let out = artgc_async(vec!["purge".into(), "-f".into(), path, "--yes".into(), "--max-attempts".into(), "1".into()]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = artgc_async(vec![
+        "purge".into(),
+        "-f".into(),
+        path,
+        "--yes".into(),
+        "--max-attempts".into(),
+        "1".into(),
+    ])
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("failed"), "{table}");
     assert!(table.contains("1 failed"), "{table}");

@@ -24,14 +24,19 @@ fn wf(name: &str) -> Wf {
 
 #[test]
 fn artifact_strategy_overrides_workflow_strategy() {
-    let w = wf("w")
-        .strategy("OnWorkflowCompletion")
-        .node("n1", "t", vec![
+    let w = wf("w").strategy("OnWorkflowCompletion").node(
+        "n1",
+        "t",
+        vec![
             with_strategy(key_only("never", "w/never.tgz"), "Never"),
             key_only("inherits", "w/inherits.tgz"),
-        ]);
+        ],
+    );
     let plan = plan_due(vec![w], creds());
-    assert_eq!(art(&plan, "w", "never").decision, Decision::Keep(KeepReason::Never));
+    assert_eq!(
+        art(&plan, "w", "never").decision,
+        Decision::Keep(KeepReason::Never)
+    );
     let inh = art(&plan, "w", "inherits");
     assert_eq!(inh.strategy, Strategy::OnWorkflowCompletion);
     assert_eq!(inh.decision, Decision::Delete);
@@ -40,7 +45,10 @@ fn artifact_strategy_overrides_workflow_strategy() {
 
 #[test]
 fn unset_strategy_everywhere_means_never() {
-    let plan = plan_due(vec![wf("w").node("n1", "t", vec![key_only("a", "w/a.tgz")])], creds());
+    let plan = plan_due(
+        vec![wf("w").node("n1", "t", vec![key_only("a", "w/a.tgz")])],
+        creds(),
+    );
     let a = art(&plan, "w", "a");
     assert_eq!(a.strategy, Strategy::Never);
     assert_eq!(a.decision, Decision::Keep(KeepReason::Never));
@@ -57,34 +65,57 @@ fn stored_workflow_template_spec_supplies_the_workflow_strategy() {
         )
         .node("n1", "t", vec![key_only("a", "w/a.tgz")]);
     let plan = plan_due(vec![w], creds());
-    assert_eq!(art(&plan, "w", "a").strategy, Strategy::OnWorkflowCompletion);
+    assert_eq!(
+        art(&plan, "w", "a").strategy,
+        Strategy::OnWorkflowCompletion
+    );
     assert_eq!(art(&plan, "w", "a").decision, Decision::Delete);
 
     // The workflow's own spec wins over the template's.
     let w = wf("w2")
         .strategy("Never")
-        .set(&["status", "storedWorkflowTemplateSpec"], json!({"artifactGC": {"strategy": "OnWorkflowCompletion"}}))
+        .set(
+            &["status", "storedWorkflowTemplateSpec"],
+            json!({"artifactGC": {"strategy": "OnWorkflowCompletion"}}),
+        )
         .node("n1", "t", vec![key_only("a", "w2/a.tgz")]);
     let plan = plan_due(vec![w], creds());
-    assert_eq!(art(&plan, "w2", "a").decision, Decision::Keep(KeepReason::Never));
+    assert_eq!(
+        art(&plan, "w2", "a").decision,
+        Decision::Keep(KeepReason::Never)
+    );
 }
 
 #[test]
 fn unknown_strategy_is_an_error_naming_the_field() {
-    let w = wf("w").node("n1", "t", vec![with_strategy(key_only("a", "w/a"), "OnWorkflowSuccess")]);
+    let w = wf("w").node(
+        "n1",
+        "t",
+        vec![with_strategy(key_only("a", "w/a"), "OnWorkflowSuccess")],
+    );
     let plan = plan_due(vec![w], creds());
-    let Decision::Error(e) = &art(&plan, "w", "a").decision else { panic!("expected error") };
+    let Decision::Error(e) = &art(&plan, "w", "a").decision else {
+        panic!("expected error")
+    };
     assert_eq!(e.category(), "invalid_strategy");
-    assert!(e.to_string().contains("status.nodes[n1].outputs.artifacts[a].artifactGC.strategy"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("status.nodes[n1].outputs.artifacts[a].artifactGC.strategy"),
+        "{e}"
+    );
 }
 
 // ---- when things are due ----
 
 fn two_strategies(w: Wf) -> Wf {
-    w.node("n1", "t", vec![
-        with_strategy(key_only("comp", "x/comp.tgz"), "OnWorkflowCompletion"),
-        with_strategy(key_only("del", "x/del.tgz"), "OnWorkflowDeletion"),
-    ])
+    w.node(
+        "n1",
+        "t",
+        vec![
+            with_strategy(key_only("comp", "x/comp.tgz"), "OnWorkflowCompletion"),
+            with_strategy(key_only("del", "x/del.tgz"), "OnWorkflowDeletion"),
+        ],
+    )
 }
 
 #[test]
@@ -93,7 +124,10 @@ fn completed_workflow_makes_completion_due_but_not_deletion() {
     assert_eq!(art(&plan, "w", "comp").decision, Decision::Delete);
     let del = art(&plan, "w", "del");
     assert!(!del.due);
-    assert!(matches!(del.decision, Decision::Skip(SkipReason::NotSelected { .. })));
+    assert!(matches!(
+        del.decision,
+        Decision::Skip(SkipReason::NotSelected { .. })
+    ));
 }
 
 #[test]
@@ -105,25 +139,46 @@ fn deleting_a_finished_workflow_makes_both_due() {
 
 #[test]
 fn unfinished_workflow_is_never_purged_whatever_the_filter() {
-    for filter in [StrategyFilter::Due, StrategyFilter::All, StrategyFilter::Completion] {
-        let plan = plan_with(vec![two_strategies(wf("w").running().deleting())], creds(), filter);
+    for filter in [
+        StrategyFilter::Due,
+        StrategyFilter::All,
+        StrategyFilter::Completion,
+    ] {
+        let plan = plan_with(
+            vec![two_strategies(wf("w").running().deleting())],
+            creds(),
+            filter,
+        );
         for name in ["comp", "del"] {
             let a = art(&plan, "w", name);
-            assert!(matches!(a.decision, Decision::Skip(SkipReason::NotFinished(_))), "{filter:?} {name}");
+            assert!(
+                matches!(a.decision, Decision::Skip(SkipReason::NotFinished(_))),
+                "{filter:?} {name}"
+            );
             assert!(!a.due);
         }
     }
     // A final phase without Argo's completed label is not finished yet either.
     let w = two_strategies(wf("w")).set(&["metadata", "labels"], json!({}));
     let plan = plan_with(vec![w], creds(), StrategyFilter::All);
-    assert!(matches!(art(&plan, "w", "comp").decision, Decision::Skip(SkipReason::NotFinished(_))));
+    assert!(matches!(
+        art(&plan, "w", "comp").decision,
+        Decision::Skip(SkipReason::NotFinished(_))
+    ));
 }
 
 #[test]
 fn strategy_filters_select_what_they_name() {
-    let plan = plan_with(vec![two_strategies(wf("w"))], creds(), StrategyFilter::Deletion);
+    let plan = plan_with(
+        vec![two_strategies(wf("w"))],
+        creds(),
+        StrategyFilter::Deletion,
+    );
     assert_eq!(art(&plan, "w", "del").decision, Decision::Delete);
-    assert!(matches!(art(&plan, "w", "comp").decision, Decision::Skip(_)));
+    assert!(matches!(
+        art(&plan, "w", "comp").decision,
+        Decision::Skip(_)
+    ));
     let plan = plan_with(vec![two_strategies(wf("w"))], creds(), StrategyFilter::All);
     assert_eq!(art(&plan, "w", "del").decision, Decision::Delete);
     assert_eq!(art(&plan, "w", "comp").decision, Decision::Delete);
@@ -134,7 +189,10 @@ fn already_deleted_artifacts_are_skipped() {
     let mut a = with_strategy(key_only("a", "w/a.tgz"), "OnWorkflowCompletion");
     a["deleted"] = json!(true);
     let plan = plan_due(vec![wf("w").node("n1", "t", vec![a])], creds());
-    assert_eq!(art(&plan, "w", "a").decision, Decision::Skip(SkipReason::AlreadyDeleted));
+    assert_eq!(
+        art(&plan, "w", "a").decision,
+        Decision::Skip(SkipReason::AlreadyDeleted)
+    );
 }
 
 #[test]
@@ -149,9 +207,11 @@ fn only_pod_nodes_are_considered() {
 
 #[test]
 fn main_logs_follow_the_workflow_strategy() {
-    let w = wf("w")
-        .strategy("OnWorkflowCompletion")
-        .node("n1", "t", vec![key_only("main-logs", "w/w-t-1/main.log")]);
+    let w = wf("w").strategy("OnWorkflowCompletion").node(
+        "n1",
+        "t",
+        vec![key_only("main-logs", "w/w-t-1/main.log")],
+    );
     let plan = plan_due(vec![w], creds());
     let logs = art(&plan, "w", "main-logs");
     assert_eq!(logs.decision, Decision::Delete);
@@ -162,15 +222,23 @@ fn main_logs_follow_the_workflow_strategy() {
 
 #[test]
 fn complete_own_location_is_used_as_is() {
-    let a = with_strategy(full("a", "other:9000", "own-bucket", "k/a.tgz", "cred"), "OnWorkflowCompletion");
+    let a = with_strategy(
+        full("a", "other:9000", "own-bucket", "k/a.tgz", "cred"),
+        "OnWorkflowCompletion",
+    );
     let plan = plan_due(vec![wf("w").node("n1", "t", vec![a])], creds());
     let t = art(&plan, "w", "a").target.clone().unwrap();
-    assert_eq!((t.endpoint.as_str(), t.bucket.as_str(), t.key.as_str()), ("other:9000", "own-bucket", "k/a.tgz"));
+    assert_eq!(
+        (t.endpoint.as_str(), t.bucket.as_str(), t.key.as_str()),
+        ("other:9000", "own-bucket", "k/a.tgz")
+    );
     let conn = art(&plan, "w", "a").connection.clone().unwrap();
     assert_eq!(conn.url, "http://other:9000");
     assert!(conn.path_style);
     assert_eq!(conn.region, "us-east-1");
-    assert!(matches!(conn.credentials, Credentials::Static { ref access_key, .. } if access_key == "AK"));
+    assert!(
+        matches!(conn.credentials, Credentials::Static { ref access_key, .. } if access_key == "AK")
+    );
 }
 
 #[test]
@@ -185,8 +253,14 @@ fn template_archive_location_beats_the_repository() {
         .node("n2", "plain", vec![key_only("b", "w/b.tgz")]);
     let plan = plan_due(vec![w], creds());
     let a = art(&plan, "w", "a").target.clone().unwrap();
-    assert_eq!((a.endpoint.as_str(), a.bucket.as_str(), a.key.as_str()), ("archive:9000", "archive-bucket", "w/a.tgz"));
-    assert_eq!(art(&plan, "w", "b").target.as_ref().unwrap().bucket, "repo-bucket");
+    assert_eq!(
+        (a.endpoint.as_str(), a.bucket.as_str(), a.key.as_str()),
+        ("archive:9000", "archive-bucket", "w/a.tgz")
+    );
+    assert_eq!(
+        art(&plan, "w", "b").target.as_ref().unwrap().bucket,
+        "repo-bucket"
+    );
 }
 
 #[test]
@@ -197,7 +271,10 @@ fn archive_location_without_a_full_s3_location_falls_back_to_the_repository() {
         .template(json!({"name": "t", "archiveLocation": {"archiveLogs": true}}))
         .node("n1", "t", vec![key_only("a", "w/a.tgz")]);
     let plan = plan_due(vec![w], creds());
-    assert_eq!(art(&plan, "w", "a").target.as_ref().unwrap().bucket, "repo-bucket");
+    assert_eq!(
+        art(&plan, "w", "a").target.as_ref().unwrap().bucket,
+        "repo-bucket"
+    );
 }
 
 fn repo_cm(ns: &str, name: &str, default_key: Option<&str>, entries: &[(&str, &str)]) -> Value {
@@ -207,7 +284,8 @@ fn repo_cm(ns: &str, name: &str, default_key: Option<&str>, entries: &[(&str, &s
     }
     let mut cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": data});
     if let Some(k) = default_key {
-        cm["metadata"]["annotations"] = json!({"workflows.argoproj.io/default-artifact-repository": k});
+        cm["metadata"]["annotations"] =
+            json!({"workflows.argoproj.io/default-artifact-repository": k});
     }
     cm
 }
@@ -220,9 +298,11 @@ fn controller_cm(text_key: &str, text: &str) -> Value {
 
 /// A finished workflow with no repository in its status (older or hand-made objects).
 fn bare(name: &str) -> Wf {
-    workflow("ns", name)
-        .strategy("OnWorkflowCompletion")
-        .node("n1", "t", vec![key_only("a", "k/a.tgz")])
+    workflow("ns", name).strategy("OnWorkflowCompletion").node(
+        "n1",
+        "t",
+        vec![key_only("a", "k/a.tgz")],
+    )
 }
 
 fn bucket_of(plan: &artgc::plan::GcPlan, wf: &str) -> Result<String, String> {
@@ -236,21 +316,38 @@ fn bucket_of(plan: &artgc::plan::GcPlan, wf: &str) -> Result<String, String> {
 
 #[test]
 fn repository_sources_in_argo_priority() {
-    let ns_cm = repo_cm("ns", "artifact-repositories", Some("default-v1"), &[("default-v1", "ns-default"), ("other", "ns-other")]);
-    let ctrl = controller_cm("artifactRepository", &format!("s3:\n  endpoint: {EP}\n  bucket: global\n"));
+    let ns_cm = repo_cm(
+        "ns",
+        "artifact-repositories",
+        Some("default-v1"),
+        &[("default-v1", "ns-default"), ("other", "ns-other")],
+    );
+    let ctrl = controller_cm(
+        "artifactRepository",
+        &format!("s3:\n  endpoint: {EP}\n  bucket: global\n"),
+    );
     let mut objs = creds();
     objs.push(ctrl.clone());
 
     // Only the controller's repository.
-    assert_eq!(bucket_of(&plan_due(vec![bare("w")], objs.clone()), "w").unwrap(), "global");
+    assert_eq!(
+        bucket_of(&plan_due(vec![bare("w")], objs.clone()), "w").unwrap(),
+        "global"
+    );
 
     // The namespace's annotated ConfigMap wins over the controller's.
     objs.push(ns_cm);
-    assert_eq!(bucket_of(&plan_due(vec![bare("w")], objs.clone()), "w").unwrap(), "ns-default");
+    assert_eq!(
+        bucket_of(&plan_due(vec![bare("w")], objs.clone()), "w").unwrap(),
+        "ns-default"
+    );
 
     // spec.artifactRepositoryRef picks a key.
     let w = bare("w").set(&["spec", "artifactRepositoryRef"], json!({"key": "other"}));
-    assert_eq!(bucket_of(&plan_due(vec![w], objs.clone()), "w").unwrap(), "ns-other");
+    assert_eq!(
+        bucket_of(&plan_due(vec![w], objs.clone()), "w").unwrap(),
+        "ns-other"
+    );
 
     // The status' frozen repository wins over everything.
     let w = bare("w").status_repo(s3_repo(EP, "frozen", "cred"));
@@ -260,16 +357,33 @@ fn repository_sources_in_argo_priority() {
 #[test]
 fn repository_ref_is_looked_up_in_the_controller_namespace_too() {
     let mut objs = creds();
-    objs.push(repo_cm("argo", "shared-repos", None, &[("team", "from-argo-ns")]));
-    let w = bare("w").set(&["spec", "artifactRepositoryRef"], json!({"configMap": "shared-repos", "key": "team"}));
-    assert_eq!(bucket_of(&plan_due(vec![w], objs), "w").unwrap(), "from-argo-ns");
+    objs.push(repo_cm(
+        "argo",
+        "shared-repos",
+        None,
+        &[("team", "from-argo-ns")],
+    ));
+    let w = bare("w").set(
+        &["spec", "artifactRepositoryRef"],
+        json!({"configMap": "shared-repos", "key": "team"}),
+    );
+    assert_eq!(
+        bucket_of(&plan_due(vec![w], objs), "w").unwrap(),
+        "from-argo-ns"
+    );
 }
 
 #[test]
 fn controller_config_in_the_older_single_config_key() {
     let mut objs = creds();
-    objs.push(controller_cm("config", &format!("artifactRepository:\n  s3:\n    endpoint: {EP}\n    bucket: legacy\n")));
-    assert_eq!(bucket_of(&plan_due(vec![bare("w")], objs), "w").unwrap(), "legacy");
+    objs.push(controller_cm(
+        "config",
+        &format!("artifactRepository:\n  s3:\n    endpoint: {EP}\n    bucket: legacy\n"),
+    ));
+    assert_eq!(
+        bucket_of(&plan_due(vec![bare("w")], objs), "w").unwrap(),
+        "legacy"
+    );
 }
 
 #[test]
@@ -279,9 +393,15 @@ fn repository_errors_name_what_is_missing() {
 
     let objs = vec![repo_cm("ns", "artifact-repositories", None, &[("x", "b")])];
     let err = bucket_of(&plan_due(vec![bare("w")], objs), "w").unwrap_err();
-    assert!(err.contains("no workflows.argoproj.io/default-artifact-repository annotation"), "{err}");
+    assert!(
+        err.contains("no workflows.argoproj.io/default-artifact-repository annotation"),
+        "{err}"
+    );
 
-    let w = bare("w").set(&["spec", "artifactRepositoryRef"], json!({"configMap": "nope", "key": "k"}));
+    let w = bare("w").set(
+        &["spec", "artifactRepositoryRef"],
+        json!({"configMap": "nope", "key": "k"}),
+    );
     let err = bucket_of(&plan_due(vec![w], vec![]), "w").unwrap_err();
     assert!(err.contains("ConfigMap \"nope\" not found"), "{err}");
 }
@@ -291,14 +411,24 @@ fn repository_errors_name_what_is_missing() {
 #[test]
 fn secrets_are_read_only_in_the_workflow_namespace() {
     // The Secret exists, but in another namespace: an error for this artifact only.
-    let w = wf("w")
-        .strategy("OnWorkflowCompletion")
-        .node("n1", "t", vec![
+    let w = wf("w").strategy("OnWorkflowCompletion").node(
+        "n1",
+        "t",
+        vec![
             key_only("a", "w/a.tgz"),
             full("b", EP, "bkt", "w/b.tgz", "nokeys"),
-        ]);
-    let plan = plan_due(vec![w], vec![secret("argo", "cred", "AK", "SK"), secret("ns", "nokeys", "AK2", "SK2")]);
-    let Decision::Error(e) = &art(&plan, "w", "a").decision else { panic!("expected error") };
+        ],
+    );
+    let plan = plan_due(
+        vec![w],
+        vec![
+            secret("argo", "cred", "AK", "SK"),
+            secret("ns", "nokeys", "AK2", "SK2"),
+        ],
+    );
+    let Decision::Error(e) = &art(&plan, "w", "a").decision else {
+        panic!("expected error")
+    };
     assert_eq!(e.category(), "secret");
     assert!(e.to_string().contains("Secret ns/cred not found"), "{e}");
     assert_eq!(art(&plan, "w", "b").decision, Decision::Delete);
@@ -307,9 +437,13 @@ fn secrets_are_read_only_in_the_workflow_namespace() {
 #[test]
 fn missing_secret_key_is_an_error() {
     let s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cred", "namespace": "ns"}, "stringData": {"accesskey": "AK"}});
-    let w = wf("w").strategy("OnWorkflowCompletion").node("n1", "t", vec![key_only("a", "w/a")]);
+    let w = wf("w")
+        .strategy("OnWorkflowCompletion")
+        .node("n1", "t", vec![key_only("a", "w/a")]);
     let plan = plan_due(vec![w], vec![s]);
-    let Decision::Error(e) = &art(&plan, "w", "a").decision else { panic!() };
+    let Decision::Error(e) = &art(&plan, "w", "a").decision else {
+        panic!()
+    };
     assert!(e.to_string().contains("has no key \"secretkey\""), "{e}");
 }
 
@@ -327,13 +461,18 @@ fn sdk_credentials_role_and_tls_options() {
     assert_eq!(c.region, "eu-west-1");
     assert!(!c.path_style);
     let c = art(&plan, "w", "r").connection.clone().unwrap();
-    assert!(matches!(c.credentials, Credentials::AssumeRole { ref role_arn } if role_arn == "arn:aws:iam::1:role/x"));
+    assert!(
+        matches!(c.credentials, Credentials::AssumeRole { ref role_arn } if role_arn == "arn:aws:iam::1:role/x")
+    );
 }
 
 // ---- node storage ----
 
 fn compressed(encoding: NodeEncoding) -> Wf {
-    let plain = wf("w").strategy("OnWorkflowCompletion").node("n1", "t", vec![key_only("a", "w/a.tgz")]);
+    let plain =
+        wf("w")
+            .strategy("OnWorkflowCompletion")
+            .node("n1", "t", vec![key_only("a", "w/a.tgz")]);
     let nodes = serde_json::to_vec(&plain.0["status"]["nodes"]).unwrap();
     let packed = compress(&nodes, encoding).unwrap();
     plain
@@ -352,17 +491,27 @@ fn compressed_nodes_in_every_format_plan_like_plain_nodes() {
 
 #[test]
 fn corrupt_compressed_nodes_fail_that_workflow_only() {
-    let bad = wf("bad").set(&["status", "nodes"], Value::Null).set(&["status", "compressedNodes"], json!("H4sI!!!"));
-    let good = wf("good").strategy("OnWorkflowCompletion").node("n1", "t", vec![key_only("a", "good/a")]);
+    let bad = wf("bad")
+        .set(&["status", "nodes"], Value::Null)
+        .set(&["status", "compressedNodes"], json!("H4sI!!!"));
+    let good =
+        wf("good")
+            .strategy("OnWorkflowCompletion")
+            .node("n1", "t", vec![key_only("a", "good/a")]);
     let plan = plan_due(vec![bad, good], creds());
     let err = wfp(&plan, "bad").error.clone().unwrap();
-    assert!(err.to_string().starts_with("status.compressedNodes:"), "{err}");
+    assert!(
+        err.to_string().starts_with("status.compressedNodes:"),
+        "{err}"
+    );
     assert_eq!(art(&plan, "good", "a").decision, Decision::Delete);
 }
 
 #[test]
 fn offloaded_nodes_are_not_plannable() {
-    let w = wf("w").set(&["status", "nodes"], Value::Null).set(&["status", "offloadNodeStatusVersion"], json!("fnv:123"));
+    let w = wf("w")
+        .set(&["status", "nodes"], Value::Null)
+        .set(&["status", "offloadNodeStatusVersion"], json!("fnv:123"));
     let plan = plan_due(vec![w], creds());
     let err = wfp(&plan, "w").error.clone().unwrap();
     assert_eq!(err.category(), "offloaded");
@@ -377,11 +526,20 @@ fn template_ref_nodes_use_the_stored_template_archive_location() {
     archive["s3"]["key"] = json!("x");
     let w = wf("w")
         .strategy("OnWorkflowCompletion")
-        .set(&["status", "storedTemplates", "namespaced/my-wt/build"], json!({"name": "build", "archiveLocation": archive}))
-        .set(&["status", "nodes", "n1"], json!({"id": "n1", "type": "Pod", "templateRef": {"name": "my-wt", "template": "build"},
-            "outputs": {"artifacts": [key_only("a", "w/a.tgz")]}}));
+        .set(
+            &["status", "storedTemplates", "namespaced/my-wt/build"],
+            json!({"name": "build", "archiveLocation": archive}),
+        )
+        .set(
+            &["status", "nodes", "n1"],
+            json!({"id": "n1", "type": "Pod", "templateRef": {"name": "my-wt", "template": "build"},
+            "outputs": {"artifacts": [key_only("a", "w/a.tgz")]}}),
+        );
     let plan = plan_due(vec![w], creds());
-    assert_eq!(art(&plan, "w", "a").target.as_ref().unwrap().bucket, "wt-bucket");
+    assert_eq!(
+        art(&plan, "w", "a").target.as_ref().unwrap().bucket,
+        "wt-bucket"
+    );
 }
 
 #[test]
@@ -393,7 +551,10 @@ fn inline_template_artifacts_are_collected() {
         .set(&["status", "nodes", "n1"], json!({"id": "n1", "type": "Pod", "outputs": {"artifacts": [key_only("a", "w/a.tgz")]}}));
     let plan = plan_due(vec![w], creds());
     assert_eq!(art(&plan, "w", "a").decision, Decision::Delete);
-    assert_eq!(art(&plan, "w", "a").target.as_ref().unwrap().bucket, "repo-bucket");
+    assert_eq!(
+        art(&plan, "w", "a").target.as_ref().unwrap().bucket,
+        "repo-bucket"
+    );
 }
 
 #[test]
@@ -405,7 +566,9 @@ fn unknown_template_with_archive_locations_around_is_an_error_not_a_guess() {
         .template(json!({"name": "main", "steps": [[{"name": "i", "inline": {"archiveLocation": archive}}]]}))
         .set(&["status", "nodes", "n1"], json!({"id": "n1", "type": "Pod", "outputs": {"artifacts": [key_only("a", "w/a.tgz")]}}));
     let plan = plan_due(vec![w], creds());
-    let Decision::Error(e) = &art(&plan, "w", "a").decision else { panic!() };
+    let Decision::Error(e) = &art(&plan, "w", "a").decision else {
+        panic!()
+    };
     assert_eq!(e.category(), "location");
 }
 
@@ -416,26 +579,53 @@ fn bucket_roots_are_refused() {
     for key in ["", "/", "//"] {
         let a = with_strategy(key_only("a", key), "OnWorkflowCompletion");
         let plan = plan_due(vec![wf("w").node("n1", "t", vec![a])], creds());
-        assert_eq!(art(&plan, "w", "a").decision, Decision::Keep(KeepReason::BucketRoot), "key {key:?}");
+        assert_eq!(
+            art(&plan, "w", "a").decision,
+            Decision::Keep(KeepReason::BucketRoot),
+            "key {key:?}"
+        );
         assert!(art(&plan, "w", "a").connection.is_none());
     }
 }
 
 #[test]
 fn drivers_that_cannot_delete_are_unsupported() {
-    for driver in ["http", "git", "artifactory", "hdfs", "raw", "gcs", "azure", "oss"] {
+    for driver in [
+        "http",
+        "git",
+        "artifactory",
+        "hdfs",
+        "raw",
+        "gcs",
+        "azure",
+        "oss",
+    ] {
         let a = json!({"name": "a", "artifactGC": {"strategy": "OnWorkflowCompletion"}, driver: {"key": "k", "url": "u"}});
         let plan = plan_due(vec![wf("w").node("n1", "t", vec![a])], creds());
-        assert_eq!(art(&plan, "w", "a").decision, Decision::Unsupported(driver), "{driver}");
+        assert_eq!(
+            art(&plan, "w", "a").decision,
+            Decision::Unsupported(driver),
+            "{driver}"
+        );
     }
     // A GCS repository behind a key-only artifact is unsupported too.
-    let w = workflow("ns", "g").status_repo(json!({"gcs": {"bucket": "b"}})).strategy("OnWorkflowCompletion").node("n1", "t", vec![json!({"name": "a", "gcs": {"key": "k"}})]);
-    assert_eq!(art(&plan_due(vec![w], vec![]), "g", "a").decision, Decision::Unsupported("gcs"));
+    let w = workflow("ns", "g")
+        .status_repo(json!({"gcs": {"bucket": "b"}}))
+        .strategy("OnWorkflowCompletion")
+        .node("n1", "t", vec![json!({"name": "a", "gcs": {"key": "k"}})]);
+    assert_eq!(
+        art(&plan_due(vec![w], vec![]), "g", "a").decision,
+        Decision::Unsupported("gcs")
+    );
 }
 
 #[test]
 fn directory_keys_are_directories() {
-    let w = wf("w").strategy("OnWorkflowCompletion").node("n1", "t", vec![key_only("d", "w/out/"), key_only("f", "w/out.txt")]);
+    let w = wf("w").strategy("OnWorkflowCompletion").node(
+        "n1",
+        "t",
+        vec![key_only("d", "w/out/"), key_only("f", "w/out.txt")],
+    );
     let plan = plan_due(vec![w], creds());
     assert_eq!(art(&plan, "w", "d").kind, Some(ObjectKind::Directory));
     assert_eq!(art(&plan, "w", "f").kind, Some(ObjectKind::File));
@@ -444,19 +634,37 @@ fn directory_keys_are_directories() {
 // ---- shared keys ----
 
 fn fixed(name: &str, strategy: &str, key: &str) -> Wf {
-    wf(name).node("n1", "t", vec![with_strategy(key_only("out", key), strategy)])
+    wf(name).node(
+        "n1",
+        "t",
+        vec![with_strategy(key_only("out", key), strategy)],
+    )
 }
 
 #[test]
 fn a_key_another_workflow_keeps_is_kept() {
-    let plan = plan_due(vec![fixed("a", "OnWorkflowCompletion", "my-file"), fixed("b", "Never", "my-file")], creds());
-    let Decision::Keep(KeepReason::Shared(by)) = &art(&plan, "a", "out").decision else { panic!("expected shared") };
+    let plan = plan_due(
+        vec![
+            fixed("a", "OnWorkflowCompletion", "my-file"),
+            fixed("b", "Never", "my-file"),
+        ],
+        creds(),
+    );
+    let Decision::Keep(KeepReason::Shared(by)) = &art(&plan, "a", "out").decision else {
+        panic!("expected shared")
+    };
     assert!(by.contains("ns/b artifact out"), "{by}");
 }
 
 #[test]
 fn a_key_every_user_of_which_is_being_purged_is_deleted() {
-    let plan = plan_due(vec![fixed("a", "OnWorkflowCompletion", "my-file"), fixed("b", "OnWorkflowCompletion", "my-file")], creds());
+    let plan = plan_due(
+        vec![
+            fixed("a", "OnWorkflowCompletion", "my-file"),
+            fixed("b", "OnWorkflowCompletion", "my-file"),
+        ],
+        creds(),
+    );
     assert_eq!(art(&plan, "a", "out").decision, Decision::Delete);
     assert_eq!(art(&plan, "b", "out").decision, Decision::Delete);
 }
@@ -473,8 +681,14 @@ fn keeping_propagates_until_stable() {
         ],
         creds(),
     );
-    assert!(matches!(art(&plan, "b", "out").decision, Decision::Keep(KeepReason::Shared(_))));
-    assert!(matches!(art(&plan, "a", "out").decision, Decision::Keep(KeepReason::Shared(_))));
+    assert!(matches!(
+        art(&plan, "b", "out").decision,
+        Decision::Keep(KeepReason::Shared(_))
+    ));
+    assert!(matches!(
+        art(&plan, "a", "out").decision,
+        Decision::Keep(KeepReason::Shared(_))
+    ));
 }
 
 #[test]
@@ -483,15 +697,24 @@ fn a_running_workflow_that_names_the_key_keeps_it() {
     let running = wf("r")
         .running()
         .template(json!({"name": "t", "outputs": {"artifacts": [key_only("out", "my-file")]}}));
-    let plan = plan_due(vec![fixed("done", "OnWorkflowCompletion", "my-file"), running], creds());
-    let Decision::Keep(KeepReason::Shared(by)) = &art(&plan, "done", "out").decision else { panic!() };
+    let plan = plan_due(
+        vec![fixed("done", "OnWorkflowCompletion", "my-file"), running],
+        creds(),
+    );
+    let Decision::Keep(KeepReason::Shared(by)) = &art(&plan, "done", "out").decision else {
+        panic!()
+    };
     assert!(by.contains("ns/r template t"), "{by}");
 }
 
 #[test]
 fn prefix_boundaries_are_respected_when_matching_shared_keys() {
     let plan = plan_due(
-        vec![fixed("a", "OnWorkflowCompletion", "out/dir"), fixed("b", "Never", "out/dir2/file"), fixed("c", "Never", "out/di")],
+        vec![
+            fixed("a", "OnWorkflowCompletion", "out/dir"),
+            fixed("b", "Never", "out/dir2/file"),
+            fixed("c", "Never", "out/di"),
+        ],
         creds(),
     );
     assert_eq!(art(&plan, "a", "out").decision, Decision::Delete);
@@ -499,8 +722,18 @@ fn prefix_boundaries_are_respected_when_matching_shared_keys() {
 
 #[test]
 fn shared_matching_is_per_bucket() {
-    let other = wf("b").node("n1", "t", vec![with_strategy(full("out", EP, "another-bucket", "my-file", "cred"), "Never")]);
-    let plan = plan_due(vec![fixed("a", "OnWorkflowCompletion", "my-file"), other], creds());
+    let other = wf("b").node(
+        "n1",
+        "t",
+        vec![with_strategy(
+            full("out", EP, "another-bucket", "my-file", "cred"),
+            "Never",
+        )],
+    );
+    let plan = plan_due(
+        vec![fixed("a", "OnWorkflowCompletion", "my-file"), other],
+        creds(),
+    );
     assert_eq!(art(&plan, "a", "out").decision, Decision::Delete);
 }
 
@@ -510,7 +743,8 @@ const ARGO_FIXTURES: &str = "../shared/fixtures/argo";
 
 #[test]
 fn argo_test_workflow_plans_as_argo_documents() {
-    let path = std::path::Path::new(ARGO_FIXTURES).join("status-testdata/workflow__controller__artifact_gc_test__artgcWorkflow.yaml");
+    let path = std::path::Path::new(ARGO_FIXTURES)
+        .join("status-testdata/workflow__controller__artifact_gc_test__artgcWorkflow.yaml");
     let Ok(text) = std::fs::read_to_string(&path) else {
         eprintln!("skipped: {} not present", path.display());
         return;
@@ -528,11 +762,24 @@ fn argo_test_workflow_plans_as_argo_documents() {
     // The on-deletion artifact is key-only and its template has an archiveLocation.
     let on_del = art(&plan, wf, "on-deletion");
     assert_eq!(on_del.target.as_ref().unwrap().bucket, "my-bucket-3");
-    assert!(matches!(on_del.decision, Decision::Skip(SkipReason::NotSelected { .. })));
-    for name in ["first-on-completion-1", "first-on-completion-2", "second-on-completion"] {
+    assert!(matches!(
+        on_del.decision,
+        Decision::Skip(SkipReason::NotSelected { .. })
+    ));
+    for name in [
+        "first-on-completion-1",
+        "first-on-completion-2",
+        "second-on-completion",
+    ] {
         assert_eq!(art(&plan, wf, name).decision, Decision::Delete, "{name}");
     }
     // Logs follow the workflow-level strategy, unset here: Never.
-    assert_eq!(art(&plan, wf, "main-logs").decision, Decision::Keep(KeepReason::Never));
-    assert_eq!(art(&plan, wf, "main-logs").target.as_ref().unwrap().bucket, "my-bucket");
+    assert_eq!(
+        art(&plan, wf, "main-logs").decision,
+        Decision::Keep(KeepReason::Never)
+    );
+    assert_eq!(
+        art(&plan, wf, "main-logs").target.as_ref().unwrap().bucket,
+        "my-bucket"
+    );
 }

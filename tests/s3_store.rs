@@ -35,8 +35,13 @@ async fn run_with(plan: &GcPlan, dry_run: bool, opts: StoreOptions) -> Execution
 
 fn outcome<'a>(plan: &GcPlan, exec: &'a Execution, wf: &str, name: &str) -> &'a ArtifactOutcome {
     let w = plan.workflows.iter().position(|w| w.name == wf).unwrap();
-    let a = plan.workflows[w].artifacts.iter().position(|a| a.name == name).unwrap();
-    exec.get(w, a).unwrap_or_else(|| panic!("no outcome for {wf}/{name}"))
+    let a = plan.workflows[w]
+        .artifacts
+        .iter()
+        .position(|a| a.name == name)
+        .unwrap();
+    exec.get(w, a)
+        .unwrap_or_else(|| panic!("no outcome for {wf}/{name}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,28 +72,48 @@ async fn files_and_directories_are_deleted_within_their_prefix() {
         ],
     );
     // Alone in its workflow, the artifact is probed by itself rather than by a shared listing.
-    let solo = workflow("ns", "solo").node("n1", "t", vec![on(&srv, "nodir", &b, "solo/nodir", "s3")]);
+    let solo =
+        workflow("ns", "solo").node("n1", "t", vec![on(&srv, "nodir", &b, "solo/nodir", "s3")]);
     let plan = plan_due(vec![w, solo], vec![good_secret(&srv)]);
     let exec = run(&plan, false).await;
 
     let solo = outcome(&plan, &exec, "solo", "nodir");
-    assert_eq!((solo.kind, solo.objects, solo.bytes), (Some(ObjectKind::Directory), 1, 3), "{:?}", solo.error);
+    assert_eq!(
+        (solo.kind, solo.objects, solo.bytes),
+        (Some(ObjectKind::Directory), 1, 3),
+        "{:?}",
+        solo.error
+    );
     let file = outcome(&plan, &exec, "w", "file");
     assert!(file.error.is_none(), "{:?}", file.error);
-    assert_eq!((file.kind, file.objects, file.bytes), (Some(ObjectKind::File), 1, 10));
+    assert_eq!(
+        (file.kind, file.objects, file.bytes),
+        (Some(ObjectKind::File), 1, 10)
+    );
     let dir = outcome(&plan, &exec, "w", "dir");
-    assert_eq!((dir.kind, dir.objects, dir.bytes), (Some(ObjectKind::Directory), 2, 10));
+    assert_eq!(
+        (dir.kind, dir.objects, dir.bytes),
+        (Some(ObjectKind::Directory), 2, 10)
+    );
     let nodir = outcome(&plan, &exec, "w", "nodir");
     assert!(nodir.error.is_none(), "{:?}", nodir.error);
-    assert_eq!((nodir.kind, nodir.objects, nodir.bytes), (Some(ObjectKind::Directory), 2, 5));
-    assert_eq!(srv.keys(&b).await, vec!["w/a.tgz.bak", "w/dir2/x", "w/nodirx"]);
+    assert_eq!(
+        (nodir.kind, nodir.objects, nodir.bytes),
+        (Some(ObjectKind::Directory), 2, 5)
+    );
+    assert_eq!(
+        srv.keys(&b).await,
+        vec!["w/a.tgz.bak", "w/dir2/x", "w/nodirx"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_of_more_than_a_thousand_objects() {
     let srv = S3Server::start().await;
     let b = srv.bucket("big").await;
-    let objects: Vec<_> = (0..2500).map(|i| (format!("big/out/{i:05}"), vec![b'x'; 3])).collect();
+    let objects: Vec<_> = (0..2500)
+        .map(|i| (format!("big/out/{i:05}"), vec![b'x'; 3]))
+        .collect();
     srv.put_many(&b, objects, 32).await;
     srv.put(&b, "big/keep", "k").await;
     let w = workflow("ns", "w").node("n1", "t", vec![on(&srv, "out", &b, "big/out/", "s3")]);
@@ -109,7 +134,10 @@ async fn wrong_credentials_fail_one_bucket_and_the_other_is_still_cleaned() {
     let w = workflow("ns", "w").node(
         "n1",
         "t",
-        vec![on(&srv, "good", &good_b, "w/a", "s3"), on(&srv, "bad", &bad_b, "w/b", "wrong")],
+        vec![
+            on(&srv, "good", &good_b, "w/a", "s3"),
+            on(&srv, "bad", &bad_b, "w/b", "wrong"),
+        ],
     );
     let wrong = secret("ns", "wrong", &srv.access_key, "not-the-secret");
     let plan = plan_due(vec![w], vec![good_secret(&srv), wrong]);
@@ -130,7 +158,10 @@ async fn a_missing_bucket_fails_with_its_own_category() {
     let w = workflow("ns", "w").node("n1", "t", vec![on(&srv, "a", &name, "w/a", "s3")]);
     let plan = plan_due(vec![w], vec![good_secret(&srv)]);
     let exec = run(&plan, false).await;
-    let err = outcome(&plan, &exec, "w", "a").error.clone().expect("must fail");
+    let err = outcome(&plan, &exec, "w", "a")
+        .error
+        .clone()
+        .expect("must fail");
     assert_eq!(err.category(), "no_such_bucket", "{err}");
 }
 
@@ -141,13 +172,19 @@ async fn missing_keys_count_as_deleted() {
     let w = workflow("ns", "w").node(
         "n1",
         "t",
-        vec![on(&srv, "file", &b, "w/never-written.tgz", "s3"), on(&srv, "dir", &b, "w/empty/", "s3")],
+        vec![
+            on(&srv, "file", &b, "w/never-written.tgz", "s3"),
+            on(&srv, "dir", &b, "w/empty/", "s3"),
+        ],
     );
     let plan = plan_due(vec![w], vec![good_secret(&srv)]);
     let exec = run(&plan, false).await;
     for name in ["file", "dir"] {
         let o = outcome(&plan, &exec, "w", name);
-        assert!(o.error.is_none() && o.absent && o.objects == 0, "{name}: {o:?}");
+        assert!(
+            o.error.is_none() && o.absent && o.objects == 0,
+            "{name}: {o:?}"
+        );
     }
 }
 
@@ -179,7 +216,10 @@ async fn the_per_artifact_object_bound_fails_before_deleting_anything() {
         ..Default::default()
     };
     let exec = run_with(&plan, false, opts).await;
-    let err = outcome(&plan, &exec, "w", "d").error.clone().expect("bound must fail it");
+    let err = outcome(&plan, &exec, "w", "d")
+        .error
+        .clone()
+        .expect("bound must fail it");
     assert_eq!(err.category(), "too_many_objects");
     assert_eq!(srv.keys(&b).await.len(), 5);
 }
@@ -202,11 +242,20 @@ async fn kept_artifacts_are_never_touched() {
     let other = workflow("ns", "other").node(
         "n1",
         "t",
-        vec![with_strategy(full("uses", &srv.endpoint, &b, "a/shared", "s3"), "Never")],
+        vec![with_strategy(
+            full("uses", &srv.endpoint, &b, "a/shared", "s3"),
+            "Never",
+        )],
     );
-    let running = workflow("ns", "b").running().node("n1", "t", vec![on(&srv, "r", &b, "b/running", "s3")]);
+    let running =
+        workflow("ns", "b")
+            .running()
+            .node("n1", "t", vec![on(&srv, "r", &b, "b/running", "s3")]);
     let plan = plan_due(vec![a, other, running], vec![good_secret(&srv)]);
-    assert!(plan.artifacts().all(|(_, a)| a.decision != Decision::Delete));
+    assert!(
+        plan.artifacts()
+            .all(|(_, a)| a.decision != Decision::Delete)
+    );
     let exec = run(&plan, false).await;
     assert!(exec.outcomes.is_empty());
     assert_eq!(srv.keys(&b).await.len(), 3);

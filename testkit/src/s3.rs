@@ -65,7 +65,10 @@ impl S3Server {
     pub async fn start() -> Self {
         match std::env::var(ENV_ENDPOINT) {
             Ok(endpoint) if !endpoint.is_empty() => {
-                let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set with {ENV_ENDPOINT}"));
+                let var = |k: &str| {
+                    std::env::var(k)
+                        .unwrap_or_else(|_| panic!("{k} must be set with {ENV_ENDPOINT}"))
+                };
                 let (ak, sk) = (var(ENV_ACCESS_KEY), var(ENV_SECRET_KEY));
                 let region = std::env::var(ENV_REGION).unwrap_or_else(|_| "garage".into());
                 Self {
@@ -90,7 +93,10 @@ impl S3Server {
         let access_key = format!("AK{:016x}", rand::random::<u64>());
         let secret_key = format!("SK{:032x}", rand::random::<u128>());
         let mut builder = S3ServiceBuilder::new(fs);
-        builder.set_auth(SimpleAuth::from_single(access_key.clone(), secret_key.clone()));
+        builder.set_auth(SimpleAuth::from_single(
+            access_key.clone(),
+            secret_key.clone(),
+        ));
         let service = builder.build();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let endpoint = listener.local_addr().expect("addr").to_string();
@@ -155,7 +161,12 @@ impl S3Server {
     }
 
     /// Puts many objects with `concurrency` requests in flight.
-    pub async fn put_many(&self, bucket: &str, objects: Vec<(String, Vec<u8>)>, concurrency: usize) {
+    pub async fn put_many(
+        &self,
+        bucket: &str,
+        objects: Vec<(String, Vec<u8>)>,
+        concurrency: usize,
+    ) {
         futures::stream::iter(objects)
             .map(|(k, body)| async move { self.put(bucket, &k, body).await })
             .buffer_unordered(concurrency)
@@ -174,7 +185,11 @@ impl S3Server {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.unwrap_or_else(|e| panic!("list {bucket}: {e:?}"));
-            out.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            out.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
         }
         out.sort();
         out

@@ -49,7 +49,10 @@ impl Wf {
     }
 
     pub fn deleting(self) -> Self {
-        self.set(&["metadata", "deletionTimestamp"], json!("2026-11-01T00:00:00Z"))
+        self.set(
+            &["metadata", "deletionTimestamp"],
+            json!("2026-11-01T00:00:00Z"),
+        )
     }
 
     pub fn strategy(self, s: &str) -> Self {
@@ -118,10 +121,14 @@ pub fn secret(ns: &str, name: &str, ak: &str, sk: &str) -> Value {
 /// Plans workflows against ConfigMaps and Secrets given as JSON objects.
 pub fn plan_with(workflows: Vec<Wf>, objects: Vec<Value>, filter: StrategyFilter) -> GcPlan {
     let mut inv = Inventory::default();
-    let text = serde_json::to_string(&json!({"kind": "List", "apiVersion": "v1", "items": objects})).unwrap();
+    let text =
+        serde_json::to_string(&json!({"kind": "List", "apiVersion": "v1", "items": objects}))
+            .unwrap();
     inv.add_text("objects.json", &text, "default").unwrap();
     let mut state = ClusterState::new(ControllerConfigRef::default());
-    inv.config_maps.into_iter().for_each(|c| state.insert_config_map(c));
+    inv.config_maps
+        .into_iter()
+        .for_each(|c| state.insert_config_map(c));
     inv.secrets.into_iter().for_each(|s| state.insert_secret(s));
     let inputs: Vec<WorkflowInput> = workflows.into_iter().map(Wf::input).collect();
     artgc::plan::plan(&inputs, &state, &PlanOptions { filter })
