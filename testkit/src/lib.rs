@@ -3,6 +3,8 @@
 //! [`S3Server`] is a real S3 endpoint over HTTP: `s3s-fs` in this process (SigV4 checked), or,
 //! when `ARTGC_TEST_S3_ENDPOINT` is set, an external store such as garage started by `.ci/run`.
 
+pub mod faults;
 pub mod s3;
 
+pub use faults::{FaultProxy, FaultRule, SeenRequest};
 pub use s3::{S3Server, unique_bucket};

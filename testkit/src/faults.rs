@@ -1,0 +1,169 @@
+//! A fault-injecting HTTP proxy in front of a real S3 server: passes requests through unchanged
+//! (the Host header too, so SigV4 signatures stay valid) except those matching a rule, which get
+//! an S3 error response instead. Every request is logged for assertions.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use tokio::net::TcpListener;
+
+/// Fail the next `times` requests with this method whose query string contains `query`.
+#[derive(Debug, Clone)]
+pub struct FaultRule {
+    pub method: &'static str,
+    pub query: &'static str,
+    pub status: u16,
+    pub code: &'static str,
+    pub times: usize,
+}
+
+/// One request seen by the proxy: method, path and query, and whether it was failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path_and_query: String,
+    pub injected: bool,
+}
+
+#[derive(Default)]
+struct State {
+    rules: Vec<FaultRule>,
+    log: Vec<SeenRequest>,
+}
+
+pub struct FaultProxy {
+    /// `host:port` to point clients at instead of the upstream.
+    pub endpoint: String,
+    state: Arc<Mutex<State>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a loopback port forwarding to `upstream` (`host:port`, plain HTTP).
+    pub async fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = listener.local_addr().expect("addr").to_string();
+        let state = Arc::new(Mutex::new(State::default()));
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let upstream = upstream.to_string();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        tokio::spawn(async move {
+            let http = ConnBuilder::new(TokioExecutor::new());
+            loop {
+                let socket = tokio::select! {
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                    _ = &mut stopped => return,
+                };
+                let (st, client, upstream) = (st.clone(), client.clone(), upstream.clone());
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (st, client, upstream) = (st.clone(), client.clone(), upstream.clone());
+                    async move { Ok::<_, Infallible>(handle(req, &st, &client, &upstream).await) }
+                });
+                let conn = http
+                    .serve_connection(TokioIo::new(socket), svc)
+                    .into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+        Self {
+            endpoint,
+            state,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn add_rule(&self, rule: FaultRule) {
+        self.state.lock().unwrap().rules.push(rule);
+    }
+
+    pub fn log(&self) -> Vec<SeenRequest> {
+        self.state.lock().unwrap().log.clone()
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: &Mutex<State>,
+    client: &Client<HttpConnector, Full<Bytes>>,
+    upstream: &str,
+) -> Response<Full<Bytes>> {
+    let method = req.method().as_str().to_string();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let fault = {
+        let mut st = state.lock().unwrap();
+        let hit = st
+            .rules
+            .iter_mut()
+            .find(|r| r.times > 0 && r.method == method && query.contains(r.query));
+        let fault = hit.map(|r| {
+            r.times -= 1;
+            (r.status, r.code)
+        });
+        st.log.push(SeenRequest {
+            method: method.clone(),
+            path_and_query: pq.clone(),
+            injected: fault.is_some(),
+        });
+        fault
+    };
+    if let Some((status, code)) = fault {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"
+        );
+        return Response::builder()
+            .status(status)
+            .header("content-type", "application/xml")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+    }
+    let (mut parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    parts.uri = format!("http://{upstream}{pq}").parse().expect("uri");
+    match client
+        .request(Request::from_parts(parts, Full::new(body)))
+        .await
+    {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Response::from_parts(parts, Full::new(body))
+        }
+        Err(e) => Response::builder()
+            .status(502)
+            .body(Full::new(Bytes::from(e.to_string())))
+            .unwrap(),
+    }
+}
