@@ -260,3 +260,64 @@ async fn kept_artifacts_are_never_touched() {
     assert!(exec.outcomes.is_empty());
     assert_eq!(srv.keys(&b).await.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowded_common_folder_is_split_instead_of_listed_whole() {
+    let srv = S3Server::start().await;
+    let proxy = artgc_testkit::FaultProxy::start(&srv.endpoint).await;
+    let b = srv.bucket("crowd").await;
+    // Two artifacts under w/, next to 450 objects that are none of theirs: more than a shared
+    // listing may run through for two artifacts.
+    let crowd: Vec<_> = (0..450)
+        .map(|i| (format!("w/other/{i:04}"), b"o".to_vec()))
+        .collect();
+    srv.put_many(&b, crowd, 32).await;
+    srv.put(&b, "w/a/file.tgz", "abc").await;
+    srv.put(&b, "w/b/1", "12").await;
+    let art = |name: &str, key: &str| {
+        let mut a = full(name, &proxy.endpoint, &b, key, "s3");
+        a["s3"]["region"] = json!(srv.region);
+        with_strategy(a, "OnWorkflowCompletion")
+    };
+    let w = workflow("ns", "w").node(
+        "n1",
+        "t",
+        vec![art("file", "w/a/file.tgz"), art("dir", "w/b/")],
+    );
+    let plan = plan_due(vec![w], vec![good_secret(&srv)]);
+    let exec = run(&plan, false).await;
+    let file = outcome(&plan, &exec, "w", "file");
+    assert_eq!(
+        (file.kind, file.objects, file.bytes),
+        (Some(ObjectKind::File), 1, 3),
+        "{:?}",
+        file.error
+    );
+    let dir = outcome(&plan, &exec, "w", "dir");
+    assert_eq!(
+        (dir.kind, dir.objects, dir.bytes),
+        (Some(ObjectKind::Directory), 1, 2),
+        "{:?}",
+        dir.error
+    );
+    assert_eq!(srv.keys(&b).await.len(), 450);
+    let log = proxy.log();
+    let seen = |method: &str, needle: &str| {
+        log.iter()
+            .any(|r| r.method == method && r.path_and_query.contains(needle))
+    };
+    let listed = |prefix: &str| {
+        let param = format!("prefix={prefix}");
+        log.iter()
+            .any(|r| r.method == "GET" && r.path_and_query.split(['?', '&']).any(|p| p == param))
+    };
+    assert!(listed("w%2F"), "the shared listing was tried: {log:?}");
+    assert!(
+        seen("HEAD", "/w/a/file.tgz"),
+        "then the file was probed alone: {log:?}"
+    );
+    assert!(
+        listed("w%2Fb%2F"),
+        "and the directory listed alone: {log:?}"
+    );
+}
