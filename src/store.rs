@@ -169,6 +169,14 @@ impl ObjectStore {
         &self.opts
     }
 
+    /// A place among the requests in flight; held for the duration of one request.
+    async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.permits
+            .acquire()
+            .await
+            .expect("semaphore never closed")
+    }
+
     async fn ambient(&self) -> &aws_config::SdkConfig {
         self.ambient
             .get_or_init(|| aws_config::defaults(BehaviorVersion::latest()).load())
@@ -262,11 +270,7 @@ impl ObjectStore {
         bucket: &str,
         key: &str,
     ) -> Result<Option<u64>, StoreError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("semaphore never closed");
+        let _permit = self.permit().await;
         match client.head_object().bucket(bucket).key(key).send().await {
             Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
@@ -287,11 +291,7 @@ impl ObjectStore {
         let mut token: Option<String> = None;
         loop {
             let page = {
-                let _permit = self
-                    .permits
-                    .acquire()
-                    .await
-                    .expect("semaphore never closed");
+                let _permit = self.permit().await;
                 client
                     .list_objects_v2()
                     .bucket(bucket)
@@ -401,11 +401,7 @@ impl ObjectStore {
                 .build()
                 .map_err(|e| StoreError::new(StoreErrorKind::Request, e.to_string()))?;
             let out = {
-                let _permit = self
-                    .permits
-                    .acquire()
-                    .await
-                    .expect("semaphore never closed");
+                let _permit = self.permit().await;
                 client
                     .delete_objects()
                     .bucket(bucket)
@@ -462,11 +458,7 @@ impl ObjectStore {
     }
 
     async fn delete_one(&self, client: &Client, bucket: &str, key: &str) -> Result<(), StoreError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("semaphore never closed");
+        let _permit = self.permit().await;
         match client.delete_object().bucket(bucket).key(key).send().await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("NoSuchKey") => Ok(()),

@@ -86,9 +86,7 @@ fn write_manifests(dir: &Path, items: Vec<Value>) {
 }
 
 fn s3_art(srv: &S3Server, name: &str, bucket: &str, key: &str, secret: &str) -> Value {
-    let mut a = full(name, &srv.endpoint, bucket, key, secret);
-    a["s3"]["region"] = json!(srv.region);
-    with_strategy(a, "OnWorkflowCompletion")
+    on_server(srv, &srv.endpoint, name, bucket, key, secret)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,6 @@ use artgc::execute::{Quiet, execute};
 use artgc::plan::GcPlan;
 use artgc::store::{ObjectStore, StoreOptions};
 use artgc_testkit::{FaultProxy, FaultRule, S3Server};
-use serde_json::json;
 use support::*;
 
 /// Two file artifacts on `bucket`, reached through `endpoint`.
@@ -15,11 +14,7 @@ async fn setup(srv: &S3Server, endpoint: &str) -> (String, GcPlan) {
     let b = srv.bucket("faults").await;
     srv.put(&b, "w/a", "aa").await;
     srv.put(&b, "w/b", "bbb").await;
-    let art = |name: &str, key: &str| {
-        let mut a = full(name, endpoint, &b, key, "s3");
-        a["s3"]["region"] = json!(srv.region);
-        with_strategy(a, "OnWorkflowCompletion")
-    };
+    let art = |name: &str, key: &str| on_server(srv, endpoint, name, &b, key, "s3");
     let w = workflow("ns", "w").node("n1", "t", vec![art("a", "w/a"), art("b", "w/b")]);
     let plan = plan_due(
         vec![w],
@@ -66,57 +61,42 @@ async fn throttled_batches_are_retried_until_they_succeed() {
     assert!(srv.keys(&b).await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_errors_beyond_the_budget_fail_the_artifacts() {
+/// Every batch delete answered with `status`/`code`: both artifacts must fail with `category`,
+/// nothing is deleted, and the store sees `attempts` batch requests.
+async fn persistent_fault(status: u16, code: &'static str, category: &str, attempts: usize) {
     let srv = S3Server::start().await;
     let proxy = FaultProxy::start(&srv.endpoint).await;
     let (b, plan) = setup(&srv, &proxy.endpoint).await;
     proxy.add_rule(FaultRule {
         method: "POST",
         query: "delete",
-        status: 500,
-        code: "InternalError",
+        status,
+        code,
         times: 100,
     });
     let exec = execute(&plan, &store(), false, &Quiet).await;
+    assert_eq!(exec.outcomes.len(), 2);
     for o in exec.outcomes.values() {
         assert_eq!(
             o.error.as_ref().map(|e| e.category()),
-            Some("server_error"),
+            Some(category),
             "{o:?}"
         );
         assert_eq!((o.objects, o.bytes), (0, 0));
     }
-    assert_eq!(
-        batch_deletes(&proxy).len(),
-        4,
-        "max_attempts bounds the tries"
-    );
+    assert_eq!(batch_deletes(&proxy).len(), attempts, "{code}");
     assert_eq!(srv.keys(&b).await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_beyond_the_budget_fail_the_artifacts() {
+    // max_attempts (4) bounds the tries.
+    persistent_fault(500, "InternalError", "server_error", 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_denied_is_not_retried() {
-    let srv = S3Server::start().await;
-    let proxy = FaultProxy::start(&srv.endpoint).await;
-    let (b, plan) = setup(&srv, &proxy.endpoint).await;
-    proxy.add_rule(FaultRule {
-        method: "POST",
-        query: "delete",
-        status: 403,
-        code: "AccessDenied",
-        times: 100,
-    });
-    let exec = execute(&plan, &store(), false, &Quiet).await;
-    for o in exec.outcomes.values() {
-        assert_eq!(
-            o.error.as_ref().map(|e| e.category()),
-            Some("access_denied"),
-            "{o:?}"
-        );
-    }
-    assert_eq!(batch_deletes(&proxy), vec![true]);
-    assert_eq!(srv.keys(&b).await.len(), 2);
+    persistent_fault(403, "AccessDenied", "access_denied", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,9 +12,7 @@ use support::*;
 
 /// An artifact with its own complete location on the test server.
 fn on(srv: &S3Server, name: &str, bucket: &str, key: &str, secret: &str) -> Value {
-    let mut a = full(name, &srv.endpoint, bucket, key, secret);
-    a["s3"]["region"] = json!(srv.region);
-    with_strategy(a, "OnWorkflowCompletion")
+    on_server(srv, &srv.endpoint, name, bucket, key, secret)
 }
 
 fn good_secret(srv: &S3Server) -> Value {
@@ -274,11 +272,7 @@ async fn a_crowded_common_folder_is_split_instead_of_listed_whole() {
     srv.put_many(&b, crowd, 32).await;
     srv.put(&b, "w/a/file.tgz", "abc").await;
     srv.put(&b, "w/b/1", "12").await;
-    let art = |name: &str, key: &str| {
-        let mut a = full(name, &proxy.endpoint, &b, key, "s3");
-        a["s3"]["region"] = json!(srv.region);
-        with_strategy(a, "OnWorkflowCompletion")
-    };
+    let art = |name: &str, key: &str| on_server(&srv, &proxy.endpoint, name, &b, key, "s3");
     let w = workflow("ns", "w").node(
         "n1",
         "t",

@@ -108,6 +108,21 @@ pub fn full(name: &str, endpoint: &str, bucket: &str, key: &str, secret: &str) -
     loc
 }
 
+/// A due (OnWorkflowCompletion) artifact with its own location on a test S3 server, reached at
+/// `endpoint` (the server itself or a proxy in front of it), credentials from Secret `secret`.
+pub fn on_server(
+    srv: &artgc_testkit::S3Server,
+    endpoint: &str,
+    name: &str,
+    bucket: &str,
+    key: &str,
+    secret: &str,
+) -> Value {
+    let mut a = full(name, endpoint, bucket, key, secret);
+    a["s3"]["region"] = json!(srv.region);
+    with_strategy(a, "OnWorkflowCompletion")
+}
+
 pub fn with_strategy(mut art: Value, s: &str) -> Value {
     art["artifactGC"] = json!({"strategy": s});
     art
