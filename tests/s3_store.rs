@@ -7,7 +7,7 @@ use artgc::execute::{ArtifactOutcome, Execution, Quiet, execute};
 use artgc::plan::{Decision, GcPlan, ObjectKind};
 use artgc::store::{ObjectStore, StoreOptions};
 use artgc_testkit::S3Server;
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::*;
 
 /// An artifact with its own complete location on the test server.
