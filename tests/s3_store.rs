@@ -315,3 +315,41 @@ async fn a_crowded_common_folder_is_split_instead_of_listed_whole() {
         "and the directory listed alone: {log:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_secret_makes_a_private_ca_trusted() {
+    let (srv, ca_pem) = S3Server::start_local_tls().await;
+    let b = srv.bucket("tls").await;
+    srv.put(&b, "w/a", "x").await;
+    srv.put(&b, "w/b", "y").await;
+    let tls_art = |name: &str, key: &str, ca: bool| {
+        let mut a = on(&srv, name, &b, key, "s3");
+        a["s3"]["insecure"] = serde_json::json!(false);
+        if ca {
+            a["s3"]["caSecret"] = serde_json::json!({"name": "ca", "key": "ca.crt"});
+        }
+        a
+    };
+    let w = workflow("ns", "w").node(
+        "n1",
+        "t",
+        vec![
+            tls_art("trusted", "w/a", true),
+            tls_art("untrusted", "w/b", false),
+        ],
+    );
+    let ca = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "ca", "namespace": "ns"}, "stringData": {"ca.crt": ca_pem}});
+    let plan = plan_due(vec![w], vec![good_secret(&srv), ca]);
+    let exec = run(&plan, false).await;
+    let trusted = outcome(&plan, &exec, "w", "trusted");
+    assert!(trusted.error.is_none(), "{:?}", trusted.error);
+    assert_eq!(trusted.objects, 1);
+    let untrusted = outcome(&plan, &exec, "w", "untrusted");
+    assert_eq!(
+        untrusted.error.as_ref().map(|e| e.category()),
+        Some("network"),
+        "{untrusted:?}"
+    );
+    assert_eq!(srv.keys(&b).await, vec!["w/b"]);
+}

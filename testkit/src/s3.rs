@@ -1,6 +1,7 @@
 //! A real S3 server for tests: in-process `s3s-fs` on a loopback port, or an external store
 //! named by environment variables.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_s3::Client;
@@ -49,15 +50,31 @@ pub fn unique_bucket(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{r:08x}", std::process::id())
 }
 
-fn admin_client(endpoint: &str, ak: &str, sk: &str, region: &str) -> Client {
-    let conf = aws_sdk_s3::config::Builder::new()
+/// An admin client; `ca` (PEM) switches to HTTPS trusting that CA.
+fn admin_client(endpoint: &str, ak: &str, sk: &str, region: &str, ca: Option<&str>) -> Client {
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let mut conf = aws_sdk_s3::config::Builder::new()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))
-        .endpoint_url(format!("http://{endpoint}"))
+        .endpoint_url(format!("{scheme}://{endpoint}"))
         .force_path_style(true)
-        .credentials_provider(Credentials::new(ak, sk, None, None, "testkit"))
-        .build();
-    Client::from_conf(conf)
+        .credentials_provider(Credentials::new(ak, sk, None, None, "testkit"));
+    if let Some(pem) = ca {
+        use aws_smithy_http_client::tls;
+        let trust = tls::TrustStore::empty().with_pem_certificate(pem.as_bytes().to_vec());
+        let ctx = tls::TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .expect("tls");
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .tls_context(ctx)
+            .build_https();
+        conf = conf.http_client(http);
+    }
+    Client::from_conf(conf.build())
 }
 
 impl S3Server {
@@ -72,7 +89,7 @@ impl S3Server {
                 let (ak, sk) = (var(ENV_ACCESS_KEY), var(ENV_SECRET_KEY));
                 let region = std::env::var(ENV_REGION).unwrap_or_else(|_| "garage".into());
                 Self {
-                    client: admin_client(&endpoint, &ak, &sk, &region),
+                    client: admin_client(&endpoint, &ak, &sk, &region, None),
                     endpoint,
                     access_key: ak,
                     secret_key: sk,
@@ -88,6 +105,34 @@ impl S3Server {
 
     /// `s3s-fs` over a fresh temporary folder, with SigV4 checked against random credentials.
     pub async fn start_local() -> Self {
+        Self::start_inner(None).await
+    }
+
+    /// Like [`S3Server::start_local`], but serving HTTPS with a self-signed certificate for
+    /// 127.0.0.1, returned as PEM (what an Argo `caSecret` holds).
+    pub async fn start_local_tls() -> (Self, String) {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+        let pem = cert.cert.pem();
+        let der = cert.cert.der().clone();
+        let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(
+            cert.signing_key.serialize_der(),
+        )
+        .expect("key");
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![der], key)
+        .expect("tls config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (Self::start_inner(Some((acceptor, pem.clone()))).await, pem)
+    }
+
+    async fn start_inner(tls: Option<(tokio_rustls::TlsAcceptor, String)>) -> Self {
+        let ca = tls.as_ref().map(|(_, pem)| pem.clone());
+        let tls = tls.map(|(acceptor, _)| acceptor);
         let root = tempfile::tempdir().expect("temp dir");
         let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs root");
         let access_key = format!("AK{:016x}", rand::random::<u64>());
@@ -111,17 +156,24 @@ impl S3Server {
                     },
                     _ = &mut stopped => return,
                 };
-                let conn = http
-                    .serve_connection(TokioIo::new(socket), service.clone())
-                    .into_owned();
+                let (http, service, tls) = (http.clone(), service.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(socket), service).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(socket).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
                 });
             }
         });
         let region = "us-east-1".to_string();
         Self {
-            client: admin_client(&endpoint, &access_key, &secret_key, &region),
+            client: admin_client(&endpoint, &access_key, &secret_key, &region, ca.as_deref()),
             endpoint,
             access_key,
             secret_key,
