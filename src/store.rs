@@ -115,6 +115,18 @@ where
     StoreError::new(kind, format!("{op} {target}: {detail}"))
 }
 
+/// Adds `Content-MD5` of the body. The SDK sends only a CRC32 checksum on DeleteObjects; some
+/// S3-compatible stores refuse the request without an MD5 (awslabs/aws-sdk-rust#1240).
+fn add_content_md5(req: &mut aws_smithy_runtime_api::http::Request) {
+    use base64::Engine;
+    use md5::Digest;
+    if let Some(body) = req.body().bytes() {
+        let digest = md5::Md5::digest(body);
+        let value = base64::engine::general_purpose::STANDARD.encode(digest);
+        req.headers_mut().insert("Content-MD5", value);
+    }
+}
+
 /// Limits on the store's work.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -406,6 +418,8 @@ impl ObjectStore {
                     .delete_objects()
                     .bucket(bucket)
                     .delete(delete)
+                    .customize()
+                    .mutate_request(add_content_md5)
                     .send()
                     .await
                     .map_err(|e| sdk_error("DeleteObjects", &format!("s3://{bucket}"), e))?

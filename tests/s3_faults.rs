@@ -44,13 +44,7 @@ async fn throttled_batches_are_retried_until_they_succeed() {
     let srv = S3Server::start().await;
     let proxy = FaultProxy::start(&srv.endpoint).await;
     let (b, plan) = setup(&srv, &proxy.endpoint).await;
-    proxy.add_rule(FaultRule {
-        method: "POST",
-        query: "delete",
-        status: 503,
-        code: "SlowDown",
-        times: 2,
-    });
+    proxy.add_rule(FaultRule::batch_delete(503, "SlowDown", 2));
     let exec = execute(&plan, &store(), false, &Quiet).await;
     assert!(
         exec.outcomes.values().all(|o| o.error.is_none()),
@@ -67,13 +61,7 @@ async fn persistent_fault(status: u16, code: &'static str, category: &str, attem
     let srv = S3Server::start().await;
     let proxy = FaultProxy::start(&srv.endpoint).await;
     let (b, plan) = setup(&srv, &proxy.endpoint).await;
-    proxy.add_rule(FaultRule {
-        method: "POST",
-        query: "delete",
-        status,
-        code,
-        times: 100,
-    });
+    proxy.add_rule(FaultRule::batch_delete(status, code, 100));
     let exec = execute(&plan, &store(), false, &Quiet).await;
     assert_eq!(exec.outcomes.len(), 2);
     for o in exec.outcomes.values() {
@@ -104,13 +92,7 @@ async fn a_store_without_delete_objects_gets_single_deletes() {
     let srv = S3Server::start().await;
     let proxy = FaultProxy::start(&srv.endpoint).await;
     let (b, plan) = setup(&srv, &proxy.endpoint).await;
-    proxy.add_rule(FaultRule {
-        method: "POST",
-        query: "delete",
-        status: 501,
-        code: "NotImplemented",
-        times: 100,
-    });
+    proxy.add_rule(FaultRule::batch_delete(501, "NotImplemented", 100));
     let exec = execute(&plan, &store(), false, &Quiet).await;
     assert!(
         exec.outcomes.values().all(|o| o.error.is_none()),
@@ -125,4 +107,61 @@ async fn a_store_without_delete_objects_gets_single_deletes() {
         .count();
     assert_eq!(singles, 2);
     assert!(srv.keys(&b).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_reported_throttled_inside_the_response_are_retried() {
+    let srv = S3Server::start().await;
+    let proxy = FaultProxy::start(&srv.endpoint).await;
+    let (b, plan) = setup(&srv, &proxy.endpoint).await;
+    proxy.add_rule(FaultRule::per_key_delete("SlowDown", 1));
+    let exec = execute(&plan, &store(), false, &Quiet).await;
+    assert!(
+        exec.outcomes.values().all(|o| o.error.is_none()),
+        "{:?}",
+        exec.outcomes
+    );
+    assert_eq!(batch_deletes(&proxy), vec![true, false]);
+    assert!(srv.keys(&b).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_denied_inside_the_response_fail_without_retry() {
+    let srv = S3Server::start().await;
+    let proxy = FaultProxy::start(&srv.endpoint).await;
+    let (b, plan) = setup(&srv, &proxy.endpoint).await;
+    proxy.add_rule(FaultRule::per_key_delete("AccessDenied", 100));
+    let exec = execute(&plan, &store(), false, &Quiet).await;
+    assert_eq!(exec.outcomes.len(), 2);
+    for o in exec.outcomes.values() {
+        assert_eq!(
+            o.error.as_ref().map(|e| e.category()),
+            Some("access_denied"),
+            "{o:?}"
+        );
+    }
+    assert_eq!(batch_deletes(&proxy), vec![true]);
+    assert_eq!(srv.keys(&b).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_deletes_carry_the_content_md5_of_their_body() {
+    use base64::Engine;
+    use md5::Digest;
+    let srv = S3Server::start().await;
+    let proxy = FaultProxy::start(&srv.endpoint).await;
+    let (_, plan) = setup(&srv, &proxy.endpoint).await;
+    execute(&plan, &store(), false, &Quiet).await;
+    let batch = proxy
+        .log()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path_and_query.contains("delete"))
+        .expect("a batch delete");
+    let header = batch
+        .headers
+        .iter()
+        .find(|(k, _)| k == "content-md5")
+        .map(|(_, v)| v.clone());
+    let expected = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&batch.body));
+    assert_eq!(header, Some(expected));
 }

@@ -23,6 +23,31 @@ pub struct FaultRule {
     pub status: u16,
     pub code: &'static str,
     pub times: usize,
+    /// Instead of failing the request, answer a DeleteObjects with `200 OK` and an `<Error>`
+    /// with `code` for every key it names; nothing is forwarded or deleted.
+    pub per_key: bool,
+}
+
+impl FaultRule {
+    /// Fails the next `times` DeleteObjects requests with `status` and `code`.
+    pub fn batch_delete(status: u16, code: &'static str, times: usize) -> Self {
+        Self {
+            method: "POST",
+            query: "delete",
+            status,
+            code,
+            times,
+            per_key: false,
+        }
+    }
+
+    /// Reports every key of the next `times` DeleteObjects requests as failed with `code`.
+    pub fn per_key_delete(code: &'static str, times: usize) -> Self {
+        Self {
+            per_key: true,
+            ..Self::batch_delete(200, code, times)
+        }
+    }
 }
 
 /// One request seen by the proxy: method, path and query, and whether it was failed.
@@ -30,6 +55,9 @@ pub struct FaultRule {
 pub struct SeenRequest {
     pub method: String,
     pub path_and_query: String,
+    /// Header names (lower case) and values.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
     pub injected: bool,
 }
 
@@ -114,6 +142,22 @@ async fn handle(
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
     let query = req.uri().query().unwrap_or_default().to_string();
+    let (mut parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                v.to_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
     let fault = {
         let mut st = state.lock().unwrap();
         let hit = st
@@ -122,31 +166,46 @@ async fn handle(
             .find(|r| r.times > 0 && r.method == method && query.contains(r.query));
         let fault = hit.map(|r| {
             r.times -= 1;
-            (r.status, r.code)
+            r.clone()
         });
         st.log.push(SeenRequest {
             method: method.clone(),
             path_and_query: pq.clone(),
+            headers,
+            body: body.clone(),
             injected: fault.is_some(),
         });
         fault
     };
-    if let Some((status, code)) = fault {
-        let body = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"
-        );
+    if let Some(rule) = fault {
+        let body = if rule.per_key {
+            let text = String::from_utf8_lossy(&body);
+            let errors: String = text
+                .split("<Key>")
+                .skip(1)
+                .filter_map(|rest| rest.split_once("</Key>").map(|(k, _)| k))
+                .map(|k| {
+                    format!(
+                        "<Error><Key>{k}</Key><Code>{}</Code><Message>injected</Message></Error>",
+                        rule.code
+                    )
+                })
+                .collect();
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><DeleteResult>{errors}</DeleteResult>"
+            )
+        } else {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{}</Code><Message>injected by the test proxy</Message></Error>",
+                rule.code
+            )
+        };
         return Response::builder()
-            .status(status)
+            .status(rule.status)
             .header("content-type", "application/xml")
             .body(Full::new(Bytes::from(body)))
             .unwrap();
     }
-    let (mut parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
     parts.uri = format!("http://{upstream}{pq}").parse().expect("uri");
     match client
         .request(Request::from_parts(parts, Full::new(body)))
