@@ -1,10 +1,14 @@
 //! Test doubles for artgc's tests, benchmarks and demo. Never used by the controller's own code.
 //!
+//! [`KubeApiServer`] is a Kubernetes API server over HTTP that kube-rs and kubectl talk to.
+//!
 //! [`S3Server`] is a real S3 endpoint over HTTP: `s3s-fs` in this process (SigV4 checked), or,
 //! when `ARTGC_TEST_S3_ENDPOINT` is set, an external store such as garage started by `.ci/run`.
 
 pub mod faults;
+pub mod kube;
 pub mod s3;
 
 pub use faults::{FaultProxy, FaultRule, SeenRequest};
+pub use kube::{KubeApiServer, KubeFault, KubeRequest, ResourceType};
 pub use s3::{S3Server, unique_bucket};
