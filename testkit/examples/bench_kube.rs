@@ -104,9 +104,15 @@ async fn main() {
         count as f64 / secs
     );
 
+    println!(
+        "RSS after seeding (the server holds every object): {:.0} MiB",
+        rss_mib()
+    );
+
     let t = Instant::now();
     let list = all.list(&ListParams::default()).await.unwrap();
     assert_eq!(list.items.len(), count);
+    drop(list);
     println!("list all: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
 
     let t = Instant::now();
@@ -170,7 +176,7 @@ async fn main() {
         secs * 1e3 / 1000.0
     );
     println!(
-        "RSS (server and client in one process): {:.0} MiB",
+        "RSS at the end (server, client buffers, allocator slack): {:.0} MiB",
         rss_mib()
     );
 }

@@ -104,12 +104,33 @@ pub struct KubeRequest {
     pub status: u16,
 }
 
+/// What selectors look at, kept beside the serialized object.
+#[derive(Debug, Clone)]
+struct ObjMeta {
+    namespace: Option<String>,
+    name: String,
+    labels: Value,
+}
+
+fn meta_of(obj: &Value) -> ObjMeta {
+    ObjMeta {
+        namespace: obj["metadata"]["namespace"].as_str().map(str::to_string),
+        name: obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        labels: obj["metadata"]["labels"].clone(),
+    }
+}
+
+/// A change, as watches replay it. The object is shared with the store, not copied.
 #[derive(Debug, Clone)]
 struct Event {
     rv: u64,
     kind: &'static str,
     type_id: String,
-    object: Value,
+    meta: ObjMeta,
+    json: Bytes,
 }
 
 struct Watcher {
@@ -120,10 +141,28 @@ struct Watcher {
     tx: mpsc::UnboundedSender<Bytes>,
 }
 
+impl Watcher {
+    fn sees(&self, meta: &ObjMeta) -> bool {
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| meta.namespace.as_deref() == Some(ns))
+            && self.selector.matches(&meta.labels)
+            && fields_match(&self.fields, meta)
+    }
+}
+
+/// An object, serialized once: GET, LIST and watch send these bytes as they are.
 struct Stored {
-    object: Value,
-    /// Field path -> manager, for fields set by server-side apply or changed by other writes.
+    json: Bytes,
+    meta: ObjMeta,
+    /// Field path -> manager, for objects written by server-side apply (empty otherwise).
     owners: BTreeMap<String, String>,
+}
+
+impl Stored {
+    fn value(&self) -> Value {
+        serde_json::from_slice(&self.json).expect("stored objects are valid JSON")
+    }
 }
 
 struct State {
@@ -238,7 +277,7 @@ impl KubeApiServer {
             .map(str::to_string)
             .or_else(|| t.namespaced.then(|| "default".to_string()));
         match st.create(&t, ns.as_deref(), object, None) {
-            Ok(o) => o,
+            Ok(o) => serde_json::from_slice(&o).expect("json"),
             Err(e) => panic!("seed: {}", e.1),
         }
     }
@@ -261,7 +300,7 @@ impl KubeApiServer {
             namespace.unwrap_or_default().to_string(),
             name.to_string(),
         );
-        st.objects.get(&key).map(|s| s.object.clone())
+        st.objects.get(&key).map(Stored::value)
     }
 
     /// Every stored object of a kind.
@@ -278,7 +317,7 @@ impl KubeApiServer {
         st.objects
             .iter()
             .filter(|((tid, _, _), _)| *tid == id)
-            .map(|(_, s)| s.object.clone())
+            .map(|(_, s)| s.value())
             .collect()
     }
 
@@ -432,11 +471,11 @@ fn field_selector(s: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-fn fields_match(fields: &[(String, String)], obj: &Value) -> bool {
+fn fields_match(fields: &[(String, String)], meta: &ObjMeta) -> bool {
     fields.iter().all(|(k, v)| {
         let actual = match k.as_str() {
-            "metadata.name" => obj["metadata"]["name"].as_str(),
-            _ => obj["metadata"]["namespace"].as_str(),
+            "metadata.name" => Some(meta.name.as_str()),
+            _ => meta.namespace.as_deref(),
         };
         actual == Some(v.as_str())
     })
@@ -487,32 +526,32 @@ impl State {
             .cloned()
     }
 
-    fn record(&mut self, kind: &'static str, t: &ResourceType, object: &Value) {
-        let ev = Event {
-            rv: self.rv,
-            kind,
-            type_id: t.id(),
-            object: object.clone(),
-        };
-        let line = watch_line(kind, object);
+    /// Serializes the new state of an object once, tells matching watches, keeps it in the
+    /// history, and hands the bytes back for the store.
+    fn record(&mut self, kind: &'static str, t: &ResourceType, object: &Value) -> (Bytes, ObjMeta) {
+        let json = Bytes::from(serde_json::to_vec(object).expect("json"));
+        let meta = meta_of(object);
+        let line = watch_line(kind, &json);
+        let type_id = t.id();
         self.watchers.retain(|w| {
-            if w.type_id != ev.type_id
-                || w.namespace
-                    .as_deref()
-                    .is_some_and(|ns| object["metadata"]["namespace"].as_str() != Some(ns))
-                || !w.selector.matches(&object["metadata"]["labels"])
-                || !fields_match(&w.fields, object)
-            {
+            if w.type_id != type_id || !w.sees(&meta) {
                 return true;
             }
             w.tx.send(line.clone()).is_ok()
         });
-        self.history.push_back(ev);
+        self.history.push_back(Event {
+            rv: self.rv,
+            kind,
+            type_id,
+            meta: meta.clone(),
+            json: json.clone(),
+        });
         while self.history.len() > self.history_limit {
             if let Some(old) = self.history.pop_front() {
                 self.oldest_rv = old.rv + 1;
             }
         }
+        (json, meta)
     }
 
     fn next_rv(&mut self) -> String {
@@ -525,8 +564,8 @@ impl State {
         t: &ResourceType,
         ns: Option<&str>,
         mut obj: Value,
-        manager: Option<&str>,
-    ) -> Result<Value, ApiError> {
+        applied_by: Option<&str>,
+    ) -> Result<Bytes, ApiError> {
         if !obj.is_object() {
             return Err((400, "body is not an object".into(), "BadRequest"));
         }
@@ -585,22 +624,23 @@ impl State {
         obj["apiVersion"] = json!(t.api_version());
         obj["kind"] = json!(t.kind);
         let mut owners = BTreeMap::new();
-        if let Some(m) = manager {
+        if let Some(m) = applied_by {
             let mut l = Vec::new();
             leaves(&obj, "", &mut l);
             for (p, _) in l.into_iter().filter(|(p, _)| !p.starts_with("/metadata")) {
                 owners.insert(p, m.to_string());
             }
         }
+        let (json, meta) = self.record("ADDED", t, &obj);
         self.objects.insert(
             key,
             Stored {
-                object: obj.clone(),
+                json: json.clone(),
+                meta,
                 owners,
             },
         );
-        self.record("ADDED", t, &obj);
-        Ok(obj)
+        Ok(json)
     }
 
     /// Stores `new` as the next version of an existing object, with the checks of an update.
@@ -610,12 +650,12 @@ impl State {
         key: &(String, String, String),
         mut new: Value,
         manager: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Bytes, ApiError> {
         let old = self
             .objects
             .get(key)
             .ok_or_else(|| not_found(&format!("{} \"{}\"", t.plural, key.2)))?;
-        let old_obj = old.object.clone();
+        let old_obj = old.value();
         if let Some(rv) = rv_of(&new)
             && Some(rv) != rv_of(&old_obj)
         {
@@ -662,7 +702,7 @@ impl State {
         new["kind"] = json!(t.kind);
         new["metadata"]["resourceVersion"] = old_obj["metadata"]["resourceVersion"].clone();
         if new == old_obj {
-            return Ok(old_obj);
+            return Ok(old.json.clone());
         }
         let spec_changed = {
             let strip = |v: &Value| {
@@ -679,55 +719,60 @@ impl State {
             let g = old_obj["metadata"]["generation"].as_i64().unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);
         }
-        // Fields this write changed now belong to its manager.
-        let (mut before, mut after) = (Vec::new(), Vec::new());
-        leaves(&old_obj, "", &mut before);
-        leaves(&new, "", &mut after);
-        let before: BTreeMap<_, _> = before.into_iter().collect();
-        let after_map: BTreeMap<_, _> = after.into_iter().collect();
+        // Owned fields this write changed now belong to its manager; removed ones to nobody.
         let stored = self.objects.get_mut(key).expect("checked above");
-        stored.owners.retain(|p, _| after_map.contains_key(p));
-        for (p, v) in &after_map {
-            if !p.starts_with("/metadata") && before.get(p) != Some(v) {
-                stored.owners.insert(p.clone(), manager.to_string());
+        if !stored.owners.is_empty() {
+            let (mut before, mut after) = (Vec::new(), Vec::new());
+            leaves(&old_obj, "", &mut before);
+            leaves(&new, "", &mut after);
+            let before: BTreeMap<_, _> = before.into_iter().collect();
+            let after: BTreeMap<_, _> = after.into_iter().collect();
+            stored.owners.retain(|p, _| after.contains_key(p));
+            for (p, owner) in stored.owners.iter_mut() {
+                if before.get(p) != after.get(p) {
+                    *owner = manager.to_string();
+                }
             }
         }
         let rv = self.next_rv();
         new["metadata"]["resourceVersion"] = json!(rv);
         if deleting && new_fin.is_empty() {
             self.objects.remove(key);
-            self.record("DELETED", t, &new);
-        } else {
-            self.objects.get_mut(key).expect("present").object = new.clone();
-            self.record("MODIFIED", t, &new);
+            return Ok(self.record("DELETED", t, &new).0);
         }
-        Ok(new)
+        let (json, meta) = self.record("MODIFIED", t, &new);
+        let stored = self.objects.get_mut(key).expect("present");
+        stored.json = json.clone();
+        stored.meta = meta;
+        Ok(json)
     }
 
     fn delete(
         &mut self,
         t: &ResourceType,
         key: &(String, String, String),
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Bytes, ApiError> {
         let stored = self
             .objects
             .get(key)
             .ok_or_else(|| not_found(&format!("{} \"{}\"", t.plural, key.2)))?;
-        let mut obj = stored.object.clone();
+        let mut obj = stored.value();
         if finalizers(&obj).is_empty() {
             self.objects.remove(key);
             obj["metadata"]["resourceVersion"] = json!(self.next_rv());
-            self.record("DELETED", t, &obj);
-            return Ok(obj);
+            return Ok(self.record("DELETED", t, &obj).0);
         }
-        if obj["metadata"].get("deletionTimestamp").is_none() {
-            obj["metadata"]["deletionTimestamp"] = json!(now());
-            obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-            obj["metadata"]["resourceVersion"] = json!(self.next_rv());
-            self.objects.get_mut(key).expect("present").object = obj.clone();
-            self.record("MODIFIED", t, &obj);
+        if obj["metadata"].get("deletionTimestamp").is_some() {
+            return Ok(stored.json.clone());
         }
-        Ok(obj)
+        obj["metadata"]["deletionTimestamp"] = json!(now());
+        obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        obj["metadata"]["resourceVersion"] = json!(self.next_rv());
+        let (json, meta) = self.record("MODIFIED", t, &obj);
+        let stored = self.objects.get_mut(key).expect("present");
+        stored.json = json.clone();
+        stored.meta = meta;
+        Ok(json)
     }
 
     fn apply(
@@ -737,7 +782,7 @@ impl State {
         patch: &Value,
         manager: &str,
         force: bool,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Bytes, ApiError> {
         let Some(stored) = self.objects.get(key) else {
             let ns = (!key.1.is_empty()).then_some(key.1.as_str());
             let mut obj = patch.clone();
@@ -746,7 +791,7 @@ impl State {
         };
         let mut applied = Vec::new();
         leaves(patch, "", &mut applied);
-        let current = stored.object.clone();
+        let current = stored.value();
         for (path, value) in &applied {
             if path.starts_with("/metadata") || path == "/apiVersion" || path == "/kind" {
                 continue;
@@ -778,13 +823,26 @@ impl State {
     }
 }
 
-fn watch_line(kind: &str, object: &Value) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("json");
-    line.push(b'\n');
+/// One watch event line around an already serialized object.
+fn watch_line(kind: &str, json: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(json.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(json);
+    line.extend_from_slice(b"}\n");
     Bytes::from(line)
 }
 
 // ---------------------------------------------------------------- HTTP
+
+fn raw(json: Bytes, status: u16) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(json).boxed_unsync())
+        .expect("response")
+}
 
 fn full(v: Value, status: u16) -> Response<Body> {
     Response::builder()
@@ -1031,22 +1089,32 @@ fn resource(
                 Err(e) => return error((400, e, "BadRequest")),
             };
             let id = t.id();
-            let items: Vec<&Value> = s
+            // The list is written around the stored bytes, not rebuilt as a JSON value.
+            let head = json!({"kind": format!("{}List", t.kind), "apiVersion": t.api_version(),
+                              "metadata": {"resourceVersion": s.rv.to_string()}});
+            let mut body = serde_json::to_vec(&head).expect("json");
+            body.pop();
+            body.extend_from_slice(b",\"items\":[");
+            let mut first = true;
+            for o in s
                 .objects
                 .iter()
                 .filter(|((tid, ons, _), _)| *tid == id && ns.as_deref().is_none_or(|n| n == ons))
-                .map(|(_, o)| &o.object)
-                .filter(|o| selector.matches(&o["metadata"]["labels"]) && fields_match(&fields, o))
-                .collect();
-            full(
-                json!({"kind": format!("{}List", t.kind), "apiVersion": t.api_version(),
-                        "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
-                200,
-            )
+                .map(|(_, o)| o)
+                .filter(|o| selector.matches(&o.meta.labels) && fields_match(&fields, &o.meta))
+            {
+                if !first {
+                    body.push(b',');
+                }
+                first = false;
+                body.extend_from_slice(&o.json);
+            }
+            body.extend_from_slice(b"]}");
+            raw(Bytes::from(body), 200)
         }
         ("POST", None) => {
             match parse_body().and_then(|b| s.create(&t, ns.as_deref(), b, Some(&manager))) {
-                Ok(o) => full(o, 201),
+                Ok(o) => raw(o, 201),
                 Err(e) => error(e),
             }
         }
@@ -1057,7 +1125,7 @@ fn resource(
                 "GET" => s
                     .objects
                     .get(&key)
-                    .map(|o| o.object.clone())
+                    .map(|o| o.json.clone())
                     .ok_or_else(missing),
                 "PUT" => parse_body().and_then(|b| s.update(&t, &key, b, &manager)),
                 "DELETE" => s.delete(&t, &key),
@@ -1066,11 +1134,7 @@ fn resource(
                         let force = q.get("force").is_some_and(|f| f == "true");
                         return s.apply(&t, &key, &patch, &manager, force);
                     }
-                    let current = s
-                        .objects
-                        .get(&key)
-                        .map(|o| o.object.clone())
-                        .ok_or_else(missing)?;
+                    let current = s.objects.get(&key).map(Stored::value).ok_or_else(missing)?;
                     let mut new = current.clone();
                     if content_type.starts_with("application/json-patch") {
                         let ops = json_patch_ops(&current, patch.clone())?;
@@ -1091,7 +1155,7 @@ fn resource(
                 _ => Err((405, format!("method {m} not allowed"), "MethodNotAllowed")),
             };
             match result {
-                Ok(o) => full(o, 200),
+                Ok(o) => raw(o, 200),
                 Err(e) => error(e),
             }
         }
@@ -1142,10 +1206,10 @@ fn watch(
         .and_then(|v| v.parse().ok());
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let id = t.id();
-    let visible = |o: &Value| {
-        ns.is_none_or(|n| o["metadata"]["namespace"].as_str() == Some(n))
-            && selector.matches(&o["metadata"]["labels"])
-            && fields_match(&fields, o)
+    let visible = |m: &ObjMeta| {
+        ns.is_none_or(|n| m.namespace.as_deref() == Some(n))
+            && selector.matches(&m.labels)
+            && fields_match(&fields, m)
     };
     match from {
         Some(rv) if rv + 1 < s.oldest_rv => {
@@ -1155,7 +1219,10 @@ fn watch(
                 &format!("too old resource version: {rv} ({})", s.oldest_rv),
                 "Expired",
             );
-            let _ = tx.send(watch_line("ERROR", &status));
+            let _ = tx.send(watch_line(
+                "ERROR",
+                &serde_json::to_vec(&status).expect("json"),
+            ));
             drop(tx);
             return stream_response(rx, None);
         }
@@ -1163,18 +1230,18 @@ fn watch(
             for ev in s
                 .history
                 .iter()
-                .filter(|e| e.rv > rv && e.type_id == id && visible(&e.object))
+                .filter(|e| e.rv > rv && e.type_id == id && visible(&e.meta))
             {
-                let _ = tx.send(watch_line(ev.kind, &ev.object));
+                let _ = tx.send(watch_line(ev.kind, &ev.json));
             }
         }
         None => {
             for (_, o) in s
                 .objects
                 .iter()
-                .filter(|((tid, _, _), o)| *tid == id && visible(&o.object))
+                .filter(|((tid, _, _), o)| *tid == id && visible(&o.meta))
             {
-                let _ = tx.send(watch_line("ADDED", &o.object));
+                let _ = tx.send(watch_line("ADDED", &o.json));
             }
         }
     }
@@ -1182,8 +1249,9 @@ fn watch(
     let bookmark = bookmarks.then(|| {
         watch_line(
             "BOOKMARK",
-            &json!({"kind": t.kind, "apiVersion": t.api_version(),
-            "metadata": {"resourceVersion": s.rv.to_string()}}),
+            &serde_json::to_vec(&json!({"kind": t.kind, "apiVersion": t.api_version(),
+                "metadata": {"resourceVersion": s.rv.to_string()}}))
+            .expect("json"),
         )
     });
     if let Some(b) = &bookmark {

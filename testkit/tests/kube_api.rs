@@ -542,3 +542,38 @@ fn which(bin: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+#[tokio::test]
+async fn raw_watch_filters_by_label_bookmarks_and_times_out() {
+    use kube::api::WatchParams;
+    use kube::core::WatchEvent;
+    let server = KubeApiServer::start().await;
+    let api = workflows(&server, "ns");
+    let rv = server.resource_version().to_string();
+    let params = WatchParams::default().labels("team=a").timeout(1);
+    let mut stream = api.watch(&params, &rv).await.unwrap().boxed();
+    api.create(&PostParams::default(), &wf("mine", json!({"team": "a"})))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &wf("theirs", json!({"team": "b"})))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut added = Vec::new();
+    let mut bookmarks = 0;
+    // The stream ends by itself after timeoutSeconds.
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+        .await
+        .expect("ends in time")
+        .unwrap()
+    {
+        match ev {
+            WatchEvent::Added(o) => added.push(o.metadata.name.unwrap()),
+            WatchEvent::Bookmark(_) => bookmarks += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(added, ["mine"]);
+    assert!(bookmarks >= 1);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
