@@ -339,8 +339,8 @@ impl KubeApiServer {
     pub fn compact(&self) {
         let mut st = self.state.lock().unwrap();
         st.history.clear();
-        st.oldest_rv = st.rv + 1;
         st.rv += 1;
+        st.oldest_rv = st.rv;
     }
 
     /// Requests seen so far.
@@ -1212,7 +1212,7 @@ fn watch(
             && fields_match(&fields, m)
     };
     match from {
-        Some(rv) if rv + 1 < s.oldest_rv => {
+        Some(rv) if rv < s.oldest_rv => {
             // Expired: a 200 with an ERROR event, as the real server does on watch.
             let status = status_body(
                 410,
