@@ -83,15 +83,6 @@ async fn seed(srv: &S3Server, layout: &Layout) -> String {
     bucket
 }
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// (a) Argo's GC pod: per artifact, list a directory then delete key by key; all sequential.
 async fn argo_method(srv: &S3Server, bucket: &str, layout: &Layout) -> usize {
     let c = srv.client();
@@ -203,10 +194,10 @@ async fn raw_batches(srv: &S3Server, bucket: &str, keys: &[String], concurrency:
 #[tokio::main]
 async fn main() {
     let layout = Layout {
-        workflows: arg("--workflows", 100),
-        files: arg("--files", 20),
-        dirs: arg("--dirs", 2),
-        dir_files: arg("--dir-files", 90),
+        workflows: artgc_testkit::flag("--workflows", 100),
+        files: artgc_testkit::flag("--files", 20),
+        dirs: artgc_testkit::flag("--dirs", 2),
+        dir_files: artgc_testkit::flag("--dir-files", 90),
     };
     let srv = S3Server::start().await;
     let total = layout.objects();

@@ -16,15 +16,6 @@ use kube::api::{
 use kube::core::{GroupVersionKind, WatchEvent};
 use serde_json::{Value, json};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn workflow(i: usize, nodes: usize) -> Value {
     let name = format!("wf-{i:05}");
     let mut status_nodes = serde_json::Map::new();
@@ -73,7 +64,10 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let (count, nodes) = (arg("--workflows", 10_000), arg("--nodes", 20));
+    let (count, nodes) = (
+        artgc_testkit::flag("--workflows", 10_000),
+        artgc_testkit::flag("--nodes", 20),
+    );
     let server = KubeApiServer::start().await;
     server.set_request_log(false);
     let client = server.client();

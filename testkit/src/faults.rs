@@ -11,9 +11,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
 
 /// Fail the next `times` requests with this method whose query string contains `query`.
 #[derive(Debug, Clone)]
@@ -85,34 +83,17 @@ impl Drop for FaultProxy {
 impl FaultProxy {
     /// Starts a proxy on a loopback port forwarding to `upstream` (`host:port`, plain HTTP).
     pub async fn start(upstream: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let endpoint = listener.local_addr().expect("addr").to_string();
+        let (listener, endpoint) = crate::http::bind_loopback().await;
         let state = Arc::new(Mutex::new(State::default()));
         let client: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build_http();
         let upstream = upstream.to_string();
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
-        tokio::spawn(async move {
-            let http = ConnBuilder::new(TokioExecutor::new());
-            loop {
-                let socket = tokio::select! {
-                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
-                    _ = &mut stopped => return,
-                };
-                let (st, client, upstream) = (st.clone(), client.clone(), upstream.clone());
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (st, client, upstream) = (st.clone(), client.clone(), upstream.clone());
-                    async move { Ok::<_, Infallible>(handle(req, &st, &client, &upstream).await) }
-                });
-                let conn = http
-                    .serve_connection(TokioIo::new(socket), svc)
-                    .into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (st, client, upstream) = (st.clone(), client.clone(), upstream.clone());
+            async move { Ok::<_, Infallible>(handle(req, &st, &client, &upstream).await) }
         });
+        let stop = crate::http::serve(listener, svc, None);
         Self {
             endpoint,
             state,

@@ -23,10 +23,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -200,8 +197,8 @@ impl Drop for KubeApiServer {
 impl KubeApiServer {
     /// Starts on a free loopback port.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (listener, addr) = crate::http::bind_loopback().await;
+        let url = format!("http://{addr}");
         let state = Arc::new(Mutex::new(State {
             types: builtin_types(),
             objects: BTreeMap::new(),
@@ -215,28 +212,12 @@ impl KubeApiServer {
             log: Vec::new(),
             log_requests: true,
         }));
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
-        tokio::spawn(async move {
-            let http = ConnBuilder::new(TokioExecutor::new());
-            loop {
-                let socket = tokio::select! {
-                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
-                    _ = &mut stopped => return,
-                };
-                let st = st.clone();
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let st = st.clone();
-                    async move { Ok::<_, Infallible>(handle(req, st).await) }
-                });
-                let conn = http
-                    .serve_connection(TokioIo::new(socket), svc)
-                    .into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let st = st.clone();
+            async move { Ok::<_, Infallible>(handle(req, st).await) }
         });
+        let stop = crate::http::serve(listener, svc, None);
         Self {
             url,
             state,

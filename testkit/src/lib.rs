@@ -6,9 +6,11 @@
 //! when `ARTGC_TEST_S3_ENDPOINT` is set, an external store such as garage started by `.ci/run`.
 
 pub mod faults;
+mod http;
 pub mod kube;
 pub mod s3;
 
 pub use faults::{FaultProxy, FaultRule, SeenRequest};
+pub use http::flag;
 pub use kube::{KubeApiServer, KubeFault, KubeRequest, ResourceType};
 pub use s3::{S3Server, unique_bucket};

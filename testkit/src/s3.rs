@@ -8,11 +8,8 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
-use tokio::net::TcpListener;
 
 /// Env var naming an external S3 endpoint (`host:port`, plain HTTP) to test against.
 pub const ENV_ENDPOINT: &str = "ARTGC_TEST_S3_ENDPOINT";
@@ -143,34 +140,8 @@ impl S3Server {
             secret_key.clone(),
         ));
         let service = builder.build();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let endpoint = listener.local_addr().expect("addr").to_string();
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let http = ConnBuilder::new(TokioExecutor::new());
-            loop {
-                let socket = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok((s, _)) => s,
-                        Err(_) => continue,
-                    },
-                    _ = &mut stopped => return,
-                };
-                let (http, service, tls) = (http.clone(), service.clone(), tls.clone());
-                tokio::spawn(async move {
-                    match tls {
-                        None => {
-                            let _ = http.serve_connection(TokioIo::new(socket), service).await;
-                        }
-                        Some(acceptor) => {
-                            if let Ok(stream) = acceptor.accept(socket).await {
-                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        let (listener, endpoint) = crate::http::bind_loopback().await;
+        let stop = crate::http::serve(listener, service, tls);
         let region = "us-east-1".to_string();
         Self {
             client: admin_client(&endpoint, &access_key, &secret_key, &region, ca.as_deref()),
