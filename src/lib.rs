@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cluster;
 pub mod error;
 pub mod execute;
+pub mod keys;
 pub mod location;
 pub mod manifests;
 pub mod model;

@@ -3,12 +3,13 @@
 //! CLI both build and execute this same type.
 
 use std::cell::OnceCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
 use crate::cluster::ClusterState;
 use crate::error::{InputError, ResolveError};
+use crate::keys::{KeyIndex, OverlapIndex, WorkflowKeyUse};
 use crate::location::{self, Resolved, S3Connection, S3Target, TemplateLookup};
 use crate::manifests::WorkflowInput;
 use crate::model::{Artifact, Workflow};
@@ -209,6 +210,17 @@ struct KeyUse {
 
 /// Builds the plan for every workflow of the input.
 pub fn plan(inputs: &[WorkflowInput], state: &ClusterState, opts: &PlanOptions) -> GcPlan {
+    plan_with_index(inputs, state, opts, None)
+}
+
+/// As [`plan`], also keeping keys that workflows outside `inputs` use (the controller's index;
+/// the inputs' own entries in it are ignored).
+pub fn plan_with_index(
+    inputs: &[WorkflowInput],
+    state: &ClusterState,
+    opts: &PlanOptions,
+    external: Option<&KeyIndex>,
+) -> GcPlan {
     let mut out = GcPlan::default();
     let mut uses = Vec::new();
     for input in inputs {
@@ -232,7 +244,7 @@ pub fn plan(inputs: &[WorkflowInput], state: &ClusterState, opts: &PlanOptions) 
             }),
         }
     }
-    keep_shared_keys(&mut out, &uses);
+    keep_shared_keys(&mut out, &uses, external);
     out
 }
 
@@ -428,73 +440,26 @@ fn live_use(
     }
 }
 
-/// The keys an artifact may touch: the key itself (unless it names a directory) and the
-/// directory below it.
-fn reach(key: &str) -> (Option<&str>, String) {
-    if key.ends_with('/') {
-        (None, key.to_string())
-    } else {
-        (Some(key), format!("{key}/"))
-    }
-}
-
-fn normalize_endpoint(e: &str) -> String {
-    let e = e.split_once("://").map_or(e, |(_, rest)| rest);
-    e.trim_end_matches('/').to_ascii_lowercase()
-}
-
-#[derive(Default)]
-struct BucketUses {
-    exact: BTreeMap<String, Vec<usize>>,
-    prefix: BTreeMap<String, Vec<usize>>,
-}
-
-impl BucketUses {
-    /// Uses that overlap what `key` may touch.
-    fn overlapping(&self, key: &str, out: &mut Vec<usize>) {
-        let (exact, prefix) = reach(key);
-        let ancestors = |k: &str, out: &mut Vec<usize>| {
-            for (i, _) in k.match_indices('/') {
-                if let Some(ids) = self.prefix.get(&k[..=i]) {
-                    out.extend(ids);
-                }
-            }
-        };
-        if let Some(e) = exact {
-            if let Some(ids) = self.exact.get(e) {
-                out.extend(ids);
-            }
-            ancestors(e, out);
-        }
-        for map in [&self.exact, &self.prefix] {
-            for (k, ids) in map.range(prefix.clone()..) {
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                out.extend(ids);
-            }
-        }
-        ancestors(&prefix[..prefix.len() - 1], out);
-    }
-}
-
-/// Turns `Delete` into `Keep(Shared)` wherever another use of an overlapping key is not being
-/// deleted itself, until nothing changes (keeping one may make another's use live).
-fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse]) {
-    let mut index: HashMap<(String, String), BucketUses> = HashMap::new();
+/// Turns `Delete` into `Keep(Shared)` wherever an overlapping use is live: not being deleted
+/// itself, in this plan or (through `external`) in a workflow outside it. A due use outside the
+/// plan becomes live when it overlaps a live use in turn; repeated until nothing changes.
+fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse], external: Option<&KeyIndex>) {
+    let mut local = OverlapIndex::default();
     for (i, u) in uses.iter().enumerate() {
-        let b = index
-            .entry((
-                normalize_endpoint(&u.target.endpoint),
-                u.target.bucket.clone(),
-            ))
-            .or_default();
-        let (exact, prefix) = reach(&u.target.key);
-        if let Some(e) = exact {
-            b.exact.entry(e.to_string()).or_default().push(i);
-        }
-        b.prefix.entry(prefix).or_default().push(i);
+        local.insert(&u.target, i as u32);
     }
+    let planned: HashSet<String> = plan
+        .workflows
+        .iter()
+        .map(|w| KeyIndex::workflow_key(&w.namespace, &w.name))
+        .collect();
+    // Due uses outside the plan met so far, and whether they turned out live.
+    let mut outside: HashMap<u32, bool> = HashMap::new();
+    let local_live = |plan: &GcPlan, u: &KeyUse, own: Option<(usize, usize)>| match u.owner {
+        None => true,
+        Some(o) if Some(o) == own => false,
+        Some((ow, oa)) => plan.workflows[ow].artifacts[oa].decision != Decision::Delete,
+    };
     let mut found = Vec::new();
     loop {
         let mut changed = false;
@@ -505,21 +470,75 @@ fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse]) {
                     continue;
                 }
                 let Some(t) = &art.target else { continue };
-                let Some(bucket) = index.get(&(normalize_endpoint(&t.endpoint), t.bucket.clone()))
-                else {
-                    continue;
-                };
                 found.clear();
-                bucket.overlapping(&t.key, &mut found);
-                let live = found.iter().map(|&i| &uses[i]).find(|u| match u.owner {
-                    None => true,
-                    Some(o) if o == (w, a) => false,
-                    Some((ow, oa)) => plan.workflows[ow].artifacts[oa].decision != Decision::Delete,
-                });
-                if let Some(u) = live {
+                local.overlapping(t, &mut found);
+                let mut live = found
+                    .iter()
+                    .map(|&i| &uses[i as usize])
+                    .find(|u| local_live(plan, u, Some((w, a))))
+                    .map(|u| u.label.clone());
+                if live.is_none()
+                    && let Some(ext) = external
+                {
+                    found.clear();
+                    ext.overlapping(t, &mut found);
+                    for &id in &found {
+                        let Some(u) = ext.get(id) else { continue };
+                        if planned.contains(&*u.workflow) {
+                            continue;
+                        }
+                        if !u.due || outside.get(&id) == Some(&true) {
+                            live = Some(u.label.to_string());
+                            break;
+                        }
+                        if outside.insert(id, false).is_none() {
+                            changed = true;
+                        }
+                    }
+                }
+                if let Some(label) = live {
                     let art = &mut plan.workflows[w].artifacts[a];
-                    art.decision = Decision::Keep(KeepReason::Shared(u.label.clone()));
+                    art.decision = Decision::Keep(KeepReason::Shared(label));
                     art.connection = None;
+                    changed = true;
+                }
+            }
+        }
+        if let Some(ext) = external {
+            let pending: Vec<u32> = outside
+                .iter()
+                .filter(|(_, live)| !**live)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in pending {
+                let Some(u) = ext.get(id) else { continue };
+                found.clear();
+                local.overlapping(&u.target, &mut found);
+                let mut live = found
+                    .iter()
+                    .any(|&i| local_live(plan, &uses[i as usize], None));
+                if !live {
+                    found.clear();
+                    ext.overlapping(&u.target, &mut found);
+                    for &other in &found {
+                        if other == id {
+                            continue;
+                        }
+                        let Some(o) = ext.get(other) else { continue };
+                        if planned.contains(&*o.workflow) {
+                            continue;
+                        }
+                        if !o.due || outside.get(&other) == Some(&true) {
+                            live = true;
+                            break;
+                        }
+                        if outside.insert(other, false).is_none() {
+                            changed = true;
+                        }
+                    }
+                }
+                if live {
+                    outside.insert(id, true);
                     changed = true;
                 }
             }
@@ -528,4 +547,20 @@ fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse]) {
             break;
         }
     }
+}
+
+/// The keys one workflow uses, for a [`KeyIndex`]: every artifact not yet deleted (due when
+/// its plan says delete) and, while it runs, the literal keys its templates and inputs name.
+pub fn workflow_key_uses(wf: &Workflow, state: &ClusterState) -> Vec<WorkflowKeyUse> {
+    let mut uses = Vec::new();
+    let wp = plan_workflow(wf, state, &PlanOptions::default(), 0, &mut uses);
+    uses.into_iter()
+        .map(|u| WorkflowKeyUse {
+            due: u
+                .owner
+                .is_some_and(|(_, a)| wp.artifacts[a].decision == Decision::Delete),
+            target: u.target,
+            label: u.label,
+        })
+        .collect()
 }

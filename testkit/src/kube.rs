@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -434,6 +435,13 @@ impl Selector {
             Requirement::NotExists(k) => get(k).is_none(),
         })
     }
+}
+
+/// `rv:namespace:name`; names and namespaces never contain `:`.
+fn parse_continue(token: &str) -> Option<(u64, String, String)> {
+    let mut parts = token.splitn(3, ':');
+    let rv = parts.next()?.parse().ok()?;
+    Some((rv, parts.next()?.to_string(), parts.next()?.to_string()))
 }
 
 fn field_selector(s: &str) -> Result<Vec<(String, String)>, String> {
@@ -1070,28 +1078,61 @@ fn resource(
                 Err(e) => return error((400, e, "BadRequest")),
             };
             let id = t.id();
-            // The list is written around the stored bytes, not rebuilt as a JSON value.
-            let head = json!({"kind": format!("{}List", t.kind), "apiVersion": t.api_version(),
-                              "metadata": {"resourceVersion": s.rv.to_string()}});
-            let mut body = serde_json::to_vec(&head).expect("json");
-            body.pop();
-            body.extend_from_slice(b",\"items\":[");
-            let mut first = true;
-            for o in s
+            let limit = q
+                .get("limit")
+                .and_then(|l| l.parse::<usize>().ok())
+                .filter(|&l| l > 0);
+            // `continue` carries the list's resourceVersion and the last key served. Pages are
+            // read from the current state (a real server reads a snapshot); watchers that start
+            // at the first page's version see the changes again, which they tolerate.
+            let (list_rv, start) = match q.get("continue").filter(|c| !c.is_empty()) {
+                Some(token) => match parse_continue(token) {
+                    Some((rv, ons, name)) => (rv, Some((id.clone(), ons, name))),
+                    None => return error((400, "invalid continue token".into(), "BadRequest")),
+                },
+                None => (s.rv, None),
+            };
+            let lower = match &start {
+                Some(k) => Bound::Excluded(k.clone()),
+                None => Bound::Included((id.clone(), String::new(), String::new())),
+            };
+            let mut items = s
                 .objects
-                .iter()
-                .filter(|((tid, ons, _), _)| *tid == id && ns.as_deref().is_none_or(|n| n == ons))
-                .map(|(_, o)| o)
-                .filter(|o| selector.matches(&o.meta.labels) && fields_match(&fields, &o.meta))
-            {
-                if !first {
+                .range((lower, Bound::Unbounded))
+                .take_while(|((tid, _, _), _)| *tid == id)
+                .filter(|((_, ons, _), _)| ns.as_deref().is_none_or(|n| n == ons))
+                .filter(|(_, o)| {
+                    selector.matches(&o.meta.labels) && fields_match(&fields, &o.meta)
+                });
+            // The list is written around the stored bytes, not rebuilt as a JSON value.
+            let mut body = Vec::new();
+            body.extend_from_slice(b"\"items\":[");
+            let mut served = 0;
+            let mut last = None;
+            for (k, o) in items.by_ref() {
+                if served > 0 {
                     body.push(b',');
                 }
-                first = false;
+                served += 1;
                 body.extend_from_slice(&o.json);
+                last = Some(k);
+                if limit.is_some_and(|l| served == l) {
+                    break;
+                }
             }
-            body.extend_from_slice(b"]}");
-            raw(Bytes::from(body), 200)
+            let more = limit.is_some_and(|l| served == l) && items.next().is_some();
+            let mut meta = json!({"resourceVersion": list_rv.to_string()});
+            if more && let Some((_, ons, name)) = last {
+                meta["continue"] = json!(format!("{list_rv}:{ons}:{name}"));
+            }
+            let head = json!({"kind": format!("{}List", t.kind), "apiVersion": t.api_version(),
+                              "metadata": meta});
+            let mut out = serde_json::to_vec(&head).expect("json");
+            out.pop();
+            out.push(b',');
+            out.extend_from_slice(&body);
+            out.extend_from_slice(b"]}");
+            raw(Bytes::from(out), 200)
         }
         ("POST", None) => {
             match parse_body().and_then(|b| s.create(&t, ns.as_deref(), b, Some(&manager))) {

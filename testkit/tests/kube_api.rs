@@ -580,3 +580,63 @@ async fn raw_watch_filters_by_label_bookmarks_and_times_out() {
     assert!(bookmarks >= 1);
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
+
+#[tokio::test]
+async fn lists_are_paged_with_limit_and_continue() {
+    let server = KubeApiServer::start().await;
+    let api = workflows(&server, "ns");
+    for i in 0..5 {
+        let labels = json!({"pick": if i % 2 == 0 { "yes" } else { "no" }});
+        api.create(&PostParams::default(), &wf(&format!("w{i}"), labels))
+            .await
+            .unwrap();
+    }
+    let first = api.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(first.items.len(), 2);
+    let token = first.metadata.continue_.clone().expect("a continue token");
+    let second = api
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    let third = api
+        .list(
+            &ListParams::default()
+                .limit(2)
+                .continue_token(second.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(third.metadata.continue_, None);
+    assert_eq!(
+        first.metadata.resource_version,
+        third.metadata.resource_version
+    );
+    let names: Vec<String> = [first, second, third]
+        .into_iter()
+        .flat_map(|l| l.items)
+        .map(|o| o.metadata.name.unwrap())
+        .collect();
+    assert_eq!(names, ["w0", "w1", "w2", "w3", "w4"]);
+    // Selectors apply before the limit: exactly two selected, no empty third page.
+    let picked = api
+        .list(&ListParams::default().labels("pick=yes").limit(2))
+        .await
+        .unwrap();
+    assert_eq!(picked.items.len(), 2);
+    let rest = api
+        .list(
+            &ListParams::default()
+                .labels("pick=yes")
+                .limit(2)
+                .continue_token(picked.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.metadata.continue_, None);
+    assert!(
+        api.list(&ListParams::default().continue_token("garbage"))
+            .await
+            .is_err()
+    );
+}
