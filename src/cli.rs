@@ -50,6 +50,12 @@ pub enum Command {
     /// batched DeleteObjects. Asks for confirmation on a terminal; needs --yes otherwise.
     /// Exit status: 0 all due artifacts deleted, 1 some failed, 2 usage or input error.
     Purge(PurgeArgs),
+    /// Run the controller: watch Workflows, collect their artifacts when due, record the result
+    /// on each Workflow, hold and release the finalizer.
+    ///
+    /// Uses the kubeconfig or in-cluster config, as kubectl does. Serves /metrics, /live and
+    /// /ready on --admin-addr. Stops gracefully on SIGTERM or Ctrl-C.
+    Controller(ControllerArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -63,14 +69,37 @@ pub enum OutputFormat {
 pub struct SourceArgs {
     /// Manifest files or directories (YAML or JSON; `kubectl get -o yaml` lists too). Holds the
     /// Workflows, and the ConfigMaps and Secrets their repositories and credentials come from.
-    #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
+    /// Without it, Workflows are read from the cluster (kubeconfig or in-cluster config).
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
     pub files: Vec<PathBuf>,
-    /// Namespace for objects that name none.
+    /// Workflows to act on by name (cluster source; default: all in scope).
+    #[arg(value_name = "WORKFLOW", conflicts_with = "files")]
+    pub names: Vec<String>,
+    /// Namespace: of the Workflows read from the cluster, or for manifests that name none.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
+    /// Workflows of every namespace (cluster source).
+    #[arg(short = 'A', long, conflicts_with_all = ["files", "names"])]
+    pub all_namespaces: bool,
+    /// Label selector for the Workflows, e.g. `app=etl,env!=prod` (cluster source).
+    #[arg(short = 'l', long, conflicts_with = "files")]
+    pub selector: Option<String>,
+    /// Only Workflows that finished at least this long ago, e.g. `7d`, `12h`, `90m`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
     /// Which strategies to act on. `due`: what the workflow's state makes due now.
     #[arg(long, value_enum, default_value_t = StrategyFilter::Due)]
     pub strategy: StrategyFilter,
+    #[command(flatten)]
+    pub argo: ArgoConfigArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Where Argo's workflow-controller keeps its config.
+#[derive(Debug, Args, Clone)]
+pub struct ArgoConfigArgs {
     /// Name of Argo's workflow-controller ConfigMap (global artifact repository).
     #[arg(
         long,
@@ -81,9 +110,27 @@ pub struct SourceArgs {
     /// Namespace of Argo's workflow-controller ConfigMap.
     #[arg(long, default_value = "argo", env = "ARTGC_CONTROLLER_NAMESPACE")]
     pub controller_namespace: String,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+}
+
+impl ArgoConfigArgs {
+    pub fn config_ref(&self) -> ControllerConfigRef {
+        ControllerConfigRef {
+            namespace: self.controller_namespace.clone(),
+            name: self.controller_configmap.clone(),
+        }
+    }
+}
+
+/// Parses `7d`, `12h`, `90m`, `1h30m`, `45s` (days are 24 hours).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let span: jiff::Span = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration like 7d, 12h or 90m: {e}"))?;
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| format!("{text:?}: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("{text:?} must not be negative"))
 }
 
 #[derive(Debug, Args)]
@@ -102,8 +149,102 @@ pub struct PurgeArgs {
     /// Delete without asking.
     #[arg(short = 'y', long)]
     pub yes: bool,
+    /// Do not write the outcome to the Workflows (cluster source): no `deleted` marks,
+    /// strategiesProcessed, condition or finalizer changes.
+    #[arg(long)]
+    pub no_record: bool,
+    /// The finalizer artgc owns (cluster source; released when the rules allow).
+    #[arg(long, default_value = crate::model::FINALIZER_ARTIFACT_GC, env = "ARTGC_FINALIZER")]
+    pub finalizer: String,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Namespaces to watch, comma-separated; all when empty.
+    #[arg(short = 'n', long = "namespaces", env = "ARTGC_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Argo controller instance id: handle Workflows labelled
+    /// `workflows.argoproj.io/controller-instanceid=ID`; without it, those with no such label.
+    #[arg(long, env = "ARTGC_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// The finalizer artgc adds and releases. Keep Argo's name with Argo's own GC switched off
+    /// (ARGO_ARTIFACT_GC_ENABLED=false); use another to run beside it.
+    #[arg(long, default_value = crate::model::FINALIZER_ARTIFACT_GC, env = "ARTGC_FINALIZER")]
+    pub finalizer: String,
+    #[command(flatten)]
+    pub argo: ArgoConfigArgs,
+    /// Workflows reconciled at once.
+    #[arg(long, default_value_t = 8, env = "ARTGC_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+    /// Failed attempts of a deletion pass before `forceFinalizerRemoval: true` releases the
+    /// workflow anyway.
+    #[arg(long, default_value_t = 5, env = "ARTGC_RETRY_BUDGET", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retry_budget: u32,
+    /// First retry delay of a failing workflow; doubles per attempt, with jitter.
+    #[arg(long, default_value = "1s", env = "ARTGC_BACKOFF_BASE", value_parser = parse_duration)]
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    #[arg(long, default_value = "5m", env = "ARTGC_BACKOFF_MAX", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+    /// Address of the admin server (/metrics, /live, /ready).
+    #[arg(long, default_value = "0.0.0.0:9090", env = "ARTGC_ADMIN_ADDR")]
+    pub admin_addr: std::net::SocketAddr,
+    /// Elect a leader with a Lease; only the leader acts.
+    #[arg(long, env = "ARTGC_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "artgc-leader", env = "ARTGC_LEASE_NAME")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Lease duration in seconds.
+    #[arg(long, default_value_t = 15, env = "ARTGC_LEASE_DURATION", value_parser = clap::value_parser!(u64).range(3..))]
+    pub lease_duration: u64,
+    /// Time in-flight work may take after SIGTERM.
+    #[arg(long, default_value = "30s", env = "ARTGC_SHUTDOWN_GRACE", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+impl ControllerArgs {
+    pub fn config(&self) -> crate::controller::ControllerConfig {
+        let identity = self.identity.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| format!("artgc-{}", std::process::id()))
+        });
+        crate::controller::ControllerConfig {
+            namespaces: self.namespaces.iter().filter(|n| !n.is_empty()).cloned().collect(),
+            instance_id: self.instance_id.clone().filter(|i| !i.is_empty()),
+            finalizer: self.finalizer.clone(),
+            controller_config: self.argo.config_ref(),
+            concurrency: self.workers.into(),
+            retry_budget: self.retry_budget,
+            backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max,
+            store: self.store.options(),
+            admin_addr: self.admin_addr,
+            leader_election: self.leader_elect.then(|| crate::controller::LeaderElection {
+                namespace: self
+                    .lease_namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                lease_name: self.lease_name.clone(),
+                identity,
+                duration: self.lease_duration,
+            }),
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
 }
 
 #[derive(Debug, Args, Clone)]
@@ -140,41 +281,58 @@ impl StoreArgs {
 
 /// Runs a command; returns the exit code.
 pub fn run(cli: Cli) -> u8 {
-    match cli.command {
-        Command::Plan(args) => plan_command(&args),
-        Command::Purge(args) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return EXIT_FAILED;
-                }
-            };
-            rt.block_on(purge_command(&args))
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_FAILED;
         }
+    };
+    match cli.command {
+        Command::Plan(args) => rt.block_on(plan_command(&args)),
+        Command::Purge(args) => rt.block_on(purge_command(&args)),
+        Command::Controller(args) => rt.block_on(controller_command(&args)),
     }
 }
 
-/// Reads the manifests and builds the plan.
-pub fn load_plan(source: &SourceArgs) -> Result<GcPlan, InputError> {
+/// A plan and, for the cluster source, what recording it needs.
+pub struct Loaded {
+    pub plan: GcPlan,
+    pub cluster: Option<(kube::Client, Vec<serde_json::Value>)>,
+}
+
+/// Reads the manifests or the cluster and builds the plan.
+pub async fn load_plan(source: &SourceArgs) -> Result<Loaded, InputError> {
+    let opts = PlanOptions {
+        filter: source.strategy,
+    };
+    if source.files.is_empty() {
+        return crate::purge::load_from_cluster(source, &opts).await;
+    }
     let inventory = Inventory::read_paths(&source.files, &source.namespace)?;
-    let mut state = ClusterState::new(ControllerConfigRef {
-        namespace: source.controller_namespace.clone(),
-        name: source.controller_configmap.clone(),
-    });
+    let mut state = ClusterState::new(source.argo.config_ref());
     for cm in inventory.config_maps {
         state.insert_config_map(cm);
     }
     for s in inventory.secrets {
         state.insert_secret(s);
     }
-    let opts = PlanOptions {
-        filter: source.strategy,
-    };
-    Ok(plan::plan(&inventory.workflows, &state, &opts))
+    let mut workflows = inventory.workflows;
+    if let Some(age) = source.older_than {
+        workflows.retain(|w| match w {
+            crate::manifests::WorkflowInput::Valid(wf) => {
+                crate::purge::finished_before(wf.status.finished_at.as_deref(), age)
+            }
+            crate::manifests::WorkflowInput::Invalid { .. } => true,
+        });
+    }
+    Ok(Loaded {
+        plan: plan::plan(&workflows, &state, &opts),
+        cluster: None,
+    })
 }
 
 fn print(report: &Report, format: OutputFormat) -> u8 {
@@ -195,9 +353,9 @@ fn print(report: &Report, format: OutputFormat) -> u8 {
     }
 }
 
-fn plan_command(args: &PlanArgs) -> u8 {
-    let plan = match load_plan(&args.source) {
-        Ok(p) => p,
+async fn plan_command(args: &PlanArgs) -> u8 {
+    let plan = match load_plan(&args.source).await {
+        Ok(p) => p.plan,
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_USAGE;
@@ -221,7 +379,7 @@ async fn purge_command(args: &PurgeArgs) -> u8 {
         );
         return EXIT_USAGE;
     }
-    let plan = match load_plan(&args.source) {
+    let Loaded { plan, cluster } = match load_plan(&args.source).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -251,12 +409,69 @@ async fn purge_command(args: &PurgeArgs) -> u8 {
     let bar = ProgressBar::new(due.len() as u64);
     let execution = execute::execute(&plan, &store, args.dry_run, &bar).await;
     bar.finish();
+    let mut record_failed = false;
+    if let Some((client, raws)) = cluster
+        && !args.dry_run
+        && !args.no_record
+    {
+        record_failed =
+            crate::purge::record_all(&client, &plan, &execution, raws, &args.finalizer).await > 0;
+    }
     let report = Report::new(&plan, Some(&execution), args.dry_run);
     let code = print(&report, args.source.output);
-    if report.totals.failed > 0 {
+    if report.totals.failed > 0 || record_failed {
         EXIT_FAILED
     } else {
         code
+    }
+}
+
+async fn controller_command(args: &ControllerArgs) -> u8 {
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: no Kubernetes config (kubeconfig or in-cluster): {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let handle = match crate::controller::start(client, args.config()).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    tracing::info!(admin = %handle.admin_addr, "artgc controller started");
+    let stop = handle.stop_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("signal received: shutting down");
+        stop.cancel();
+    });
+    handle.wait().await;
+    EXIT_OK
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }
 

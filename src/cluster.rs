@@ -67,6 +67,12 @@ impl ClusterState {
         self.secrets.insert(key_of(&secret.metadata), secret);
     }
 
+    /// Takes in everything `other` holds.
+    pub fn absorb(&mut self, other: ClusterState) {
+        self.config_maps.extend(other.config_maps);
+        self.secrets.extend(other.secrets);
+    }
+
     pub fn config_map(&self, namespace: &str, name: &str) -> Option<&ConfigMap> {
         self.config_maps
             .get(&(namespace.to_string(), name.to_string()))

@@ -154,16 +154,13 @@ pub async fn execute(
             batches.push((*conn, *bucket, chunk));
         }
     }
-    let results: Vec<_> = futures::stream::iter(batches)
-        .map(|(conn, bucket, chunk)| async move {
-            let names: Vec<String> = chunk.iter().map(|(k, _)| k.clone()).collect();
-            let results = match store.client(conn).await {
-                Ok(client) => store.delete_keys(&client, bucket, &names).await,
-                Err(e) => vec![Err(e); names.len()],
-            };
-            progress.deleted(results.iter().filter(|r| r.is_ok()).count() as u64);
-            (chunk, results)
-        })
+    // Futures built before the stream, by a named async fn: a closure inside the stream type
+    // makes the whole future not provably `Send` (rustc's higher-ranked lifetime limits).
+    let futures: Vec<_> = batches
+        .into_iter()
+        .map(|(conn, bucket, chunk)| delete_batch(store, conn, bucket, chunk, progress))
+        .collect();
+    let results: Vec<_> = futures::stream::iter(futures)
         .buffer_unordered(concurrency)
         .collect()
         .await;
@@ -185,6 +182,27 @@ pub async fn execute(
         }
     }
     exec
+}
+
+type BatchResult<'a> = (
+    &'a [(String, Vec<usize>)],
+    Vec<Result<(), StoreError>>,
+);
+
+async fn delete_batch<'a>(
+    store: &ObjectStore,
+    conn: &S3Connection,
+    bucket: &str,
+    chunk: &'a [(String, Vec<usize>)],
+    progress: &dyn Progress,
+) -> BatchResult<'a> {
+    let names: Vec<String> = chunk.iter().map(|(k, _)| k.clone()).collect();
+    let results = match store.client(conn).await {
+        Ok(client) => store.delete_keys(&client, bucket, &names).await,
+        Err(e) => vec![Err(e); names.len()],
+    };
+    progress.deleted(results.iter().filter(|r| r.is_ok()).count() as u64);
+    (chunk, results)
 }
 
 /// The longest prefix, ending at a `/`, shared by all keys.

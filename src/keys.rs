@@ -176,6 +176,19 @@ impl KeyIndex {
         }
     }
 
+    /// Keeps only the workflows for which `keep` says yes.
+    pub fn retain_workflows(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let gone: Vec<Arc<str>> = self
+            .by_workflow
+            .keys()
+            .filter(|k| !keep(k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.remove_workflow(&k);
+        }
+    }
+
     /// Workflows indexed.
     pub fn workflows(&self) -> usize {
         self.by_workflow.len()

@@ -4,16 +4,24 @@
 //! the edges do IO ([`manifests`] reads files, [`store`] talks S3, [`execute`] carries a plan
 //! out); [`cli`] is a thin front end over both.
 
+pub mod admin;
+pub mod api;
 pub mod cli;
 pub mod cluster;
+pub mod controller;
 pub mod error;
 pub mod execute;
 pub mod keys;
 pub mod location;
 pub mod manifests;
+pub mod metrics;
 pub mod model;
 pub mod nodes;
+pub mod outcome;
 pub mod plan;
+pub mod purge;
+pub mod queue;
+pub mod record;
 pub mod report;
 pub mod store;
 pub mod telemetry;

@@ -254,6 +254,8 @@ pub struct WorkflowStatus {
     #[serde(default)]
     pub phase: Option<String>,
     #[serde(default)]
+    pub finished_at: Option<String>,
+    #[serde(default)]
     pub nodes: Option<BTreeMap<String, NodeStatus>>,
     #[serde(default)]
     pub compressed_nodes: Option<String>,

@@ -1,0 +1,223 @@
+//! Reading from the Kubernetes API: Workflows (as raw JSON for writing back, as a tolerant typed
+//! view for the watch) and the ConfigMaps and Secrets one workflow's plan needs.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{ApiResource, DynamicObject};
+use kube::{Api, Client};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use crate::cluster::{ClusterState, ControllerConfigRef, REPOSITORIES_CONFIGMAP};
+use crate::manifests::WorkflowInput;
+use crate::model::Workflow;
+use crate::nodes::workflow_nodes;
+
+pub fn workflow_resource() -> ApiResource {
+    ApiResource {
+        group: "argoproj.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "argoproj.io/v1alpha1".into(),
+        kind: "Workflow".into(),
+        plural: "workflows".into(),
+    }
+}
+
+/// Workflows in one namespace, or in all.
+pub fn workflows(client: &Client, namespace: Option<&str>) -> Api<DynamicObject> {
+    let ar = workflow_resource();
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    }
+}
+
+/// A Workflow as the watch delivers it: metadata always, the typed view or why it failed. A
+/// malformed Workflow must not fail the watch of all the others.
+#[derive(Debug, Clone)]
+pub struct WatchedWorkflow {
+    pub metadata: ObjectMeta,
+    pub input: WorkflowInput,
+}
+
+impl<'de> Deserialize<'de> for WatchedWorkflow {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        let metadata: ObjectMeta =
+            serde_json::from_value(value["metadata"].clone()).unwrap_or_default();
+        let ns = metadata.namespace.clone().unwrap_or_default();
+        Ok(Self {
+            metadata,
+            input: WorkflowInput::from_value(value, &ns),
+        })
+    }
+}
+
+impl kube::Resource for WatchedWorkflow {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Workflow".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "argoproj.io".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1alpha1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "workflows".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Names of every Secret a location in `value` refers to.
+fn secret_names(value: &Value, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if matches!(
+                    k.as_str(),
+                    "accessKeySecret" | "secretKeySecret" | "sessionTokenSecret" | "caSecret"
+                ) && let Some(name) = v["name"].as_str()
+                {
+                    out.insert(name.to_string());
+                }
+                secret_names(v, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| secret_names(v, out)),
+        _ => {}
+    }
+}
+
+/// Reads the ConfigMaps and Secrets a plan needs. ConfigMaps are cached for a short time (many
+/// workflows share one repository); Secrets are read fresh for each pass.
+pub struct ClusterReader {
+    client: Client,
+    controller_config: ControllerConfigRef,
+    config_maps: Mutex<HashMap<(String, String), (Instant, Option<ConfigMap>)>>,
+    ttl: Duration,
+}
+
+impl ClusterReader {
+    pub fn new(client: Client, controller_config: ControllerConfigRef) -> Self {
+        Self {
+            client,
+            controller_config,
+            config_maps: Mutex::new(HashMap::new()),
+            ttl: Duration::from_secs(30),
+        }
+    }
+
+    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, kube::Error> {
+        let key = (ns.to_string(), name.to_string());
+        if let Some((at, cm)) = self.config_maps.lock().expect("lock").get(&key)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(cm.clone());
+        }
+        let cm = Api::<ConfigMap>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await?;
+        self.config_maps
+            .lock()
+            .expect("lock")
+            .insert(key, (Instant::now(), cm.clone()));
+        Ok(cm)
+    }
+
+    /// What planning `wf` needs: the repository ConfigMaps when its status has no resolved
+    /// repository, and, with `secrets`, every Secret its locations name.
+    pub async fn state_for(&self, wf: &Workflow, secrets: bool) -> Result<ClusterState, kube::Error> {
+        let mut state = ClusterState::new(self.controller_config.clone());
+        let ns = wf.namespace().to_string();
+        let frozen = wf
+            .status
+            .artifact_repository_ref
+            .as_ref()
+            .is_some_and(|r| r.artifact_repository.is_some());
+        if !frozen {
+            let mut wanted = vec![
+                (ns.clone(), REPOSITORIES_CONFIGMAP.to_string()),
+                (
+                    self.controller_config.namespace.clone(),
+                    self.controller_config.name.clone(),
+                ),
+            ];
+            let spec_ref = wf.spec.artifact_repository_ref.as_ref().or_else(|| {
+                wf.stored_spec()
+                    .and_then(|s| s.artifact_repository_ref.as_ref())
+            });
+            if let Some(name) = spec_ref.and_then(|r| r.config_map.clone()).filter(|n| !n.is_empty()) {
+                wanted.push((ns.clone(), name.clone()));
+                wanted.push((self.controller_config.namespace.clone(), name));
+            }
+            for (cns, name) in wanted {
+                if let Some(cm) = self.config_map(&cns, &name).await? {
+                    state.insert_config_map(cm);
+                }
+            }
+        }
+        if secrets {
+            let mut names = BTreeSet::new();
+            if let Ok(v) = serde_json::to_value(wf) {
+                secret_names(&v, &mut names);
+            }
+            if let Ok(nodes) = workflow_nodes(wf)
+                && wf.status.nodes.as_ref().is_none_or(|n| n.is_empty())
+                && let Ok(v) = serde_json::to_value(&nodes.nodes)
+            {
+                secret_names(&v, &mut names);
+            }
+            if let Ok(repo) = state.repository_for(wf)
+                && let Ok(v) = serde_json::to_value(&repo)
+            {
+                secret_names(&v, &mut names);
+            }
+            let api = Api::<Secret>::namespaced(self.client.clone(), &ns);
+            for name in names {
+                if let Some(s) = api.get_opt(&name).await? {
+                    state.insert_secret(s);
+                }
+            }
+        }
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_names_are_found_anywhere() {
+        let v = serde_json::json!({"spec": {"templates": [{"archiveLocation": {"s3": {
+            "accessKeySecret": {"name": "a", "key": "k"}, "caSecret": {"name": "ca", "key": "c"}}}}]},
+            "x": [{"secretKeySecret": {"name": "b", "key": "k"}}]});
+        let mut out = BTreeSet::new();
+        secret_names(&v, &mut out);
+        assert_eq!(out.into_iter().collect::<Vec<_>>(), ["a", "b", "ca"]);
+    }
+
+    #[test]
+    fn a_malformed_workflow_still_deserializes_for_the_watch() {
+        let w: WatchedWorkflow = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "bad", "namespace": "ns"},
+            "status": {"nodes": "not a map"}}))
+        .unwrap();
+        assert_eq!(w.metadata.name.as_deref(), Some("bad"));
+        assert!(matches!(w.input, WorkflowInput::Invalid { .. }));
+    }
+}

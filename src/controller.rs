@@ -1,0 +1,708 @@
+//! `artgc controller`: watches Workflows, queues those with GC work, and for each one gathers
+//! its inputs, runs the same plan and execution as `artgc purge`, records the outcome on the
+//! Workflow, and holds or releases the finalizer.
+//!
+//! The watch keeps no Workflow objects: each event is reduced to the workflow's S3 key uses (the
+//! shared-key index) and a yes/no on queueing it. A reconcile reads the object fresh.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use rand::Rng;
+use serde_json::Value;
+use tokio::sync::{Mutex as AsyncMutex, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::admin::{self, Health};
+use crate::api::{ClusterReader, WatchedWorkflow, workflows};
+use crate::cluster::ControllerConfigRef;
+use crate::execute::{Quiet, execute};
+use crate::keys::KeyIndex;
+use crate::manifests::WorkflowInput;
+use crate::metrics::{self, Metrics};
+use crate::model::{FINALIZER_ARTIFACT_GC, LABEL_INSTANCE_ID};
+use crate::outcome::{
+    FinalizerChange, PassContext, PassOutcome, assess, needs_finalizer, wants_pass,
+};
+use crate::plan::{GcPlan, PlanOptions, Strategy, WorkflowPlan, plan_with_index, workflow_key_uses};
+use crate::queue::WorkQueue;
+use crate::record::{self, RecordError};
+use crate::store::{ObjectStore, StoreOptions};
+
+/// Leader election with a Lease.
+#[derive(Debug, Clone)]
+pub struct LeaderElection {
+    pub namespace: String,
+    pub lease_name: String,
+    pub identity: String,
+    /// Lease duration, seconds; the holder renews well within it.
+    pub duration: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Namespaces to watch; empty for all.
+    pub namespaces: Vec<String>,
+    /// Argo instance id; `None` handles workflows without the instance label.
+    pub instance_id: Option<String>,
+    pub finalizer: String,
+    pub controller_config: ControllerConfigRef,
+    /// Workflows reconciled at once.
+    pub concurrency: usize,
+    /// Attempts of a failing pass before `forceFinalizerRemoval` may release the workflow.
+    pub retry_budget: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub store: StoreOptions,
+    pub admin_addr: SocketAddr,
+    pub leader_election: Option<LeaderElection>,
+    /// Time allowed for in-flight reconciles on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            instance_id: None,
+            finalizer: FINALIZER_ARTIFACT_GC.into(),
+            controller_config: ControllerConfigRef::default(),
+            concurrency: 8,
+            retry_budget: 5,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            store: StoreOptions::default(),
+            admin_addr: ([0, 0, 0, 0], 9090).into(),
+            leader_election: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("admin server: {0}")]
+    Admin(std::io::Error),
+    #[error("leader election: {0}")]
+    Lease(String),
+}
+
+/// Why a reconcile ended in error; its category labels metrics.
+#[derive(Debug, thiserror::Error)]
+enum ReconcileError {
+    #[error("reading from the API server: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("artifact GC failed ({0})")]
+    Gc(&'static str),
+}
+
+impl ReconcileError {
+    fn category(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube_api",
+            Self::Record(e) => e.category(),
+            Self::Gc(c) => c,
+        }
+    }
+}
+
+struct Shared {
+    client: Client,
+    config: ControllerConfig,
+    reader: ClusterReader,
+    store: ObjectStore,
+    index: AsyncMutex<KeyIndex>,
+    attempts: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    queue: WorkQueue<String>,
+    health: Arc<Health>,
+    recorder: Recorder,
+}
+
+impl Shared {
+    fn metrics(&self) -> &Metrics {
+        &self.health.metrics
+    }
+}
+
+/// A running controller.
+pub struct ControllerHandle {
+    pub admin_addr: SocketAddr,
+    pub health: Arc<Health>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl ControllerHandle {
+    /// Stops taking work, lets in-flight reconciles finish (within the grace time), steps down.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Stops at once, as a killed process would: in-flight work is abandoned mid-way.
+    pub async fn kill(mut self) {
+        self.stop.cancel();
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Resolves when the controller stopped (by `stop` or on its own).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+fn key_of(ns: &str, name: &str) -> String {
+    KeyIndex::workflow_key(ns, name)
+}
+
+fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("default", key))
+}
+
+/// Starts the controller's tasks: admin server, leader election, watch and workers.
+pub async fn start(client: Client, config: ControllerConfig) -> Result<ControllerHandle, ControllerError> {
+    let health = Arc::new(Health::new(Metrics::new()));
+    let stop = CancellationToken::new();
+    let admin_addr = admin::serve(config.admin_addr, health.clone(), stop.clone())
+        .await
+        .map_err(ControllerError::Admin)?;
+    let reporter = Reporter {
+        controller: "artgc".into(),
+        instance: config
+            .leader_election
+            .as_ref()
+            .map(|l| l.identity.clone()),
+    };
+    let shared = Arc::new(Shared {
+        reader: ClusterReader::new(client.clone(), config.controller_config.clone()),
+        store: ObjectStore::new(config.store.clone()),
+        index: AsyncMutex::new(KeyIndex::default()),
+        attempts: Default::default(),
+        queue: WorkQueue::default(),
+        health: health.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        config,
+    });
+    let mut tasks = JoinSet::new();
+
+    let (leader_tx, leader_rx) = watch::channel(false);
+    match shared.config.leader_election.clone() {
+        None => {
+            leader_tx.send_replace(true);
+            shared.metrics().leader.set(1);
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                stop.cancelled().await;
+                drop(leader_tx);
+            });
+        }
+        Some(le) => {
+            let manager = kube_lease_manager::LeaseManagerBuilder::new(
+                shared.client.clone(),
+                le.lease_name.clone(),
+            )
+            .with_namespace(le.namespace.clone())
+            .with_identity(le.identity.clone())
+            .with_duration(le.duration)
+            .with_grace(le.duration.div_ceil(3).max(1))
+            .build()
+            .await
+            .map_err(|e| ControllerError::Lease(e.to_string()))?;
+            let shared2 = shared.clone();
+            let stop2 = stop.clone();
+            tasks.spawn(async move {
+                let (mut rx, task) = manager.watch().await;
+                loop {
+                    let leading = *rx.borrow_and_update();
+                    leader_tx.send_replace(leading);
+                    shared2.metrics().leader.set(i64::from(leading));
+                    info!(leading, "leadership");
+                    tokio::select! {
+                        _ = stop2.cancelled() => break,
+                        changed = rx.changed() => if changed.is_err() { break },
+                    }
+                }
+                // Stepping down releases the lease for the next leader.
+                leader_tx.send_replace(false);
+                shared2.metrics().leader.set(0);
+                drop(rx);
+                match task.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(error = %e, "releasing the lease"),
+                    Err(e) => warn!(error = %e, "lease task"),
+                }
+            });
+        }
+    }
+
+    tasks.spawn(watch_workflows(shared.clone(), stop.clone()));
+    for _ in 0..shared.config.concurrency.max(1) {
+        tasks.spawn(worker(shared.clone(), leader_rx.clone(), stop.clone()));
+    }
+    Ok(ControllerHandle {
+        admin_addr,
+        health,
+        stop,
+        tasks,
+    })
+}
+
+fn label_selector(instance_id: Option<&str>) -> String {
+    match instance_id {
+        Some(id) => format!("{LABEL_INSTANCE_ID}={id}"),
+        None => format!("!{LABEL_INSTANCE_ID}"),
+    }
+}
+
+fn has_finalizer(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, f: &str) -> bool {
+    meta.finalizers.iter().flatten().any(|x| x == f)
+}
+
+async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
+    let cfg = watcher::Config::default().labels(&label_selector(shared.config.instance_id.as_deref()));
+    let apis: Vec<Api<WatchedWorkflow>> = if shared.config.namespaces.is_empty() {
+        vec![Api::all(shared.client.clone())]
+    } else {
+        shared
+            .config
+            .namespaces
+            .iter()
+            .map(|ns| Api::namespaced(shared.client.clone(), ns))
+            .collect()
+    };
+    let streams = apis
+        .into_iter()
+        .map(|api| watcher::watcher(api, cfg.clone()).default_backoff().boxed());
+    let mut events = futures::stream::select_all(streams);
+    let waiting_for = if shared.config.namespaces.is_empty() { 1 } else { shared.config.namespaces.len() };
+    let mut initialized = 0usize;
+    // Keys seen during a (re-)list, to drop those that vanished meanwhile.
+    let mut relist: Option<HashSet<String>> = None;
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = events.next() => ev,
+        };
+        let Some(ev) = ev else { return };
+        match ev {
+            Ok(Event::Init) => relist = Some(HashSet::new()),
+            Ok(Event::InitApply(wf)) => {
+                if let Some(seen) = relist.as_mut() {
+                    seen.insert(key_of(
+                        wf.metadata.namespace.as_deref().unwrap_or("default"),
+                        wf.metadata.name.as_deref().unwrap_or(""),
+                    ));
+                }
+                observe(&shared, wf).await;
+            }
+            Ok(Event::InitDone) => {
+                if let Some(seen) = relist.take()
+                    && shared.config.namespaces.len() <= 1
+                {
+                    // Workflows deleted while the watch was down never sent their DELETED.
+                    let mut index = shared.index.lock().await;
+                    index.retain_workflows(|k| seen.contains(k));
+                    shared.metrics().keys_indexed.set(index.len() as i64);
+                    let mut attempts = shared.attempts.lock().expect("lock");
+                    attempts.retain(|k, _| seen.contains(k));
+                    shared.metrics().workflows_watched.set(attempts.len() as i64);
+                }
+                initialized += 1;
+                if initialized >= waiting_for && !shared.health.ready.swap(true, Ordering::Relaxed) {
+                    info!("watch synced; ready");
+                }
+            }
+            Ok(Event::Apply(wf)) => observe(&shared, wf).await,
+            Ok(Event::Delete(wf)) => {
+                let key = key_of(
+                    wf.metadata.namespace.as_deref().unwrap_or("default"),
+                    wf.metadata.name.as_deref().unwrap_or(""),
+                );
+                let mut index = shared.index.lock().await;
+                index.remove_workflow(&key);
+                shared.metrics().keys_indexed.set(index.len() as i64);
+                shared.queue.forget(&key);
+                let mut attempts = shared.attempts.lock().expect("lock");
+                attempts.remove(&key);
+                shared.metrics().workflows_watched.set(attempts.len() as i64);
+            }
+            Err(e) => warn!(error = %e, "workflow watch (retrying)"),
+        }
+        shared.metrics().workflows_pending.set(shared.queue.len() as i64);
+    }
+}
+
+/// Reduces one watched Workflow to its key uses and a decision to queue it.
+async fn observe(shared: &Shared, wf: WatchedWorkflow) {
+    let ns = wf.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = wf.metadata.name.clone().unwrap_or_default();
+    let key = key_of(&ns, &name);
+    let holds = has_finalizer(&wf.metadata, &shared.config.finalizer);
+    let queue = match &wf.input {
+        WorkflowInput::Valid(w) => {
+            let state = match shared.reader.state_for(w, false).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(workflow = %key, error = %e, "reading repository ConfigMaps");
+                    shared.queue.add(key, Instant::now() + shared.config.backoff_base);
+                    return;
+                }
+            };
+            let uses = workflow_key_uses(w, &state);
+            let wp = crate::plan::plan(
+                std::slice::from_ref(&wf.input),
+                &state,
+                &PlanOptions::default(),
+            );
+            let wants = wp.workflows.first().is_some_and(|p| wants_pass(w, p, holds));
+            let mut index = shared.index.lock().await;
+            index.set_workflow(&key, uses);
+            shared.metrics().keys_indexed.set(index.len() as i64);
+            wants
+        }
+        // Unreadable: only a workflow held by our finalizer needs attention (condition, event,
+        // and the force rule); it keeps its old index entries, to be safe.
+        WorkflowInput::Invalid { .. } => holds && wf.metadata.deletion_timestamp.is_some(),
+    };
+    {
+        let mut attempts = shared.attempts.lock().expect("lock");
+        attempts.entry(key.clone()).or_insert(0);
+        shared.metrics().workflows_watched.set(attempts.len() as i64);
+    }
+    if queue {
+        debug!(workflow = %key, "queued");
+        shared.queue.add(key, Instant::now());
+    }
+}
+
+async fn worker(shared: Arc<Shared>, mut leader: watch::Receiver<bool>, stop: CancellationToken) {
+    loop {
+        // Only the leader acts.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = leader.wait_for(|l| *l) => if r.is_err() { return },
+        }
+        let key = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = leader.wait_for(|l| !*l) => continue,
+            k = shared.queue.next() => k,
+        };
+        let started = std::time::Instant::now();
+        let work = reconcile(&shared, &key);
+        // Shutdown lets the reconcile finish, within the grace time; a kill aborts the task.
+        let result = tokio::select! {
+            r = work => Some(r),
+            _ = async {
+                stop.cancelled().await;
+                tokio::time::sleep(shared.config.shutdown_grace).await;
+            } => None,
+        };
+        let Some(result) = result else {
+            warn!(workflow = %key, "shutdown: reconcile abandoned; the next leader resumes it");
+            return;
+        };
+        let label = metrics::ResultLabel {
+            result: if result.is_ok() { "ok" } else { "error" }.into(),
+        };
+        shared
+            .metrics()
+            .reconcile_duration
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        let retry = match result {
+            Ok(()) => {
+                if let Some(a) = shared.attempts.lock().expect("lock").get_mut(&key) {
+                    *a = 0;
+                }
+                None
+            }
+            Err(e) => {
+                let n = {
+                    let mut attempts = shared.attempts.lock().expect("lock");
+                    let a = attempts.entry(key.clone()).or_insert(0);
+                    *a += 1;
+                    *a
+                };
+                shared
+                    .metrics()
+                    .reconcile_errors
+                    .get_or_create(&metrics::Category {
+                        category: e.category().into(),
+                    })
+                    .inc();
+                let delay = backoff(&shared.config, n);
+                warn!(workflow = %key, attempt = n, retry_in = ?delay, error = %e, "reconcile failed");
+                Some(Instant::now() + delay)
+            }
+        };
+        shared.queue.done(&key, retry);
+        shared.metrics().workflows_pending.set(shared.queue.len() as i64);
+    }
+}
+
+/// Exponential backoff with full jitter, capped.
+fn backoff(config: &ControllerConfig, attempt: u32) -> Duration {
+    let exp = config
+        .backoff_base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(config.backoff_max);
+    let jitter = rand::rng().random_range(0.5..=1.0);
+    exp.mul_f64(jitter)
+}
+
+fn object_ref(raw: &Value) -> ObjectReference {
+    let m = &raw["metadata"];
+    let s = |v: &Value| v.as_str().map(str::to_string);
+    ObjectReference {
+        api_version: Some("argoproj.io/v1alpha1".into()),
+        kind: Some("Workflow".into()),
+        name: s(&m["name"]),
+        namespace: s(&m["namespace"]),
+        uid: s(&m["uid"]),
+        resource_version: s(&m["resourceVersion"]),
+        ..Default::default()
+    }
+}
+
+fn parse_time(v: &Value) -> Option<jiff::Timestamp> {
+    v.as_str()?.parse().ok()
+}
+
+async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
+    let (ns, name) = split_key(key);
+    let api = workflows(&shared.client, Some(ns));
+    let Some(obj) = api.get_opt(name).await? else {
+        shared.index.lock().await.remove_workflow(key);
+        return Ok(());
+    };
+    let raw = serde_json::to_value(&obj).map_err(|e| RecordError::Build(e.to_string()))?;
+    drop(obj);
+    let input = WorkflowInput::from_value(raw.clone(), ns);
+    let finalizer = shared.config.finalizer.as_str();
+    let holds = raw["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|f| f == finalizer));
+    let deleting = !raw["metadata"]["deletionTimestamp"].is_null();
+    let attempt = shared.attempts.lock().expect("lock").get(key).copied().unwrap_or(0) + 1;
+
+    let (plan, execution, ctx) = match &input {
+        WorkflowInput::Valid(wf) => {
+            let finished = wf.is_finished();
+            let may_need_gc = needs_finalizer(wf);
+            if !finished {
+                // Running: only make sure the finalizer is there when GC may be needed later.
+                if !deleting && may_need_gc && !holds {
+                    let mut update = crate::outcome::StatusUpdate::none();
+                    update.finalizer = FinalizerChange::Add;
+                    record::apply(&api, raw, &update, finalizer, "artgc").await?;
+                    debug!(workflow = %key, "finalizer added");
+                }
+                return Ok(());
+            }
+            let state = shared.reader.state_for(wf, true).await?;
+            let plan = {
+                let index = shared.index.lock().await;
+                plan_with_index(
+                    std::slice::from_ref(&input),
+                    &state,
+                    &PlanOptions::default(),
+                    Some(&index),
+                )
+            };
+            let execution = if plan.artifacts().any(|(_, a)| a.connection.is_some()) {
+                Some(execute(&plan, &shared.store, false, &Quiet).await)
+            } else {
+                None
+            };
+            let ctx = PassContext {
+                finished,
+                deleting,
+                has_finalizer: holds,
+                force_finalizer_removal: wf.force_finalizer_removal(),
+                attempt,
+                budget: shared.config.retry_budget,
+                may_need_gc,
+                processed: wf
+                    .status
+                    .artifact_gc_status
+                    .as_ref()
+                    .map(|s| s.strategies_processed.clone())
+                    .unwrap_or_default(),
+                has_condition: has_gc_condition(&raw),
+            };
+            (plan, execution, ctx)
+        }
+        WorkflowInput::Invalid {
+            namespace,
+            name,
+            error,
+        } => {
+            let plan = GcPlan {
+                workflows: vec![WorkflowPlan {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    uid: None,
+                    error: Some(error.clone()),
+                    node_encoding: None,
+                    artifacts: Vec::new(),
+                }],
+            };
+            let ctx = PassContext {
+                finished: true,
+                deleting,
+                has_finalizer: holds,
+                force_finalizer_removal: raw["spec"]["artifactGC"]["forceFinalizerRemoval"]
+                    == Value::Bool(true),
+                attempt,
+                budget: shared.config.retry_budget,
+                may_need_gc: true,
+                processed: Default::default(),
+                has_condition: has_gc_condition(&raw),
+            };
+            (plan, None, ctx)
+        }
+    };
+    let wp = &plan.workflows[0];
+    let outcome = assess(wp, 0, execution.as_ref(), &ctx);
+    let reference = object_ref(&raw);
+    let finished_at = parse_time(&raw["status"]["finishedAt"]);
+    let deleted_at = parse_time(&raw["metadata"]["deletionTimestamp"]);
+    record::apply(&api, raw, &outcome.update, finalizer, "artgc").await?;
+    report(shared, ns, key, &outcome, &reference, finished_at, deleted_at).await;
+    match outcome.failures.first() {
+        Some(f) => Err(ReconcileError::Gc(f.category)),
+        None => Ok(()),
+    }
+}
+
+fn has_gc_condition(raw: &Value) -> bool {
+    raw["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == crate::outcome::CONDITION_GC_ERROR))
+}
+
+/// Metrics, Events and logs for one recorded pass.
+async fn report(
+    shared: &Shared,
+    ns: &str,
+    key: &str,
+    outcome: &PassOutcome,
+    reference: &ObjectReference,
+    finished_at: Option<jiff::Timestamp>,
+    deleted_at: Option<jiff::Timestamp>,
+) {
+    let m = shared.metrics();
+    for (strategy, r) in &outcome.reclaimed {
+        let l = metrics::NamespaceStrategy {
+            namespace: ns.into(),
+            strategy: strategy.as_str().into(),
+        };
+        m.artifacts_deleted.get_or_create(&l).inc_by(r.artifacts);
+        m.objects_deleted.get_or_create(&l).inc_by(r.objects);
+        m.bytes_reclaimed.get_or_create(&l).inc_by(r.bytes);
+    }
+    for f in &outcome.failures {
+        m.artifacts_failed
+            .get_or_create(&metrics::Category {
+                category: f.category.into(),
+            })
+            .inc();
+    }
+    for reason in &outcome.kept {
+        m.artifacts_kept
+            .get_or_create(&metrics::Reason {
+                reason: (*reason).into(),
+            })
+            .inc();
+    }
+    let now = jiff::Timestamp::now();
+    for s in &outcome.update.processed {
+        let since = match s {
+            Strategy::OnWorkflowDeletion => deleted_at,
+            _ => finished_at.or(deleted_at),
+        };
+        if let Some(since) = since {
+            let secs = now.duration_since(since).as_secs_f64().max(0.0);
+            m.gc_latency
+                .get_or_create(&metrics::StrategyLabel {
+                    strategy: s.as_str().into(),
+                })
+                .observe(secs);
+        }
+    }
+    if let FinalizerChange::Remove { forced } = outcome.update.finalizer {
+        m.finalizers_removed
+            .get_or_create(&metrics::Forced {
+                forced: forced.to_string(),
+            })
+            .inc();
+        if forced {
+            warn!(workflow = %key, "finalizer removed by forceFinalizerRemoval with deletions still failing");
+        } else {
+            info!(workflow = %key, "finalizer removed");
+        }
+    }
+    let event = if !outcome.failures.is_empty() {
+        let mut note = crate::outcome::condition_message(&outcome.failures);
+        if matches!(outcome.update.finalizer, FinalizerChange::Remove { forced: true }) {
+            note.push_str(" (finalizer removed: forceFinalizerRemoval)");
+        }
+        Some(KubeEvent {
+            type_: EventType::Warning,
+            reason: "ArtifactGCFailed".into(),
+            note: Some(note),
+            action: "DeleteArtifacts".into(),
+            secondary: None,
+        })
+    } else if outcome.artifacts_deleted() > 0 {
+        Some(KubeEvent {
+            type_: EventType::Normal,
+            reason: "ArtifactGCSucceeded".into(),
+            note: Some(format!(
+                "deleted {} artifact(s): {} object(s), {} reclaimed",
+                outcome.artifacts_deleted(),
+                outcome.objects_deleted(),
+                crate::report::human_bytes(outcome.bytes_reclaimed())
+            )),
+            action: "DeleteArtifacts".into(),
+            secondary: None,
+        })
+    } else {
+        None
+    };
+    if outcome.artifacts_deleted() > 0 || !outcome.failures.is_empty() {
+        info!(
+            workflow = %key,
+            artifacts = outcome.artifacts_deleted(),
+            objects = outcome.objects_deleted(),
+            bytes = outcome.bytes_reclaimed(),
+            failed = outcome.failures.len(),
+            "artifact GC pass"
+        );
+    }
+    if let Some(ev) = event
+        && let Err(e) = shared.recorder.publish(&ev, reference).await
+    {
+        error!(workflow = %key, error = %e, "publishing an Event");
+    }
+}

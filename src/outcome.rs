@@ -1,0 +1,344 @@
+//! What one GC pass achieved for one workflow, and what to record because of it: artifacts to
+//! mark deleted, strategies processed, the `ArtifactGCError` condition, and the finalizer. Pure;
+//! the controller and `artgc purge` record the same thing.
+
+use std::collections::BTreeMap;
+
+use crate::execute::Execution;
+use crate::model::Workflow;
+use crate::nodes::workflow_nodes;
+use crate::plan::{Decision, KeepReason, SkipReason, Strategy, WorkflowPlan};
+
+/// Argo's condition type for GC failures.
+pub const CONDITION_GC_ERROR: &str = "ArtifactGCError";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalizerChange {
+    Keep,
+    Add,
+    /// `forced`: released by `forceFinalizerRemoval` with deletions still failing.
+    Remove {
+        forced: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConditionChange {
+    Keep,
+    Set(String),
+    Clear,
+}
+
+/// An artifact to mark `deleted: true`, by node id and position (the name is checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedArtifact {
+    pub node: String,
+    pub index: usize,
+    pub name: String,
+}
+
+/// Everything to write to one Workflow after a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusUpdate {
+    pub deleted: Vec<DeletedArtifact>,
+    pub processed: Vec<Strategy>,
+    pub condition: ConditionChange,
+    pub finalizer: FinalizerChange,
+}
+
+impl StatusUpdate {
+    pub fn none() -> Self {
+        Self {
+            deleted: Vec::new(),
+            processed: Vec::new(),
+            condition: ConditionChange::Keep,
+            finalizer: FinalizerChange::Keep,
+        }
+    }
+}
+
+/// One artifact (or the whole workflow) that could not be collected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// `node/artifact`, or `workflow` when the workflow could not be planned.
+    pub what: String,
+    pub category: &'static str,
+    pub reason: String,
+}
+
+/// Deleted by one strategy in one pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    pub artifacts: u64,
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// What the workflow looked like when the pass was planned, and how often it was tried.
+#[derive(Debug, Clone)]
+pub struct PassContext {
+    pub finished: bool,
+    pub deleting: bool,
+    /// artgc's finalizer is on the object.
+    pub has_finalizer: bool,
+    pub force_finalizer_removal: bool,
+    /// This pass's attempt number (1 for the first try) and the retry budget.
+    pub attempt: u32,
+    pub budget: u32,
+    /// While running: whether any artifact may need GC later (see [`needs_finalizer`]).
+    pub may_need_gc: bool,
+    /// `status.artifactGCStatus.strategiesProcessed` as found.
+    pub processed: BTreeMap<String, bool>,
+    pub has_condition: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PassOutcome {
+    pub update: StatusUpdate,
+    pub failures: Vec<Failure>,
+    pub reclaimed: BTreeMap<Strategy, Reclaimed>,
+    /// Keep reasons (stable categories) of artifacts settled by this pass.
+    pub kept: Vec<&'static str>,
+    /// Work remains for later (OnWorkflowDeletion artifacts of a live workflow, or failures).
+    pub pending: bool,
+}
+
+impl PassOutcome {
+    pub fn artifacts_deleted(&self) -> u64 {
+        self.reclaimed.values().map(|r| r.artifacts).sum()
+    }
+    pub fn objects_deleted(&self) -> u64 {
+        self.reclaimed.values().map(|r| r.objects).sum()
+    }
+    pub fn bytes_reclaimed(&self) -> u64 {
+        self.reclaimed.values().map(|r| r.bytes).sum()
+    }
+}
+
+fn wants_gc(s: Option<&str>) -> bool {
+    matches!(s, Some("OnWorkflowCompletion" | "OnWorkflowDeletion"))
+}
+
+fn unknown_strategy(s: Option<&str>) -> bool {
+    !matches!(
+        s.unwrap_or(""),
+        "" | "Never" | "OnWorkflowCompletion" | "OnWorkflowDeletion"
+    )
+}
+
+/// Whether a workflow may produce artifacts that need GC: its workflow-level strategy (which
+/// archived logs follow), any template's artifact strategy (own, WorkflowTemplate, stored
+/// templateRef), or any node artifact's. Unknown strategies count, to be safe. Unlike Argo,
+/// OnWorkflowCompletion counts too: a workflow deleted before its completion pass ran must still
+/// wait for its artifacts.
+pub fn needs_finalizer(wf: &Workflow) -> bool {
+    let ws = wf.workflow_strategy();
+    if wants_gc(ws) || unknown_strategy(ws) {
+        return true;
+    }
+    let own = |a: &crate::model::Artifact| {
+        let s = a.artifact_gc.as_ref().and_then(|g| g.strategy.as_deref());
+        !a.deleted && (wants_gc(s) || unknown_strategy(s))
+    };
+    if wf.all_templates().iter().any(|t| t.artifacts().any(own)) {
+        return true;
+    }
+    match workflow_nodes(wf) {
+        Ok(nodes) => nodes
+            .nodes
+            .values()
+            .flat_map(|n| n.outputs.iter().flat_map(|o| &o.artifacts))
+            .any(own),
+        // Unreadable nodes: hold the workflow rather than lose track of its artifacts.
+        Err(_) => true,
+    }
+}
+
+/// Judges one workflow's pass from its plan and what the store did.
+pub fn assess(
+    wp: &WorkflowPlan,
+    w: usize,
+    execution: Option<&Execution>,
+    ctx: &PassContext,
+) -> PassOutcome {
+    let mut out = PassOutcome {
+        update: StatusUpdate::none(),
+        failures: Vec::new(),
+        reclaimed: BTreeMap::new(),
+        kept: Vec::new(),
+        pending: false,
+    };
+    let mut failed_strategies: Vec<Strategy> = Vec::new();
+    let mut pending_strategies: Vec<Strategy> = Vec::new();
+    if let Some(e) = &wp.error {
+        out.failures.push(Failure {
+            what: "workflow".into(),
+            category: e.category(),
+            reason: e.to_string(),
+        });
+    }
+    let mut kept = Vec::new();
+    for (a, art) in wp.artifacts.iter().enumerate() {
+        let what = format!("{}/{}", art.node, art.name);
+        match &art.decision {
+            Decision::Delete => {
+                let outcome = execution.and_then(|e| e.get(w, a));
+                match outcome {
+                    Some(o) if o.error.is_none() => {
+                        let r = out.reclaimed.entry(art.strategy).or_default();
+                        r.artifacts += 1;
+                        r.objects += o.objects;
+                        r.bytes += o.bytes;
+                        out.update.deleted.push(DeletedArtifact {
+                            node: art.node.clone(),
+                            index: art.index,
+                            name: art.name.clone(),
+                        });
+                    }
+                    Some(o) => {
+                        let e = o.error.as_ref().expect("error");
+                        failed_strategies.push(art.strategy);
+                        out.failures.push(Failure {
+                            what,
+                            category: e.category(),
+                            reason: e.to_string(),
+                        });
+                    }
+                    None => {
+                        // Planned but not carried out (a dry run): still pending.
+                        pending_strategies.push(art.strategy);
+                    }
+                }
+            }
+            Decision::Keep(reason) => kept.push((
+                art.strategy,
+                match reason {
+                    KeepReason::Never => "never",
+                    KeepReason::Shared(_) => "shared",
+                    KeepReason::BucketRoot => "bucket_root",
+                },
+            )),
+            Decision::Skip(SkipReason::AlreadyDeleted) => {}
+            Decision::Skip(SkipReason::NotFinished(_) | SkipReason::NotSelected { .. }) => {
+                if art.strategy != Strategy::Never {
+                    pending_strategies.push(art.strategy);
+                }
+            }
+            d @ (Decision::Unsupported(_) | Decision::Error(_)) => {
+                if ctx.finished {
+                    failed_strategies.push(art.strategy);
+                    out.failures.push(Failure {
+                        what,
+                        category: d.category(),
+                        reason: d.reason(),
+                    });
+                } else {
+                    pending_strategies.push(art.strategy);
+                }
+            }
+        }
+    }
+    let whole_failed = wp.error.is_some();
+    let failed = !out.failures.is_empty();
+    out.pending = failed || !pending_strategies.is_empty() || (!ctx.finished && ctx.may_need_gc);
+
+    // Strategies whose work is truly finished by this pass.
+    if ctx.finished && !whole_failed {
+        let done = |s: Strategy| !failed_strategies.contains(&s) && !pending_strategies.contains(&s);
+        let mut due = vec![Strategy::OnWorkflowCompletion];
+        if ctx.deleting {
+            due.push(Strategy::OnWorkflowDeletion);
+        }
+        for s in due {
+            if done(s) && ctx.processed.get(s.as_str()) != Some(&true) {
+                out.update.processed.push(s);
+            }
+        }
+    }
+    if !out.update.processed.is_empty() {
+        let first_settlement = !ctx.processed.values().any(|v| *v);
+        out.kept = kept
+            .into_iter()
+            .filter(|(s, reason)| {
+                if *reason == "never" {
+                    first_settlement
+                } else {
+                    out.update.processed.contains(s)
+                }
+            })
+            .map(|(_, r)| r)
+            .collect();
+    }
+
+    out.update.condition = if failed {
+        ConditionChange::Set(condition_message(&out.failures))
+    } else if ctx.has_condition && ctx.finished {
+        ConditionChange::Clear
+    } else {
+        ConditionChange::Keep
+    };
+
+    out.update.finalizer = if ctx.deleting {
+        if !ctx.has_finalizer || !ctx.finished {
+            // A running workflow being deleted is first allowed to finish.
+            FinalizerChange::Keep
+        } else if !out.pending {
+            FinalizerChange::Remove { forced: false }
+        } else if failed && ctx.force_finalizer_removal && ctx.attempt >= ctx.budget {
+            FinalizerChange::Remove { forced: true }
+        } else {
+            FinalizerChange::Keep
+        }
+    } else if out.pending && !ctx.has_finalizer {
+        FinalizerChange::Add
+    } else if !out.pending && ctx.has_finalizer && ctx.finished {
+        FinalizerChange::Remove { forced: false }
+    } else {
+        FinalizerChange::Keep
+    };
+    out
+}
+
+/// The condition (and Warning event) text: what failed and why, bounded in length.
+pub fn condition_message(failures: &[Failure]) -> String {
+    const MAX: usize = 1024;
+    let mut msg = format!("artifact GC failed for {} artifact(s): ", failures.len());
+    for (i, f) in failures.iter().enumerate() {
+        let part = format!(
+            "{}{}: {} ({})",
+            if i > 0 { "; " } else { "" },
+            f.what,
+            f.reason,
+            f.category
+        );
+        if msg.len() + part.len() > MAX {
+            msg.push_str(&format!("; and {} more", failures.len() - i));
+            break;
+        }
+        msg.push_str(&part);
+    }
+    msg
+}
+
+/// Whether the watch should queue a workflow: something to delete, record or release. `wp` is
+/// its plan without Secrets (credential errors still count as work).
+pub fn wants_pass(wf: &Workflow, wp: &WorkflowPlan, has_finalizer: bool) -> bool {
+    if wf.is_being_deleted() {
+        return has_finalizer && wf.is_finished();
+    }
+    if !wf.is_finished() {
+        return !has_finalizer && needs_finalizer(wf);
+    }
+    let work = wp.error.is_some()
+        || wp.artifacts.iter().any(|a| {
+            matches!(
+                a.decision,
+                Decision::Delete | Decision::Error(_) | Decision::Unsupported(_)
+            )
+        });
+    let pending = wp.artifacts.iter().any(|a| {
+        a.strategy != Strategy::Never
+            && matches!(a.decision, Decision::Skip(SkipReason::NotSelected { .. }))
+    });
+    work || pending != has_finalizer
+}

@@ -1,0 +1,191 @@
+//! `artgc plan` / `artgc purge` over a live cluster: select Workflows (names, namespace, label
+//! selector, age), plan them against the keys every other workflow in the cluster uses, and
+//! after deleting, record the same status as the controller.
+
+use std::time::Duration;
+
+use kube::api::ListParams;
+use serde_json::Value;
+
+use crate::api::{ClusterReader, workflows};
+use crate::cli::{Loaded, SourceArgs};
+use crate::error::InputError;
+use crate::execute::Execution;
+use crate::keys::KeyIndex;
+use crate::manifests::WorkflowInput;
+use crate::outcome::{FinalizerChange, PassContext, assess, needs_finalizer};
+use crate::plan::{GcPlan, PlanOptions, plan_with_index, workflow_key_uses};
+use crate::record;
+
+/// True when `finished_at` (RFC 3339) lies at least `age` in the past; unfinished is false.
+pub fn finished_before(finished_at: Option<&str>, age: Duration) -> bool {
+    let Some(t) = finished_at.and_then(|t| t.parse::<jiff::Timestamp>().ok()) else {
+        return false;
+    };
+    let Ok(age) = jiff::SignedDuration::try_from(age) else {
+        return false;
+    };
+    jiff::Timestamp::now().duration_since(t) >= age
+}
+
+fn cluster_error(what: &str, e: impl std::fmt::Display) -> InputError {
+    InputError::Io {
+        path: what.into(),
+        message: e.to_string(),
+    }
+}
+
+async fn list_all(
+    api: &kube::Api<kube::api::DynamicObject>,
+    lp: &ListParams,
+) -> Result<Vec<Value>, kube::Error> {
+    let mut out = Vec::new();
+    let mut lp = lp.clone().limit(500);
+    loop {
+        let page = api.list(&lp).await?;
+        for o in page.items {
+            out.push(serde_json::to_value(o).unwrap_or(Value::Null));
+        }
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => return Ok(out),
+        }
+    }
+}
+
+pub async fn load_from_cluster(source: &SourceArgs, opts: &PlanOptions) -> Result<Loaded, InputError> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| cluster_error("kubeconfig", e))?;
+    let ns = (!source.all_namespaces).then_some(source.namespace.as_str());
+    let api = workflows(&client, ns);
+    let mut lp = ListParams::default();
+    if let Some(sel) = &source.selector {
+        lp = lp.labels(sel);
+    }
+    let mut selected = Vec::new();
+    if source.names.is_empty() {
+        selected = list_all(&api, &lp)
+            .await
+            .map_err(|e| cluster_error("listing Workflows", e))?;
+    } else {
+        for name in &source.names {
+            let obj = api
+                .get(name)
+                .await
+                .map_err(|e| cluster_error(&format!("Workflow {}/{name}", source.namespace), e))?;
+            selected.push(serde_json::to_value(obj).unwrap_or(Value::Null));
+        }
+    }
+    let default_ns = source.namespace.clone();
+    let mut inputs: Vec<WorkflowInput> = selected
+        .iter()
+        .map(|v| WorkflowInput::from_value(v.clone(), &default_ns))
+        .collect();
+    let mut raws = selected;
+    if let Some(age) = source.older_than {
+        let keep: Vec<bool> = inputs
+            .iter()
+            .map(|w| match w {
+                WorkflowInput::Valid(wf) => finished_before(wf.status.finished_at.as_deref(), age),
+                WorkflowInput::Invalid { .. } => true,
+            })
+            .collect();
+        let mut it = keep.iter();
+        inputs.retain(|_| *it.next().expect("same length"));
+        let mut it = keep.iter();
+        raws.retain(|_| *it.next().expect("same length"));
+    }
+
+    let reader = ClusterReader::new(client.clone(), source.argo.config_ref());
+    let mut state = crate::cluster::ClusterState::new(source.argo.config_ref());
+    for w in &inputs {
+        if let WorkflowInput::Valid(wf) = w {
+            let s = reader
+                .state_for(wf, true)
+                .await
+                .map_err(|e| cluster_error("reading ConfigMaps and Secrets", e))?;
+            state.absorb(s);
+        }
+    }
+
+    // Every other workflow's keys, cluster-wide when allowed, else in the namespace.
+    let everyone = match list_all(&workflows(&client, None), &ListParams::default()).await {
+        Ok(all) => all,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list Workflows cluster-wide; shared keys are checked within the namespace only");
+            list_all(&workflows(&client, Some(&source.namespace)), &ListParams::default())
+                .await
+                .map_err(|e| cluster_error("listing Workflows", e))?
+        }
+    };
+    let mut index = KeyIndex::default();
+    for v in everyone {
+        if let WorkflowInput::Valid(wf) = WorkflowInput::from_value(v, &default_ns) {
+            let s = reader
+                .state_for(&wf, false)
+                .await
+                .map_err(|e| cluster_error("reading ConfigMaps", e))?;
+            let key = KeyIndex::workflow_key(wf.namespace(), wf.name());
+            index.set_workflow(&key, workflow_key_uses(&wf, &s));
+        }
+    }
+    let plan = plan_with_index(&inputs, &state, opts, Some(&index));
+    Ok(Loaded {
+        plan,
+        cluster: Some((client, raws)),
+    })
+}
+
+/// Records each workflow's outcome as the controller does (it never adds a finalizer, and
+/// never forces one off: that takes the controller's retry budget). Returns the failures.
+pub async fn record_all(
+    client: &kube::Client,
+    plan: &GcPlan,
+    execution: &Execution,
+    raws: Vec<Value>,
+    finalizer: &str,
+) -> usize {
+    let mut failed = 0;
+    for (w, (wp, raw)) in plan.workflows.iter().zip(raws).enumerate() {
+        let input = WorkflowInput::from_value(raw.clone(), &wp.namespace);
+        let WorkflowInput::Valid(wf) = input else {
+            continue;
+        };
+        let holds = wf
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == finalizer);
+        let ctx = PassContext {
+            finished: wf.is_finished(),
+            deleting: wf.is_being_deleted(),
+            has_finalizer: holds,
+            force_finalizer_removal: false,
+            attempt: 1,
+            budget: u32::MAX,
+            may_need_gc: needs_finalizer(&wf),
+            processed: wf
+                .status
+                .artifact_gc_status
+                .as_ref()
+                .map(|s| s.strategies_processed.clone())
+                .unwrap_or_default(),
+            has_condition: raw["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == crate::outcome::CONDITION_GC_ERROR)),
+        };
+        let mut outcome = assess(wp, w, Some(execution), &ctx);
+        if outcome.update.finalizer == FinalizerChange::Add {
+            outcome.update.finalizer = FinalizerChange::Keep;
+        }
+        let api = workflows(client, Some(&wp.namespace));
+        if let Err(e) = record::apply(&api, raw, &outcome.update, finalizer, "artgc-purge").await
+        {
+            failed += 1;
+            tracing::error!(workflow = %format!("{}/{}", wp.namespace, wp.name), error = %e, "recording the outcome");
+        }
+    }
+    failed
+}

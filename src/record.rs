@@ -1,0 +1,231 @@
+//! Writes a pass's [`StatusUpdate`] to the Workflow where Argo's UI and users read it: `deleted:
+//! true` on artifacts (in `status.nodes`, or `status.compressedNodes` re-encoded as it came),
+//! `status.artifactGCStatus.strategiesProcessed`, the `ArtifactGCError` condition and the
+//! finalizer. The CRD has no status subresource, so it is one merge patch of the whole object,
+//! carrying `metadata.resourceVersion`: a concurrent writer makes it fail with 409, and then the
+//! patch is rebuilt from a fresh read, so nobody's update is lost.
+
+use kube::Api;
+use kube::api::{DynamicObject, Patch, PatchParams};
+use serde_json::{Map, Value, json};
+
+use crate::nodes::{compress, decompress};
+use crate::outcome::{CONDITION_GC_ERROR, ConditionChange, FinalizerChange, StatusUpdate};
+
+/// Why a patch could not be built or applied.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{0}")]
+    Build(String),
+    #[error("updating the Workflow: {0}")]
+    Api(#[from] kube::Error),
+    #[error("the Workflow kept changing: {0} conflicting updates in a row")]
+    Conflicts(u32),
+}
+
+impl RecordError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Build(_) => "record_build",
+            Self::Api(_) => "kube_api",
+            Self::Conflicts(_) => "kube_conflict",
+        }
+    }
+}
+
+/// The merge patch that applies `update` to the object `raw`, or `None` when it would change
+/// nothing.
+pub fn merge_patch(
+    raw: &Value,
+    update: &StatusUpdate,
+    finalizer: &str,
+) -> Result<Option<Value>, String> {
+    let mut status = Map::new();
+    let mut metadata = Map::new();
+    let raw_status = &raw["status"];
+
+    if !update.deleted.is_empty() {
+        let plain = raw_status["nodes"].as_object().filter(|n| !n.is_empty());
+        if let Some(nodes) = plain {
+            let mut patch_nodes = Map::new();
+            for (id, node) in nodes {
+                let mut arts = node["outputs"]["artifacts"].clone();
+                if mark_deleted(id, &mut arts, update) {
+                    patch_nodes.insert(
+                        id.clone(),
+                        json!({"outputs": {"artifacts": arts}}),
+                    );
+                }
+            }
+            if !patch_nodes.is_empty() {
+                status.insert("nodes".into(), Value::Object(patch_nodes));
+            }
+        } else if let Some(packed) = raw_status["compressedNodes"].as_str() {
+            let (bytes, encoding) =
+                decompress(packed).map_err(|e| format!("status.compressedNodes: {e}"))?;
+            let mut nodes: Map<String, Value> = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("status.compressedNodes: {e}"))?;
+            let mut changed = false;
+            for (id, node) in nodes.iter_mut() {
+                if let Some(arts) = node
+                    .get_mut("outputs")
+                    .and_then(|o| o.get_mut("artifacts"))
+                {
+                    changed |= mark_deleted(id, arts, update);
+                }
+            }
+            if changed {
+                let json = serde_json::to_vec(&nodes).map_err(|e| e.to_string())?;
+                let packed = compress(&json, encoding)
+                    .map_err(|e| format!("re-encoding status.compressedNodes: {e}"))?;
+                status.insert("compressedNodes".into(), Value::String(packed));
+            }
+        }
+    }
+
+    let processed = &raw_status["artifactGCStatus"]["strategiesProcessed"];
+    let mut newly = Map::new();
+    for s in &update.processed {
+        if processed[s.as_str()] != Value::Bool(true) {
+            newly.insert(s.as_str().into(), Value::Bool(true));
+        }
+    }
+    if !newly.is_empty() {
+        status.insert(
+            "artifactGCStatus".into(),
+            json!({"strategiesProcessed": newly}),
+        );
+    }
+
+    let conditions: Vec<Value> = raw_status["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let is_ours = |c: &Value| c["type"] == CONDITION_GC_ERROR;
+    let new_conditions = match &update.condition {
+        ConditionChange::Keep => None,
+        ConditionChange::Clear => conditions
+            .iter()
+            .any(is_ours)
+            .then(|| conditions.iter().filter(|c| !is_ours(c)).cloned().collect()),
+        ConditionChange::Set(message) => {
+            let ours = json!({"type": CONDITION_GC_ERROR, "status": "True", "message": message});
+            let current = conditions.iter().find(|c| is_ours(c));
+            if current == Some(&ours) {
+                None
+            } else {
+                let mut list: Vec<Value> =
+                    conditions.iter().filter(|c| !is_ours(c)).cloned().collect();
+                list.push(ours);
+                Some(list)
+            }
+        }
+    };
+    if let Some(list) = new_conditions {
+        status.insert("conditions".into(), Value::Array(list));
+    }
+
+    let finalizers: Vec<String> = raw["metadata"]["finalizers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let present = finalizers.iter().any(|f| f == finalizer);
+    match update.finalizer {
+        FinalizerChange::Add if !present => {
+            let mut list = finalizers.clone();
+            list.push(finalizer.to_string());
+            metadata.insert("finalizers".into(), json!(list));
+        }
+        FinalizerChange::Remove { .. } if present => {
+            let list: Vec<&String> = finalizers.iter().filter(|f| *f != finalizer).collect();
+            metadata.insert("finalizers".into(), json!(list));
+        }
+        _ => {}
+    }
+
+    if status.is_empty() && metadata.is_empty() {
+        return Ok(None);
+    }
+    let rv = raw["metadata"]["resourceVersion"].clone();
+    if rv.is_null() {
+        return Err("metadata.resourceVersion is missing".into());
+    }
+    metadata.insert("resourceVersion".into(), rv);
+    let mut patch = Map::new();
+    patch.insert("metadata".into(), Value::Object(metadata));
+    if !status.is_empty() {
+        patch.insert("status".into(), Value::Object(status));
+    }
+    Ok(Some(Value::Object(patch)))
+}
+
+/// Sets `deleted: true` on the artifacts of node `id` named in `update`; true if any changed.
+/// The index is checked against the name, and the name is searched if they disagree.
+fn mark_deleted(id: &str, arts: &mut Value, update: &StatusUpdate) -> bool {
+    let Some(list) = arts.as_array_mut() else {
+        return false;
+    };
+    let mut changed = false;
+    for d in update.deleted.iter().filter(|d| d.node == id) {
+        let at = if list.get(d.index).is_some_and(|a| a["name"] == d.name.as_str()) {
+            Some(d.index)
+        } else {
+            list.iter().position(|a| a["name"] == d.name.as_str())
+        };
+        if let Some(i) = at
+            && list[i]["deleted"] != Value::Bool(true)
+            && let Some(obj) = list[i].as_object_mut()
+        {
+            obj.insert("deleted".into(), Value::Bool(true));
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// How many conflicting writers to outlast before giving up until the next reconcile.
+const MAX_CONFLICTS: u32 = 8;
+
+/// Applies `update` to the Workflow, starting from `raw` (as read for the pass) and re-reading
+/// on conflict. Returns the object as written, or `None` if it is gone (or nothing changed and
+/// it is as given).
+pub async fn apply(
+    api: &Api<DynamicObject>,
+    raw: Value,
+    update: &StatusUpdate,
+    finalizer: &str,
+    field_manager: &str,
+) -> Result<Option<Value>, RecordError> {
+    let name = raw["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let mut current = raw;
+    for _ in 0..MAX_CONFLICTS {
+        let Some(patch) = merge_patch(&current, update, finalizer).map_err(RecordError::Build)?
+        else {
+            return Ok(Some(current));
+        };
+        let params = PatchParams::apply(field_manager);
+        let params = PatchParams {
+            field_manager: params.field_manager,
+            ..Default::default()
+        };
+        match api.patch(&name, &params, &Patch::Merge(&patch)).await {
+            Ok(obj) => return Ok(Some(serde_json::to_value(obj).unwrap_or(Value::Null))),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                match api.get_opt(&name).await? {
+                    Some(obj) => {
+                        current = serde_json::to_value(obj)
+                            .map_err(|e| RecordError::Build(e.to_string()))?
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(RecordError::Conflicts(MAX_CONFLICTS))
+}
