@@ -102,12 +102,15 @@ fn secret_names(value: &Value, out: &mut BTreeSet<String>) {
     }
 }
 
+/// ConfigMaps by (namespace, name), with when they were read; `None`: not found.
+type ConfigMapCache = HashMap<(String, String), (Instant, Option<ConfigMap>)>;
+
 /// Reads the ConfigMaps and Secrets a plan needs. ConfigMaps are cached for a short time (many
 /// workflows share one repository); Secrets are read fresh for each pass.
 pub struct ClusterReader {
     client: Client,
     controller_config: ControllerConfigRef,
-    config_maps: Mutex<HashMap<(String, String), (Instant, Option<ConfigMap>)>>,
+    config_maps: Mutex<ConfigMapCache>,
     ttl: Duration,
 }
 
@@ -140,7 +143,11 @@ impl ClusterReader {
 
     /// What planning `wf` needs: the repository ConfigMaps when its status has no resolved
     /// repository, and, with `secrets`, every Secret its locations name.
-    pub async fn state_for(&self, wf: &Workflow, secrets: bool) -> Result<ClusterState, kube::Error> {
+    pub async fn state_for(
+        &self,
+        wf: &Workflow,
+        secrets: bool,
+    ) -> Result<ClusterState, kube::Error> {
         let mut state = ClusterState::new(self.controller_config.clone());
         let ns = wf.namespace().to_string();
         let frozen = wf
@@ -160,7 +167,10 @@ impl ClusterReader {
                 wf.stored_spec()
                     .and_then(|s| s.artifact_repository_ref.as_ref())
             });
-            if let Some(name) = spec_ref.and_then(|r| r.config_map.clone()).filter(|n| !n.is_empty()) {
+            if let Some(name) = spec_ref
+                .and_then(|r| r.config_map.clone())
+                .filter(|n| !n.is_empty())
+            {
                 wanted.push((ns.clone(), name.clone()));
                 wanted.push((self.controller_config.namespace.clone(), name));
             }

@@ -163,7 +163,12 @@ pub struct PurgeArgs {
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
     /// Namespaces to watch, comma-separated; all when empty.
-    #[arg(short = 'n', long = "namespaces", env = "ARTGC_NAMESPACES", value_delimiter = ',')]
+    #[arg(
+        short = 'n',
+        long = "namespaces",
+        env = "ARTGC_NAMESPACES",
+        value_delimiter = ','
+    )]
     pub namespaces: Vec<String>,
     /// Argo controller instance id: handle Workflows labelled
     /// `workflows.argoproj.io/controller-instanceid=ID`; without it, those with no such label.
@@ -223,7 +228,12 @@ impl ControllerArgs {
                 .unwrap_or_else(|| format!("artgc-{}", std::process::id()))
         });
         crate::controller::ControllerConfig {
-            namespaces: self.namespaces.iter().filter(|n| !n.is_empty()).cloned().collect(),
+            namespaces: self
+                .namespaces
+                .iter()
+                .filter(|n| !n.is_empty())
+                .cloned()
+                .collect(),
             instance_id: self.instance_id.clone().filter(|i| !i.is_empty()),
             finalizer: self.finalizer.clone(),
             controller_config: self.argo.config_ref(),
@@ -233,15 +243,17 @@ impl ControllerArgs {
             backoff_max: self.backoff_max,
             store: self.store.options(),
             admin_addr: self.admin_addr,
-            leader_election: self.leader_elect.then(|| crate::controller::LeaderElection {
-                namespace: self
-                    .lease_namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into()),
-                lease_name: self.lease_name.clone(),
-                identity,
-                duration: self.lease_duration,
-            }),
+            leader_election: self
+                .leader_elect
+                .then(|| crate::controller::LeaderElection {
+                    namespace: self
+                        .lease_namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                    lease_name: self.lease_name.clone(),
+                    identity,
+                    duration: self.lease_duration,
+                }),
             shutdown_grace: self.shutdown_grace,
         }
     }

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use rand::Rng;
 use serde_json::Value;
@@ -36,7 +36,9 @@ use crate::model::{FINALIZER_ARTIFACT_GC, LABEL_INSTANCE_ID};
 use crate::outcome::{
     FinalizerChange, PassContext, PassOutcome, assess, needs_finalizer, wants_pass,
 };
-use crate::plan::{GcPlan, PlanOptions, Strategy, WorkflowPlan, plan_with_index, workflow_key_uses};
+use crate::plan::{
+    GcPlan, PlanOptions, Strategy, WorkflowPlan, plan_with_index, workflow_key_uses,
+};
 use crate::queue::WorkQueue;
 use crate::record::{self, RecordError};
 use crate::store::{ObjectStore, StoreOptions};
@@ -179,7 +181,10 @@ fn split_key(key: &str) -> (&str, &str) {
 }
 
 /// Starts the controller's tasks: admin server, leader election, watch and workers.
-pub async fn start(client: Client, config: ControllerConfig) -> Result<ControllerHandle, ControllerError> {
+pub async fn start(
+    client: Client,
+    config: ControllerConfig,
+) -> Result<ControllerHandle, ControllerError> {
     let health = Arc::new(Health::new(Metrics::new()));
     let stop = CancellationToken::new();
     let admin_addr = admin::serve(config.admin_addr, health.clone(), stop.clone())
@@ -187,10 +192,7 @@ pub async fn start(client: Client, config: ControllerConfig) -> Result<Controlle
         .map_err(ControllerError::Admin)?;
     let reporter = Reporter {
         controller: "artgc".into(),
-        instance: config
-            .leader_election
-            .as_ref()
-            .map(|l| l.identity.clone()),
+        instance: config.leader_election.as_ref().map(|l| l.identity.clone()),
     };
     let shared = Arc::new(Shared {
         reader: ClusterReader::new(client.clone(), config.controller_config.clone()),
@@ -274,12 +276,16 @@ fn label_selector(instance_id: Option<&str>) -> String {
     }
 }
 
-fn has_finalizer(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, f: &str) -> bool {
+fn has_finalizer(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    f: &str,
+) -> bool {
     meta.finalizers.iter().flatten().any(|x| x == f)
 }
 
 async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
-    let cfg = watcher::Config::default().labels(&label_selector(shared.config.instance_id.as_deref()));
+    let cfg =
+        watcher::Config::default().labels(&label_selector(shared.config.instance_id.as_deref()));
     let apis: Vec<Api<WatchedWorkflow>> = if shared.config.namespaces.is_empty() {
         vec![Api::all(shared.client.clone())]
     } else {
@@ -294,7 +300,11 @@ async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
         .into_iter()
         .map(|api| watcher::watcher(api, cfg.clone()).default_backoff().boxed());
     let mut events = futures::stream::select_all(streams);
-    let waiting_for = if shared.config.namespaces.is_empty() { 1 } else { shared.config.namespaces.len() };
+    let waiting_for = if shared.config.namespaces.is_empty() {
+        1
+    } else {
+        shared.config.namespaces.len()
+    };
     let mut initialized = 0usize;
     // Keys seen during a (re-)list, to drop those that vanished meanwhile.
     let mut relist: Option<HashSet<String>> = None;
@@ -325,10 +335,14 @@ async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
                     shared.metrics().keys_indexed.set(index.len() as i64);
                     let mut attempts = shared.attempts.lock().expect("lock");
                     attempts.retain(|k, _| seen.contains(k));
-                    shared.metrics().workflows_watched.set(attempts.len() as i64);
+                    shared
+                        .metrics()
+                        .workflows_watched
+                        .set(attempts.len() as i64);
                 }
                 initialized += 1;
-                if initialized >= waiting_for && !shared.health.ready.swap(true, Ordering::Relaxed) {
+                if initialized >= waiting_for && !shared.health.ready.swap(true, Ordering::Relaxed)
+                {
                     info!("watch synced; ready");
                 }
             }
@@ -344,17 +358,27 @@ async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
                 shared.queue.forget(&key);
                 let mut attempts = shared.attempts.lock().expect("lock");
                 attempts.remove(&key);
-                shared.metrics().workflows_watched.set(attempts.len() as i64);
+                shared
+                    .metrics()
+                    .workflows_watched
+                    .set(attempts.len() as i64);
             }
             Err(e) => warn!(error = %e, "workflow watch (retrying)"),
         }
-        shared.metrics().workflows_pending.set(shared.queue.len() as i64);
+        shared
+            .metrics()
+            .workflows_pending
+            .set(shared.queue.len() as i64);
     }
 }
 
 /// Reduces one watched Workflow to its key uses and a decision to queue it.
 async fn observe(shared: &Shared, wf: WatchedWorkflow) {
-    let ns = wf.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let ns = wf
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = wf.metadata.name.clone().unwrap_or_default();
     let key = key_of(&ns, &name);
     let holds = has_finalizer(&wf.metadata, &shared.config.finalizer);
@@ -364,7 +388,9 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(workflow = %key, error = %e, "reading repository ConfigMaps");
-                    shared.queue.add(key, Instant::now() + shared.config.backoff_base);
+                    shared
+                        .queue
+                        .add(key, Instant::now() + shared.config.backoff_base);
                     return;
                 }
             };
@@ -374,7 +400,10 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
                 &state,
                 &PlanOptions::default(),
             );
-            let wants = wp.workflows.first().is_some_and(|p| wants_pass(w, p, holds));
+            let wants = wp
+                .workflows
+                .first()
+                .is_some_and(|p| wants_pass(w, p, holds));
             let mut index = shared.index.lock().await;
             index.set_workflow(&key, uses);
             shared.metrics().keys_indexed.set(index.len() as i64);
@@ -387,7 +416,10 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
     {
         let mut attempts = shared.attempts.lock().expect("lock");
         attempts.entry(key.clone()).or_insert(0);
-        shared.metrics().workflows_watched.set(attempts.len() as i64);
+        shared
+            .metrics()
+            .workflows_watched
+            .set(attempts.len() as i64);
     }
     if queue {
         debug!(workflow = %key, "queued");
@@ -456,7 +488,10 @@ async fn worker(shared: Arc<Shared>, mut leader: watch::Receiver<bool>, stop: Ca
             }
         };
         shared.queue.done(&key, retry);
-        shared.metrics().workflows_pending.set(shared.queue.len() as i64);
+        shared
+            .metrics()
+            .workflows_pending
+            .set(shared.queue.len() as i64);
     }
 }
 
@@ -503,7 +538,14 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
         .as_array()
         .is_some_and(|a| a.iter().any(|f| f == finalizer));
     let deleting = !raw["metadata"]["deletionTimestamp"].is_null();
-    let attempt = shared.attempts.lock().expect("lock").get(key).copied().unwrap_or(0) + 1;
+    let attempt = shared
+        .attempts
+        .lock()
+        .expect("lock")
+        .get(key)
+        .copied()
+        .unwrap_or(0)
+        + 1;
 
     let (plan, execution, ctx) = match &input {
         WorkflowInput::Valid(wf) => {
@@ -588,7 +630,16 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
     let finished_at = parse_time(&raw["status"]["finishedAt"]);
     let deleted_at = parse_time(&raw["metadata"]["deletionTimestamp"]);
     record::apply(&api, raw, &outcome.update, finalizer, "artgc").await?;
-    report(shared, ns, key, &outcome, &reference, finished_at, deleted_at).await;
+    report(
+        shared,
+        ns,
+        key,
+        &outcome,
+        &reference,
+        finished_at,
+        deleted_at,
+    )
+    .await;
     match outcome.failures.first() {
         Some(f) => Err(ReconcileError::Gc(f.category)),
         None => Ok(()),
@@ -596,9 +647,10 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
 }
 
 fn has_gc_condition(raw: &Value) -> bool {
-    raw["status"]["conditions"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["type"] == crate::outcome::CONDITION_GC_ERROR))
+    raw["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == crate::outcome::CONDITION_GC_ERROR)
+    })
 }
 
 /// Metrics, Events and logs for one recorded pass.
@@ -662,20 +714,24 @@ async fn report(
             info!(workflow = %key, "finalizer removed");
         }
     }
-    let event = if !outcome.failures.is_empty() {
-        let mut note = crate::outcome::condition_message(&outcome.failures);
-        if matches!(outcome.update.finalizer, FinalizerChange::Remove { forced: true }) {
-            note.push_str(" (finalizer removed: forceFinalizerRemoval)");
-        }
-        Some(KubeEvent {
+    // Events of one reason and action form a series (a count, the first note), so each pass
+    // and the forced release get their own action.
+    let action = if deleted_at.is_some() {
+        "CollectOnDeletion"
+    } else {
+        "CollectOnCompletion"
+    };
+    let mut events = Vec::new();
+    if !outcome.failures.is_empty() {
+        events.push(KubeEvent {
             type_: EventType::Warning,
             reason: "ArtifactGCFailed".into(),
-            note: Some(note),
-            action: "DeleteArtifacts".into(),
+            note: Some(crate::outcome::condition_message(&outcome.failures)),
+            action: action.into(),
             secondary: None,
-        })
+        });
     } else if outcome.artifacts_deleted() > 0 {
-        Some(KubeEvent {
+        events.push(KubeEvent {
             type_: EventType::Normal,
             reason: "ArtifactGCSucceeded".into(),
             note: Some(format!(
@@ -684,12 +740,25 @@ async fn report(
                 outcome.objects_deleted(),
                 crate::report::human_bytes(outcome.bytes_reclaimed())
             )),
-            action: "DeleteArtifacts".into(),
+            action: action.into(),
             secondary: None,
-        })
-    } else {
-        None
-    };
+        });
+    }
+    if matches!(
+        outcome.update.finalizer,
+        FinalizerChange::Remove { forced: true }
+    ) {
+        events.push(KubeEvent {
+            type_: EventType::Warning,
+            reason: "ArtifactGCFinalizerForced".into(),
+            note: Some(format!(
+                "finalizer removed by forceFinalizerRemoval after the retry budget; left in the store: {}",
+                crate::outcome::condition_message(&outcome.failures)
+            )),
+            action: "RemoveFinalizer".into(),
+            secondary: None,
+        });
+    }
     if outcome.artifacts_deleted() > 0 || !outcome.failures.is_empty() {
         info!(
             workflow = %key,
@@ -700,9 +769,9 @@ async fn report(
             "artifact GC pass"
         );
     }
-    if let Some(ev) = event
-        && let Err(e) = shared.recorder.publish(&ev, reference).await
-    {
-        error!(workflow = %key, error = %e, "publishing an Event");
+    for ev in events {
+        if let Err(e) = shared.recorder.publish(&ev, reference).await {
+            error!(workflow = %key, error = %e, "publishing an Event");
+        }
     }
 }

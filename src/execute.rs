@@ -184,10 +184,7 @@ pub async fn execute(
     exec
 }
 
-type BatchResult<'a> = (
-    &'a [(String, Vec<usize>)],
-    Vec<Result<(), StoreError>>,
-);
+type BatchResult<'a> = (&'a [(String, Vec<usize>)], Vec<Result<(), StoreError>>);
 
 async fn delete_batch<'a>(
     store: &ObjectStore,

@@ -1,7 +1,6 @@
 //! The controller's Prometheus metrics, prefix `artgc_`, in its own registry (no global one).
 //! Labels are of low cardinality: namespace, strategy, category, reason; never a workflow name.
 
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -173,7 +172,7 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION").into(),
             })
             .set(1);
-        registry.register("build", "Build information", build);
+        registry.register("build_info", "Build information", build);
         Self { registry, ..m }
     }
 

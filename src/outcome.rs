@@ -244,7 +244,8 @@ pub fn assess(
 
     // Strategies whose work is truly finished by this pass.
     if ctx.finished && !whole_failed {
-        let done = |s: Strategy| !failed_strategies.contains(&s) && !pending_strategies.contains(&s);
+        let done =
+            |s: Strategy| !failed_strategies.contains(&s) && !pending_strategies.contains(&s);
         let mut due = vec![Strategy::OnWorkflowCompletion];
         if ctx.deleting {
             due.push(Strategy::OnWorkflowDeletion);

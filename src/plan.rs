@@ -550,15 +550,15 @@ fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse], external: Option<&KeyInd
 }
 
 /// The keys one workflow uses, for a [`KeyIndex`]: every artifact not yet deleted (due when
-/// its plan says delete) and, while it runs, the literal keys its templates and inputs name.
+/// its strategy makes it due now) and, while it runs, the literal keys its templates and inputs name.
 pub fn workflow_key_uses(wf: &Workflow, state: &ClusterState) -> Vec<WorkflowKeyUse> {
     let mut uses = Vec::new();
     let wp = plan_workflow(wf, state, &PlanOptions::default(), 0, &mut uses);
     uses.into_iter()
         .map(|u| WorkflowKeyUse {
-            due: u
-                .owner
-                .is_some_and(|(_, a)| wp.artifacts[a].decision == Decision::Delete),
+            // Due by its strategy, whatever its credentials say: the controller indexes
+            // without reading Secrets.
+            due: u.owner.is_some_and(|(_, a)| wp.artifacts[a].due),
             target: u.target,
             label: u.label,
         })

@@ -53,7 +53,10 @@ async fn list_all(
     }
 }
 
-pub async fn load_from_cluster(source: &SourceArgs, opts: &PlanOptions) -> Result<Loaded, InputError> {
+pub async fn load_from_cluster(
+    source: &SourceArgs,
+    opts: &PlanOptions,
+) -> Result<Loaded, InputError> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| cluster_error("kubeconfig", e))?;
@@ -114,9 +117,12 @@ pub async fn load_from_cluster(source: &SourceArgs, opts: &PlanOptions) -> Resul
         Ok(all) => all,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list Workflows cluster-wide; shared keys are checked within the namespace only");
-            list_all(&workflows(&client, Some(&source.namespace)), &ListParams::default())
-                .await
-                .map_err(|e| cluster_error("listing Workflows", e))?
+            list_all(
+                &workflows(&client, Some(&source.namespace)),
+                &ListParams::default(),
+            )
+            .await
+            .map_err(|e| cluster_error("listing Workflows", e))?
         }
     };
     let mut index = KeyIndex::default();
@@ -172,17 +178,17 @@ pub async fn record_all(
                 .as_ref()
                 .map(|s| s.strategies_processed.clone())
                 .unwrap_or_default(),
-            has_condition: raw["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == crate::outcome::CONDITION_GC_ERROR)),
+            has_condition: raw["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == crate::outcome::CONDITION_GC_ERROR)
+            }),
         };
         let mut outcome = assess(wp, w, Some(execution), &ctx);
         if outcome.update.finalizer == FinalizerChange::Add {
             outcome.update.finalizer = FinalizerChange::Keep;
         }
         let api = workflows(client, Some(&wp.namespace));
-        if let Err(e) = record::apply(&api, raw, &outcome.update, finalizer, "artgc-purge").await
-        {
+        if let Err(e) = record::apply(&api, raw, &outcome.update, finalizer, "artgc-purge").await {
             failed += 1;
             tracing::error!(workflow = %format!("{}/{}", wp.namespace, wp.name), error = %e, "recording the outcome");
         }

@@ -51,10 +51,7 @@ pub fn merge_patch(
             for (id, node) in nodes {
                 let mut arts = node["outputs"]["artifacts"].clone();
                 if mark_deleted(id, &mut arts, update) {
-                    patch_nodes.insert(
-                        id.clone(),
-                        json!({"outputs": {"artifacts": arts}}),
-                    );
+                    patch_nodes.insert(id.clone(), json!({"outputs": {"artifacts": arts}}));
                 }
             }
             if !patch_nodes.is_empty() {
@@ -67,10 +64,7 @@ pub fn merge_patch(
                 .map_err(|e| format!("status.compressedNodes: {e}"))?;
             let mut changed = false;
             for (id, node) in nodes.iter_mut() {
-                if let Some(arts) = node
-                    .get_mut("outputs")
-                    .and_then(|o| o.get_mut("artifacts"))
-                {
+                if let Some(arts) = node.get_mut("outputs").and_then(|o| o.get_mut("artifacts")) {
                     changed |= mark_deleted(id, arts, update);
                 }
             }
@@ -171,7 +165,10 @@ fn mark_deleted(id: &str, arts: &mut Value, update: &StatusUpdate) -> bool {
     };
     let mut changed = false;
     for d in update.deleted.iter().filter(|d| d.node == id) {
-        let at = if list.get(d.index).is_some_and(|a| a["name"] == d.name.as_str()) {
+        let at = if list
+            .get(d.index)
+            .is_some_and(|a| a["name"] == d.name.as_str())
+        {
             Some(d.index)
         } else {
             list.iter().position(|a| a["name"] == d.name.as_str())
@@ -200,7 +197,10 @@ pub async fn apply(
     finalizer: &str,
     field_manager: &str,
 ) -> Result<Option<Value>, RecordError> {
-    let name = raw["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = raw["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let mut current = raw;
     for _ in 0..MAX_CONFLICTS {
         let Some(patch) = merge_patch(&current, update, finalizer).map_err(RecordError::Build)?
@@ -214,15 +214,13 @@ pub async fn apply(
         };
         match api.patch(&name, &params, &Patch::Merge(&patch)).await {
             Ok(obj) => return Ok(Some(serde_json::to_value(obj).unwrap_or(Value::Null))),
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                match api.get_opt(&name).await? {
-                    Some(obj) => {
-                        current = serde_json::to_value(obj)
-                            .map_err(|e| RecordError::Build(e.to_string()))?
-                    }
-                    None => return Ok(None),
+            Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
+                Some(obj) => {
+                    current =
+                        serde_json::to_value(obj).map_err(|e| RecordError::Build(e.to_string()))?
                 }
-            }
+                None => return Ok(None),
+            },
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
             Err(e) => return Err(e.into()),
         }

@@ -3,7 +3,10 @@
 
 mod support;
 
+use artgc::cluster::ClusterState;
+use artgc::keys::KeyIndex;
 use artgc::location::Credentials;
+use artgc::manifests::WorkflowInput;
 use artgc::nodes::{NodeEncoding, compress};
 use artgc::plan::{Decision, KeepReason, ObjectKind, SkipReason, Strategy, StrategyFilter};
 use serde_json::{Value, json};
@@ -782,4 +785,74 @@ fn argo_test_workflow_plans_as_argo_documents() {
         art(&plan, wf, "main-logs").target.as_ref().unwrap().bucket,
         "my-bucket"
     );
+}
+
+// ---- shared keys against the controller's index of other workflows ----
+
+fn state() -> ClusterState {
+    let mut inv = artgc::manifests::Inventory::default();
+    let text =
+        serde_json::to_string(&json!({"kind": "List", "apiVersion": "v1", "items": creds()}))
+            .unwrap();
+    inv.add_text("creds.json", &text, "default").unwrap();
+    let mut state = ClusterState::new(Default::default());
+    inv.secrets.into_iter().for_each(|s| state.insert_secret(s));
+    state
+}
+
+fn index_of(others: Vec<Wf>) -> KeyIndex {
+    let state = state();
+    let mut index = KeyIndex::default();
+    for w in others {
+        let WorkflowInput::Valid(wf) = w.input() else {
+            panic!("valid")
+        };
+        let key = KeyIndex::workflow_key(wf.namespace(), wf.name());
+        index.set_workflow(&key, artgc::plan::workflow_key_uses(&wf, &state));
+    }
+    index
+}
+
+fn plan_against(w: Wf, index: &KeyIndex) -> artgc::plan::GcPlan {
+    artgc::plan::plan_with_index(&[w.input()], &state(), &Default::default(), Some(index))
+}
+
+#[test]
+fn an_indexed_live_use_keeps_and_an_indexed_due_use_does_not() {
+    let live = index_of(vec![fixed("b", "Never", "my-file")]);
+    let plan = plan_against(fixed("a", "OnWorkflowCompletion", "my-file"), &live);
+    let Decision::Keep(KeepReason::Shared(by)) = &art(&plan, "a", "out").decision else {
+        panic!("expected shared")
+    };
+    assert!(by.contains("ns/b artifact out"), "{by}");
+    // b wants it gone too (due, or kept earlier only for a): nobody else needs it.
+    let due = index_of(vec![fixed("b", "OnWorkflowCompletion", "my-file")]);
+    let plan = plan_against(fixed("a", "OnWorkflowCompletion", "my-file"), &due);
+    assert_eq!(art(&plan, "a", "out").decision, Decision::Delete);
+}
+
+#[test]
+fn an_indexed_due_use_turns_live_when_it_overlaps_a_live_one() {
+    // As keeping_propagates_until_stable, with b and c outside the plan.
+    let index = index_of(vec![
+        fixed("b", "OnWorkflowCompletion", "x/y/"),
+        fixed("c", "Never", "x/y/g"),
+    ]);
+    let plan = plan_against(fixed("a", "OnWorkflowCompletion", "x/y/f"), &index);
+    let Decision::Keep(KeepReason::Shared(by)) = &art(&plan, "a", "out").decision else {
+        panic!("expected shared")
+    };
+    assert!(by.contains("ns/b"), "{by}");
+}
+
+#[test]
+fn the_planned_workflows_own_index_entries_are_ignored() {
+    // The index still holds "a" as it ran (its template names the key); "a" is now finished.
+    let running = wf("a")
+        .running()
+        .template(json!({"name": "t", "outputs": {"artifacts": [key_only("out", "my-file")]}}));
+    let index = index_of(vec![running]);
+    assert_eq!(index.len(), 1);
+    let plan = plan_against(fixed("a", "OnWorkflowCompletion", "my-file"), &index);
+    assert_eq!(art(&plan, "a", "out").decision, Decision::Delete);
 }

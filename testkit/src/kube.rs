@@ -307,6 +307,11 @@ impl KubeApiServer {
         self.state.lock().unwrap().faults.push(fault);
     }
 
+    /// Drops every injected fault not yet used up.
+    pub fn clear_faults(&self) {
+        self.state.lock().unwrap().faults.clear();
+    }
+
     /// Delay before every request is handled.
     pub fn set_latency(&self, latency: Duration) {
         self.state.lock().unwrap().latency = latency;
@@ -434,6 +439,26 @@ impl Selector {
             Requirement::Exists(k) => get(k).is_some(),
             Requirement::NotExists(k) => get(k).is_none(),
         })
+    }
+}
+
+/// A Secret's write-only `stringData` is merged into `data`, base64-encoded, as the API server
+/// does.
+fn fold_string_data(t: &ResourceType, obj: &mut Value) {
+    use base64::Engine;
+    if t.kind != "Secret" {
+        return;
+    }
+    let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData"))
+    else {
+        return;
+    };
+    if !obj["data"].is_object() {
+        obj["data"] = json!({});
+    }
+    for (k, v) in strings {
+        let text = v.as_str().unwrap_or_default();
+        obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
     }
 }
 
@@ -585,6 +610,7 @@ impl State {
                 "AlreadyExists",
             ));
         }
+        fold_string_data(t, &mut obj);
         let rv = self.next_rv();
         let meta = obj["metadata"]
             .as_object_mut()
@@ -660,6 +686,7 @@ impl State {
                 "BadRequest",
             ));
         }
+        fold_string_data(t, &mut new);
         let deleting = old_obj["metadata"].get("deletionTimestamp").is_some();
         let old_fin = finalizers(&old_obj);
         let new_fin = finalizers(&new);

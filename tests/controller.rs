@@ -1,0 +1,755 @@
+//! The controller end to end: the project's Kubernetes API test server and a real S3 server over
+//! HTTP, the controller's own tasks in this process. Each test asserts S3 contents, the
+//! Workflow's status and finalizers, and Events.
+
+mod support;
+
+use std::time::Duration;
+
+use artgc::controller::{ControllerConfig, ControllerHandle, LeaderElection};
+use artgc::nodes::{NodeEncoding, compress, decompress};
+use artgc_testkit::{KubeApiServer, KubeFault, S3Server};
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
+use serde_json::{Value, json};
+use support::*;
+
+const NS: &str = "ns";
+const FINALIZER: &str = "workflows.argoproj.io/artifact-gc";
+const COMPLETION: &str = "OnWorkflowCompletion";
+const DELETION: &str = "OnWorkflowDeletion";
+
+struct Env {
+    kube: KubeApiServer,
+    s3: S3Server,
+    bucket: String,
+}
+
+async fn env() -> Env {
+    let kube = KubeApiServer::start().await;
+    let s3 = S3Server::start().await;
+    let bucket = s3.bucket("ctl").await;
+    kube.seed(secret(NS, "s3-creds", &s3.access_key, &s3.secret_key));
+    Env { kube, s3, bucket }
+}
+
+fn config() -> ControllerConfig {
+    ControllerConfig {
+        admin_addr: ([127, 0, 0, 1], 0).into(),
+        backoff_base: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(400),
+        retry_budget: 3,
+        shutdown_grace: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+impl Env {
+    fn repo(&self) -> Value {
+        let mut r = s3_repo(&self.s3.endpoint, &self.bucket, "s3-creds");
+        r["s3"]["region"] = json!(self.s3.region);
+        r
+    }
+
+    /// A finished workflow with the repository frozen into its status.
+    fn wf(&self, name: &str) -> Wf {
+        workflow(NS, name).status_repo(self.repo())
+    }
+
+    async fn put(&self, keys: &[&str]) {
+        for k in keys {
+            self.s3.put(&self.bucket, k, format!("data of {k}")).await;
+        }
+    }
+
+    async fn keys(&self) -> Vec<String> {
+        self.s3.keys(&self.bucket).await
+    }
+
+    fn create(&self, wf: Wf) {
+        self.kube.seed(wf.0);
+    }
+
+    async fn start(&self, tweak: impl FnOnce(&mut ControllerConfig)) -> ControllerHandle {
+        let mut c = config();
+        tweak(&mut c);
+        artgc::controller::start(self.kube.client(), c)
+            .await
+            .expect("controller starts")
+    }
+
+    fn get(&self, name: &str) -> Option<Value> {
+        self.kube
+            .get("argoproj.io/v1alpha1", "Workflow", Some(NS), name)
+    }
+
+    fn api(&self) -> kube::Api<DynamicObject> {
+        artgc::api::workflows(&self.kube.client(), Some(NS))
+    }
+
+    async fn delete(&self, name: &str) {
+        self.api()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+
+    async fn patch(&self, name: &str, patch: Value) {
+        self.api()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch");
+    }
+
+    /// Events about workflow `name`: (type, reason, note).
+    fn events(&self, name: &str) -> Vec<(String, String, String)> {
+        self.kube
+            .list("events.k8s.io/v1", "Event")
+            .into_iter()
+            .filter(|e| e["regarding"]["name"] == name)
+            .map(|e| {
+                let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                (s(&e["type"]), s(&e["reason"]), s(&e["note"]))
+            })
+            .collect()
+    }
+
+    fn reporters(&self) -> Vec<String> {
+        self.kube
+            .list("events.k8s.io/v1", "Event")
+            .into_iter()
+            .map(|e| {
+                e["reportingInstance"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    }
+}
+
+/// Polls until `check` holds (10 s at most).
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn finalizers(wf: &Value) -> Vec<String> {
+    wf["metadata"]["finalizers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn deleted_flag(wf: &Value, node: &str, artifact: &str) -> bool {
+    wf["status"]["nodes"][node]["outputs"]["artifacts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == artifact))
+        .is_some_and(|a| a["deleted"] == true)
+}
+
+fn processed(wf: &Value, s: &str) -> bool {
+    wf["status"]["artifactGCStatus"]["strategiesProcessed"][s] == true
+}
+
+fn gc_condition(wf: &Value) -> Option<String> {
+    wf["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "ArtifactGCError")
+        .map(|c| c["message"].as_str().unwrap_or_default().to_string())
+}
+
+async fn metrics(handle: &ControllerHandle) -> String {
+    let url = format!("http://{}/metrics", handle.admin_addr);
+    let (status, body) = http_get(&url).await;
+    assert_eq!(status, 200);
+    body
+}
+
+/// A plain HTTP/1.1 GET over a TCP stream: enough for the admin server.
+async fn http_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+#[tokio::test]
+async fn completion_then_deletion_with_mixed_strategies_and_never() {
+    let e = env().await;
+    e.put(&[
+        "w1/done.tgz",
+        "w1/later.tgz",
+        "w1/keep.tgz",
+        "w1/logs/main.log",
+    ])
+    .await;
+    e.create(
+        e.wf("w1")
+            .strategy(COMPLETION)
+            .node(
+                "w1-1",
+                "main",
+                vec![
+                    with_strategy(key_only("done", "w1/done.tgz"), COMPLETION),
+                    with_strategy(key_only("later", "w1/later.tgz"), DELETION),
+                    with_strategy(key_only("keep", "w1/keep.tgz"), "Never"),
+                    // No own strategy: follows the workflow's, as archived logs do.
+                    key_only("main-logs", "w1/logs/main.log"),
+                ],
+            )
+            .set(&["metadata", "finalizers"], json!([FINALIZER])),
+    );
+    let ctl = e.start(|_| {}).await;
+    until("completion pass recorded", async || {
+        e.get("w1").is_some_and(|w| processed(&w, COMPLETION))
+    })
+    .await;
+    let w = e.get("w1").unwrap();
+    assert_eq!(e.keys().await, ["w1/keep.tgz", "w1/later.tgz"]);
+    assert!(deleted_flag(&w, "w1-1", "done"));
+    assert!(deleted_flag(&w, "w1-1", "main-logs"));
+    assert!(!deleted_flag(&w, "w1-1", "later"));
+    assert!(!deleted_flag(&w, "w1-1", "keep"));
+    assert!(!processed(&w, DELETION));
+    assert_eq!(
+        finalizers(&w),
+        [FINALIZER],
+        "deletion work remains: finalizer held"
+    );
+    assert_eq!(gc_condition(&w), None);
+    let ev = e.events("w1");
+    assert!(
+        ev.iter().any(|(t, r, n)| t == "Normal"
+            && r == "ArtifactGCSucceeded"
+            && n.contains("2 artifact(s): 2 object(s)")),
+        "{ev:?}"
+    );
+
+    // Deleting it: the deletion pass runs, then the finalizer goes and so does the object.
+    e.delete("w1").await;
+    until("workflow gone", async || e.get("w1").is_none()).await;
+    assert_eq!(e.keys().await, ["w1/keep.tgz"], "Never is kept");
+    until("metrics counted", async || {
+        metrics(&ctl)
+            .await
+            .contains("artgc_finalizers_removed_total")
+    })
+    .await;
+    let m = metrics(&ctl).await;
+    for line in [
+        "artgc_artifacts_deleted_total{namespace=\"ns\",strategy=\"OnWorkflowCompletion\"} 2",
+        "artgc_artifacts_deleted_total{namespace=\"ns\",strategy=\"OnWorkflowDeletion\"} 1",
+        "artgc_objects_deleted_total{namespace=\"ns\",strategy=\"OnWorkflowDeletion\"} 1",
+        "artgc_artifacts_kept_total{reason=\"never\"} 1",
+        "artgc_finalizers_removed_total{forced=\"false\"} 1",
+        "artgc_leader 1",
+    ] {
+        assert!(m.contains(line), "{line} missing from\n{m}");
+    }
+    assert!(m.contains("artgc_gc_latency_seconds_count{strategy=\"OnWorkflowDeletion\"} 1"));
+    ctl.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_running_workflow_gets_the_finalizer_then_is_collected_when_it_completes() {
+    let e = env().await;
+    e.put(&["r/out.tgz"]).await;
+    let tpl = json!({"name": "main", "outputs": {"artifacts": [
+        {"name": "out", "path": "/tmp/out", "artifactGC": {"strategy": COMPLETION}}]}});
+    e.create(e.wf("r").running().template(tpl.clone()));
+    // Nothing in this one needs GC: no finalizer for it.
+    e.create(e.wf("plain").running());
+    let ctl = e.start(|_| {}).await;
+    until("finalizer added", async || {
+        e.get("r").is_some_and(|w| finalizers(&w) == [FINALIZER])
+    })
+    .await;
+    assert!(finalizers(&e.get("plain").unwrap()).is_empty());
+    assert_eq!(
+        e.keys().await,
+        ["r/out.tgz"],
+        "nothing deleted while running"
+    );
+
+    // It completes: the node reports its artifact and Argo sets the label.
+    e.patch(
+        "r",
+        json!({"metadata": {"labels": {"workflows.argoproj.io/completed": "true"}},
+               "status": {"phase": "Succeeded", "finishedAt": "2026-11-26T00:00:00Z", "nodes": {"r-1": {
+                   "id": "r-1", "name": "r-1", "type": "Pod", "templateName": "main",
+                   "outputs": {"artifacts": [with_strategy(key_only("out", "r/out.tgz"), COMPLETION)]}}}}}),
+    )
+    .await;
+    until("collected and released", async || {
+        e.get("r")
+            .is_some_and(|w| processed(&w, COMPLETION) && finalizers(&w).is_empty())
+    })
+    .await;
+    assert!(e.keys().await.is_empty());
+    assert!(deleted_flag(&e.get("r").unwrap(), "r-1", "out"));
+    ctl.shutdown().await;
+}
+
+fn denied_secret(e: &Env) -> Value {
+    secret(NS, "bad-creds", &e.s3.access_key, "not-the-secret-key")
+}
+
+fn with_secret(mut art: Value, e: &Env, secret: &str) -> Value {
+    let mut loc = e.repo();
+    loc["s3"]["key"] = art["s3"]["key"].clone();
+    loc["s3"]["accessKeySecret"]["name"] = json!(secret);
+    loc["s3"]["secretKeySecret"]["name"] = json!(secret);
+    art["s3"] = loc["s3"].clone();
+    art
+}
+
+#[tokio::test]
+async fn force_finalizer_removal_releases_after_the_retry_budget_of_persistent_403s() {
+    let e = env().await;
+    e.kube.seed(denied_secret(&e));
+    e.put(&["f/denied.tgz"]).await;
+    let art = with_secret(
+        with_strategy(key_only("denied", "f/denied.tgz"), DELETION),
+        &e,
+        "bad-creds",
+    );
+    e.create(
+        e.wf("f")
+            .node("f-1", "main", vec![art])
+            .set(
+                &["spec", "artifactGC", "forceFinalizerRemoval"],
+                json!(true),
+            )
+            .set(&["metadata", "finalizers"], json!([FINALIZER])),
+    );
+    let ctl = e.start(|_| {}).await;
+    e.delete("f").await;
+    until("released by force", async || e.get("f").is_none()).await;
+    assert!(
+        e.events("f")
+            .iter()
+            .any(|(t, r, n)| t == "Warning" && r == "ArtifactGCFailed" && n.contains("f-1/denied"))
+    );
+    until("the Warning says so", async || {
+        e.events("f").iter().any(|(t, r, n)| {
+            t == "Warning"
+                && r == "ArtifactGCFinalizerForced"
+                && n.contains("f-1/denied")
+                && n.contains("access_denied")
+        })
+    })
+    .await;
+    assert_eq!(e.keys().await, ["f/denied.tgz"], "nothing was deletable");
+    let m = metrics(&ctl).await;
+    assert!(
+        m.contains("artgc_finalizers_removed_total{forced=\"true\"} 1"),
+        "{m}"
+    );
+    // One failure per attempt: the budget (3) was spent before the release.
+    assert!(
+        m.contains("artgc_artifacts_failed_total{category=\"access_denied\"} 3"),
+        "{m}"
+    );
+    ctl.shutdown().await;
+}
+
+#[tokio::test]
+async fn failure_without_force_holds_the_finalizer_sets_the_condition_and_recovers() {
+    let e = env().await;
+    e.kube.seed(denied_secret(&e));
+    e.put(&["g/a.tgz"]).await;
+    let art = with_secret(
+        with_strategy(key_only("a", "g/a.tgz"), DELETION),
+        &e,
+        "bad-creds",
+    );
+    e.create(
+        e.wf("g")
+            .node("g-1", "main", vec![art])
+            .set(&["metadata", "finalizers"], json!([FINALIZER])),
+    );
+    let ctl = e.start(|_| {}).await;
+    e.delete("g").await;
+    until("condition set", async || {
+        e.get("g").and_then(|w| gc_condition(&w)).is_some()
+    })
+    .await;
+    // Well past the budget: still held.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let w = e.get("g").expect("still there");
+    assert_eq!(finalizers(&w), [FINALIZER]);
+    let msg = gc_condition(&w).unwrap();
+    assert!(
+        msg.contains("g-1/a") && msg.contains("access_denied"),
+        "{msg}"
+    );
+    assert!(!processed(&w, DELETION));
+    assert!(
+        e.events("g")
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "ArtifactGCFailed")
+    );
+    assert_eq!(e.keys().await, ["g/a.tgz"]);
+
+    // The credentials get fixed: the next retry succeeds and lets the workflow go.
+    let fixed = secret(NS, "bad-creds", &e.s3.access_key, &e.s3.secret_key);
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(e.kube.client(), NS)
+        .patch("bad-creds", &PatchParams::default(), &Patch::Merge(&fixed))
+        .await
+        .unwrap();
+    until("collected after the fix", async || e.get("g").is_none()).await;
+    assert!(e.keys().await.is_empty());
+    ctl.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_condition_is_cleared_on_a_later_success() {
+    let e = env().await;
+    e.put(&["c/a.tgz"]).await;
+    // A missing Secret first: a clear error naming the field, not a crash.
+    let art = with_secret(
+        with_strategy(key_only("a", "c/a.tgz"), COMPLETION),
+        &e,
+        "late-creds",
+    );
+    e.create(e.wf("c").node("c-1", "main", vec![art]));
+    let ctl = e.start(|_| {}).await;
+    until("condition names the missing Secret", async || {
+        e.get("c")
+            .and_then(|w| gc_condition(&w))
+            .is_some_and(|m| m.contains("Secret ns/late-creds not found"))
+    })
+    .await;
+    assert_eq!(
+        finalizers(&e.get("c").unwrap()),
+        [FINALIZER],
+        "failing work holds the workflow"
+    );
+    e.kube
+        .seed(secret(NS, "late-creds", &e.s3.access_key, &e.s3.secret_key));
+    until("cleared and released", async || {
+        e.get("c").is_some_and(|w| {
+            gc_condition(&w).is_none() && processed(&w, COMPLETION) && finalizers(&w).is_empty()
+        })
+    })
+    .await;
+    assert!(e.keys().await.is_empty());
+    ctl.shutdown().await;
+}
+
+#[tokio::test]
+async fn compressed_nodes_are_written_back_in_their_own_encoding() {
+    let e = env().await;
+    e.put(&["z/a.tgz", "z/b.tgz"]).await;
+    for (name, enc) in [("zg", NodeEncoding::Gzip), ("zz", NodeEncoding::Zstd)] {
+        let nodes = json!({format!("{name}-1"): {"id": format!("{name}-1"), "name": "n", "type": "Pod",
+            "templateName": "main", "phase": "Succeeded", "outputs": {"artifacts": [
+                with_strategy(key_only("a", if name == "zg" { "z/a.tgz" } else { "z/b.tgz" }), COMPLETION),
+                {"name": "param-like", "extra": {"kept": true}}]}}});
+        let packed = compress(&serde_json::to_vec(&nodes).unwrap(), enc).unwrap();
+        e.create(
+            e.wf(name)
+                .set(&["status", "nodes"], Value::Null)
+                .set(&["status", "compressedNodes"], json!(packed)),
+        );
+    }
+    let ctl = e.start(|_| {}).await;
+    for (name, enc) in [("zg", NodeEncoding::Gzip), ("zz", NodeEncoding::Zstd)] {
+        until("recorded", async || {
+            e.get(name).is_some_and(|w| processed(&w, COMPLETION))
+        })
+        .await;
+        let w = e.get(name).unwrap();
+        assert!(w["status"]["nodes"].is_null(), "stays compressed");
+        let (json, seen) = decompress(w["status"]["compressedNodes"].as_str().unwrap()).unwrap();
+        assert_eq!(seen, enc);
+        let nodes: Value = serde_json::from_slice(&json).unwrap();
+        let arts = &nodes[format!("{name}-1")]["outputs"]["artifacts"];
+        assert_eq!(arts[0]["deleted"], true);
+        assert_eq!(arts[1]["extra"]["kept"], true, "unknown fields survive");
+    }
+    assert!(e.keys().await.is_empty());
+    ctl.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_shared_key_is_kept_until_the_last_user_goes() {
+    let e = env().await;
+    e.put(&["shared/model.bin", "own/a.tgz"]).await;
+    // `user` still runs, with a template that writes the fixed key.
+    let tpl = json!({"name": "main", "outputs": {"artifacts": [
+        {"name": "model", "path": "/tmp/m", "s3": {"key": "shared/model.bin"},
+         "artifactGC": {"strategy": COMPLETION}}]}});
+    e.create(e.wf("user").running().template(tpl));
+    e.create(e.wf("first").node(
+        "first-1",
+        "main",
+        vec![
+            with_strategy(key_only("model", "shared/model.bin"), COMPLETION),
+            with_strategy(key_only("own", "own/a.tgz"), COMPLETION),
+        ],
+    ));
+    let ctl = e.start(|_| {}).await;
+    until("first processed", async || {
+        e.get("first").is_some_and(|w| processed(&w, COMPLETION))
+    })
+    .await;
+    let w = e.get("first").unwrap();
+    assert!(deleted_flag(&w, "first-1", "own"));
+    assert!(
+        !deleted_flag(&w, "first-1", "model"),
+        "kept: user still runs"
+    );
+    assert_eq!(e.keys().await, ["shared/model.bin"]);
+    let m = metrics(&ctl).await;
+    assert!(
+        m.contains("artgc_artifacts_kept_total{reason=\"shared\"} 1"),
+        "{m}"
+    );
+
+    // The last user completes: now nobody needs the key.
+    e.patch(
+        "user",
+        json!({"metadata": {"labels": {"workflows.argoproj.io/completed": "true"}},
+               "status": {"phase": "Succeeded", "nodes": {"user-1": {
+                   "id": "user-1", "name": "user-1", "type": "Pod", "templateName": "main",
+                   "outputs": {"artifacts": [with_strategy(key_only("model", "shared/model.bin"), COMPLETION)]}}}}}),
+    )
+    .await;
+    until("user processed", async || {
+        e.get("user").is_some_and(|w| processed(&w, COMPLETION))
+    })
+    .await;
+    assert!(deleted_flag(&e.get("user").unwrap(), "user-1", "model"));
+    assert!(e.keys().await.is_empty());
+    ctl.shutdown().await;
+}
+
+#[tokio::test]
+async fn conflicts_and_server_errors_on_updates_lose_nothing() {
+    let e = env().await;
+    e.put(&["k/a.tgz"]).await;
+    e.create(e.wf("k").node(
+        "k-1",
+        "main",
+        vec![with_strategy(key_only("a", "k/a.tgz"), COMPLETION)],
+    ));
+    // Another writer's change, made before the controller's write: it must survive.
+    e.patch("k", json!({"metadata": {"labels": {"team": "data"}}}))
+        .await;
+    for (status, times) in [(409, 3), (500, 2)] {
+        e.kube.inject(KubeFault {
+            method: "PATCH",
+            path: "/workflows/k".into(),
+            status,
+            times,
+        });
+    }
+    let ctl = e.start(|_| {}).await;
+    until("recorded despite faults", async || {
+        e.get("k").is_some_and(|w| processed(&w, COMPLETION))
+    })
+    .await;
+    let w = e.get("k").unwrap();
+    assert_eq!(w["metadata"]["labels"]["team"], "data");
+    assert!(deleted_flag(&w, "k-1", "a"));
+    let patches = e
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/workflows/k"))
+        .map(|r| r.status)
+        .collect::<Vec<_>>();
+    assert!(
+        patches.contains(&409) && patches.contains(&500),
+        "{patches:?}"
+    );
+    assert_eq!(patches.last(), Some(&200));
+    ctl.shutdown().await;
+}
+
+#[tokio::test]
+async fn watch_drops_and_410_gone_are_survived() {
+    let e = env().await;
+    e.put(&["d/1.tgz", "d/2.tgz"]).await;
+    let ctl = e.start(|_| {}).await;
+    until("ready", async || {
+        http_get(&format!("http://{}/ready", ctl.admin_addr))
+            .await
+            .0
+            == 200
+    })
+    .await;
+    e.kube.drop_watches();
+    e.create(e.wf("d1").node(
+        "d1-1",
+        "main",
+        vec![with_strategy(key_only("a", "d/1.tgz"), COMPLETION)],
+    ));
+    until("d1 processed after a dropped watch", async || {
+        e.get("d1").is_some_and(|w| processed(&w, COMPLETION))
+    })
+    .await;
+    e.kube.compact();
+    e.kube.drop_watches();
+    e.create(e.wf("d2").node(
+        "d2-1",
+        "main",
+        vec![with_strategy(key_only("a", "d/2.tgz"), COMPLETION)],
+    ));
+    until("d2 processed after 410 Gone", async || {
+        e.get("d2").is_some_and(|w| processed(&w, COMPLETION))
+    })
+    .await;
+    assert!(e.keys().await.is_empty());
+    assert_eq!(
+        http_get(&format!("http://{}/live", ctl.admin_addr)).await.0,
+        200
+    );
+    ctl.shutdown().await;
+}
+
+#[tokio::test]
+async fn killed_mid_gc_a_restarted_controller_resumes_and_releases() {
+    let e = env().await;
+    let keys: Vec<String> = (0..20).map(|i| format!("m/{i}.tgz")).collect();
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    e.put(&key_refs).await;
+    let arts = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| with_strategy(key_only(&format!("a{i}"), k), DELETION))
+        .collect();
+    e.create(
+        e.wf("m")
+            .node("m-1", "main", arts)
+            .set(&["metadata", "finalizers"], json!([FINALIZER])),
+    );
+    e.delete("m").await;
+    // The status write hangs: the deletions happen, the record does not.
+    e.kube.inject(KubeFault {
+        method: "PATCH",
+        path: "/workflows/m".into(),
+        status: 503,
+        times: 1000,
+    });
+    let first = e.start(|_| {}).await;
+    until("objects deleted", async || e.keys().await.is_empty()).await;
+    first.kill().await;
+    let w = e.get("m").expect("held by the finalizer");
+    assert_eq!(finalizers(&w), [FINALIZER]);
+    assert!(!deleted_flag(&w, "m-1", "a0"));
+
+    e.kube.clear_faults();
+    let second = e.start(|_| {}).await;
+    until("resumed and released", async || e.get("m").is_none()).await;
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_the_leader_acts_and_hand_over_works() {
+    let e = env().await;
+    e.put(&["l/1.tgz", "l/2.tgz"]).await;
+    let le = |id: &str| LeaderElection {
+        namespace: NS.into(),
+        lease_name: "artgc-leader".into(),
+        identity: id.into(),
+        duration: 3,
+    };
+    let a = e.start(|c| c.leader_election = Some(le("a"))).await;
+    until("a leads", async || {
+        metrics(&a).await.contains("artgc_leader 1")
+    })
+    .await;
+    let b = e.start(|c| c.leader_election = Some(le("b"))).await;
+    e.create(e.wf("l1").node(
+        "l1-1",
+        "main",
+        vec![with_strategy(key_only("a", "l/1.tgz"), COMPLETION)],
+    ));
+    until("l1 processed", async || {
+        e.get("l1").is_some_and(|w| processed(&w, COMPLETION))
+    })
+    .await;
+    assert!(metrics(&b).await.contains("artgc_leader 0"));
+    assert_eq!(e.reporters(), ["a"], "only the leader wrote Events");
+
+    a.shutdown().await;
+    until("b leads", async || {
+        metrics(&b).await.contains("artgc_leader 1")
+    })
+    .await;
+    e.create(e.wf("l2").node(
+        "l2-1",
+        "main",
+        vec![with_strategy(key_only("a", "l/2.tgz"), COMPLETION)],
+    ));
+    until("l2 processed", async || {
+        e.get("l2").is_some_and(|w| processed(&w, COMPLETION))
+    })
+    .await;
+    let mut reporters = e.reporters();
+    reporters.sort();
+    assert_eq!(reporters, ["a", "b"]);
+    assert!(e.keys().await.is_empty());
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_malformed_workflow_is_reported_and_does_not_stop_the_others() {
+    let e = env().await;
+    e.put(&["ok/a.tgz"]).await;
+    e.create(
+        e.wf("broken")
+            .set(
+                &["status", "nodes"],
+                json!({"x": {"outputs": {"artifacts": "not a list"}}}),
+            )
+            .set(&["metadata", "finalizers"], json!([FINALIZER])),
+    );
+    e.create(e.wf("fine").node(
+        "fine-1",
+        "main",
+        vec![with_strategy(key_only("a", "ok/a.tgz"), COMPLETION)],
+    ));
+    let ctl = e.start(|_| {}).await;
+    e.delete("broken").await;
+    until("fine processed", async || {
+        e.get("fine").is_some_and(|w| processed(&w, COMPLETION))
+    })
+    .await;
+    until("broken has the condition", async || {
+        e.get("broken")
+            .and_then(|w| gc_condition(&w))
+            .is_some_and(|m| m.contains("status.nodes"))
+    })
+    .await;
+    assert_eq!(finalizers(&e.get("broken").unwrap()), [FINALIZER]);
+    assert!(e.keys().await.is_empty());
+    ctl.shutdown().await;
+}
