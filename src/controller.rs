@@ -36,9 +36,7 @@ use crate::model::{FINALIZER_ARTIFACT_GC, LABEL_INSTANCE_ID};
 use crate::outcome::{
     FinalizerChange, PassContext, PassOutcome, assess, needs_finalizer, wants_pass,
 };
-use crate::plan::{
-    GcPlan, PlanOptions, Strategy, WorkflowPlan, plan_with_index, workflow_key_uses,
-};
+use crate::plan::{GcPlan, PlanOptions, Strategy, WorkflowPlan, plan_alone, plan_with_index};
 use crate::queue::WorkQueue;
 use crate::record::{self, RecordError};
 use crate::store::{ObjectStore, StoreOptions};
@@ -382,7 +380,8 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
     let name = wf.metadata.name.clone().unwrap_or_default();
     let key = key_of(&ns, &name);
     let holds = has_finalizer(&wf.metadata, &shared.config.finalizer);
-    let queue = match &wf.input {
+    let input = wf.input();
+    let queue = match &input {
         WorkflowInput::Valid(w) => {
             let state = match shared.reader.state_for(w, false).await {
                 Ok(s) => s,
@@ -394,16 +393,9 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
                     return;
                 }
             };
-            let uses = workflow_key_uses(w, &state);
-            let wp = crate::plan::plan(
-                std::slice::from_ref(&wf.input),
-                &state,
-                &PlanOptions::default(),
-            );
-            let wants = wp
-                .workflows
-                .first()
-                .is_some_and(|p| wants_pass(w, p, holds));
+            let (wp, uses) = plan_alone(w, &state);
+            let wants = wants_pass(w, &wp, holds);
+            drop(wp);
             let mut index = shared.index.lock().await;
             index.set_workflow(&key, uses);
             shared.metrics().keys_indexed.set(index.len() as i64);

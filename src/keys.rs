@@ -101,6 +101,23 @@ impl OverlapIndex {
     }
 }
 
+/// The workflow's own folder in `key`: the path up to a segment equal to its name.
+fn own_folder<'k>(key: &'k str, name: &str) -> Option<&'k str> {
+    if name.is_empty() {
+        return None;
+    }
+    let mut end = 0;
+    for seg in key.split('/') {
+        end += seg.len();
+        if seg == name {
+            // Only a folder: the key must go on below it.
+            return (key.len() > end + 1).then(|| &key[..end]);
+        }
+        end += 1;
+    }
+    None
+}
+
 /// One key a workflow uses, as the index stores it.
 #[derive(Debug, Clone)]
 pub struct WorkflowKeyUse {
@@ -137,11 +154,47 @@ impl KeyIndex {
     }
 
     /// Replaces what the index holds for one workflow.
+    ///
+    /// Uses under the workflow's own folder (a key path segment equal to its name, as Argo's
+    /// default key format `{{workflow.name}}/{{pod.name}}` makes them) are held as one entry
+    /// for that folder, live if any of them is: most keys are there, and a query can only be
+    /// more cautious for it. Other keys (fixed keys, another workflow's outputs read as
+    /// inputs) are held one by one.
     pub fn set_workflow(&mut self, workflow: &str, uses: Vec<WorkflowKeyUse>) {
         self.remove_workflow(workflow);
         if uses.is_empty() {
             return;
         }
+        let name = workflow.rsplit_once('/').map_or(workflow, |(_, n)| n);
+        let mut folders: Vec<(S3Target, bool, usize)> = Vec::new();
+        let mut single = Vec::new();
+        for u in uses {
+            match own_folder(&u.target.key, name) {
+                Some(folder) => {
+                    let target = S3Target {
+                        key: format!("{folder}/"),
+                        ..u.target
+                    };
+                    match folders.iter_mut().find(|(t, _, _)| *t == target) {
+                        Some((_, due, n)) => {
+                            *due &= u.due;
+                            *n += 1;
+                        }
+                        None => folders.push((target, u.due, 1)),
+                    }
+                }
+                None => single.push(u),
+            }
+        }
+        let uses: Vec<WorkflowKeyUse> = folders
+            .into_iter()
+            .map(|(target, due, n)| WorkflowKeyUse {
+                label: format!("{workflow} ({n} artifact(s) under {})", target.key),
+                target,
+                due,
+            })
+            .chain(single)
+            .collect();
         let wf: Arc<str> = Arc::from(workflow);
         let mut ids = Vec::with_capacity(uses.len());
         for u in uses {
@@ -267,6 +320,39 @@ mod tests {
         elsewhere.bucket = "c".into();
         idx.overlapping(&elsewhere, &mut other);
         assert!(other.is_empty());
+    }
+
+    #[test]
+    fn a_workflows_own_folder_is_one_entry_live_if_any_use_is() {
+        assert_eq!(own_folder("wf/wf-1/out.tgz", "wf"), Some("wf"));
+        assert_eq!(own_folder("a/2026/wf/x", "wf"), Some("a/2026/wf"));
+        assert_eq!(own_folder("wf", "wf"), None);
+        assert_eq!(own_folder("wf/", "wf"), None);
+        assert_eq!(own_folder("wfx/a", "wf"), None);
+        let mut idx = KeyIndex::default();
+        let u = |k: &str, due: bool| WorkflowKeyUse {
+            target: t(k),
+            due,
+            label: k.into(),
+        };
+        idx.set_workflow(
+            "ns/wf",
+            vec![
+                u("wf/wf-1/a.tgz", true),
+                u("wf/wf-2/b.tgz", false),
+                u("fixed", true),
+            ],
+        );
+        assert_eq!(idx.len(), 2);
+        let mut ids = Vec::new();
+        idx.overlapping(&t("wf/wf-9/other"), &mut ids);
+        assert_eq!(ids.len(), 1, "the folder entry covers the whole folder");
+        let folder = idx.get(ids[0]).unwrap();
+        assert!(!folder.due, "live: one of its uses is");
+        assert!(folder.label.contains("ns/wf (2 artifact(s) under wf/)"));
+        ids.clear();
+        idx.overlapping(&t("wfx/a"), &mut ids);
+        assert!(ids.is_empty());
     }
 
     #[test]

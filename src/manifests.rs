@@ -46,6 +46,32 @@ impl WorkflowInput {
             },
         }
     }
+
+    /// As [`WorkflowInput::from_value`], from JSON text: no intermediate JSON tree, which
+    /// matters for the controller's watch of many large Workflows.
+    pub fn from_json(text: &str, default_namespace: &str) -> Self {
+        let mut de = serde_json::Deserializer::from_str(text);
+        match serde_path_to_error::deserialize::<_, Workflow>(&mut de) {
+            Ok(mut wf) => {
+                wf.metadata
+                    .namespace
+                    .get_or_insert_with(|| default_namespace.to_string());
+                Self::Valid(Box::new(wf))
+            }
+            // The error path: read it again as a tree, for the name and the same message.
+            Err(_) => match serde_json::from_str::<Value>(text) {
+                Ok(v) => Self::from_value(v, default_namespace),
+                Err(e) => Self::Invalid {
+                    namespace: default_namespace.to_string(),
+                    name: String::new(),
+                    error: InputError::Field {
+                        field: ".".into(),
+                        reason: e.to_string(),
+                    },
+                },
+            },
+        }
+    }
 }
 
 /// Everything read from the inputs.

@@ -552,9 +552,15 @@ fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse], external: Option<&KeyInd
 /// The keys one workflow uses, for a [`KeyIndex`]: every artifact not yet deleted (due when
 /// its strategy makes it due now) and, while it runs, the literal keys its templates and inputs name.
 pub fn workflow_key_uses(wf: &Workflow, state: &ClusterState) -> Vec<WorkflowKeyUse> {
+    plan_alone(wf, state).1
+}
+
+/// One workflow's plan on its own (no shared-key check) and its key uses, in one pass.
+pub fn plan_alone(wf: &Workflow, state: &ClusterState) -> (WorkflowPlan, Vec<WorkflowKeyUse>) {
     let mut uses = Vec::new();
     let wp = plan_workflow(wf, state, &PlanOptions::default(), 0, &mut uses);
-    uses.into_iter()
+    let uses = uses
+        .into_iter()
         .map(|u| WorkflowKeyUse {
             // Due by its strategy, whatever its credentials say: the controller indexes
             // without reading Secrets.
@@ -562,5 +568,6 @@ pub fn workflow_key_uses(wf: &Workflow, state: &ClusterState) -> Vec<WorkflowKey
             target: u.target,
             label: u.label,
         })
-        .collect()
+        .collect();
+    (wp, uses)
 }

@@ -203,3 +203,132 @@ async fn purge_exits_1_when_an_artifact_fails() {
     assert!(table.contains("1 failed"), "{table}");
     assert_eq!(srv.keys(&b).await, vec!["w/b"]);
 }
+
+fn artgc_with_kubeconfig(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_artgc"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run artgc")
+}
+
+#[tokio::test]
+async fn purge_over_a_live_cluster_selects_deletes_and_records() {
+    use artgc_testkit::KubeApiServer;
+    let kube = KubeApiServer::start().await;
+    let srv = S3Server::start().await;
+    let b = srv.bucket("cluster").await;
+    kube.seed(secret("ns", "s3", &srv.access_key, &srv.secret_key));
+    let mut repo = s3_repo(&srv.endpoint, &b, "s3");
+    repo["s3"]["region"] = json!(srv.region);
+    let wf = |name: &str, key: &str, team: &str, finished: &str| {
+        workflow("ns", name)
+            .status_repo(repo.clone())
+            .set(&["metadata", "labels", "team"], json!(team))
+            .set(&["status", "finishedAt"], json!(finished))
+            .node(
+                &format!("{name}-1"),
+                "main",
+                vec![with_strategy(key_only("out", key), "OnWorkflowCompletion")],
+            )
+    };
+    for k in ["old/a.tgz", "new/a.tgz", "other/a.tgz", "shared/k"] {
+        srv.put(&b, k, "x").await;
+    }
+    kube.seed(wf("old", "old/a.tgz", "data", "2020-01-01T00:00:00Z").0);
+    kube.seed(wf("new", "new/a.tgz", "data", "2099-01-01T00:00:00Z").0);
+    kube.seed(wf("other", "other/a.tgz", "web", "2020-01-01T00:00:00Z").0);
+    // Outside the selection, another namespace, still running with the fixed key.
+    kube.seed(
+        workflow("elsewhere", "runner")
+            .status_repo(repo.clone())
+            .running()
+            .template(json!({"name": "t", "outputs": {"artifacts": [key_only("k", "shared/k")]}}))
+            .0,
+    );
+    kube.seed(wf("sharer", "shared/k", "data", "2020-01-01T00:00:00Z").0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kc, "ns").unwrap();
+    let kc2 = kc.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        artgc_with_kubeconfig(
+            &kc2,
+            &[
+                "purge",
+                "-n",
+                "ns",
+                "-l",
+                "team=data",
+                "--older-than",
+                "7d",
+                "--yes",
+                "-o",
+                "json",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = json_of(&out);
+    let names: Vec<&str> = doc["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["old", "sharer"], "selector and age applied");
+    let sharer = &doc["workflows"][1]["artifacts"][0];
+    assert_eq!(sharer["category"], "shared");
+    assert!(
+        sharer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("elsewhere/runner"),
+        "{sharer}"
+    );
+    assert_eq!(srv.keys(&b).await, ["new/a.tgz", "other/a.tgz", "shared/k"]);
+    let get = |name: &str| {
+        kube.get("argoproj.io/v1alpha1", "Workflow", Some("ns"), name)
+            .unwrap()
+    };
+    let old = get("old");
+    assert_eq!(
+        old["status"]["nodes"]["old-1"]["outputs"]["artifacts"][0]["deleted"],
+        true
+    );
+    assert_eq!(
+        old["status"]["artifactGCStatus"]["strategiesProcessed"]["OnWorkflowCompletion"],
+        true
+    );
+
+    // --no-record deletes but leaves the Workflow as it was.
+    srv.put(&b, "norec/a.tgz", "x").await;
+    kube.seed(wf("norec", "norec/a.tgz", "data", "2020-01-01T00:00:00Z").0);
+    let kc3 = kc.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        artgc_with_kubeconfig(
+            &kc3,
+            &["purge", "norec", "-n", "ns", "--yes", "--no-record"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!srv.keys(&b).await.contains(&"norec/a.tgz".to_string()));
+    assert!(get("norec")["status"]["artifactGCStatus"].is_null());
+}

@@ -232,6 +232,16 @@ impl KubeApiServer {
         kube::Client::try_from(config).expect("client")
     }
 
+    /// A kubeconfig file pointing at this server, for programs run as separate processes
+    /// (`KUBECONFIG=path`), with `namespace` as the context's default.
+    pub fn write_kubeconfig(&self, path: &std::path::Path, namespace: &str) -> std::io::Result<()> {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\nusers:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n    namespace: {namespace}\ncurrent-context: test\n",
+            self.url
+        );
+        std::fs::write(path, text)
+    }
+
     /// Makes another kind of object known (e.g. a CRD's).
     pub fn register(&self, t: ResourceType) {
         let mut st = self.state.lock().unwrap();
