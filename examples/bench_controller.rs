@@ -29,17 +29,22 @@ use serde_json::{Value, json};
 const NS: &str = "bench";
 
 fn binary() -> PathBuf {
-    // Build the binary this example measures, in the same profile.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--bin", "artgc"])
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building artgc failed");
+    // Build the binary this example measures, in this example's profile.
     let exe = std::env::current_exe().expect("current exe");
+    let release = exe.components().any(|c| c.as_os_str() == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--locked", "--bin", "artgc"]);
+    if release {
+        build.arg("--release");
+    }
+    assert!(
+        build.status().expect("cargo build").success(),
+        "building artgc failed"
+    );
     exe.parent()
         .and_then(|p| p.parent())
-        .expect("target/release")
+        .expect("target/<profile>")
         .join("artgc")
 }
 
@@ -333,6 +338,10 @@ async fn latency(workflows: usize, rate: usize, artifacts: usize) {
         lat.last().copied().unwrap_or(f64::NAN) * 1e3
     );
     println!("  controller RSS {rss:.1} MiB (peak {peak:.1} MiB); exit on SIGTERM: {code:?}");
+    if lat.len() < workflows || remaining > 0 || code != Some(0) {
+        eprintln!("error: not every workflow was collected and recorded, or no clean exit");
+        std::process::exit(1);
+    }
 }
 
 async fn scale(workflows: usize, node_count: usize) {
@@ -393,6 +402,10 @@ async fn scale(workflows: usize, node_count: usize) {
         "  controller RSS at ready {rss_ready:.1} MiB; settled {rss:.1} MiB; peak {peak:.1} MiB; keys indexed {keys}"
     );
     println!("  exit on SIGTERM: {code:?}");
+    if keys != workflows as f64 || code != Some(0) {
+        eprintln!("error: not every workflow was indexed, or no clean exit");
+        std::process::exit(1);
+    }
 }
 
 #[tokio::main]

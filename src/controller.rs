@@ -401,9 +401,17 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
             shared.metrics().keys_indexed.set(index.len() as i64);
             wants
         }
-        // Unreadable: only a workflow held by our finalizer needs attention (condition, event,
-        // and the force rule); it keeps its old index entries, to be safe.
-        WorkflowInput::Invalid { .. } => holds && wf.metadata.deletion_timestamp.is_some(),
+        // Unreadable: reported (condition, event) once it finished or is being deleted with our
+        // finalizer (the force rule applies); it keeps its old index entries, to be safe.
+        WorkflowInput::Invalid { .. } => {
+            let completed = wf
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(crate::model::LABEL_COMPLETED))
+                .is_some_and(|v| v == "true");
+            (holds && wf.metadata.deletion_timestamp.is_some()) || completed
+        }
     };
     {
         let mut attempts = shared.attempts.lock().expect("lock");
@@ -617,7 +625,13 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
         }
     };
     let wp = &plan.workflows[0];
-    let outcome = assess(wp, 0, execution.as_ref(), &ctx);
+    let mut outcome = assess(wp, 0, execution.as_ref(), &ctx);
+    if matches!(input, WorkflowInput::Invalid { .. })
+        && outcome.update.finalizer == FinalizerChange::Add
+    {
+        // Holding a workflow nobody can read would only make it stick.
+        outcome.update.finalizer = FinalizerChange::Keep;
+    }
     let reference = object_ref(&raw);
     let finished_at = parse_time(&raw["status"]["finishedAt"]);
     let deleted_at = parse_time(&raw["metadata"]["deletionTimestamp"]);

@@ -332,3 +332,80 @@ async fn purge_over_a_live_cluster_selects_deletes_and_records() {
     assert!(!srv.keys(&b).await.contains(&"norec/a.tgz".to_string()));
     assert!(get("norec")["status"]["artifactGCStatus"].is_null());
 }
+
+#[tokio::test]
+async fn the_controller_binary_serves_probes_and_stops_on_sigterm_releasing_its_lease() {
+    use artgc_testkit::KubeApiServer;
+    let kube = KubeApiServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kc, "ns").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_artgc"))
+        .args(["controller", "--leader-elect", "--lease-duration", "3"])
+        .env("KUBECONFIG", &kc)
+        .env("ARTGC_ADMIN_ADDR", &admin)
+        .env("POD_NAME", "replica-1")
+        .env("POD_NAMESPACE", "ns")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&admin).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let leading = get("/metrics").is_some_and(|m| m.contains("artgc_leader 1"));
+        let ready = get("/ready").is_some_and(|r| r.starts_with("HTTP/1.1 200"));
+        if leading && ready {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready and leading in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(get("/live").unwrap().starts_with("HTTP/1.1 200"));
+    let lease = || {
+        kube.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some("ns"),
+            "artgc-leader",
+        )
+        .unwrap()
+    };
+    assert_eq!(lease()["spec"]["holderIdentity"], "replica-1");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code.code(), Some(0));
+    // Stepping down hands the lease on at once instead of after it expires.
+    assert!(
+        lease()["spec"]["holderIdentity"].is_null() || lease()["spec"]["holderIdentity"] == "",
+        "{}",
+        lease()
+    );
+}

@@ -750,6 +750,21 @@ async fn a_malformed_workflow_is_reported_and_does_not_stop_the_others() {
     })
     .await;
     assert_eq!(finalizers(&e.get("broken").unwrap()), [FINALIZER]);
+    // Finished, not deleted, unreadable: reported, and not given a finalizer to stick on.
+    e.create(e.wf("broken-too").set(
+        &["status", "nodes"],
+        json!({"x": {"outputs": {"artifacts": 7}}}),
+    ));
+    until("broken-too has the condition", async || {
+        e.get("broken-too").and_then(|w| gc_condition(&w)).is_some()
+    })
+    .await;
+    assert!(finalizers(&e.get("broken-too").unwrap()).is_empty());
+    assert!(
+        e.events("broken-too")
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "ArtifactGCFailed")
+    );
     assert!(e.keys().await.is_empty());
     ctl.shutdown().await;
 }
