@@ -576,22 +576,7 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
             } else {
                 None
             };
-            let ctx = PassContext {
-                finished,
-                deleting,
-                has_finalizer: holds,
-                force_finalizer_removal: wf.force_finalizer_removal(),
-                attempt,
-                budget: shared.config.retry_budget,
-                may_need_gc,
-                processed: wf
-                    .status
-                    .artifact_gc_status
-                    .as_ref()
-                    .map(|s| s.strategies_processed.clone())
-                    .unwrap_or_default(),
-                has_condition: has_gc_condition(&raw),
-            };
+            let ctx = PassContext::of(wf, &raw, holds, attempt, shared.config.retry_budget);
             (plan, execution, ctx)
         }
         WorkflowInput::Invalid {
@@ -600,14 +585,7 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
             error,
         } => {
             let plan = GcPlan {
-                workflows: vec![WorkflowPlan {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    uid: None,
-                    error: Some(error.clone()),
-                    node_encoding: None,
-                    artifacts: Vec::new(),
-                }],
+                workflows: vec![WorkflowPlan::unplannable(namespace, name, error.clone())],
             };
             let ctx = PassContext {
                 finished: true,
@@ -619,7 +597,7 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
                 budget: shared.config.retry_budget,
                 may_need_gc: true,
                 processed: Default::default(),
-                has_condition: has_gc_condition(&raw),
+                has_condition: crate::outcome::has_gc_condition(&raw),
             };
             (plan, None, ctx)
         }
@@ -650,13 +628,6 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
         Some(f) => Err(ReconcileError::Gc(f.category)),
         None => Ok(()),
     }
-}
-
-fn has_gc_condition(raw: &Value) -> bool {
-    raw["status"]["conditions"].as_array().is_some_and(|c| {
-        c.iter()
-            .any(|c| c["type"] == crate::outcome::CONDITION_GC_ERROR)
-    })
 }
 
 /// Metrics, Events and logs for one recorded pass.

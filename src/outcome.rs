@@ -92,6 +92,41 @@ pub struct PassContext {
     pub has_condition: bool,
 }
 
+impl PassContext {
+    /// The context of a readable workflow as read (`raw` is the same object as JSON).
+    pub fn of(
+        wf: &Workflow,
+        raw: &serde_json::Value,
+        has_finalizer: bool,
+        attempt: u32,
+        budget: u32,
+    ) -> Self {
+        Self {
+            finished: wf.is_finished(),
+            deleting: wf.is_being_deleted(),
+            has_finalizer,
+            force_finalizer_removal: wf.force_finalizer_removal(),
+            attempt,
+            budget,
+            may_need_gc: needs_finalizer(wf),
+            processed: wf
+                .status
+                .artifact_gc_status
+                .as_ref()
+                .map(|s| s.strategies_processed.clone())
+                .unwrap_or_default(),
+            has_condition: has_gc_condition(raw),
+        }
+    }
+}
+
+/// Whether the object carries the `ArtifactGCError` condition.
+pub fn has_gc_condition(raw: &serde_json::Value) -> bool {
+    raw["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == CONDITION_GC_ERROR))
+}
+
 #[derive(Debug, Clone)]
 pub struct PassOutcome {
     pub update: StatusUpdate,

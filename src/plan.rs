@@ -185,6 +185,20 @@ pub struct WorkflowPlan {
     pub artifacts: Vec<ArtifactPlan>,
 }
 
+impl WorkflowPlan {
+    /// A workflow that could not be read at all.
+    pub fn unplannable(namespace: &str, name: &str, error: InputError) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: None,
+            error: Some(error),
+            node_encoding: None,
+            artifacts: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct GcPlan {
     pub workflows: Vec<WorkflowPlan>,
@@ -234,14 +248,9 @@ pub fn plan_with_index(
                 namespace,
                 name,
                 error,
-            } => out.workflows.push(WorkflowPlan {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                uid: None,
-                error: Some(error.clone()),
-                node_encoding: None,
-                artifacts: Vec::new(),
-            }),
+            } => out
+                .workflows
+                .push(WorkflowPlan::unplannable(namespace, name, error.clone())),
         }
     }
     keep_shared_keys(&mut out, &uses, external);

@@ -13,7 +13,7 @@ use crate::error::InputError;
 use crate::execute::Execution;
 use crate::keys::KeyIndex;
 use crate::manifests::WorkflowInput;
-use crate::outcome::{FinalizerChange, PassContext, assess, needs_finalizer};
+use crate::outcome::{FinalizerChange, PassContext, assess};
 use crate::plan::{GcPlan, PlanOptions, plan_with_index, workflow_key_uses};
 use crate::record;
 
@@ -164,25 +164,7 @@ pub async fn record_all(
             .iter()
             .flatten()
             .any(|f| f == finalizer);
-        let ctx = PassContext {
-            finished: wf.is_finished(),
-            deleting: wf.is_being_deleted(),
-            has_finalizer: holds,
-            force_finalizer_removal: false,
-            attempt: 1,
-            budget: u32::MAX,
-            may_need_gc: needs_finalizer(&wf),
-            processed: wf
-                .status
-                .artifact_gc_status
-                .as_ref()
-                .map(|s| s.strategies_processed.clone())
-                .unwrap_or_default(),
-            has_condition: raw["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == crate::outcome::CONDITION_GC_ERROR)
-            }),
-        };
+        let ctx = PassContext::of(&wf, &raw, holds, 1, u32::MAX);
         let mut outcome = assess(wp, w, Some(execution), &ctx);
         if outcome.update.finalizer == FinalizerChange::Add {
             outcome.update.finalizer = FinalizerChange::Keep;

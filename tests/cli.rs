@@ -27,6 +27,15 @@ async fn artgc_async(args: Vec<String>) -> Output {
     .unwrap()
 }
 
+fn assert_ok(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -40,12 +49,7 @@ fn json_of(out: &Output) -> Value {
 #[test]
 fn plan_over_the_examples_prints_a_table_and_json() {
     let out = artgc(&["plan", "-f", "examples"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("WORKFLOW"), "{table}");
     assert!(
@@ -130,12 +134,7 @@ async fn purge_needs_yes_dry_runs_and_deletes() {
     assert_eq!(srv.keys(&b).await.len(), 4);
 
     let out = artgc_async(args(&["--dry-run"])).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let doc = json_of(&out);
     assert_eq!(doc["dry_run"], true);
     assert_eq!(doc["totals"]["objects_deleted"], 3);
@@ -143,12 +142,7 @@ async fn purge_needs_yes_dry_runs_and_deletes() {
     assert_eq!(srv.keys(&b).await.len(), 4);
 
     let out = artgc_async(args(&["--yes"])).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let doc = json_of(&out);
     assert_eq!(doc["totals"]["artifacts_deleted"], 2);
     assert_eq!(doc["totals"]["objects_deleted"], 3);
@@ -273,12 +267,7 @@ async fn purge_over_a_live_cluster_selects_deletes_and_records() {
     })
     .await
     .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let doc = json_of(&out);
     let names: Vec<&str> = doc["workflows"]
         .as_array()
@@ -323,12 +312,7 @@ async fn purge_over_a_live_cluster_selects_deletes_and_records() {
     })
     .await
     .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(!srv.keys(&b).await.contains(&"norec/a.tgz".to_string()));
     assert!(get("norec")["status"]["artifactGCStatus"].is_null());
 }

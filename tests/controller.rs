@@ -55,6 +55,15 @@ impl Env {
         workflow(NS, name).status_repo(self.repo())
     }
 
+    /// A finished workflow with one artifact `a` at `key` of strategy `strategy`.
+    fn one(&self, name: &str, key: &str, strategy: &str) -> Wf {
+        self.wf(name).node(
+            &format!("{name}-1"),
+            "main",
+            vec![with_strategy(key_only("a", key), strategy)],
+        )
+    }
+
     async fn put(&self, keys: &[&str]) {
         for k in keys {
             self.s3.put(&self.bucket, k, format!("data of {k}")).await;
@@ -554,11 +563,7 @@ async fn a_shared_key_is_kept_until_the_last_user_goes() {
 async fn conflicts_and_server_errors_on_updates_lose_nothing() {
     let e = env().await;
     e.put(&["k/a.tgz"]).await;
-    e.create(e.wf("k").node(
-        "k-1",
-        "main",
-        vec![with_strategy(key_only("a", "k/a.tgz"), COMPLETION)],
-    ));
+    e.create(e.one("k", "k/a.tgz", COMPLETION));
     // Another writer's change, made before the controller's write: it must survive.
     e.patch("k", json!({"metadata": {"labels": {"team": "data"}}}))
         .await;
@@ -606,22 +611,14 @@ async fn watch_drops_and_410_gone_are_survived() {
     })
     .await;
     e.kube.drop_watches();
-    e.create(e.wf("d1").node(
-        "d1-1",
-        "main",
-        vec![with_strategy(key_only("a", "d/1.tgz"), COMPLETION)],
-    ));
+    e.create(e.one("d1", "d/1.tgz", COMPLETION));
     until("d1 processed after a dropped watch", async || {
         e.get("d1").is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
     e.kube.compact();
     e.kube.drop_watches();
-    e.create(e.wf("d2").node(
-        "d2-1",
-        "main",
-        vec![with_strategy(key_only("a", "d/2.tgz"), COMPLETION)],
-    ));
+    e.create(e.one("d2", "d/2.tgz", COMPLETION));
     until("d2 processed after 410 Gone", async || {
         e.get("d2").is_some_and(|w| processed(&w, COMPLETION))
     })
@@ -687,11 +684,7 @@ async fn only_the_leader_acts_and_hand_over_works() {
     })
     .await;
     let b = e.start(|c| c.leader_election = Some(le("b"))).await;
-    e.create(e.wf("l1").node(
-        "l1-1",
-        "main",
-        vec![with_strategy(key_only("a", "l/1.tgz"), COMPLETION)],
-    ));
+    e.create(e.one("l1", "l/1.tgz", COMPLETION));
     until("l1 processed", async || {
         e.get("l1").is_some_and(|w| processed(&w, COMPLETION))
     })
@@ -704,11 +697,7 @@ async fn only_the_leader_acts_and_hand_over_works() {
         metrics(&b).await.contains("artgc_leader 1")
     })
     .await;
-    e.create(e.wf("l2").node(
-        "l2-1",
-        "main",
-        vec![with_strategy(key_only("a", "l/2.tgz"), COMPLETION)],
-    ));
+    e.create(e.one("l2", "l/2.tgz", COMPLETION));
     until("l2 processed", async || {
         e.get("l2").is_some_and(|w| processed(&w, COMPLETION))
     })
@@ -732,11 +721,7 @@ async fn a_malformed_workflow_is_reported_and_does_not_stop_the_others() {
             )
             .set(&["metadata", "finalizers"], json!([FINALIZER])),
     );
-    e.create(e.wf("fine").node(
-        "fine-1",
-        "main",
-        vec![with_strategy(key_only("a", "ok/a.tgz"), COMPLETION)],
-    ));
+    e.create(e.one("fine", "ok/a.tgz", COMPLETION));
     let ctl = e.start(|_| {}).await;
     e.delete("broken").await;
     until("fine processed", async || {
