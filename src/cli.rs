@@ -56,6 +56,14 @@ pub enum Command {
     /// Uses the kubeconfig or in-cluster config, as kubectl does. Serves /metrics, /live and
     /// /ready on --admin-addr. Stops gracefully on SIGTERM or Ctrl-C.
     Controller(ControllerArgs),
+    /// Watch the controller at work, in seconds, with no cluster and no S3 of your own.
+    ///
+    /// Starts an embedded S3 store (s3s-fs over a temporary folder) and the project's Kubernetes
+    /// API test server, seeds a namespace with an artifact repository, a Secret and a few Argo
+    /// Workflows with their artifacts, runs the real controller, completes some workflows and
+    /// deletes others, and shows what happens. Leaves nothing behind.
+    #[cfg(feature = "demo")]
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -307,6 +315,8 @@ pub fn run(cli: Cli) -> u8 {
         Command::Plan(args) => rt.block_on(plan_command(&args)),
         Command::Purge(args) => rt.block_on(purge_command(&args)),
         Command::Controller(args) => rt.block_on(controller_command(&args)),
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => rt.block_on(crate::demo::run(&args)),
     }
 }
 

@@ -9,6 +9,8 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod controller;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod error;
 pub mod execute;
 pub mod keys;

@@ -393,3 +393,30 @@ async fn the_controller_binary_serves_probes_and_stops_on_sigterm_releasing_its_
         lease()
     );
 }
+
+#[test]
+fn the_demo_runs_the_controller_end_to_end_and_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_artgc"))
+        .arg("demo")
+        .env("TMPDIR", tmp.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run artgc demo");
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "Normal  ArtifactGCSucceeded      etl-steps-x7k2p: deleted 3 artifact(s): 8 object(s)",
+        "released  train-dag-m4q9z: finalizer removed, Workflow deleted",
+        "deleted   7 artifacts, 12 objects",
+        "kept      1 artifact(s): never",
+        "kept      1 artifact(s): shared",
+        "failed    0 artifact(s); finalizers released: 5",
+        "left in S3: models/churn/v42/model.tgz",
+        "metrics: http://127.0.0.1:",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from\n{text}");
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "the demo left {left:?}");
+}
