@@ -54,8 +54,55 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.5, 14))
 }
 
+/// Registers metrics and records the series names they expose.
+struct Registrar<'a> {
+    registry: &'a mut Registry,
+    series: Vec<String>,
+}
+
+impl Registrar<'_> {
+    fn counter(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<Unit>,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        let full = match &unit {
+            Some(u) => format!("artgc_{name}_{}_total", u.as_str()),
+            None => format!("artgc_{name}_total"),
+        };
+        self.series.push(full);
+        match unit {
+            Some(u) => self.registry.register_with_unit(name, help, u, metric),
+            None => self.registry.register(name, help, metric),
+        }
+    }
+
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        for suffix in ["bucket", "sum", "count"] {
+            self.series.push(format!("artgc_{name}_seconds_{suffix}"));
+        }
+        self.registry
+            .register_with_unit(name, help, Unit::Seconds, metric);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        self.series.push(format!("artgc_{name}"));
+        self.registry.register(name, help, metric);
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    /// Every series name the text exposition can contain (with `_total`, `_bucket`, ...),
+    /// for checking dashboards against.
+    pub series: Vec<String>,
     pub objects_deleted: Family<NamespaceStrategy, Counter>,
     pub bytes_reclaimed: Family<NamespaceStrategy, Counter>,
     pub artifacts_deleted: Family<NamespaceStrategy, Counter>,
@@ -97,71 +144,80 @@ impl Metrics {
             keys_indexed: Gauge::default(),
             leader: Gauge::default(),
             registry: Registry::default(),
+            series: Vec::new(),
         };
-        registry.register(
+        let mut r = Registrar {
+            registry: &mut registry,
+            series: Vec::new(),
+        };
+        r.counter(
             "objects_deleted",
             "S3 objects deleted",
+            None,
             m.objects_deleted.clone(),
         );
-        registry.register_with_unit(
+        r.counter(
             "reclaimed",
             "Bytes of S3 objects deleted",
-            Unit::Bytes,
+            Some(Unit::Bytes),
             m.bytes_reclaimed.clone(),
         );
-        registry.register(
+        r.counter(
             "artifacts_deleted",
             "Artifacts deleted and recorded",
+            None,
             m.artifacts_deleted.clone(),
         );
-        registry.register(
+        r.counter(
             "artifacts_failed",
             "Artifacts whose collection failed, by error category",
+            None,
             m.artifacts_failed.clone(),
         );
-        registry.register(
+        r.counter(
             "artifacts_kept",
             "Due or settled artifacts kept, by reason",
+            None,
             m.artifacts_kept.clone(),
         );
-        registry.register(
+        r.counter(
             "finalizers_removed",
             "Finalizers released; forced by forceFinalizerRemoval or not",
+            None,
             m.finalizers_removed.clone(),
         );
-        registry.register_with_unit(
+        r.histogram(
             "gc_latency",
             "From the workflow's completion or deletion to its artifacts deleted and recorded",
-            Unit::Seconds,
             m.gc_latency.clone(),
         );
-        registry.register_with_unit(
+        r.histogram(
             "reconcile_duration",
             "Duration of one workflow's reconcile",
-            Unit::Seconds,
             m.reconcile_duration.clone(),
         );
-        registry.register(
+        r.counter(
             "reconcile_errors",
             "Reconciles that ended in an error, by category",
+            None,
             m.reconcile_errors.clone(),
         );
-        registry.register(
+        r.gauge(
             "workflows_pending",
             "Workflows queued for a reconcile",
             m.workflows_pending.clone(),
         );
-        registry.register(
+        r.gauge(
             "workflows_watched",
             "Workflows known from the watch",
             m.workflows_watched.clone(),
         );
-        registry.register(
+        r.gauge(
             "keys_indexed",
             "S3 keys of live workflows in the shared-key index",
             m.keys_indexed.clone(),
         );
-        registry.register(
+        r.gauge(
             "leader",
             "1 while this replica leads (or runs without leader election)",
             m.leader.clone(),
@@ -172,8 +228,13 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION").into(),
             })
             .set(1);
-        registry.register("build_info", "Build information", build);
-        Self { registry, ..m }
+        r.gauge("build_info", "Build information", build);
+        let series = r.series;
+        Self {
+            registry,
+            series,
+            ..m
+        }
     }
 
     /// The OpenMetrics text.
@@ -211,6 +272,16 @@ mod tests {
             "# EOF",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+        // Every recorded series name is one the text really uses.
+        for series in &m.series {
+            let base = series
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            if base.starts_with("artgc_gc_latency") || base == "artgc_reclaimed_bytes_total" {
+                assert!(text.contains(series.as_str()), "{series} not in\n{text}");
+            }
         }
     }
 }

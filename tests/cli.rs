@@ -420,3 +420,57 @@ fn the_demo_runs_the_controller_end_to_end_and_leaves_nothing_behind() {
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "the demo left {left:?}");
 }
+
+/// Every metric the dashboard queries is one the controller exports.
+#[test]
+fn the_grafana_dashboard_queries_only_exported_metrics() {
+    let text = std::fs::read_to_string("grafana/artgc.json").unwrap();
+    let dash: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dash["uid"], "artgc-overview");
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vars, ["datasource", "namespace"]);
+    let exported = artgc::metrics::Metrics::new().series;
+    let mut exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    exprs.push(
+        dash["templating"]["list"][1]["definition"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    let mut used = std::collections::BTreeSet::new();
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("artgc_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            used.insert(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+    }
+    assert!(used.len() >= 10, "{used:?}");
+    for name in &used {
+        assert!(
+            exported.contains(name),
+            "dashboard queries {name}, not exported: {exported:?}"
+        );
+    }
+    // And every panel has a datasource bound to the variable.
+    for p in dash["panels"].as_array().unwrap() {
+        if p["type"] != "row" {
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        }
+    }
+}
