@@ -130,6 +130,9 @@ struct Shared {
     queue: WorkQueue<String>,
     health: Arc<Health>,
     recorder: Recorder,
+    /// True once the watch delivered its first full list: no workflow is collected before
+    /// every other workflow's keys are in the index.
+    synced: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -200,6 +203,7 @@ pub async fn start(
         queue: WorkQueue::default(),
         health: health.clone(),
         recorder: Recorder::new(client.clone(), reporter),
+        synced: watch::channel(false).0,
         client,
         config,
     });
@@ -341,6 +345,7 @@ async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
                 initialized += 1;
                 if initialized >= waiting_for && !shared.health.ready.swap(true, Ordering::Relaxed)
                 {
+                    shared.synced.send_replace(true);
                     info!("watch synced; ready");
                 }
             }
@@ -428,6 +433,11 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
 }
 
 async fn worker(shared: Arc<Shared>, mut leader: watch::Receiver<bool>, stop: CancellationToken) {
+    let mut synced = shared.synced.subscribe();
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        r = synced.wait_for(|s| *s) => if r.is_err() { return },
+    }
     loop {
         // Only the leader acts.
         tokio::select! {

@@ -753,3 +753,28 @@ async fn a_malformed_workflow_is_reported_and_does_not_stop_the_others() {
     assert!(e.keys().await.is_empty());
     ctl.shutdown().await;
 }
+
+#[tokio::test]
+async fn nothing_is_collected_before_the_first_list_has_indexed_every_workflow() {
+    let e = env().await;
+    e.put(&["fixed/k"]).await;
+    // The first page of the initial list (500) holds a-first; zz-user, which still runs and
+    // names the same key, comes with the fourth, well after a-first could have been reconciled.
+    e.create(e.one("a-first", "fixed/k", COMPLETION));
+    for i in 0..1600 {
+        e.create(e.wf(&format!("m-filler-{i:04}")).running());
+    }
+    let tpl = json!({"name": "main", "outputs": {"artifacts": [
+        {"name": "k", "path": "/tmp/k", "s3": {"key": "fixed/k"}}]}});
+    e.create(e.wf("zz-user").running().template(tpl));
+    e.kube.set_latency(Duration::from_millis(300));
+    let ctl = e.start(|_| {}).await;
+    until("a-first processed", async || {
+        e.get("a-first").is_some_and(|w| processed(&w, COMPLETION))
+    })
+    .await;
+    assert_eq!(e.keys().await, ["fixed/k"], "zz-user still uses it");
+    assert!(!deleted_flag(&e.get("a-first").unwrap(), "a-first-1", "a"));
+    e.kube.set_latency(Duration::ZERO);
+    ctl.shutdown().await;
+}
