@@ -242,11 +242,6 @@ impl KeyIndex {
         }
     }
 
-    /// Workflows indexed.
-    pub fn workflows(&self) -> usize {
-        self.by_workflow.len()
-    }
-
     /// Key uses indexed.
     pub fn len(&self) -> usize {
         self.uses.len() - self.free.len()
@@ -254,19 +249,6 @@ impl KeyIndex {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Workflows with a use overlapping `target`.
-    pub fn workflows_using(&self, target: &S3Target) -> Vec<String> {
-        let mut ids = Vec::new();
-        self.overlap.overlapping(target, &mut ids);
-        let mut out: Vec<String> = ids
-            .into_iter()
-            .filter_map(|i| self.get(i).map(|u| u.workflow.to_string()))
-            .collect();
-        out.sort();
-        out.dedup();
-        out
     }
 
     pub(crate) fn overlapping(&self, target: &S3Target, out: &mut Vec<u32>) {
@@ -355,6 +337,19 @@ mod tests {
         assert!(ids.is_empty());
     }
 
+    /// Workflows with a use overlapping `key`.
+    fn users(idx: &KeyIndex, key: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        idx.overlapping(&t(key), &mut ids);
+        let mut out: Vec<String> = ids
+            .into_iter()
+            .filter_map(|i| idx.get(i).map(|u| u.workflow.to_string()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     #[test]
     fn key_index_replaces_and_removes_a_workflows_uses() {
         let mut idx = KeyIndex::default();
@@ -365,13 +360,13 @@ mod tests {
         };
         idx.set_workflow("ns/a", vec![u("a/1"), u("shared")]);
         idx.set_workflow("ns/b", vec![u("shared/x")]);
-        assert_eq!(idx.workflows_using(&t("shared")), vec!["ns/a", "ns/b"]);
+        assert_eq!(users(&idx, "shared"), vec!["ns/a", "ns/b"]);
         idx.set_workflow("ns/a", vec![u("a/2")]);
-        assert_eq!(idx.workflows_using(&t("shared")), vec!["ns/b"]);
+        assert_eq!(users(&idx, "shared"), vec!["ns/b"]);
         assert_eq!(idx.len(), 2);
         idx.remove_workflow("ns/b");
         idx.remove_workflow("ns/a");
         assert!(idx.is_empty());
-        assert_eq!(idx.workflows(), 0);
+        assert!(idx.by_workflow.is_empty());
     }
 }

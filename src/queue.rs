@@ -126,11 +126,6 @@ impl<K: Clone + Eq + Hash + Ord> WorkQueue<K> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Wakes every waiter (for shutdown).
-    pub fn wake_all(&self) {
-        self.notify.notify_waiters();
-    }
 }
 
 #[cfg(test)]
