@@ -133,11 +133,18 @@ fn scenario(repo: &Value) -> Scenario {
                 "train-dag-m4q9z-11",
                 "fit",
                 vec![
-                    art(
-                        "checkpoint",
-                        "train-dag-m4q9z/train-dag-m4q9z-11/checkpoint.tgz",
-                        Some("OnWorkflowDeletion"),
-                    ),
+                    // A full location of its own (endpoint, bucket, key, credentials).
+                    {
+                        let mut a = art(
+                            "checkpoint",
+                            "train-dag-m4q9z/train-dag-m4q9z-11/checkpoint.tgz",
+                            Some("OnWorkflowDeletion"),
+                        );
+                        let mut loc = repo["s3"].clone();
+                        loc["key"] = a["s3"]["key"].clone();
+                        a["s3"] = loc;
+                        a
+                    },
                     art("model", "models/churn/v42/model.tgz", Some("Never")),
                 ],
             ),
