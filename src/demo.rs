@@ -271,13 +271,17 @@ impl View {
     }
 }
 
+/// What was shown so far: Events (by name and series count), and the seeded workflows, of
+/// which those gone.
+#[derive(Default)]
+struct Shown {
+    events: BTreeSet<String>,
+    workflows: BTreeSet<String>,
+    gone: BTreeSet<String>,
+}
+
 /// Prints Events and disappearances not shown yet.
-fn show_new(
-    kube: &KubeApiServer,
-    seen: &mut BTreeSet<String>,
-    gone: &mut BTreeSet<String>,
-    view: &View,
-) {
+fn show_new(kube: &KubeApiServer, shown: &mut Shown, view: &View) {
     let mut events = kube.list("events.k8s.io/v1", "Event");
     events.sort_by_key(|e| {
         e["metadata"]["resourceVersion"]
@@ -292,7 +296,7 @@ fn show_new(
             e["metadata"]["name"].as_str().unwrap_or(""),
             e["series"]["count"].as_i64().unwrap_or(1)
         );
-        if seen.insert(id) {
+        if shown.events.insert(id) {
             view.line(&format!(
                 "{:<7} {:<24} {}: {}",
                 e["type"].as_str().unwrap_or(""),
@@ -307,8 +311,8 @@ fn show_new(
         .iter()
         .filter_map(|w| w["metadata"]["name"].as_str().map(str::to_string))
         .collect();
-    for name in seen_workflows(seen) {
-        if !present.contains(&name) && gone.insert(name.clone()) {
+    for name in &shown.workflows {
+        if !present.contains(name) && shown.gone.insert(name.clone()) {
             view.line(&format!(
                 "released  {name}: finalizer removed, Workflow deleted"
             ));
@@ -316,23 +320,16 @@ fn show_new(
     }
 }
 
-fn seen_workflows(seen: &BTreeSet<String>) -> Vec<String> {
-    seen.iter()
-        .filter_map(|s| s.strip_prefix("wf:").map(str::to_string))
-        .collect()
-}
-
 async fn wait_until(
     what: &str,
     kube: &KubeApiServer,
-    seen: &mut BTreeSet<String>,
-    gone: &mut BTreeSet<String>,
+    shown: &mut Shown,
     view: &View,
     mut done: impl FnMut(&KubeApiServer) -> bool,
 ) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        show_new(kube, seen, gone, view);
+        show_new(kube, shown, view);
         if done(kube) {
             return Ok(());
         }
@@ -397,14 +394,12 @@ async fn run_inner(args: &DemoArgs) -> Result<(), String> {
         s3.put(&bucket, key, vec![b'a'; *bytes]).await;
         total += bytes;
     }
-    let mut seen = BTreeSet::new();
-    let mut gone = BTreeSet::new();
+    let mut shown = Shown::default();
     for w in &sc.workflows {
         kube.seed(w.clone());
-        seen.insert(format!(
-            "wf:{}",
-            w["metadata"]["name"].as_str().unwrap_or("")
-        ));
+        shown
+            .workflows
+            .insert(w["metadata"]["name"].as_str().unwrap_or("").to_string());
     }
     view.line(&format!(
         "seeded namespace {NS}: {} running Workflows, {} S3 objects ({})",
@@ -436,8 +431,7 @@ async fn run_inner(args: &DemoArgs) -> Result<(), String> {
         wait_until(
             "finalizers on running workflows",
             &kube,
-            &mut seen,
-            &mut gone,
+            &mut shown,
             &view,
             |k| {
                 names.iter().all(|n| {
@@ -480,14 +474,9 @@ async fn run_inner(args: &DemoArgs) -> Result<(), String> {
     }
     {
         let finishing = finishing.clone();
-        wait_until(
-            "completion passes",
-            &kube,
-            &mut seen,
-            &mut gone,
-            &view,
-            |k| finishing.iter().all(|n| processed(k, n, ALL_STRATEGIES[0])),
-        )
+        wait_until("completion passes", &kube, &mut shown, &view, |k| {
+            finishing.iter().all(|n| processed(k, n, ALL_STRATEGIES[0]))
+        })
         .await?;
     }
     view.line("completion passes done; reports/latest.csv kept: nightly-publish-29382 still runs and writes it");
@@ -499,7 +488,7 @@ async fn run_inner(args: &DemoArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("deleting {n}: {e}"))?;
     }
-    wait_until("deletion passes", &kube, &mut seen, &mut gone, &view, |k| {
+    wait_until("deletion passes", &kube, &mut shown, &view, |k| {
         get(k, "train-dag-m4q9z").is_none() && get(k, "etl-steps-x7k2p").is_none()
     })
     .await?;
@@ -507,19 +496,14 @@ async fn run_inner(args: &DemoArgs) -> Result<(), String> {
 
     view.line("complete  nightly-publish-29382 (the last user of reports/latest.csv)");
     complete("nightly-publish-29382".into()).await?;
-    wait_until(
-        "last nightly run",
-        &kube,
-        &mut seen,
-        &mut gone,
-        &view,
-        |k| processed(k, "nightly-publish-29382", ALL_STRATEGIES[0]),
-    )
+    wait_until("last nightly run", &kube, &mut shown, &view, |k| {
+        processed(k, "nightly-publish-29382", ALL_STRATEGIES[0])
+    })
     .await?;
     view.step("shared key");
     // Let the last Events land.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    show_new(&kube, &mut seen, &mut gone, &view);
+    show_new(&kube, &mut shown, &view);
     view.finish();
 
     let metrics = ctl.health.metrics.encode();
