@@ -188,15 +188,14 @@ fn mark_deleted(id: &str, arts: &mut Value, update: &StatusUpdate) -> bool {
 const MAX_CONFLICTS: u32 = 8;
 
 /// Applies `update` to the Workflow, starting from `raw` (as read for the pass) and re-reading
-/// on conflict. Returns the object as written, or `None` if it is gone (or nothing changed and
-/// it is as given).
+/// on conflict. A Workflow that is gone needs nothing more.
 pub async fn apply(
     api: &Api<DynamicObject>,
     raw: Value,
     update: &StatusUpdate,
     finalizer: &str,
     field_manager: &str,
-) -> Result<Option<Value>, RecordError> {
+) -> Result<(), RecordError> {
     let name = raw["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -205,23 +204,22 @@ pub async fn apply(
     for _ in 0..MAX_CONFLICTS {
         let Some(patch) = merge_patch(&current, update, finalizer).map_err(RecordError::Build)?
         else {
-            return Ok(Some(current));
+            return Ok(());
         };
-        let params = PatchParams::apply(field_manager);
         let params = PatchParams {
-            field_manager: params.field_manager,
+            field_manager: Some(field_manager.to_string()),
             ..Default::default()
         };
         match api.patch(&name, &params, &Patch::Merge(&patch)).await {
-            Ok(obj) => return Ok(Some(serde_json::to_value(obj).unwrap_or(Value::Null))),
+            Ok(_) => return Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
                 Some(obj) => {
                     current =
                         serde_json::to_value(obj).map_err(|e| RecordError::Build(e.to_string()))?
                 }
-                None => return Ok(None),
+                None => return Ok(()),
             },
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
             Err(e) => return Err(e.into()),
         }
     }
