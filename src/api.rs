@@ -6,7 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject};
 use kube::{Api, Client};
@@ -17,6 +19,7 @@ use crate::cluster::{ClusterState, ControllerConfigRef, REPOSITORIES_CONFIGMAP};
 use crate::manifests::WorkflowInput;
 use crate::model::Workflow;
 use crate::nodes::workflow_nodes;
+use crate::policy::Policy;
 
 pub fn workflow_resource() -> ApiResource {
     ApiResource {
@@ -120,15 +123,30 @@ type ConfigMapCache = HashMap<(String, String), (Instant, Option<ConfigMap>)>;
 pub struct ClusterReader {
     client: Client,
     controller_config: ControllerConfigRef,
+    policy: Arc<Policy>,
     config_maps: Mutex<ConfigMapCache>,
     ttl: Duration,
 }
 
+/// A read that is forbidden or finds nothing gives nothing: the planner then reports what is
+/// missing for the artifact that needed it.
+fn absent_if_denied<T>(r: Result<Option<T>, kube::Error>) -> Result<Option<T>, kube::Error> {
+    match r {
+        Err(kube::Error::Api(s)) if s.code == 403 || s.code == 404 => Ok(None),
+        other => other,
+    }
+}
+
 impl ClusterReader {
-    pub fn new(client: Client, controller_config: ControllerConfigRef) -> Self {
+    pub fn new(
+        client: Client,
+        controller_config: ControllerConfigRef,
+        policy: Arc<Policy>,
+    ) -> Self {
         Self {
             client,
             controller_config,
+            policy,
             config_maps: Mutex::new(HashMap::new()),
             ttl: Duration::from_secs(30),
         }
@@ -158,37 +176,51 @@ impl ClusterReader {
         wf: &Workflow,
         secrets: bool,
     ) -> Result<ClusterState, kube::Error> {
-        let mut state = ClusterState::new(self.controller_config.clone());
+        let mut state =
+            ClusterState::new(self.controller_config.clone()).with_policy(self.policy.clone());
         let ns = wf.namespace().to_string();
-        let frozen = wf
+        // Read whether or not the status froze a repository: they say which endpoints are
+        // configured for the namespace.
+        let mut wanted = vec![
+            (ns.clone(), REPOSITORIES_CONFIGMAP.to_string()),
+            (
+                self.controller_config.namespace.clone(),
+                self.controller_config.name.clone(),
+            ),
+        ];
+        let spec_ref = wf.spec.artifact_repository_ref.as_ref().or_else(|| {
+            wf.stored_spec()
+                .and_then(|s| s.artifact_repository_ref.as_ref())
+        });
+        let status_ref = wf
             .status
             .artifact_repository_ref
             .as_ref()
-            .is_some_and(|r| r.artifact_repository.is_some());
-        if !frozen {
-            let mut wanted = vec![
-                (ns.clone(), REPOSITORIES_CONFIGMAP.to_string()),
-                (
-                    self.controller_config.namespace.clone(),
-                    self.controller_config.name.clone(),
-                ),
-            ];
-            let spec_ref = wf.spec.artifact_repository_ref.as_ref().or_else(|| {
-                wf.stored_spec()
-                    .and_then(|s| s.artifact_repository_ref.as_ref())
-            });
-            if let Some(name) = spec_ref
-                .and_then(|r| r.config_map.clone())
-                .filter(|n| !n.is_empty())
-            {
-                wanted.push((ns.clone(), name.clone()));
-                wanted.push((self.controller_config.namespace.clone(), name));
+            .and_then(|r| r.config_map.clone());
+        for name in spec_ref
+            .and_then(|r| r.config_map.clone())
+            .into_iter()
+            .chain(status_ref)
+            .filter(|n| !n.is_empty())
+        {
+            wanted.push((ns.clone(), name.clone()));
+            wanted.push((self.controller_config.namespace.clone(), name));
+        }
+        wanted.sort();
+        wanted.dedup();
+        for (cns, name) in wanted {
+            if let Some(cm) = self.config_map(&cns, &name).await? {
+                state.insert_config_map(cm);
             }
-            for (cns, name) in wanted {
-                if let Some(cm) = self.config_map(&cns, &name).await? {
-                    state.insert_config_map(cm);
-                }
-            }
+        }
+        if self.policy.uses_namespace_labels()
+            && let Some(n) = absent_if_denied(
+                Api::<Namespace>::all(self.client.clone())
+                    .get_opt(&ns)
+                    .await,
+            )?
+        {
+            state.insert_namespace_labels(&ns, n.metadata.labels.unwrap_or_default());
         }
         if secrets {
             let mut names = BTreeSet::new();
@@ -208,13 +240,37 @@ impl ClusterReader {
             }
             let api = Api::<Secret>::namespaced(self.client.clone(), &ns);
             for name in names {
-                if let Some(s) = api.get_opt(&name).await? {
+                if let Some(s) = absent_if_denied(api.get_opt(&name).await)? {
                     state.insert_secret(s);
+                }
+            }
+            if self.policy.uses_service_accounts() {
+                let api = Api::<ServiceAccount>::namespaced(self.client.clone(), &ns);
+                for name in gc_service_accounts(wf) {
+                    if let Some(sa) = absent_if_denied(api.get_opt(&name).await)? {
+                        state.insert_service_account(sa);
+                    }
                 }
             }
         }
         Ok(state)
     }
+}
+
+/// The accounts a workflow's GC may act as: per artifact, the workflow's, and `default`.
+fn gc_service_accounts(wf: &Workflow) -> BTreeSet<String> {
+    let mut out = BTreeSet::from(["default".to_string()]);
+    out.extend(wf.gc_service_account().map(str::to_string));
+    if let Ok(nodes) = workflow_nodes(wf) {
+        let named = nodes
+            .nodes
+            .values()
+            .flat_map(|n| n.outputs.iter().flat_map(|o| &o.artifacts))
+            .filter_map(|a| a.artifact_gc.as_ref()?.service_account_name.clone())
+            .filter(|n| !n.is_empty());
+        out.extend(named);
+    }
+    out
 }
 
 #[cfg(test)]

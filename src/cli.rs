@@ -10,8 +10,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::cluster::{ClusterState, ControllerConfigRef};
 use crate::error::InputError;
 use crate::execute::{self, Progress};
+use crate::identity::StsSettings;
 use crate::manifests::Inventory;
 use crate::plan::{self, Decision, GcPlan, PlanOptions, StrategyFilter};
+use crate::policy::Policy;
 use crate::report::Report;
 use crate::store::{ObjectStore, StoreOptions};
 use crate::telemetry::LogFormat;
@@ -100,6 +102,8 @@ pub struct SourceArgs {
     pub strategy: StrategyFilter,
     #[command(flatten)]
     pub argo: ArgoConfigArgs,
+    #[command(flatten)]
+    pub tenancy: TenancyArgs,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -224,10 +228,12 @@ pub struct ControllerArgs {
     pub shutdown_grace: Duration,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub tenancy: TenancyArgs,
 }
 
 impl ControllerArgs {
-    pub fn config(&self) -> crate::controller::ControllerConfig {
+    pub fn config(&self) -> Result<crate::controller::ControllerConfig, String> {
         let identity = self.identity.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .map(|h| h.trim().to_string())
@@ -235,7 +241,9 @@ impl ControllerArgs {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| format!("artgc-{}", std::process::id()))
         });
-        crate::controller::ControllerConfig {
+        Ok(crate::controller::ControllerConfig {
+            policy: self.tenancy.policy()?,
+            sts: self.tenancy.sts(),
             namespaces: self
                 .namespaces
                 .iter()
@@ -263,6 +271,50 @@ impl ControllerArgs {
                     duration: self.lease_duration,
                 }),
             shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+/// Who artgc may act as for each namespace, and where (see the README's Security model).
+#[derive(Debug, Args, Clone)]
+pub struct TenancyArgs {
+    /// Tenancy policy (YAML): the identities, endpoints, buckets and key prefixes each namespace
+    /// may use. Without one, a namespace may use its own Secrets at the repositories configured
+    /// for it, and nothing else.
+    #[arg(long, env = "ARTGC_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Audience of the tokens requested for workflows' GC service accounts.
+    #[arg(
+        long,
+        default_value = "sts.amazonaws.com",
+        env = "ARTGC_TOKEN_AUDIENCE"
+    )]
+    pub token_audience: String,
+    /// STS endpoint for the service-account identity (default: AWS's endpoint for --sts-region).
+    #[arg(long, env = "ARTGC_STS_ENDPOINT")]
+    pub sts_endpoint: Option<String>,
+    /// STS region.
+    #[arg(long, default_value = "us-east-1", env = "ARTGC_STS_REGION")]
+    pub sts_region: String,
+}
+
+impl TenancyArgs {
+    pub fn policy(&self) -> Result<std::sync::Arc<Policy>, String> {
+        let Some(path) = &self.policy else {
+            return Ok(Default::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--policy {}: {e}", path.display()))?;
+        Policy::parse(&text)
+            .map(std::sync::Arc::new)
+            .map_err(|e| format!("--policy {}: {e}", path.display()))
+    }
+
+    pub fn sts(&self) -> StsSettings {
+        StsSettings {
+            audience: self.token_audience.clone(),
+            endpoint: self.sts_endpoint.clone().filter(|e| !e.is_empty()),
+            region: self.sts_region.clone(),
         }
     }
 }
@@ -286,6 +338,10 @@ pub struct StoreArgs {
     /// Timeout of one S3 request attempt, in seconds.
     #[arg(long, default_value_t = 30, env = "ARTGC_REQUEST_TIMEOUT")]
     pub request_timeout: u64,
+    /// Clock skew allowed between the store and the cluster: objects last modified later than
+    /// a workflow's finishedAt plus this are kept as another run's.
+    #[arg(long, default_value = "2m", env = "ARTGC_CLOCK_SKEW", value_parser = parse_duration)]
+    pub clock_skew: Duration,
 }
 
 impl StoreArgs {
@@ -295,6 +351,7 @@ impl StoreArgs {
             max_attempts: self.max_attempts,
             max_objects_per_artifact: self.max_objects_per_artifact,
             request_timeout: Duration::from_secs(self.request_timeout),
+            clock_skew: self.clock_skew,
         }
     }
 }
@@ -334,8 +391,12 @@ pub async fn load_plan(source: &SourceArgs) -> Result<Loaded, InputError> {
     if source.files.is_empty() {
         return crate::purge::load_from_cluster(source, &opts).await;
     }
+    let policy = source.tenancy.policy().map_err(|message| InputError::Io {
+        path: "--policy".into(),
+        message,
+    })?;
     let inventory = Inventory::read_paths(&source.files, &source.namespace)?;
-    let mut state = ClusterState::new(source.argo.config_ref());
+    let mut state = ClusterState::new(source.argo.config_ref()).with_policy(policy);
     for cm in inventory.config_maps {
         state.insert_config_map(cm);
     }
@@ -427,9 +488,26 @@ async fn purge_command(args: &PurgeArgs) -> u8 {
             return EXIT_FAILED;
         }
     }
-    let store = ObjectStore::new(args.store.options());
+    let mut store = ObjectStore::new(args.store.options());
+    if let Some((client, _)) = &cluster {
+        store = store.with_web_identity(crate::identity::WebIdentityConfig {
+            client: client.clone(),
+            sts: args.source.tenancy.sts(),
+        });
+    }
     let bar = ProgressBar::new(due.len() as u64);
-    let execution = execute::execute(&plan, &store, args.dry_run, &bar).await;
+    let probed = execute::probe(&plan, &store, &bar).await;
+    let mut cluster = cluster;
+    if let Some((client, raws)) = cluster.as_mut()
+        && !args.dry_run
+        && !args.no_record
+        && let Err(e) = crate::purge::mark_files(client, &plan, &probed, raws).await
+    {
+        bar.finish();
+        eprintln!("error: recording what the probe found before deleting: {e}");
+        return EXIT_FAILED;
+    }
+    let execution = execute::delete(&plan, probed, &store, args.dry_run, &bar).await;
     bar.finish();
     let mut record_failed = false;
     if let Some((client, raws)) = cluster
@@ -456,7 +534,14 @@ async fn controller_command(args: &ControllerArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let handle = match crate::controller::start(client, args.config()).await {
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let handle = match crate::controller::start(client, config).await {
         Ok(h) => h,
         Err(e) => {
             eprintln!("error: {e}");

@@ -2,13 +2,18 @@
 //! the Argo controller's config) and Secrets (credentials). Filled from manifests by the CLI and
 //! from the API server by the controller; the lookups here are pure.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use serde::Deserialize;
 
 use crate::error::ResolveError;
 use crate::model::{ANNOTATION_DEFAULT_REPOSITORY, ArtifactLocation, SecretKeySelector, Workflow};
+use crate::policy::{Endpoint, Grant, Policy};
+
+/// The ServiceAccount annotation naming the IAM role its tokens may assume (EKS IRSA).
+pub const ANNOTATION_ROLE_ARN: &str = "eks.amazonaws.com/role-arn";
 
 /// The ConfigMap holding namespace-level artifact repositories (Argo's default name).
 pub const REPOSITORIES_CONFIGMAP: &str = "artifact-repositories";
@@ -34,7 +39,10 @@ impl Default for ControllerConfigRef {
 pub struct ClusterState {
     config_maps: HashMap<(String, String), ConfigMap>,
     secrets: HashMap<(String, String), Secret>,
+    service_accounts: HashMap<(String, String), ServiceAccount>,
+    namespace_labels: HashMap<String, BTreeMap<String, String>>,
     pub controller_config: ControllerConfigRef,
+    pub policy: Arc<Policy>,
 }
 
 fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
@@ -67,10 +75,85 @@ impl ClusterState {
         self.secrets.insert(key_of(&secret.metadata), secret);
     }
 
+    pub fn insert_service_account(&mut self, sa: ServiceAccount) {
+        self.service_accounts.insert(key_of(&sa.metadata), sa);
+    }
+
+    pub fn insert_namespace_labels(&mut self, namespace: &str, labels: BTreeMap<String, String>) {
+        self.namespace_labels.insert(namespace.to_string(), labels);
+    }
+
+    pub fn with_policy(mut self, policy: Arc<Policy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// Takes in everything `other` holds.
     pub fn absorb(&mut self, other: ClusterState) {
         self.config_maps.extend(other.config_maps);
         self.secrets.extend(other.secrets);
+        self.service_accounts.extend(other.service_accounts);
+        self.namespace_labels.extend(other.namespace_labels);
+    }
+
+    /// What the policy grants the namespace.
+    pub fn grant_for(&self, namespace: &str) -> &Grant {
+        self.policy
+            .grant_for(namespace, self.namespace_labels.get(namespace))
+    }
+
+    /// The role a ServiceAccount of the namespace may assume, from its IRSA annotation.
+    pub fn service_account_role(&self, namespace: &str, name: &str) -> Result<String, String> {
+        let sa = self
+            .service_accounts
+            .get(&(namespace.to_string(), name.to_string()))
+            .ok_or_else(|| format!("ServiceAccount {namespace}/{name} not found"))?;
+        sa.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_ROLE_ARN))
+            .filter(|r| !r.is_empty())
+            .cloned()
+            .ok_or_else(|| {
+                format!("ServiceAccount {namespace}/{name} has no {ANNOTATION_ROLE_ARN} annotation")
+            })
+    }
+
+    /// Endpoints configured for workflows of `namespace`, in canonical form: every repository
+    /// of the ConfigMaps artgc reads for it (its own namespace's and the Argo controller
+    /// namespace's) and the controller's own repository. A Workflow's status never adds one:
+    /// its author writes it.
+    pub fn configured_endpoints(&self, namespace: &str) -> Vec<Endpoint> {
+        let mut out = Vec::new();
+        let mut add = |loc: &ArtifactLocation| {
+            if let Some(s3) = &loc.s3
+                && let Some(e) = s3.endpoint.as_deref().filter(|e| !e.is_empty())
+                && let Ok(c) = self
+                    .policy
+                    .canonical(e, s3.insecure == Some(true), namespace)
+            {
+                out.push(c);
+            }
+        };
+        for ((ns, _), cm) in &self.config_maps {
+            if ns != namespace && *ns != self.controller_config.namespace {
+                continue;
+            }
+            if key_of(&cm.metadata).1 == self.controller_config.name
+                && *ns == self.controller_config.namespace
+            {
+                continue;
+            }
+            for text in cm.data.iter().flat_map(|d| d.values()) {
+                if let Ok(loc) = serde_saphyr::from_str::<ArtifactLocation>(text) {
+                    add(&loc);
+                }
+            }
+        }
+        if let Ok(loc) = self.controller_repository() {
+            add(&loc);
+        }
+        out
     }
 
     pub fn config_map(&self, namespace: &str, name: &str) -> Option<&ConfigMap> {

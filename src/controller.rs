@@ -28,7 +28,8 @@ use tracing::{debug, error, info, warn};
 use crate::admin::{self, Health};
 use crate::api::{ClusterReader, WatchedWorkflow, workflows};
 use crate::cluster::ControllerConfigRef;
-use crate::execute::{Quiet, execute};
+use crate::execute::{Quiet, delete, probe};
+use crate::identity::WebIdentityConfig;
 use crate::keys::KeyIndex;
 use crate::manifests::WorkflowInput;
 use crate::metrics::{self, Metrics};
@@ -70,6 +71,10 @@ pub struct ControllerConfig {
     pub leader_election: Option<LeaderElection>,
     /// Time allowed for in-flight reconciles on shutdown.
     pub shutdown_grace: Duration,
+    /// The operator's tenancy policy.
+    pub policy: Arc<crate::policy::Policy>,
+    /// STS for workflows' GC service accounts.
+    pub sts: crate::identity::StsSettings,
 }
 
 impl Default for ControllerConfig {
@@ -87,6 +92,8 @@ impl Default for ControllerConfig {
             admin_addr: ([0, 0, 0, 0], 9090).into(),
             leader_election: None,
             shutdown_grace: Duration::from_secs(30),
+            policy: Default::default(),
+            sts: Default::default(),
         }
     }
 }
@@ -196,8 +203,15 @@ pub async fn start(
         instance: config.leader_election.as_ref().map(|l| l.identity.clone()),
     };
     let shared = Arc::new(Shared {
-        reader: ClusterReader::new(client.clone(), config.controller_config.clone()),
-        store: ObjectStore::new(config.store.clone()),
+        reader: ClusterReader::new(
+            client.clone(),
+            config.controller_config.clone(),
+            config.policy.clone(),
+        ),
+        store: ObjectStore::new(config.store.clone()).with_web_identity(WebIdentityConfig {
+            client: client.clone(),
+            sts: config.sts.clone(),
+        }),
         index: AsyncMutex::new(KeyIndex::default()),
         attempts: Default::default(),
         queue: WorkQueue::default(),
@@ -540,7 +554,7 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
         shared.index.lock().await.remove_workflow(key);
         return Ok(());
     };
-    let raw = serde_json::to_value(&obj).map_err(|e| RecordError::Build(e.to_string()))?;
+    let mut raw = serde_json::to_value(&obj).map_err(|e| RecordError::Build(e.to_string()))?;
     drop(obj);
     let input = WorkflowInput::from_value(raw.clone(), ns);
     let finalizer = shared.config.finalizer.as_str();
@@ -582,7 +596,24 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
                 )
             };
             let execution = if plan.artifacts().any(|(_, a)| a.connection.is_some()) {
-                Some(execute(&plan, &shared.store, false, &Quiet).await)
+                let probed = probe(&plan, &shared.store, &Quiet).await;
+                let files: Vec<String> = probed
+                    .files_to_mark()
+                    .into_iter()
+                    .map(|(w, a)| {
+                        let ap = &plan.workflows[w].artifacts[a];
+                        format!("{}/{}", ap.node, ap.name)
+                    })
+                    .collect();
+                if !files.is_empty() {
+                    // Before deleting: a crash after the delete must not let a later pass
+                    // mistake the gone file for a directory.
+                    match record::mark_probed_files(&api, raw, &files, "artgc").await? {
+                        Some(v) => raw = v,
+                        None => return Ok(()),
+                    }
+                }
+                Some(delete(&plan, probed, &shared.store, false, &Quiet).await)
             } else {
                 None
             };

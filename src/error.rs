@@ -40,6 +40,18 @@ pub enum ResolveError {
     Secret(String),
     #[error("{0}")]
     Strategy(String),
+    /// No identity the policy allows for the namespace can act for this artifact.
+    #[error("{0}")]
+    Identity(String),
+    /// The endpoint is not configured for the namespace, or is never contacted.
+    #[error("{0}")]
+    EndpointNotAllowed(String),
+    /// The policy confines the namespace to other buckets or key prefixes.
+    #[error("{0}")]
+    BucketNotAllowed(String),
+    /// A key that could reach outside the artifact on some store.
+    #[error("{0}")]
+    UnsafeKey(String),
 }
 
 impl ResolveError {
@@ -49,6 +61,10 @@ impl ResolveError {
             Self::Repository(_) => "repository",
             Self::Secret(_) => "secret",
             Self::Strategy(_) => "invalid_strategy",
+            Self::Identity(_) => "identity",
+            Self::EndpointNotAllowed(_) => "endpoint_not_allowed",
+            Self::BucketNotAllowed(_) => "bucket_not_allowed",
+            Self::UnsafeKey(_) => "unsafe_key",
         }
     }
 }

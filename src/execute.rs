@@ -1,6 +1,9 @@
 //! Carries out a plan against the object store: find what each due artifact amounts to (a file,
 //! a directory of many keys, or nothing), then delete all keys in batches, bucket by bucket,
 //! with bounded concurrency. Shared by `artgc purge` and the controller.
+//!
+//! The two steps are separate ([`probe`], then [`delete`]) so that a front end can record what
+//! the probe found before anything is deleted (see [`Probed::files_to_mark`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,6 +23,8 @@ pub struct ArtifactOutcome {
     pub bytes: u64,
     /// Nothing was there to delete.
     pub absent: bool,
+    /// Objects kept because they were written after the workflow finished: not its outputs.
+    pub written_after: u64,
     pub error: Option<StoreError>,
 }
 
@@ -47,15 +52,50 @@ pub struct Quiet;
 impl Progress for Quiet {}
 
 /// What a probe found: the kind, and the objects to delete with their sizes.
-type Probe = Result<(ObjectKind, Vec<StoredObject>), StoreError>;
+type ProbeResult = Result<(ObjectKind, Vec<StoredObject>), StoreError>;
 
-/// Keys to delete per (connection, bucket), each once, with the jobs that own it.
-type KeyGroups<'a> = HashMap<(&'a S3Connection, &'a str), Vec<(String, Vec<usize>)>>;
-
+/// One artifact the plan says to delete, with what its probe may conclude.
 struct Job<'a> {
     id: (usize, usize),
     conn: &'a S3Connection,
     target: &'a S3Target,
+    /// May be widened to `key/` (see [`may_widen`]).
+    widen: bool,
+    /// Objects written after this are someone else's.
+    written_by: Option<jiff::Timestamp>,
+    /// With widening: objects written before this are not the workflow's.
+    written_from: Option<jiff::Timestamp>,
+}
+
+/// A key without a trailing `/` names a directory only with positive evidence: the artifact
+/// was uploaded with `archive: none` (Argo tars anything else into one object), and no earlier
+/// pass found a file there (that file may be gone now, deleted by a pass that crashed before
+/// recording it).
+fn may_widen(archive_none: bool, file_seen: bool) -> bool {
+    archive_none && !file_seen
+}
+
+/// The probe of every due artifact of a plan.
+pub struct Probed<'a> {
+    jobs: Vec<Job<'a>>,
+    results: Vec<ProbeResult>,
+}
+
+impl Probed<'_> {
+    /// Artifacts that could be widened on a later pass and whose probe found a file now: record
+    /// them (workflow index, artifact index) before deleting, so no later pass widens them.
+    pub fn files_to_mark(&self) -> Vec<(usize, usize)> {
+        self.jobs
+            .iter()
+            .zip(&self.results)
+            .filter(|(job, r)| {
+                job.widen
+                    && !job.target.is_directory_key()
+                    && matches!(r, Ok((ObjectKind::File, objs)) if !objs.is_empty())
+            })
+            .map(|(job, _)| job.id)
+            .collect()
+    }
 }
 
 /// Probes and (unless `dry_run`) deletes every artifact the plan marks `Delete`.
@@ -65,6 +105,17 @@ pub async fn execute(
     dry_run: bool,
     progress: &dyn Progress,
 ) -> Execution {
+    let probed = probe(plan, store, progress).await;
+    delete(plan, probed, store, dry_run, progress).await
+}
+
+/// Finds what every due artifact amounts to, deleting nothing.
+pub async fn probe<'a>(
+    plan: &'a GcPlan,
+    store: &ObjectStore,
+    progress: &dyn Progress,
+) -> Probed<'a> {
+    let skew = jiff::SignedDuration::try_from(store.options().clock_skew).unwrap_or_default();
     let jobs: Vec<Job<'_>> = plan
         .workflows
         .iter()
@@ -76,6 +127,9 @@ pub async fn execute(
                         id: (w, a),
                         conn,
                         target,
+                        widen: may_widen(ap.archive_none, ap.file_seen),
+                        written_by: wp.finished_at.and_then(|t| t.checked_add(skew).ok()),
+                        written_from: wp.started_at.and_then(|t| t.checked_sub(skew).ok()),
                     }),
                     _ => None,
                 }
@@ -94,32 +148,71 @@ pub async fn execute(
             .or_default()
             .push(j);
     }
-    let probes: Vec<(usize, Probe)> = futures::stream::iter(probe_groups.into_values())
+    let mut results: Vec<Option<ProbeResult>> = (0..jobs.len()).map(|_| None).collect();
+    let probes: Vec<(usize, ProbeResult)> = futures::stream::iter(probe_groups.into_values())
         .map(|members| {
             let jobs = &jobs;
             async move {
-                let targets: Vec<&S3Target> = members.iter().map(|&j| jobs[j].target).collect();
-                let results = probe_many(store, jobs[members[0]].conn, targets).await;
+                let group: Vec<&Job<'_>> = members.iter().map(|&j| &jobs[j]).collect();
+                let found = probe_many(store, jobs[members[0]].conn, group).await;
                 progress.probed(members.len() as u64);
-                members.into_iter().zip(results).collect::<Vec<_>>()
+                members.into_iter().zip(found).collect::<Vec<_>>()
             }
         })
         .buffer_unordered(concurrency)
         .flat_map(futures::stream::iter)
         .collect()
         .await;
+    for (j, r) in probes {
+        results[j] = Some(r);
+    }
+    Probed {
+        jobs,
+        results: results
+            .into_iter()
+            .map(|r| r.expect("every job probed"))
+            .collect(),
+    }
+}
 
+/// What one deletion request covers of one workflow, for the audit trail.
+struct AuditOwner {
+    namespace: String,
+    workflow: String,
+    uid: String,
+    artifact: String,
+}
+
+/// A key to delete, its size, and the jobs that own it.
+type KeyEntry = (String, u64, Vec<usize>);
+
+/// Keys to delete per (connection, bucket), each once.
+type KeyGroups<'a> = HashMap<(&'a S3Connection, &'a str), Vec<KeyEntry>>;
+
+/// Deletes what [`probe`] found (unless `dry_run`) and says what happened to each artifact.
+pub async fn delete(
+    plan: &GcPlan,
+    probed: Probed<'_>,
+    store: &ObjectStore,
+    dry_run: bool,
+    progress: &dyn Progress,
+) -> Execution {
+    let Probed { jobs, results } = probed;
     let mut exec = Execution::default();
     let mut groups: KeyGroups<'_> = HashMap::new();
     let mut seen: HashMap<(&S3Connection, &str, String), usize> = HashMap::new();
-    for (j, result) in probes {
+    for (j, result) in results.into_iter().enumerate() {
         let job = &jobs[j];
         let out = exec.outcomes.entry(job.id).or_default();
         match result {
             Err(e) => out.error = Some(e),
-            Ok((kind, objects)) => {
+            Ok((kind, found)) => {
                 out.kind = Some(kind);
-                out.absent = objects.is_empty();
+                out.absent = found.is_empty();
+                let (objects, newer): (Vec<_>, Vec<_>) = found
+                    .into_iter()
+                    .partition(|o| !written_after(o, job.written_by));
+                out.written_after = newer.len() as u64;
                 out.objects = objects.len() as u64;
                 out.bytes = objects.iter().map(|o| o.size).sum();
                 let group = groups
@@ -130,13 +223,13 @@ pub async fn execute(
                     match seen.get(&k) {
                         // Already claimed by another artifact: count it there only.
                         Some(&i) => {
-                            group[i].1.push(j);
+                            group[i].2.push(j);
                             out.objects -= 1;
                             out.bytes -= obj.size;
                         }
                         None => {
                             seen.insert(k, group.len());
-                            group.push((obj.key, vec![j]));
+                            group.push((obj.key, obj.size, vec![j]));
                         }
                     }
                 }
@@ -148,6 +241,19 @@ pub async fn execute(
     }
     progress.to_delete(groups.values().map(|g| g.len() as u64).sum());
 
+    let owners: Vec<AuditOwner> = jobs
+        .iter()
+        .map(|job| {
+            let wp = &plan.workflows[job.id.0];
+            let ap = &wp.artifacts[job.id.1];
+            AuditOwner {
+                namespace: wp.namespace.clone(),
+                workflow: wp.name.clone(),
+                uid: wp.uid.clone().unwrap_or_default(),
+                artifact: format!("{}/{}", ap.node, ap.name),
+            }
+        })
+        .collect();
     let mut batches = Vec::new();
     for ((conn, bucket), keys) in &groups {
         for chunk in keys.chunks(MAX_BATCH) {
@@ -158,15 +264,15 @@ pub async fn execute(
     // makes the whole future not provably `Send` (rustc's higher-ranked lifetime limits).
     let futures: Vec<_> = batches
         .into_iter()
-        .map(|(conn, bucket, chunk)| delete_batch(store, conn, bucket, chunk, progress))
+        .map(|(conn, bucket, chunk)| delete_batch(store, conn, bucket, chunk, &owners, progress))
         .collect();
     let results: Vec<_> = futures::stream::iter(futures)
-        .buffer_unordered(concurrency)
+        .buffer_unordered(concurrency(store))
         .collect()
         .await;
 
     for (chunk, per_key) in results {
-        for ((_, owners), result) in chunk.iter().zip(per_key) {
+        for ((_, _, owners), result) in chunk.iter().zip(per_key) {
             let Err(e) = result else { continue };
             for &j in owners {
                 let out = exec.outcomes.get_mut(&jobs[j].id).expect("probed job");
@@ -184,22 +290,79 @@ pub async fn execute(
     exec
 }
 
-type BatchResult<'a> = (&'a [(String, Vec<usize>)], Vec<Result<(), StoreError>>);
+fn concurrency(store: &ObjectStore) -> usize {
+    store.options().concurrency.max(1)
+}
+
+fn written_after(o: &StoredObject, limit: Option<jiff::Timestamp>) -> bool {
+    matches!((o.last_modified, limit), (Some(t), Some(limit)) if t > limit)
+}
+
+type BatchResult<'a> = (&'a [KeyEntry], Vec<Result<(), StoreError>>);
 
 async fn delete_batch<'a>(
     store: &ObjectStore,
     conn: &S3Connection,
     bucket: &str,
-    chunk: &'a [(String, Vec<usize>)],
+    chunk: &'a [KeyEntry],
+    owners: &[AuditOwner],
     progress: &dyn Progress,
 ) -> BatchResult<'a> {
-    let names: Vec<String> = chunk.iter().map(|(k, _)| k.clone()).collect();
+    let names: Vec<String> = chunk.iter().map(|(k, _, _)| k.clone()).collect();
     let results = match store.client(conn).await {
         Ok(client) => store.delete_keys(&client, bucket, &names).await,
         Err(e) => vec![Err(e); names.len()],
     };
     progress.deleted(results.iter().filter(|r| r.is_ok()).count() as u64);
+    audit(conn, bucket, chunk, &results, owners);
     (chunk, results)
+}
+
+/// One structured record per deletion request and workflow, on target `artgc::audit`.
+fn audit(
+    conn: &S3Connection,
+    bucket: &str,
+    chunk: &[KeyEntry],
+    results: &[Result<(), StoreError>],
+    owners: &[AuditOwner],
+) {
+    // Workflow (namespace, name, uid) of each key's first owner -> key positions and artifacts.
+    type Keys<'o> = (Vec<usize>, Vec<&'o str>);
+    let mut by_workflow: BTreeMap<(&str, &str, &str), Keys<'_>> = BTreeMap::new();
+    for (i, (_, _, jobs)) in chunk.iter().enumerate() {
+        let first = &owners[jobs[0]];
+        let entry = by_workflow
+            .entry((&first.namespace, &first.workflow, &first.uid))
+            .or_default();
+        entry.0.push(i);
+        for &j in jobs {
+            let a = owners[j].artifact.as_str();
+            if !entry.1.contains(&a) {
+                entry.1.push(a);
+            }
+        }
+    }
+    let identity = conn.credentials.identity();
+    for ((namespace, workflow, uid), (keys, artifacts)) in by_workflow {
+        let failed = keys.iter().filter(|&&i| results[i].is_err()).count();
+        let bytes: u64 = keys.iter().map(|&i| chunk[i].1).sum();
+        tracing::info!(
+            target: "artgc::audit",
+            namespace,
+            workflow,
+            uid,
+            artifacts = %artifacts.join(","),
+            endpoint = %conn.url,
+            bucket,
+            keys = keys.len(),
+            first_key = %chunk[keys[0]].0.escape_debug(),
+            last_key = %chunk[*keys.last().expect("non-empty")].0.escape_debug(),
+            bytes,
+            failed,
+            identity = %identity,
+            "delete request"
+        );
+    }
 }
 
 /// The longest prefix, ending at a `/`, shared by all keys.
@@ -207,7 +370,11 @@ fn common_prefix<'a>(keys: impl Iterator<Item = &'a str>) -> &'a str {
     let mut common: Option<&str> = None;
     for k in keys {
         let c = common.get_or_insert(k);
-        let n = c.bytes().zip(k.bytes()).take_while(|(a, b)| a == b).count();
+        let mut n = c.bytes().zip(k.bytes()).take_while(|(a, b)| a == b).count();
+        // Keys may differ inside a multi-byte character: cut at a character boundary.
+        while !c.is_char_boundary(n) {
+            n -= 1;
+        }
         *c = &c[..n];
     }
     let c = common.unwrap_or("");
@@ -226,39 +393,44 @@ const LISTED_PER_ARTIFACT: usize = 200;
 async fn probe_many(
     store: &ObjectStore,
     conn: &S3Connection,
-    targets: Vec<&S3Target>,
-) -> Vec<Probe> {
-    if let [single] = targets[..] {
-        return vec![probe(store, conn, single).await];
+    jobs: Vec<&Job<'_>>,
+) -> Vec<ProbeResult> {
+    if let [single] = jobs[..] {
+        return vec![probe_one(store, conn, single).await];
     }
-    let prefix = common_prefix(targets.iter().map(|t| t.key.as_str()));
-    let limit = targets.len() * LISTED_PER_ARTIFACT;
+    let prefix = common_prefix(jobs.iter().map(|j| j.target.key.as_str()));
+    let limit = jobs.len() * LISTED_PER_ARTIFACT;
     let listed = match store.client(conn).await {
-        Ok(client) => store.list(&client, &targets[0].bucket, prefix, limit).await,
+        Ok(client) => {
+            store
+                .list(&client, &jobs[0].target.bucket, prefix, limit)
+                .await
+        }
         Err(e) => Err(e),
     };
     match listed {
         Ok(objects) => {
-            let index: BTreeMap<String, u64> =
-                objects.into_iter().map(|o| (o.key, o.size)).collect();
-            targets.iter().map(|t| Ok(classify(&index, t))).collect()
+            let index: BTreeMap<String, StoredObject> =
+                objects.into_iter().map(|o| (o.key.clone(), o)).collect();
+            let max = store.options().max_objects_per_artifact;
+            jobs.iter().map(|j| classify(&index, j, max)).collect()
         }
         Err(e) if e.kind == StoreErrorKind::TooManyObjects => {
             // Split by the next segment after the common prefix; keep the input order.
             let mut parts: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-            for (i, t) in targets.iter().enumerate() {
-                let rest = &t.key[prefix.len()..];
+            for (i, j) in jobs.iter().enumerate() {
+                let rest = &j.target.key[prefix.len()..];
                 let segment = rest.find('/').map_or(rest, |n| &rest[..=n]);
                 parts.entry(segment).or_default().push(i);
             }
             if parts.len() == 1 {
                 // Nothing left to split on (the same key named twice): probe each alone.
-                let each = targets.iter().map(|t| probe(store, conn, t));
+                let each = jobs.iter().map(|j| probe_one(store, conn, j));
                 return futures::future::join_all(each).await;
             }
-            let mut out: Vec<Option<Probe>> = vec![None; targets.len()];
+            let mut out: Vec<Option<ProbeResult>> = (0..jobs.len()).map(|_| None).collect();
             let parts = parts.into_values().map(|idx| {
-                let part = idx.iter().map(|&i| targets[i]).collect();
+                let part = idx.iter().map(|&i| jobs[i]).collect();
                 async move { (idx, Box::pin(probe_many(store, conn, part)).await) }
             });
             // The store's semaphore bounds the requests these make at once.
@@ -271,45 +443,66 @@ async fn probe_many(
                 .map(|r| r.expect("every target probed"))
                 .collect()
         }
-        Err(e) => targets.iter().map(|_| Err(e.clone())).collect(),
+        Err(e) => jobs.iter().map(|_| Err(e.clone())).collect(),
     }
 }
 
-/// What a complete listing of a prefix covering the target says about it.
-fn classify(index: &BTreeMap<String, u64>, target: &S3Target) -> (ObjectKind, Vec<StoredObject>) {
+fn too_many(job: &Job<'_>, max: usize) -> StoreError {
+    StoreError {
+        kind: StoreErrorKind::TooManyObjects,
+        message: format!(
+            "s3://{}/{} holds more than {max} objects (raise --max-objects-per-artifact to allow it)",
+            job.target.bucket, job.target.key
+        ),
+    }
+}
+
+/// Objects under a widened `key/` that the workflow did not write during its run are not its.
+fn written_during(objects: Vec<StoredObject>, job: &Job<'_>) -> Vec<StoredObject> {
+    objects
+        .into_iter()
+        .filter(|o| match (o.last_modified, job.written_from) {
+            (Some(t), Some(from)) => t >= from,
+            _ => true,
+        })
+        .collect()
+}
+
+/// What a complete listing of a prefix covering the job's key says about it.
+fn classify(index: &BTreeMap<String, StoredObject>, job: &Job<'_>, max: usize) -> ProbeResult {
+    let target = job.target;
     let under = |prefix: &str| -> Vec<StoredObject> {
         index
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, &size)| StoredObject {
-                key: k.clone(),
-                size,
-            })
+            .map(|(_, o)| o.clone())
             .collect()
     };
-    if target.is_directory_key() {
-        return (ObjectKind::Directory, under(&target.key));
-    }
-    if let Some(&size) = index.get(&target.key) {
-        let obj = StoredObject {
-            key: target.key.clone(),
-            size,
-        };
-        return (ObjectKind::File, vec![obj]);
-    }
-    let objects = under(&target.directory_prefix());
-    let kind = if objects.is_empty() {
-        ObjectKind::File
+    let found = if target.is_directory_key() {
+        (ObjectKind::Directory, under(&target.key))
+    } else if let Some(obj) = index.get(&target.key) {
+        (ObjectKind::File, vec![obj.clone()])
+    } else if job.widen {
+        let objects = written_during(under(&target.directory_prefix()), job);
+        match objects.is_empty() {
+            true => (ObjectKind::File, objects),
+            false => (ObjectKind::Directory, objects),
+        }
     } else {
-        ObjectKind::Directory
+        (ObjectKind::File, Vec::new())
     };
-    (kind, objects)
+    if found.1.len() > max {
+        return Err(too_many(job, max));
+    }
+    Ok(found)
 }
 
 /// What one artifact amounts to in the store. A key ending in `/` is a directory; any other key
-/// is a file, unless no such object exists and objects exist under `key/` (Argo leaves those
-/// behind; artgc does not).
-async fn probe(store: &ObjectStore, conn: &S3Connection, target: &S3Target) -> Probe {
+/// is a file, unless the artifact may be widened (`archive: none`, no file seen before), HEAD
+/// answered that no such object exists, and objects exist under `key/` (Argo leaves those
+/// behind; artgc does not). A failed HEAD is no evidence: its error stands.
+async fn probe_one(store: &ObjectStore, conn: &S3Connection, job: &Job<'_>) -> ProbeResult {
+    let target = job.target;
     let client = store.client(conn).await?;
     let limit = store.options().max_objects_per_artifact;
     if target.is_directory_key() {
@@ -318,21 +511,45 @@ async fn probe(store: &ObjectStore, conn: &S3Connection, target: &S3Target) -> P
             .await?;
         return Ok((ObjectKind::Directory, objects));
     }
-    let head = store.head(&client, &target.bucket, &target.key).await;
-    if let Ok(Some(size)) = head {
-        let obj = StoredObject {
-            key: target.key.clone(),
-            size,
-        };
+    if let Some(obj) = store.head(&client, &target.bucket, &target.key).await? {
         return Ok((ObjectKind::File, vec![obj]));
     }
-    // Not found, or a store that fails HEAD where its folder stands: the listing decides, and
-    // the HEAD error stands when it finds nothing.
+    if !job.widen {
+        store.check_bucket(&client, &target.bucket).await?;
+        return Ok((ObjectKind::File, Vec::new()));
+    }
     let prefix = target.directory_prefix();
-    let objects = store.list(&client, &target.bucket, &prefix, limit).await?;
-    match (head, objects.is_empty()) {
-        (Err(e), true) => Err(e),
-        (_, true) => Ok((ObjectKind::File, objects)),
-        (_, false) => Ok((ObjectKind::Directory, objects)),
+    let objects = written_during(
+        store.list(&client, &target.bucket, &prefix, limit).await?,
+        job,
+    );
+    match objects.is_empty() {
+        true => Ok((ObjectKind::File, objects)),
+        false => Ok((ObjectKind::Directory, objects)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys that differ inside a multi-byte character once cut the prefix mid-character.
+    #[test]
+    fn the_common_prefix_ends_at_a_character_boundary() {
+        let keys = ["数据/报告.csv", "数据/日志.csv"];
+        assert_eq!(common_prefix(keys.iter().copied()), "数据/");
+        assert_eq!(common_prefix(["é1", "è2"].iter().copied()), "");
+        assert_eq!(
+            common_prefix(["w/a/x", "w/a/y", "w/b"].iter().copied()),
+            "w/"
+        );
+    }
+
+    #[test]
+    fn widening_needs_archive_none_and_no_file_seen_before() {
+        assert!(may_widen(true, false));
+        assert!(!may_widen(false, false));
+        assert!(!may_widen(true, true));
+        assert!(!may_widen(false, true));
     }
 }

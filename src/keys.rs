@@ -27,13 +27,24 @@ pub struct OverlapIndex {
 
 impl OverlapIndex {
     fn bucket_of(target: &S3Target) -> (String, String) {
-        (normalize_endpoint(&target.endpoint), target.bucket.clone())
+        let store = if target.store.is_empty() {
+            normalize_endpoint(&target.endpoint)
+        } else {
+            target.store.clone()
+        };
+        (store, target.bucket.clone())
     }
 
-    /// Adds a use; returns the shared key text, for callers that keep it.
+    /// Adds a use; returns the shared key text, for callers that keep it. A use of the whole
+    /// bucket is not indexed: it would make every key of the bucket "shared" for everyone (a
+    /// `Never` artifact at a bucket root pinning other tenants' keys), and artgc never deletes
+    /// a bucket root itself.
     pub fn insert(&mut self, target: &S3Target, id: u32) -> Arc<str> {
-        let map = self.buckets.entry(Self::bucket_of(target)).or_default();
         let b = base(&target.key);
+        if b.is_empty() {
+            return Arc::from("");
+        }
+        let map = self.buckets.entry(Self::bucket_of(target)).or_default();
         if let Some((k, _)) = map.get_key_value(b) {
             let k = k.clone();
             map.get_mut(&*k).expect("present").push(id);
@@ -50,6 +61,9 @@ impl OverlapIndex {
             return;
         };
         let b = base(&target.key);
+        if b.is_empty() {
+            return;
+        }
         if let Some(ids) = map.get_mut(b) {
             ids.retain(|&i| i != id);
             if ids.is_empty() {
@@ -70,12 +84,7 @@ impl OverlapIndex {
         if let Some(ids) = map.get(b) {
             out.extend(ids);
         }
-        // Ancestors, the bucket root included.
-        if !b.is_empty()
-            && let Some(ids) = map.get("")
-        {
-            out.extend(ids);
-        }
+        // Ancestors (never the bucket root: see `insert`).
         for (i, _) in b.match_indices('/') {
             if i > 0
                 && let Some(ids) = map.get(&b[..i])
@@ -269,6 +278,7 @@ mod tests {
             endpoint: "http://Minio:9000/".into(),
             bucket: "b".into(),
             key: key.into(),
+            store: String::new(),
         }
     }
 

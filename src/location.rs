@@ -14,6 +14,10 @@ pub struct S3Target {
     pub endpoint: String,
     pub bucket: String,
     pub key: String,
+    /// The store in canonical form (`host:port`, service names qualified, policy aliases
+    /// folded), so the shared-key check sees one store however it is spelt; empty until the
+    /// planner sets it.
+    pub store: String,
 }
 
 impl S3Target {
@@ -50,26 +54,60 @@ pub struct S3Connection {
     pub ca_pem: Option<Vec<u8>>,
 }
 
+/// Who a request is signed as. Debug and [`Credentials::identity`] never show a secret value.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Credentials {
+    /// Keys from Secrets in the workflow's namespace.
     Static {
+        /// The Secret the access key came from (for the audit trail).
+        secret: String,
         access_key: String,
         secret_key: String,
         session_token: Option<String>,
     },
-    /// Assume this role with the ambient credentials.
-    AssumeRole { role_arn: String },
-    /// The AWS SDK's default chain (env, profile, web identity / IRSA, instance metadata).
-    Ambient,
+    /// The workflow's GC service account: a token for it (TokenRequest) exchanged at STS for
+    /// `role_arn` (its IRSA annotation), then `assume` assumed with those credentials if set.
+    ServiceAccount {
+        namespace: String,
+        name: String,
+        role_arn: String,
+        assume: Option<String>,
+    },
+    /// artgc's own credentials (the SDK's default chain), then `assume` if set. Only where the
+    /// operator's policy grants it to the namespace.
+    Controller { assume: Option<String> },
+}
+
+impl Credentials {
+    /// Names the identity for logs and the audit trail.
+    pub fn identity(&self) -> String {
+        let then = |assume: &Option<String>| {
+            assume
+                .as_ref()
+                .map(|r| format!(", then role {r}"))
+                .unwrap_or_default()
+        };
+        match self {
+            Self::Static {
+                secret, access_key, ..
+            } => format!("secret {secret} (key id {access_key})"),
+            Self::ServiceAccount {
+                namespace,
+                name,
+                role_arn,
+                assume,
+            } => format!(
+                "serviceAccount {namespace}/{name} as role {role_arn}{}",
+                then(assume)
+            ),
+            Self::Controller { assume } => format!("controller{}", then(assume)),
+        }
+    }
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Static { access_key, .. } => write!(f, "static({access_key}, ***)"),
-            Self::AssumeRole { role_arn } => write!(f, "assume-role({role_arn})"),
-            Self::Ambient => f.write_str("sdk-chain"),
-        }
+        f.write_str(&self.identity())
     }
 }
 
@@ -173,6 +211,7 @@ fn finish(location: S3Location, field: &str) -> Result<Resolved, ResolveError> {
         endpoint: get(&location.endpoint, "endpoint")?,
         bucket: get(&location.bucket, "bucket")?,
         key: location.key.clone().unwrap_or_default(),
+        store: String::new(),
     };
     Ok(Resolved::S3 {
         target,
@@ -180,54 +219,101 @@ fn finish(location: S3Location, field: &str) -> Result<Resolved, ResolveError> {
     })
 }
 
-/// Builds the connection for an S3 location, reading Secrets in `namespace` only.
-pub fn connection(
-    state: &ClusterState,
-    namespace: &str,
+/// Sets `target.store` to the canonical form of its endpoint as seen from `namespace`.
+pub fn canonicalize_store(resolved: &mut Resolved, state: &ClusterState, namespace: &str) {
+    if let Resolved::S3 { target, location } = resolved {
+        let insecure = location.insecure == Some(true);
+        target.store = match state
+            .policy
+            .canonical(&target.endpoint, insecure, namespace)
+        {
+            Ok(e) if e.host.contains(':') => format!("[{}]:{}", e.host, e.port),
+            Ok(e) => format!("{}:{}", e.host, e.port),
+            Err(_) => target.endpoint.to_ascii_lowercase(),
+        };
+    }
+}
+
+/// Everything that may decide who deletes an artifact, and where.
+pub struct Authority<'a> {
+    pub state: &'a ClusterState,
+    /// The workflow's namespace: Secrets, ServiceAccounts and the policy's grant come from it.
+    pub namespace: &'a str,
+    /// `artifactGC.serviceAccountName` of the artifact, else of the workflow.
+    pub service_account: Option<&'a str>,
+}
+
+/// Checks what the namespace may do with this artifact (a safe key, an endpoint configured for
+/// it, the buckets and prefixes the policy allows, an identity it may use) and builds the
+/// connection. Nothing is sent anywhere for an artifact refused here.
+pub fn authorize(
+    auth: &Authority<'_>,
+    target: &S3Target,
     loc: &S3Location,
     field: &str,
 ) -> Result<S3Connection, ResolveError> {
-    let endpoint = loc.endpoint.as_deref().unwrap_or_default();
-    let url = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else if loc.insecure == Some(true) {
-        format!("http://{endpoint}")
-    } else {
-        format!("https://{endpoint}")
-    };
-    let text = |sel: &crate::model::SecretKeySelector, name: &str| {
-        let raw = state.secret_value(namespace, sel, &format!("{field}.s3.{name}"))?;
-        String::from_utf8(raw)
-            .map(|s| s.trim().to_string())
-            .map_err(|_| ResolveError::Secret(format!("{field}.s3.{name}: value is not UTF-8")))
-    };
-    let credentials = match (&loc.access_key_secret, &loc.secret_key_secret) {
-        (Some(a), Some(s)) => Credentials::Static {
-            access_key: text(a, "accessKeySecret")?,
-            secret_key: text(s, "secretKeySecret")?,
-            session_token: loc
-                .session_token_secret
-                .as_ref()
-                .map(|t| text(t, "sessionTokenSecret"))
-                .transpose()?,
-        },
-        (Some(_), None) | (None, Some(_)) => {
-            return Err(ResolveError::Secret(format!(
-                "{field}.s3: accessKeySecret and secretKeySecret must be set together"
-            )));
-        }
-        (None, None) => match loc.role_arn.as_deref().filter(|r| !r.is_empty()) {
-            Some(role) => Credentials::AssumeRole {
-                role_arn: role.to_string(),
-            },
-            None => Credentials::Ambient,
-        },
-    };
+    let Authority {
+        state, namespace, ..
+    } = auth;
+    if let Some(why) = crate::policy::unsafe_key(&target.key) {
+        return Err(ResolveError::UnsafeKey(format!(
+            "{field}: key {:?} {why}; refused",
+            target.key
+        )));
+    }
+    let insecure = loc.insecure == Some(true);
+    let policy = &state.policy;
+    let endpoint = policy
+        .canonical(&target.endpoint, insecure, namespace)
+        .map_err(|e| ResolveError::EndpointNotAllowed(format!("{field}.s3.endpoint: {e}")))?;
+    if endpoint.is_forbidden() {
+        return Err(ResolveError::EndpointNotAllowed(format!(
+            "{field}.s3.endpoint: {endpoint} is a link-local or metadata address; artgc never contacts it"
+        )));
+    }
+    let grant = state.grant_for(namespace);
+    let granted = grant
+        .endpoints
+        .iter()
+        .filter_map(|e| policy.canonical(e, insecure, namespace).ok());
+    let configured = state.configured_endpoints(namespace);
+    if !configured
+        .into_iter()
+        .chain(granted)
+        .any(|c| c.same_store(&endpoint))
+    {
+        return Err(ResolveError::EndpointNotAllowed(format!(
+            "{field}.s3.endpoint: {endpoint} is not a repository configured for namespace {namespace} and the policy does not allow it"
+        )));
+    }
+    if !grant.buckets.is_empty() && !grant.buckets.contains(&target.bucket) {
+        return Err(ResolveError::BucketNotAllowed(format!(
+            "{field}.s3.bucket: the policy does not allow namespace {namespace} bucket {:?}",
+            target.bucket
+        )));
+    }
+    if !grant.key_prefixes.is_empty()
+        && !grant
+            .key_prefixes
+            .iter()
+            .any(|p| target.key.starts_with(p.as_str()))
+    {
+        return Err(ResolveError::BucketNotAllowed(format!(
+            "{field}.s3.key: {:?} is outside the key prefixes the policy allows namespace {namespace}",
+            target.key
+        )));
+    }
+    let credentials = credentials(auth, grant, loc, field)?;
     let ca_pem = loc
         .ca_secret
         .as_ref()
         .map(|c| state.secret_value(namespace, c, &format!("{field}.s3.caSecret")))
         .transpose()?;
+    let url = if target.endpoint.contains("://") {
+        target.endpoint.clone()
+    } else {
+        format!("{}://{}", endpoint.scheme, target.endpoint)
+    };
     Ok(S3Connection {
         url,
         region: loc
@@ -239,4 +325,74 @@ pub fn connection(
         credentials,
         ca_pem,
     })
+}
+
+/// Argo's order (static keys, then roleARN, then the SDK chain), with the chain being the
+/// workflow's GC service account's, never artgc's own unless the policy grants it.
+fn credentials(
+    auth: &Authority<'_>,
+    grant: &crate::policy::Grant,
+    loc: &S3Location,
+    field: &str,
+) -> Result<Credentials, ResolveError> {
+    use crate::policy::IdentityKind;
+    let Authority {
+        state,
+        namespace,
+        service_account,
+    } = auth;
+    let text = |sel: &crate::model::SecretKeySelector, name: &str| {
+        let raw = state.secret_value(namespace, sel, &format!("{field}.s3.{name}"))?;
+        String::from_utf8(raw)
+            .map(|s| s.trim().to_string())
+            .map_err(|_| ResolveError::Secret(format!("{field}.s3.{name}: value is not UTF-8")))
+    };
+    let assume = loc.role_arn.clone().filter(|r| !r.is_empty());
+    match (&loc.access_key_secret, &loc.secret_key_secret) {
+        (Some(a), Some(s)) => {
+            if !grant.allows(IdentityKind::Secret) {
+                return Err(ResolveError::Identity(format!(
+                    "{field}.s3: the policy does not let namespace {namespace} use its Secrets"
+                )));
+            }
+            Ok(Credentials::Static {
+                secret: a.name.clone(),
+                access_key: text(a, "accessKeySecret")?,
+                secret_key: text(s, "secretKeySecret")?,
+                session_token: loc
+                    .session_token_secret
+                    .as_ref()
+                    .map(|t| text(t, "sessionTokenSecret"))
+                    .transpose()?,
+            })
+        }
+        (Some(_), None) | (None, Some(_)) => Err(ResolveError::Secret(format!(
+            "{field}.s3: accessKeySecret and secretKeySecret must be set together"
+        ))),
+        (None, None) if grant.allows(IdentityKind::ServiceAccount) => {
+            let name = service_account.unwrap_or("default");
+            if !grant.service_accounts.is_empty()
+                && !grant.service_accounts.iter().any(|s| s == name)
+            {
+                return Err(ResolveError::Identity(format!(
+                    "{field}: the policy does not let namespace {namespace} act as ServiceAccount {name:?}"
+                )));
+            }
+            let role_arn = state
+                .service_account_role(namespace, name)
+                .map_err(|e| ResolveError::Identity(format!("{field}: {e}")))?;
+            Ok(Credentials::ServiceAccount {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                role_arn,
+                assume,
+            })
+        }
+        (None, None) if grant.allows(IdentityKind::Controller) => {
+            Ok(Credentials::Controller { assume })
+        }
+        (None, None) => Err(ResolveError::Identity(format!(
+            "{field}.s3: no accessKeySecret/secretKeySecret, and the policy lets namespace {namespace} use neither its GC service account nor artgc's own identity"
+        ))),
+    }
 }

@@ -15,6 +15,17 @@ pub const LABEL_COMPLETED: &str = "workflows.argoproj.io/completed";
 pub const LABEL_INSTANCE_ID: &str = "workflows.argoproj.io/controller-instanceid";
 /// Annotation on an `artifact-repositories` ConfigMap naming its default key.
 pub const ANNOTATION_DEFAULT_REPOSITORY: &str = "workflows.argoproj.io/default-artifact-repository";
+/// Artifacts whose probe found a file, as `node/artifact` lines: written before deleting, so a
+/// later pass never mistakes the gone file for a directory and lists under `key/`.
+pub const ANNOTATION_PROBED_FILES: &str = "artgc.io/probed-files";
+
+/// The (node, artifact) pairs of an [`ANNOTATION_PROBED_FILES`] value.
+pub fn parse_probed_files(text: &str) -> std::collections::HashSet<(&str, &str)> {
+    text.lines()
+        .filter_map(|l| l.trim().rsplit_once('/'))
+        .collect()
+}
+
 /// The finalizer that holds a deleting workflow until its artifacts are gone.
 pub const FINALIZER_ARTIFACT_GC: &str = "workflows.argoproj.io/artifact-gc";
 
@@ -51,6 +62,9 @@ pub struct WorkflowArtifactGc {
     pub strategy: Option<String>,
     #[serde(default)]
     pub force_finalizer_removal: Option<bool>,
+    /// The account Argo's GC pod runs as (namespace `default` when unset).
+    #[serde(default)]
+    pub service_account_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -127,14 +141,33 @@ pub struct Artifact {
     pub artifact_gc: Option<ArtifactGc>,
     #[serde(default, deserialize_with = "null_default")]
     pub deleted: bool,
+    /// How the executor packed it; only `none` matters here (a directory stays many keys).
+    #[serde(default)]
+    pub archive: Option<ArchiveStrategy>,
     #[serde(flatten)]
     pub location: ArtifactLocation,
 }
 
+impl Artifact {
+    /// `archive: {none: {}}`: a directory output was uploaded as many keys under its key.
+    pub fn archive_none(&self) -> bool {
+        self.archive.as_ref().is_some_and(|a| a.none.is_some())
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ArchiveStrategy {
+    #[serde(default)]
+    pub none: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ArtifactGc {
     #[serde(default)]
     pub strategy: Option<String>,
+    #[serde(default)]
+    pub service_account_name: Option<String>,
 }
 
 /// Where an artifact lives, or the base location of a repository / `archiveLocation`.
@@ -254,6 +287,8 @@ pub struct WorkflowStatus {
     #[serde(default)]
     pub phase: Option<String>,
     #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
     pub finished_at: Option<String>,
     #[serde(default)]
     pub nodes: Option<BTreeMap<String, NodeStatus>>,
@@ -314,6 +349,22 @@ pub struct NodeStatus {
     pub inputs: Option<IoArtifacts>,
     #[serde(default)]
     pub outputs: Option<IoArtifacts>,
+    #[serde(default)]
+    pub memoization_status: Option<MemoizationStatus>,
+}
+
+impl NodeStatus {
+    /// A memoization cache hit: its outputs are the producer workflow's, not this one's.
+    pub fn is_cache_hit(&self) -> bool {
+        self.memoization_status.as_ref().is_some_and(|m| m.hit)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoizationStatus {
+    #[serde(default, deserialize_with = "null_default")]
+    pub hit: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -334,6 +385,14 @@ impl Workflow {
 
     pub fn name(&self) -> &str {
         self.metadata.name.as_deref().unwrap_or("")
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
     }
 
     pub fn label(&self, key: &str) -> Option<&str> {
@@ -370,6 +429,24 @@ impl Workflow {
                 .artifact_gc
                 .as_ref()?
                 .strategy
+                .as_deref()
+        };
+        own.filter(|s| !s.is_empty())
+            .or_else(|| stored().filter(|s| !s.is_empty()))
+    }
+
+    /// The workflow-level GC service account: spec, then the stored WorkflowTemplate spec.
+    pub fn gc_service_account(&self) -> Option<&str> {
+        let own = self
+            .spec
+            .artifact_gc
+            .as_ref()
+            .and_then(|g| g.service_account_name.as_deref());
+        let stored = || {
+            self.stored_spec()?
+                .artifact_gc
+                .as_ref()?
+                .service_account_name
                 .as_deref()
         };
         own.filter(|s| !s.is_empty())

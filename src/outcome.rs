@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::execute::Execution;
 use crate::model::Workflow;
 use crate::nodes::workflow_nodes;
-use crate::plan::{Decision, KeepReason, SkipReason, Strategy, WorkflowPlan};
+use crate::plan::{Decision, SkipReason, Strategy, WorkflowPlan};
 
 /// Argo's condition type for GC failures.
 pub const CONDITION_GC_ERROR: &str = "ArtifactGCError";
@@ -220,6 +220,9 @@ pub fn assess(
                 let outcome = execution.and_then(|e| e.get(w, a));
                 match outcome {
                     Some(o) if o.error.is_none() => {
+                        if o.written_after > 0 {
+                            kept.push((art.strategy, "written_after_workflow"));
+                        }
                         let r = out.reclaimed.entry(art.strategy).or_default();
                         r.artifacts += 1;
                         r.objects += o.objects;
@@ -245,14 +248,7 @@ pub fn assess(
                     }
                 }
             }
-            Decision::Keep(reason) => kept.push((
-                art.strategy,
-                match reason {
-                    KeepReason::Never => "never",
-                    KeepReason::Shared(_) => "shared",
-                    KeepReason::BucketRoot => "bucket_root",
-                },
-            )),
+            d @ Decision::Keep(_) => kept.push((art.strategy, d.category())),
             Decision::Skip(SkipReason::AlreadyDeleted) => {}
             Decision::Skip(SkipReason::NotFinished(_) | SkipReason::NotSelected { .. }) => {
                 if art.strategy != Strategy::Never {

@@ -90,6 +90,8 @@ pub enum KeepReason {
     /// Another artifact that is not being deleted uses this key; names it.
     Shared(String),
     BucketRoot,
+    /// A memoization cache hit: the outputs are another workflow's.
+    Memoized,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +128,7 @@ impl Decision {
             Self::Keep(KeepReason::Never) => "never",
             Self::Keep(KeepReason::Shared(_)) => "shared",
             Self::Keep(KeepReason::BucketRoot) => "bucket_root",
+            Self::Keep(KeepReason::Memoized) => "memoized",
             Self::Skip(SkipReason::AlreadyDeleted) => "already_deleted",
             Self::Skip(SkipReason::NotFinished(_)) => "not_finished",
             Self::Skip(SkipReason::NotSelected { .. }) => "not_due",
@@ -141,6 +144,10 @@ impl Decision {
             Self::Keep(KeepReason::Shared(by)) => format!("shared: key also used by {by}"),
             Self::Keep(KeepReason::BucketRoot) => {
                 "refused: key is empty or covers the whole bucket".into()
+            }
+            Self::Keep(KeepReason::Memoized) => {
+                "memoized: a cache hit whose outputs belong to the workflow that produced them"
+                    .into()
             }
             Self::Skip(SkipReason::AlreadyDeleted) => "already deleted".into(),
             Self::Skip(SkipReason::NotFinished(phase)) => {
@@ -169,6 +176,12 @@ pub struct ArtifactPlan {
     pub due: bool,
     pub target: Option<S3Target>,
     pub kind: Option<ObjectKind>,
+    /// `archive: none`: only such an artifact may turn out to be a directory behind a key
+    /// without a trailing `/`.
+    pub archive_none: bool,
+    /// An earlier pass's probe found a file at this key (the workflow's probed-files
+    /// annotation): it is never widened to a directory on a later pass.
+    pub file_seen: bool,
     /// Present exactly when the decision is `Delete`.
     pub connection: Option<S3Connection>,
     pub decision: Decision,
@@ -182,6 +195,9 @@ pub struct WorkflowPlan {
     /// Set when the workflow could not be planned at all.
     pub error: Option<InputError>,
     pub node_encoding: Option<NodeEncoding>,
+    /// When it started and finished: objects written outside that window are not its outputs.
+    pub started_at: Option<jiff::Timestamp>,
+    pub finished_at: Option<jiff::Timestamp>,
     pub artifacts: Vec<ArtifactPlan>,
 }
 
@@ -194,6 +210,8 @@ impl WorkflowPlan {
             uid: None,
             error: Some(error),
             node_encoding: None,
+            started_at: None,
+            finished_at: None,
             artifacts: Vec::new(),
         }
     }
@@ -270,6 +288,8 @@ fn plan_workflow(
         uid: wf.metadata.uid.clone(),
         error: None,
         node_encoding: None,
+        started_at: parse_time(wf.status.started_at.as_deref()),
+        finished_at: parse_time(wf.status.finished_at.as_deref()),
         artifacts: Vec::new(),
     };
     let nodes = match workflow_nodes(wf) {
@@ -289,6 +309,8 @@ fn plan_workflow(
     });
     let finished = wf.is_finished();
     let deleting = wf.is_being_deleted();
+    let seen_text = wf.annotation(crate::model::ANNOTATION_PROBED_FILES);
+    let file_seen = crate::model::parse_probed_files(seen_text.unwrap_or_default());
     let wf_strategy = Strategy::parse(wf.workflow_strategy());
     let label = |node: &str, art: &str| {
         format!("{}/{} artifact {art} (node {node})", wp.namespace, wp.name)
@@ -304,12 +326,22 @@ fn plan_workflow(
         if !finished {
             for art in node.inputs.iter().flat_map(|i| &i.artifacts) {
                 let field = format!("status.nodes[{id}].inputs.artifacts[{}]", art.name);
-                live_use(art, lookup, &field, &repository, label(id, &art.name), uses);
+                live_use(
+                    state,
+                    wf.namespace(),
+                    art,
+                    lookup,
+                    &field,
+                    &repository,
+                    label(id, &art.name),
+                    uses,
+                );
             }
         }
         if node.node_type.as_deref() != Some("Pod") {
             continue;
         }
+        let cache_hit = node.is_cache_hit();
         for (index, art) in node.outputs.iter().flat_map(|o| &o.artifacts).enumerate() {
             let field = format!("status.nodes[{id}].outputs.artifacts[{}]", art.name);
             let own = art.artifact_gc.as_ref().and_then(|g| g.strategy.as_deref());
@@ -320,7 +352,10 @@ fn plan_workflow(
                     .clone()
                     .map_err(|e| format!("spec.artifactGC.strategy: {e}")),
             };
-            let resolved = location::resolve(art, lookup, &field, repository);
+            let mut resolved = location::resolve(art, lookup, &field, repository);
+            if let Ok(r) = resolved.as_mut() {
+                location::canonicalize_store(r, state, wf.namespace());
+            }
             let target = match &resolved {
                 Ok(Resolved::S3 { target, .. }) => Some(target.clone()),
                 _ => None,
@@ -345,6 +380,8 @@ fn plan_workflow(
             let mut connection = None;
             let decision = if art.deleted {
                 Decision::Skip(SkipReason::AlreadyDeleted)
+            } else if cache_hit {
+                Decision::Keep(KeepReason::Memoized)
             } else if let Err(e) = &strategy {
                 Decision::Error(ResolveError::Strategy(e.clone()))
             } else if strategy_value == Strategy::Never {
@@ -364,7 +401,17 @@ fn plan_workflow(
                         if target.is_bucket_root() {
                             Decision::Keep(KeepReason::BucketRoot)
                         } else {
-                            match location::connection(state, wf.namespace(), &location, &field) {
+                            let auth = location::Authority {
+                                state,
+                                namespace: wf.namespace(),
+                                service_account: art
+                                    .artifact_gc
+                                    .as_ref()
+                                    .and_then(|g| g.service_account_name.as_deref())
+                                    .filter(|s| !s.is_empty())
+                                    .or_else(|| wf.gc_service_account()),
+                            };
+                            match location::authorize(&auth, &target, &location, &field) {
                                 Ok(c) => {
                                     connection = Some(c);
                                     Decision::Delete
@@ -378,9 +425,11 @@ fn plan_workflow(
             if let Some(t) = &target
                 && !art.deleted
             {
+                // A cache hit's keys are the producer's, live for as long as this workflow is.
+                let owner = (!cache_hit).then_some((w, wp.artifacts.len()));
                 uses.push(KeyUse {
                     target: t.clone(),
-                    owner: Some((w, wp.artifacts.len())),
+                    owner,
                     label: label(id, &art.name),
                 });
             }
@@ -392,6 +441,8 @@ fn plan_workflow(
                 due,
                 target,
                 kind,
+                archive_none: art.archive_none(),
+                file_seen: file_seen.contains(&(id.as_str(), art.name.as_str())),
                 connection,
                 decision,
             });
@@ -407,7 +458,16 @@ fn plan_workflow(
                     "{}/{} template {tname} artifact {}",
                     wp.namespace, wp.name, art.name
                 );
-                live_use(art, TemplateLookup::Found(t), &field, &repository, l, uses);
+                live_use(
+                    state,
+                    wf.namespace(),
+                    art,
+                    TemplateLookup::Found(t),
+                    &field,
+                    &repository,
+                    l,
+                    uses,
+                );
             }
         }
         let args = wf.spec.arguments.iter().flat_map(|a| &a.artifacts);
@@ -416,14 +476,30 @@ fn plan_workflow(
                 any_archive_location: false,
             };
             let l = format!("{}/{} argument {}", wp.namespace, wp.name, art.name);
-            live_use(art, lookup, "spec.arguments", &repository, l, uses);
+            live_use(
+                state,
+                wf.namespace(),
+                art,
+                lookup,
+                "spec.arguments",
+                &repository,
+                l,
+                uses,
+            );
         }
     }
     wp
 }
 
+fn parse_time(t: Option<&str>) -> Option<jiff::Timestamp> {
+    t?.parse().ok()
+}
+
 /// Records a use by a live workflow, when its key is literal and its location resolves.
+#[allow(clippy::too_many_arguments)]
 fn live_use(
+    state: &ClusterState,
+    namespace: &str,
     art: &Artifact,
     lookup: TemplateLookup<'_>,
     field: &str,
@@ -440,7 +516,11 @@ fn live_use(
     if !literal {
         return;
     }
-    if let Ok(Resolved::S3 { target, .. }) = location::resolve(art, lookup, field, repository) {
+    if let Ok(mut resolved) = location::resolve(art, lookup, field, repository) {
+        location::canonicalize_store(&mut resolved, state, namespace);
+        let Resolved::S3 { target, .. } = resolved else {
+            return;
+        };
         uses.push(KeyUse {
             target,
             owner: None,

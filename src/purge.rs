@@ -100,8 +100,12 @@ pub async fn load_from_cluster(
         raws.retain(|_| *it.next().expect("same length"));
     }
 
-    let reader = ClusterReader::new(client.clone(), source.argo.config_ref());
-    let mut state = crate::cluster::ClusterState::new(source.argo.config_ref());
+    let policy = source
+        .tenancy
+        .policy()
+        .map_err(|e| cluster_error("--policy", e))?;
+    let reader = ClusterReader::new(client.clone(), source.argo.config_ref(), policy.clone());
+    let mut state = crate::cluster::ClusterState::new(source.argo.config_ref()).with_policy(policy);
     for w in &inputs {
         if let WorkflowInput::Valid(wf) = w {
             let s = reader
@@ -141,6 +145,41 @@ pub async fn load_from_cluster(
         plan,
         cluster: Some((client, raws)),
     })
+}
+
+/// Records, per workflow, the artifacts whose probe found a file (see
+/// [`crate::execute::Probed::files_to_mark`]) before anything is deleted; `raws` are updated
+/// to the objects as written. A workflow that is gone or re-created is left out of the plan's
+/// deletions by failing the whole run: nothing is deleted on an object that is not there.
+pub async fn mark_files(
+    client: &kube::Client,
+    plan: &GcPlan,
+    probed: &crate::execute::Probed<'_>,
+    raws: &mut [Value],
+) -> Result<(), String> {
+    let mut by_workflow: std::collections::BTreeMap<usize, Vec<String>> = Default::default();
+    for (w, a) in probed.files_to_mark() {
+        let ap = &plan.workflows[w].artifacts[a];
+        by_workflow
+            .entry(w)
+            .or_default()
+            .push(format!("{}/{}", ap.node, ap.name));
+    }
+    for (w, files) in by_workflow {
+        let wp = &plan.workflows[w];
+        let api = workflows(client, Some(&wp.namespace));
+        match record::mark_probed_files(&api, raws[w].clone(), &files, "artgc-purge").await {
+            Ok(Some(v)) => raws[w] = v,
+            Ok(None) => {
+                return Err(format!(
+                    "Workflow {}/{} is gone or was re-created",
+                    wp.namespace, wp.name
+                ));
+            }
+            Err(e) => return Err(format!("Workflow {}/{}: {e}", wp.namespace, wp.name)),
+        }
+    }
+    Ok(())
 }
 
 /// Records each workflow's outcome as the controller does (it never adds a finalizer, and

@@ -9,6 +9,7 @@ use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use serde_json::{Map, Value, json};
 
+use crate::model::ANNOTATION_PROBED_FILES;
 use crate::nodes::{compress, decompress};
 use crate::outcome::{CONDITION_GC_ERROR, ConditionChange, FinalizerChange, StatusUpdate};
 
@@ -144,11 +145,7 @@ pub fn merge_patch(
     if status.is_empty() && metadata.is_empty() {
         return Ok(None);
     }
-    let rv = raw["metadata"]["resourceVersion"].clone();
-    if rv.is_null() {
-        return Err("metadata.resourceVersion is missing".into());
-    }
-    metadata.insert("resourceVersion".into(), rv);
+    preconditions(raw, &mut metadata)?;
     let mut patch = Map::new();
     patch.insert("metadata".into(), Value::Object(metadata));
     if !status.is_empty() {
@@ -184,11 +181,53 @@ fn mark_deleted(id: &str, arts: &mut Value, update: &StatusUpdate) -> bool {
     changed
 }
 
+/// The resourceVersion and uid the patch is built against: a concurrent writer makes it fail with
+/// 409, and so does a Workflow deleted and created again under the same name (another object,
+/// which must never receive this one's marks).
+fn preconditions(raw: &Value, metadata: &mut Map<String, Value>) -> Result<(), String> {
+    let rv = raw["metadata"]["resourceVersion"].clone();
+    if rv.is_null() {
+        return Err("metadata.resourceVersion is missing".into());
+    }
+    metadata.insert("resourceVersion".into(), rv);
+    let uid = raw["metadata"]["uid"].clone();
+    if !uid.is_null() {
+        metadata.insert("uid".into(), uid);
+    }
+    Ok(())
+}
+
+/// The merge patch that adds `files` (`node/artifact` lines) to the probed-files annotation,
+/// or `None` when it holds them already.
+pub fn probed_files_patch(raw: &Value, files: &[String]) -> Result<Option<Value>, String> {
+    let current = raw["metadata"]["annotations"][ANNOTATION_PROBED_FILES]
+        .as_str()
+        .unwrap_or_default();
+    let mut lines: Vec<&str> = current.lines().filter(|l| !l.is_empty()).collect();
+    let before = lines.len();
+    for f in files {
+        if !lines.contains(&f.as_str()) {
+            lines.push(f);
+        }
+    }
+    if lines.len() == before {
+        return Ok(None);
+    }
+    let mut metadata = Map::new();
+    metadata.insert(
+        "annotations".into(),
+        json!({ ANNOTATION_PROBED_FILES: lines.join("\n") }),
+    );
+    preconditions(raw, &mut metadata)?;
+    Ok(Some(json!({ "metadata": metadata })))
+}
+
 /// How many conflicting writers to outlast before giving up until the next reconcile.
 const MAX_CONFLICTS: u32 = 8;
 
 /// Applies `update` to the Workflow, starting from `raw` (as read for the pass) and re-reading
-/// on conflict. A Workflow that is gone needs nothing more.
+/// on conflict. A Workflow that is gone, or was re-created under the same name, needs nothing
+/// more.
 pub async fn apply(
     api: &Api<DynamicObject>,
     raw: Value,
@@ -196,30 +235,67 @@ pub async fn apply(
     finalizer: &str,
     field_manager: &str,
 ) -> Result<(), RecordError> {
+    patch_fresh(api, raw, field_manager, |cur| {
+        merge_patch(cur, update, finalizer)
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Records the artifacts whose probe found a file before they are deleted; returns the object
+/// as written, for the pass's record, or `None` when the Workflow is gone or another object.
+pub async fn mark_probed_files(
+    api: &Api<DynamicObject>,
+    raw: Value,
+    files: &[String],
+    field_manager: &str,
+) -> Result<Option<Value>, RecordError> {
+    patch_fresh(api, raw, field_manager, |cur| {
+        probed_files_patch(cur, files)
+    })
+    .await
+}
+
+/// Builds a patch from the object, applies it, and on 409 rebuilds it from a fresh read of the
+/// same object (same uid). Returns the object as it now stands (`None`: gone or re-created).
+async fn patch_fresh(
+    api: &Api<DynamicObject>,
+    raw: Value,
+    field_manager: &str,
+    build: impl Fn(&Value) -> Result<Option<Value>, String>,
+) -> Result<Option<Value>, RecordError> {
     let name = raw["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let uid = raw["metadata"]["uid"].clone();
     let mut current = raw;
     for _ in 0..MAX_CONFLICTS {
-        let Some(patch) = merge_patch(&current, update, finalizer).map_err(RecordError::Build)?
-        else {
-            return Ok(());
+        let Some(patch) = build(&current).map_err(RecordError::Build)? else {
+            return Ok(Some(current));
         };
         let params = PatchParams {
             field_manager: Some(field_manager.to_string()),
             ..Default::default()
         };
         match api.patch(&name, &params, &Patch::Merge(&patch)).await {
-            Ok(_) => return Ok(()),
+            Ok(obj) => {
+                return serde_json::to_value(obj)
+                    .map(Some)
+                    .map_err(|e| RecordError::Build(e.to_string()));
+            }
             Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
                 Some(obj) => {
                     current =
-                        serde_json::to_value(obj).map_err(|e| RecordError::Build(e.to_string()))?
+                        serde_json::to_value(obj).map_err(|e| RecordError::Build(e.to_string()))?;
+                    if !uid.is_null() && current["metadata"]["uid"] != uid {
+                        tracing::info!(workflow = %name, "the Workflow was re-created under the same name; nothing recorded on the new one");
+                        return Ok(None);
+                    }
                 }
-                None => return Ok(()),
+                None => return Ok(None),
             },
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
             Err(e) => return Err(e.into()),
         }
     }

@@ -17,6 +17,7 @@ use backon::BackoffBuilder;
 use thiserror::Error;
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 
+use crate::identity::{IdentityCache, IdentityKey, WebIdentityConfig};
 use crate::location::{Credentials, S3Connection};
 
 /// S3 caps DeleteObjects at 1,000 keys.
@@ -138,6 +139,9 @@ pub struct StoreOptions {
     /// A directory artifact listing more objects than this fails instead of being deleted.
     pub max_objects_per_artifact: usize,
     pub request_timeout: Duration,
+    /// Allowed disagreement between the store's clock and the workflow's timestamps: objects
+    /// written later than `finishedAt` plus this are not the workflow's outputs.
+    pub clock_skew: Duration,
 }
 
 impl Default for StoreOptions {
@@ -147,6 +151,7 @@ impl Default for StoreOptions {
             max_attempts: 5,
             max_objects_per_artifact: 100_000,
             request_timeout: Duration::from_secs(30),
+            clock_skew: Duration::from_secs(120),
         }
     }
 }
@@ -156,6 +161,13 @@ impl Default for StoreOptions {
 pub struct StoredObject {
     pub key: String,
     pub size: u64,
+    /// As the store reports it; `None` when it did not.
+    pub last_modified: Option<jiff::Timestamp>,
+}
+
+fn timestamp(t: Option<&aws_smithy_types::DateTime>) -> Option<jiff::Timestamp> {
+    let t = t?;
+    jiff::Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok()
 }
 
 /// Shared S3 access: cached clients and a bound on requests in flight.
@@ -163,6 +175,8 @@ pub struct ObjectStore {
     opts: StoreOptions,
     clients: Mutex<HashMap<S3Connection, Client>>,
     ambient: OnceCell<aws_config::SdkConfig>,
+    web_identity: Option<WebIdentityConfig>,
+    identities: IdentityCache,
     permits: Arc<Semaphore>,
 }
 
@@ -173,8 +187,16 @@ impl ObjectStore {
             opts,
             clients: Mutex::new(HashMap::new()),
             ambient: OnceCell::new(),
+            web_identity: None,
+            identities: IdentityCache::default(),
             permits,
         }
+    }
+
+    /// Lets the store act as workflows' GC service accounts (the policy decides for whom).
+    pub fn with_web_identity(mut self, config: WebIdentityConfig) -> Self {
+        self.web_identity = Some(config);
+        self
     }
 
     pub fn options(&self) -> &StoreOptions {
@@ -231,6 +253,7 @@ impl ObjectStore {
                 access_key,
                 secret_key,
                 session_token,
+                ..
             } => b.credentials_provider(aws_sdk_s3::config::Credentials::new(
                 access_key,
                 secret_key,
@@ -238,16 +261,38 @@ impl ObjectStore {
                 None,
                 "artgc-secret",
             )),
-            Credentials::Ambient => {
+            Credentials::ServiceAccount {
+                namespace,
+                name,
+                role_arn,
+                assume,
+            } => {
+                let config = self.web_identity.as_ref().ok_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Credentials,
+                        format!("acting as ServiceAccount {namespace}/{name} needs a Kubernetes cluster (TokenRequest)"),
+                    )
+                })?;
+                let key = IdentityKey {
+                    namespace: namespace.clone(),
+                    account: name.clone(),
+                    role_arn: role_arn.clone(),
+                    assume: assume.clone(),
+                };
+                b.credentials_provider(self.identities.provider(config, key).await)
+            }
+            Credentials::Controller { assume: None } => {
                 let provider = self.ambient().await.credentials_provider().ok_or_else(|| {
                     StoreError::new(
                         StoreErrorKind::Credentials,
-                        "no credentials: the artifact names no Secrets and the AWS SDK found no ambient credentials",
+                        "no credentials: the AWS SDK found no credentials of artgc's own",
                     )
                 })?;
                 b.credentials_provider(provider)
             }
-            Credentials::AssumeRole { role_arn } => {
+            Credentials::Controller {
+                assume: Some(role_arn),
+            } => {
                 let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
                     .session_name("artgc")
                     .region(Region::new(conn.region.clone()))
@@ -275,19 +320,37 @@ impl ObjectStore {
         Ok(Client::from_conf(b.build()))
     }
 
-    /// HEAD one key: its size, or `None` when there is no such object.
+    /// HEAD one key: the object, or `None` when there is no such object.
     pub async fn head(
         &self,
         client: &Client,
         bucket: &str,
         key: &str,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<StoredObject>, StoreError> {
         let _permit = self.permit().await;
         match client.head_object().bucket(bucket).key(key).send().await {
-            Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+            Ok(out) => Ok(Some(StoredObject {
+                key: key.to_string(),
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                last_modified: timestamp(out.last_modified()),
+            })),
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
             Err(e) => Err(sdk_error("HeadObject", &format!("s3://{bucket}/{key}"), e)),
         }
+    }
+
+    /// Checks that the bucket answers (a HEAD's 404 says nothing about whether the key or the
+    /// bucket is missing, and a missing bucket must not pass as "already deleted").
+    pub async fn check_bucket(&self, client: &Client, bucket: &str) -> Result<(), StoreError> {
+        let _permit = self.permit().await;
+        client
+            .list_objects_v2()
+            .bucket(bucket)
+            .max_keys(1)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| sdk_error("ListObjectsV2", &format!("s3://{bucket}"), e))
     }
 
     /// Lists every object under `prefix`, at most `limit` of them (more is an error: a bound
@@ -321,6 +384,7 @@ impl ObjectStore {
                     out.push(StoredObject {
                         key: key.to_string(),
                         size: obj.size().unwrap_or(0).max(0) as u64,
+                        last_modified: timestamp(obj.last_modified()),
                     });
                 }
             }

@@ -82,7 +82,31 @@ fn unparseable_input_exits_2_naming_the_file() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-fn write_manifests(dir: &Path, items: Vec<Value>) {
+/// The namespace's `artifact-repositories` ConfigMap naming `repo`: the store it configures.
+fn repositories(ns: &str, repo: &Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "artifact-repositories", "namespace": ns,
+                        "annotations": {"workflows.argoproj.io/default-artifact-repository": "default"}},
+           "data": {"default": serde_json::to_string(repo).unwrap()}})
+}
+
+/// Writes the objects, with each namespace's repositories ConfigMap for the stores its
+/// workflows name (a store no ConfigMap or policy configures is refused).
+fn write_manifests(dir: &Path, mut items: Vec<Value>) {
+    let mut configured = Vec::new();
+    for w in items.iter().filter(|o| o["kind"] == "Workflow") {
+        let ns = w["metadata"]["namespace"].as_str().unwrap_or("default");
+        let mut eps = Vec::new();
+        endpoints_in(w, &mut eps);
+        for e in eps {
+            let repo = json!({"s3": {"endpoint": e, "bucket": "any", "insecure": true}});
+            configured.push((ns.to_string(), repo));
+        }
+    }
+    configured.dedup();
+    for (ns, repo) in configured {
+        items.push(repositories(&ns, &repo));
+    }
     let text =
         serde_json::to_string_pretty(&json!({"apiVersion": "v1", "kind": "List", "items": items}))
             .unwrap();
@@ -217,6 +241,7 @@ async fn purge_over_a_live_cluster_selects_deletes_and_records() {
     kube.seed(secret("ns", "s3", &srv.access_key, &srv.secret_key));
     let mut repo = s3_repo(&srv.endpoint, &b, "s3");
     repo["s3"]["region"] = json!(srv.region);
+    kube.seed(repositories("ns", &repo));
     let wf = |name: &str, key: &str, team: &str, finished: &str| {
         workflow("ns", name)
             .status_repo(repo.clone())
@@ -259,6 +284,10 @@ async fn purge_over_a_live_cluster_selects_deletes_and_records() {
                 "team=data",
                 "--older-than",
                 "7d",
+                // These workflows claim to have finished years before their objects were
+                // written; a wide skew lets the test's made-up timestamps stand.
+                "--clock-skew",
+                "100000d",
                 "--yes",
                 "-o",
                 "json",
@@ -307,7 +336,16 @@ async fn purge_over_a_live_cluster_selects_deletes_and_records() {
     let out = tokio::task::spawn_blocking(move || {
         artgc_with_kubeconfig(
             &kc3,
-            &["purge", "norec", "-n", "ns", "--yes", "--no-record"],
+            &[
+                "purge",
+                "norec",
+                "-n",
+                "ns",
+                "--clock-skew",
+                "100000d",
+                "--yes",
+                "--no-record",
+            ],
         )
     })
     .await

@@ -29,7 +29,16 @@ async fn env() -> Env {
     let s3 = S3Server::start().await;
     let bucket = s3.bucket("ctl").await;
     kube.seed(secret(NS, "s3-creds", &s3.access_key, &s3.secret_key));
-    Env { kube, s3, bucket }
+    let env = Env { kube, s3, bucket };
+    // The namespace's repository, as the workflows' status froze it: its endpoint is the one
+    // configured for the namespace.
+    env.kube.seed(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "artifact-repositories", "namespace": NS,
+                     "annotations": {"workflows.argoproj.io/default-artifact-repository": "default"}},
+        "data": {"default": serde_json::to_string(&env.repo()).unwrap()},
+    }));
+    env
 }
 
 fn config() -> ControllerConfig {
@@ -306,10 +315,11 @@ async fn a_running_workflow_gets_the_finalizer_then_is_collected_when_it_complet
     );
 
     // It completes: the node reports its artifact and Argo sets the label.
+    let now = jiff::Timestamp::now().to_string();
     e.patch(
         "r",
         json!({"metadata": {"labels": {"workflows.argoproj.io/completed": "true"}},
-               "status": {"phase": "Succeeded", "finishedAt": "2026-11-26T00:00:00Z", "nodes": {"r-1": {
+               "status": {"phase": "Succeeded", "finishedAt": now, "nodes": {"r-1": {
                    "id": "r-1", "name": "r-1", "type": "Pod", "templateName": "main",
                    "outputs": {"artifacts": [with_strategy(key_only("out", "r/out.tgz"), COMPLETION)]}}}}}),
     )
@@ -745,11 +755,13 @@ async fn a_malformed_workflow_is_reported_and_does_not_stop_the_others() {
     })
     .await;
     assert!(finalizers(&e.get("broken-too").unwrap()).is_empty());
-    assert!(
+    // The Event follows the record.
+    until("broken-too has the Warning", async || {
         e.events("broken-too")
             .iter()
             .any(|(t, r, _)| t == "Warning" && r == "ArtifactGCFailed")
-    );
+    })
+    .await;
     assert!(e.keys().await.is_empty());
     ctl.shutdown().await;
 }

@@ -65,6 +65,7 @@ fn plain_manifests_are_valid_api_objects_and_listed_in_the_kustomization() {
         "RoleBinding",
         "Deployment",
         "Service",
+        "ConfigMap",
     ] {
         assert!(kinds.contains(kind), "no {kind} in {kinds:?}");
     }
@@ -78,6 +79,12 @@ fn plain_manifests_are_valid_api_objects_and_listed_in_the_kustomization() {
             "RoleBinding" => strict::<RoleBinding>(file, doc),
             "Deployment" => strict::<Deployment>(file, doc),
             "Service" => strict::<Service>(file, doc),
+            "ConfigMap" => {
+                strict::<k8s_openapi::api::core::v1::ConfigMap>(file, doc);
+                // The shipped policy is one artgc reads.
+                let text = doc["data"]["policy.yaml"].as_str().expect("policy.yaml");
+                artgc::policy::Policy::parse(text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            }
             other => panic!("{file}: unexpected kind {other}"),
         }
     }
@@ -173,7 +180,12 @@ fn manifests_and_chart_configure_every_controller_flag() {
         .map(|e| e["name"].as_str().unwrap().to_string())
         .collect();
     // Namespaces and the instance id are optional: unset means all / no instance label.
-    let optional = ["ARTGC_NAMESPACES", "ARTGC_INSTANCE_ID"];
+    // The STS endpoint defaults to AWS's.
+    let optional = [
+        "ARTGC_NAMESPACES",
+        "ARTGC_INSTANCE_ID",
+        "ARTGC_STS_ENDPOINT",
+    ];
     for var in &env {
         if !optional.contains(&var.as_str()) {
             assert!(set.contains(var), "deploy/manifests does not set {var}");

@@ -65,23 +65,34 @@ async fn files_and_directories_are_deleted_within_their_prefix() {
         vec![
             on(&srv, "file", &b, "w/a.tgz", "s3"),
             on(&srv, "dir", &b, "w/dir/", "s3"),
-            // A directory artifact whose key lacks the trailing slash (Argo leaves these behind).
-            on(&srv, "nodir", &b, "w/nodir", "s3"),
+            // A directory uploaded with `archive: none` whose key lacks the trailing slash (Argo
+            // leaves these behind).
+            archive_none(on(&srv, "nodir", &b, "w/nodir", "s3")),
         ],
     );
     // Alone in its workflow, the artifact is probed by itself rather than by a shared listing.
-    let solo =
-        workflow("ns", "solo").node("n1", "t", vec![on(&srv, "nodir", &b, "solo/nodir", "s3")]);
+    let solo = workflow("ns", "solo").node(
+        "n1",
+        "t",
+        vec![archive_none(on(&srv, "nodir", &b, "solo/nodir", "s3"))],
+    );
     let plan = plan_due(vec![w, solo], vec![good_secret(&srv)]);
     let exec = run(&plan, false).await;
 
     let solo = outcome(&plan, &exec, "solo", "nodir");
-    assert_eq!(
-        (solo.kind, solo.objects, solo.bytes),
-        (Some(ObjectKind::Directory), 1, 3),
-        "{:?}",
-        solo.error
-    );
+    if srv.kind == "s3s-fs" {
+        // s3s-fs answers HEAD on a folder with a 500: a failed probe is no evidence of a
+        // directory, so nothing is listed or deleted and the error stands.
+        let e = solo.error.as_ref().expect("HEAD fails on s3s-fs");
+        assert_eq!(e.category(), "server_error", "{e}");
+    } else {
+        assert_eq!(
+            (solo.kind, solo.objects, solo.bytes),
+            (Some(ObjectKind::Directory), 1, 3),
+            "{:?}",
+            solo.error
+        );
+    }
     let file = outcome(&plan, &exec, "w", "file");
     assert!(file.error.is_none(), "{:?}", file.error);
     assert_eq!(
@@ -99,10 +110,11 @@ async fn files_and_directories_are_deleted_within_their_prefix() {
         (nodir.kind, nodir.objects, nodir.bytes),
         (Some(ObjectKind::Directory), 2, 5)
     );
-    assert_eq!(
-        srv.keys(&b).await,
-        vec!["w/a.tgz.bak", "w/dir2/x", "w/nodirx"]
-    );
+    let mut left = vec!["w/a.tgz.bak", "w/dir2/x", "w/nodirx"];
+    if srv.kind == "s3s-fs" {
+        left.insert(0, "solo/nodir/f");
+    }
+    assert_eq!(srv.keys(&b).await, left);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

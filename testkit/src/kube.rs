@@ -71,6 +71,7 @@ fn builtin_types() -> Vec<ResourceType> {
         ResourceType::new("", "v1", "secrets", "Secret", true),
         ResourceType::new("", "v1", "events", "Event", true),
         ResourceType::new("", "v1", "pods", "Pod", true),
+        ResourceType::new("", "v1", "serviceaccounts", "ServiceAccount", true),
         ResourceType::new("events.k8s.io", "v1", "events", "Event", true),
         ResourceType::new("coordination.k8s.io", "v1", "leases", "Lease", true),
         ResourceType::new("argoproj.io", "v1alpha1", "workflows", "Workflow", true),
@@ -689,6 +690,15 @@ impl State {
                 t.plural, key.2
             )));
         }
+        // As the real server: a uid in the request is a precondition.
+        if let Some(uid) = new["metadata"]["uid"].as_str()
+            && Some(uid) != old_obj["metadata"]["uid"].as_str()
+        {
+            return Err(conflict(format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                old_obj["metadata"]["uid"].as_str().unwrap_or_default()
+            )));
+        }
         if new["metadata"]["name"].as_str().is_some_and(|n| n != key.2) {
             return Err((
                 400,
@@ -1011,6 +1021,46 @@ fn route(
     }
 }
 
+/// TokenRequest (`serviceaccounts/NAME/token`): a JWT-shaped token naming the account as the
+/// real server's does (`sub: system:serviceaccount:NS:NAME`, the requested audiences); the
+/// signature is not a real one, and the STS double does not check it.
+fn token_request(s: &State, group: &str, ns: &str, name: &str, body: &[u8]) -> Response<Body> {
+    use base64::Engine;
+    let exists = s
+        .objects
+        .keys()
+        .any(|(id, ons, oname)| id == "/v1/serviceaccounts" && ons == ns && oname == name);
+    if !group.is_empty() || !exists {
+        return error(not_found(&format!("serviceaccounts \"{name}\"")));
+    }
+    let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let audiences = req["spec"]["audiences"].clone();
+    let seconds = req["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
+    let now = jiff::Timestamp::now();
+    let exp = now.as_second() + seconds;
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    };
+    let claims = json!({
+        "iss": "artgc-testkit", "sub": format!("system:serviceaccount:{ns}:{name}"),
+        "aud": audiences, "exp": exp, "iat": now.as_second(),
+        "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": name}},
+    });
+    let token = format!(
+        "{}.{}.testkit",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims)
+    );
+    let expires = jiff::Timestamp::from_second(exp).unwrap_or(now);
+    full(
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+               "metadata": {"name": name, "namespace": ns},
+               "spec": req["spec"],
+               "status": {"token": token, "expirationTimestamp": expires.to_string()}}),
+        201,
+    )
+}
+
 fn discovery_groups(s: &State) -> Response<Body> {
     let mut groups: BTreeMap<&str, &str> = BTreeMap::new();
     for t in s.types.iter().filter(|t| !t.group.is_empty()) {
@@ -1084,6 +1134,9 @@ fn resource(
         ),
         [] => return error(not_found("resource")),
     };
+    if let (["namespaces", ns, "serviceaccounts", name, "token"], "POST") = (rest, method) {
+        return token_request(&s, group, ns, name, body);
+    }
     if rest.len() > if ns.is_some() { 4 } else { 2 } {
         return error(not_found("subresource"));
     }

@@ -9,8 +9,10 @@ pub mod faults;
 mod http;
 pub mod kube;
 pub mod s3;
+pub mod sts;
 
 pub use faults::{FaultProxy, FaultRule, SeenRequest};
 pub use http::flag;
 pub use kube::{KubeApiServer, KubeFault, KubeRequest, ResourceType};
 pub use s3::{S3Server, unique_bucket};
+pub use sts::{Sink, StsCall, StsRole, StsServer};

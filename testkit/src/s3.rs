@@ -102,7 +102,13 @@ impl S3Server {
 
     /// `s3s-fs` over a fresh temporary folder, with SigV4 checked against random credentials.
     pub async fn start_local() -> Self {
-        Self::start_inner(None).await
+        Self::start_inner(None, &[]).await
+    }
+
+    /// Like [`S3Server::start_local`], also accepting these (access key, secret key) pairs (the
+    /// credentials an STS double hands out).
+    pub async fn start_local_with_keys(keys: &[(String, String)]) -> Self {
+        Self::start_inner(None, keys).await
     }
 
     /// Like [`S3Server::start_local`], but serving HTTPS with a self-signed certificate for
@@ -124,10 +130,16 @@ impl S3Server {
         .with_single_cert(vec![der], key)
         .expect("tls config");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        (Self::start_inner(Some((acceptor, pem.clone()))).await, pem)
+        (
+            Self::start_inner(Some((acceptor, pem.clone())), &[]).await,
+            pem,
+        )
     }
 
-    async fn start_inner(tls: Option<(tokio_rustls::TlsAcceptor, String)>) -> Self {
+    async fn start_inner(
+        tls: Option<(tokio_rustls::TlsAcceptor, String)>,
+        extra_keys: &[(String, String)],
+    ) -> Self {
         let ca = tls.as_ref().map(|(_, pem)| pem.clone());
         let tls = tls.map(|(acceptor, _)| acceptor);
         let root = tempfile::tempdir().expect("temp dir");
@@ -135,10 +147,11 @@ impl S3Server {
         let access_key = format!("AK{:016x}", rand::random::<u64>());
         let secret_key = format!("SK{:032x}", rand::random::<u128>());
         let mut builder = S3ServiceBuilder::new(fs);
-        builder.set_auth(SimpleAuth::from_single(
-            access_key.clone(),
-            secret_key.clone(),
-        ));
+        let mut auth = SimpleAuth::from_single(access_key.clone(), secret_key.clone());
+        for (ak, sk) in extra_keys {
+            auth.register(ak.clone(), sk.clone().into());
+        }
+        builder.set_auth(auth);
         let service = builder.build();
         let (listener, endpoint) = crate::http::bind_loopback().await;
         let stop = crate::http::serve(listener, service, tls);

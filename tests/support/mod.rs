@@ -20,6 +20,7 @@ pub fn set(v: &mut Value, path: &[&str], value: Value) {
 }
 
 /// A Workflow that has finished (phase Succeeded, `completed` label).
+#[derive(Clone)]
 pub struct Wf(pub Value);
 
 pub fn workflow(ns: &str, name: &str) -> Wf {
@@ -123,6 +124,12 @@ pub fn on_server(
     with_strategy(a, "OnWorkflowCompletion")
 }
 
+/// Marks an artifact as uploaded with `archive: {none: {}}`.
+pub fn archive_none(mut art: Value) -> Value {
+    art["archive"] = json!({"none": {}});
+    art
+}
+
 pub fn with_strategy(mut art: Value, s: &str) -> Value {
     art["artifactGC"] = json!({"strategy": s});
     art
@@ -133,14 +140,54 @@ pub fn secret(ns: &str, name: &str, ak: &str, sk: &str) -> Value {
            "stringData": {"accesskey": ak, "secretkey": sk}})
 }
 
-/// Plans workflows against ConfigMaps and Secrets given as JSON objects.
+/// Every `endpoint` a JSON value names.
+pub fn endpoints_in(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("endpoint", Value::String(e)) => out.push(e.clone()),
+                    _ => endpoints_in(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| endpoints_in(x, out)),
+        _ => {}
+    }
+}
+
+/// A policy that lets every namespace reach `endpoints` (with its own Secrets, as by default).
+/// Tests of other rules use it so that their test servers count as configured stores; the
+/// endpoint rules themselves are tested in tests/tenancy.rs.
+pub fn endpoints_policy(endpoints: &[String]) -> std::sync::Arc<artgc::policy::Policy> {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+    let text = format!("defaults:\n  endpoints: [{}]\n", list.join(", "));
+    std::sync::Arc::new(artgc::policy::Policy::parse(&text).expect("policy"))
+}
+
+/// Plans workflows against ConfigMaps and Secrets given as JSON objects; the endpoints the
+/// workflows name are allowed (see [`endpoints_policy`]).
 pub fn plan_with(workflows: Vec<Wf>, objects: Vec<Value>, filter: StrategyFilter) -> GcPlan {
+    let mut endpoints = Vec::new();
+    workflows
+        .iter()
+        .for_each(|w| endpoints_in(&w.0, &mut endpoints));
+    plan_with_policy(workflows, objects, filter, endpoints_policy(&endpoints))
+}
+
+/// Plans workflows against ConfigMaps and Secrets given as JSON objects, under `policy`.
+pub fn plan_with_policy(
+    workflows: Vec<Wf>,
+    objects: Vec<Value>,
+    filter: StrategyFilter,
+    policy: std::sync::Arc<artgc::policy::Policy>,
+) -> GcPlan {
     let mut inv = Inventory::default();
     let text =
         serde_json::to_string(&json!({"kind": "List", "apiVersion": "v1", "items": objects}))
             .unwrap();
     inv.add_text("objects.json", &text, "default").unwrap();
-    let mut state = ClusterState::new(ControllerConfigRef::default());
+    let mut state = ClusterState::new(ControllerConfigRef::default()).with_policy(policy);
     inv.config_maps
         .into_iter()
         .for_each(|c| state.insert_config_map(c));
