@@ -130,7 +130,7 @@ impl ServiceAccountCredentials {
                     k.namespace,
                     k.account,
                     k.role_arn,
-                    aws_sdk_sts::error::DisplayErrorContext(e)
+                    brief(&e)
                 ))
             })?;
         let mut creds = convert(out.credentials(), "artgc-service-account")?;
@@ -147,7 +147,7 @@ impl ServiceAccountCredentials {
                         "STS AssumeRole {role} as ServiceAccount {}/{}: {}",
                         k.namespace,
                         k.account,
-                        aws_sdk_sts::error::DisplayErrorContext(e)
+                        brief(&e)
                     ))
                 })?;
             creds = convert(out.credentials(), "artgc-service-account-role")?;
@@ -209,6 +209,23 @@ impl ProvideCredentials for ServiceAccountCredentials {
         Self: 'a,
     {
         future::ProvideCredentials::new(self.load())
+    }
+}
+
+/// STS's own code and message, or what failed on the way there.
+fn brief<E, R>(e: &aws_sdk_sts::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_sts::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_sts::error::ProvideErrorMetadata;
+    match (e.code(), e.message()) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c.to_string(),
+        _ => match std::error::Error::source(e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        },
     }
 }
 

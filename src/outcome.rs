@@ -331,12 +331,13 @@ pub fn assess(
     out
 }
 
-/// The condition (and Warning event) text: what failed and why, bounded in length.
+/// The condition (and Warning event) text: what failed and why, bounded in length (a single
+/// overlong reason is cut, never dropped).
 pub fn condition_message(failures: &[Failure]) -> String {
     const MAX: usize = 1024;
     let mut msg = format!("artifact GC failed for {} artifact(s): ", failures.len());
     for (i, f) in failures.iter().enumerate() {
-        let part = format!(
+        let mut part = format!(
             "{}{}: {} ({})",
             if i > 0 { "; " } else { "" },
             f.what,
@@ -344,8 +345,17 @@ pub fn condition_message(failures: &[Failure]) -> String {
             f.category
         );
         if msg.len() + part.len() > MAX {
-            msg.push_str(&format!("; and {} more", failures.len() - i));
-            break;
+            if i > 0 {
+                msg.push_str(&format!("; and {} more", failures.len() - i));
+                break;
+            }
+            let keep = format!(" ... ({})", f.category);
+            let mut cut = MAX.saturating_sub(msg.len() + keep.len());
+            while !part.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            part.truncate(cut);
+            part.push_str(&keep);
         }
         msg.push_str(&part);
     }

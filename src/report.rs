@@ -184,6 +184,12 @@ impl Report {
                 rows.push(row);
             }
         }
+        // Keys, names and reasons come from Workflows: no terminal escapes reach the screen.
+        for cell in rows.iter_mut().flatten() {
+            if cell.chars().any(char::is_control) {
+                *cell = cell.escape_debug().to_string();
+            }
+        }
         let widths: Vec<usize> = (0..header.len())
             .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
             .collect();

@@ -98,6 +98,18 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
+    // An identity that could not be obtained (STS refused, no token) is not a network fault.
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        if let Some(c) = s.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+        {
+            return StoreError::new(
+                StoreErrorKind::Credentials,
+                format!("{op} {target}: credentials: {}", error_chain(c)),
+            );
+        }
+        source = s.source();
+    }
     let kind = match &err {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => StoreErrorKind::Network,
         SdkError::ServiceError(_) | SdkError::ResponseError(_) => kind_of(err.code(), status),
@@ -114,6 +126,14 @@ where
         },
     };
     StoreError::new(kind, format!("{op} {target}: {detail}"))
+}
+
+/// The error and its immediate cause (the provider's own message).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    match e.source() {
+        Some(s) => format!("{e}: {s}"),
+        None => e.to_string(),
+    }
 }
 
 /// Adds `Content-MD5` of the body. The SDK sends only a CRC32 checksum on DeleteObjects; some
