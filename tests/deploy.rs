@@ -275,3 +275,81 @@ fn the_chart_templates_the_same_objects_as_the_plain_manifests() {
     assert_eq!(c["args"][0], "controller");
     assert!(deploy_tpl.contains("args: [\"controller\"]"));
 }
+
+/// Renders the chart with the real helm (`ARTGC_HELM`, built by `.ci/tools.sh`; CI sets it).
+fn helm_template(args: &[&str]) -> Option<Vec<Value>> {
+    let Ok(helm) = std::env::var("ARTGC_HELM") else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "ARTGC_HELM is not set: CI must build helm (.ci/tools.sh)"
+        );
+        eprintln!("skipped: ARTGC_HELM not set (eval \"$(.ci/tools.sh)\")");
+        return None;
+    };
+    let out = std::process::Command::new(helm)
+        .args(["template", "artgc", CHART, "-n", "artgc"])
+        .args(args)
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(parse_documents("render", &String::from_utf8_lossy(&out.stdout)).unwrap())
+}
+
+fn rendered_policy(docs: &[Value]) -> artgc::policy::Policy {
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "artgc-policy")
+        .expect("policy ConfigMap");
+    artgc::policy::Policy::parse(cm["data"]["policy.yaml"].as_str().unwrap()).unwrap()
+}
+
+/// The chart's policy is one artgc reads, and enabling the service-account identity for named
+/// namespaces grants exactly those namespaces and accounts, in the policy and in RBAC.
+#[test]
+fn the_rendered_policy_and_service_account_rbac_agree() {
+    use artgc::policy::IdentityKind;
+    let Some(docs) = helm_template(&[]) else {
+        return;
+    };
+    let p = rendered_policy(&docs);
+    assert!(p.grant_for("any", None).allows(IdentityKind::Secret));
+    assert!(
+        !p.grant_for("any", None)
+            .allows(IdentityKind::ServiceAccount)
+    );
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d.to_string().contains("serviceaccounts/token"))
+    );
+
+    let docs = helm_template(&[
+        "--set",
+        "serviceAccountIdentity.enabled=true",
+        "--set",
+        "serviceAccountIdentity.namespaces.team-a={gc}",
+    ])
+    .unwrap();
+    let p = rendered_policy(&docs);
+    let a = p.grant_for("team-a", None);
+    assert!(a.allows(IdentityKind::ServiceAccount) && a.service_accounts == ["gc"]);
+    assert!(
+        !p.grant_for("team-b", None)
+            .allows(IdentityKind::ServiceAccount)
+    );
+    let roles: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d.to_string().contains("serviceaccounts/token"))
+        .collect();
+    assert_eq!(roles.len(), 1);
+    assert_eq!(roles[0]["kind"], "Role");
+    assert_eq!(roles[0]["metadata"]["namespace"], "team-a");
+    for rule in roles[0]["rules"].as_array().unwrap() {
+        assert_eq!(rule["resourceNames"], serde_json::json!(["gc"]));
+    }
+}
