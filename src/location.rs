@@ -241,6 +241,8 @@ pub struct Authority<'a> {
     pub namespace: &'a str,
     /// `artifactGC.serviceAccountName` of the artifact, else of the workflow.
     pub service_account: Option<&'a str>,
+    /// [`ClusterState::configured_endpoints`] of the namespace, computed once per workflow.
+    pub configured: &'a [crate::policy::Endpoint],
 }
 
 /// Checks what the namespace may do with this artifact (a safe key, an endpoint configured for
@@ -253,7 +255,10 @@ pub fn authorize(
     field: &str,
 ) -> Result<S3Connection, ResolveError> {
     let Authority {
-        state, namespace, ..
+        state,
+        namespace,
+        configured,
+        ..
     } = auth;
     if let Some(why) = crate::policy::unsafe_key(&target.key) {
         return Err(ResolveError::UnsafeKey(format!(
@@ -276,9 +281,9 @@ pub fn authorize(
         .endpoints
         .iter()
         .filter_map(|e| policy.canonical(e, insecure, namespace).ok());
-    let configured = state.configured_endpoints(namespace);
     if !configured
-        .into_iter()
+        .iter()
+        .cloned()
         .chain(granted)
         .any(|c| c.same_store(&endpoint))
     {
@@ -340,6 +345,7 @@ fn credentials(
         state,
         namespace,
         service_account,
+        ..
     } = auth;
     let text = |sel: &crate::model::SecretKeySelector, name: &str| {
         let raw = state.secret_value(namespace, sel, &format!("{field}.s3.{name}"))?;

@@ -300,6 +300,7 @@ fn plan_workflow(
         }
     };
     wp.node_encoding = Some(nodes.encoding);
+    let configured = OnceCell::new();
     let repo = OnceCell::new();
     let repository = || repo.get_or_init(|| state.repository_for(wf)).clone();
     let any_archive_location = wf.all_templates().iter().any(|t| {
@@ -410,6 +411,8 @@ fn plan_workflow(
                                     .and_then(|g| g.service_account_name.as_deref())
                                     .filter(|s| !s.is_empty())
                                     .or_else(|| wf.gc_service_account()),
+                                configured: configured
+                                    .get_or_init(|| state.configured_endpoints(wf.namespace())),
                             };
                             match location::authorize(&auth, &target, &location, &field) {
                                 Ok(c) => {
