@@ -3,7 +3,9 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -18,8 +20,34 @@ use crate::metrics::Metrics;
 
 /// What the admin server reports.
 pub struct Health {
+    /// The watch delivered its first full list.
     pub ready: AtomicBool,
     pub metrics: Metrics,
+    /// Workers running, and how many were started.
+    workers: AtomicUsize,
+    workers_started: AtomicUsize,
+    watch_running: AtomicBool,
+    /// Since when every watch attempt has failed; `None` while it works.
+    watch_failing_since: Mutex<Option<Instant>>,
+    /// How long the watch may fail before `/ready` says so.
+    pub watch_stale_after: Duration,
+}
+
+/// Counts a running task for `/live`; dropping it (a return or a panic) counts it gone.
+pub struct Running<'a> {
+    count: Option<&'a AtomicUsize>,
+    flag: Option<&'a AtomicBool>,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.count {
+            c.fetch_sub(1, Ordering::SeqCst);
+        }
+        if let Some(f) = self.flag {
+            f.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Health {
@@ -27,6 +55,77 @@ impl Health {
         Self {
             ready: AtomicBool::new(false),
             metrics,
+            workers: AtomicUsize::new(0),
+            workers_started: AtomicUsize::new(0),
+            watch_running: AtomicBool::new(false),
+            watch_failing_since: Mutex::new(None),
+            watch_stale_after: Duration::from_secs(120),
+        }
+    }
+
+    /// A worker starts; keep the guard for as long as it runs.
+    pub fn worker(&self) -> Running<'_> {
+        self.workers.fetch_add(1, Ordering::SeqCst);
+        self.workers_started.fetch_add(1, Ordering::SeqCst);
+        Running {
+            count: Some(&self.workers),
+            flag: None,
+        }
+    }
+
+    /// Workers still running.
+    pub fn workers_running(&self) -> usize {
+        self.workers.load(Ordering::SeqCst)
+    }
+
+    /// The watch task starts; keep the guard for as long as it runs.
+    pub fn watch(&self) -> Running<'_> {
+        self.watch_running.store(true, Ordering::SeqCst);
+        Running {
+            count: None,
+            flag: Some(&self.watch_running),
+        }
+    }
+
+    /// The watch failed (it retries by itself) or delivered something.
+    pub fn watch_result(&self, ok: bool) {
+        let mut since = self.watch_failing_since.lock().expect("lock");
+        match ok {
+            true => *since = None,
+            false => {
+                since.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    /// Why the process is not live: a worker or the watch task is gone.
+    pub fn not_live(&self) -> Option<String> {
+        let started = self.workers_started.load(Ordering::SeqCst);
+        let running = self.workers.load(Ordering::SeqCst);
+        if running < started {
+            return Some(format!(
+                "{} of {started} workers are gone\n",
+                started - running
+            ));
+        }
+        if started > 0 && !self.watch_running.load(Ordering::SeqCst) {
+            return Some("the watch task is gone\n".into());
+        }
+        None
+    }
+
+    /// Why the process is not ready: no first list yet, or the watch failing for too long.
+    pub fn not_ready(&self) -> Option<String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Some("waiting for the first watch events\n".into());
+        }
+        let since = *self.watch_failing_since.lock().expect("lock");
+        match since {
+            Some(t) if t.elapsed() > self.watch_stale_after => Some(format!(
+                "the watch has been failing for {} s\n",
+                t.elapsed().as_secs()
+            )),
+            _ => None,
         }
     }
 }
@@ -38,15 +137,14 @@ fn respond(health: &Health, path: &str) -> Response<Full<Bytes>> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             health.metrics.encode(),
         ),
-        "/live" => (StatusCode::OK, "text/plain", "ok\n".into()),
-        "/ready" if health.ready.load(Ordering::Relaxed) => {
-            (StatusCode::OK, "text/plain", "ready\n".into())
-        }
-        "/ready" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "waiting for the first watch events\n".into(),
-        ),
+        "/live" => match health.not_live() {
+            None => (StatusCode::OK, "text/plain", "ok\n".into()),
+            Some(why) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", why),
+        },
+        "/ready" => match health.not_ready() {
+            None => (StatusCode::OK, "text/plain", "ready\n".into()),
+            Some(why) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", why),
+        },
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     Response::builder()

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -28,15 +30,13 @@ use tracing::{debug, error, info, warn};
 use crate::admin::{self, Health};
 use crate::api::{ClusterReader, WatchedWorkflow, workflows};
 use crate::cluster::ControllerConfigRef;
-use crate::execute::{Quiet, delete, probe};
+use crate::execute::{delete, probe};
 use crate::identity::WebIdentityConfig;
 use crate::keys::KeyIndex;
 use crate::manifests::WorkflowInput;
 use crate::metrics::{self, Metrics};
 use crate::model::{FINALIZER_ARTIFACT_GC, LABEL_INSTANCE_ID};
-use crate::outcome::{
-    FinalizerChange, PassContext, PassOutcome, assess, needs_finalizer, wants_pass,
-};
+use crate::outcome::{FinalizerChange, PassContext, PassOutcome, assess, wants_pass};
 use crate::plan::{GcPlan, PlanOptions, Strategy, WorkflowPlan, plan_alone, plan_with_index};
 use crate::queue::WorkQueue;
 use crate::record::{self, RecordError};
@@ -115,6 +115,12 @@ enum ReconcileError {
     Record(#[from] RecordError),
     #[error("artifact GC failed ({0})")]
     Gc(&'static str),
+    /// A bug: the pass panicked. The worker lives on; the workflow is reported.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// Stopped, or not the leader (any more): nothing more sent or written.
+    #[error("stopped: shutting down or not the leader")]
+    Fenced,
 }
 
 impl ReconcileError {
@@ -123,6 +129,8 @@ impl ReconcileError {
             Self::Kube(_) => "kube_api",
             Self::Record(e) => e.category(),
             Self::Gc(c) => c,
+            Self::Internal(_) => "internal",
+            Self::Fenced => "fenced",
         }
     }
 }
@@ -140,6 +148,10 @@ struct Shared {
     /// True once the watch delivered its first full list: no workflow is collected before
     /// every other workflow's keys are in the index.
     synced: watch::Sender<bool>,
+    /// True while this replica leads.
+    leading: watch::Receiver<bool>,
+    /// Cancelled on shutdown: passes stop between batches.
+    stopping: CancellationToken,
 }
 
 impl Shared {
@@ -202,7 +214,10 @@ pub async fn start(
         controller: "artgc".into(),
         instance: config.leader_election.as_ref().map(|l| l.identity.clone()),
     };
+    let (leader_tx, leader_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
+        leading: leader_rx.clone(),
+        stopping: stop.clone(),
         reader: ClusterReader::new(
             client.clone(),
             config.controller_config.clone(),
@@ -223,7 +238,6 @@ pub async fn start(
     });
     let mut tasks = JoinSet::new();
 
-    let (leader_tx, leader_rx) = watch::channel(false);
     match shared.config.leader_election.clone() {
         None => {
             leader_tx.send_replace(true);
@@ -259,6 +273,12 @@ pub async fn start(
                         _ = stop2.cancelled() => break,
                         changed = rx.changed() => if changed.is_err() { break },
                     }
+                }
+                // On shutdown, passes stop between batches; the lease is released only once
+                // the workers are done, so the next leader never runs beside one of ours.
+                let deadline = Instant::now() + shared2.config.shutdown_grace;
+                while shared2.health.workers_running() > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 // Stepping down releases the lease for the next leader.
                 leader_tx.send_replace(false);
@@ -300,6 +320,8 @@ fn has_finalizer(
 }
 
 async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
+    let health = shared.health.clone();
+    let _running = health.watch();
     let cfg =
         watcher::Config::default().labels(&label_selector(shared.config.instance_id.as_deref()));
     let apis: Vec<Api<WatchedWorkflow>> = if shared.config.namespaces.is_empty() {
@@ -330,6 +352,7 @@ async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
             ev = events.next() => ev,
         };
         let Some(ev) = ev else { return };
+        health.watch_result(ev.is_ok());
         match ev {
             Ok(Event::Init) => relist = Some(HashSet::new()),
             Ok(Event::InitApply(wf)) => {
@@ -447,6 +470,8 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
 }
 
 async fn worker(shared: Arc<Shared>, mut leader: watch::Receiver<bool>, stop: CancellationToken) {
+    let health = shared.health.clone();
+    let _running = health.worker();
     let mut synced = shared.synced.subscribe();
     tokio::select! {
         _ = stop.cancelled() => return,
@@ -464,7 +489,20 @@ async fn worker(shared: Arc<Shared>, mut leader: watch::Receiver<bool>, stop: Ca
             k = shared.queue.next() => k,
         };
         let started = std::time::Instant::now();
-        let work = reconcile(&shared, &key);
+        let work = async {
+            match AssertUnwindSafe(reconcile(&shared, &key))
+                .catch_unwind()
+                .await
+            {
+                Ok(r) => r,
+                Err(panic) => {
+                    let what = panic_message(&*panic);
+                    error!(workflow = %key, panic = %what, "reconcile panicked; the worker goes on");
+                    report_internal(&shared, &key, &what).await;
+                    Err(ReconcileError::Internal(what))
+                }
+            }
+        };
         // Shutdown lets the reconcile finish, within the grace time; a kill aborts the task.
         let result = tokio::select! {
             r = work => Some(r),
@@ -519,6 +557,48 @@ async fn worker(shared: Arc<Shared>, mut leader: watch::Receiver<bool>, stop: Ca
     }
 }
 
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// A pass that panicked: the condition and a Warning Event on the workflow, so its owner sees
+/// it, as for any other failure.
+async fn report_internal(shared: &Shared, key: &str, what: &str) {
+    let (ns, name) = split_key(key);
+    let api = workflows(&shared.client, Some(ns));
+    let Ok(Some(obj)) = api.get_opt(name).await else {
+        return;
+    };
+    let Ok(raw) = serde_json::to_value(&obj) else {
+        return;
+    };
+    let message = crate::outcome::condition_message(&[crate::outcome::Failure {
+        what: "workflow".into(),
+        category: "internal",
+        reason: format!("artgc failed internally ({what}); this is a bug"),
+    }]);
+    let mut update = crate::outcome::StatusUpdate::none();
+    update.condition = crate::outcome::ConditionChange::Set(message.clone());
+    let reference = object_ref(&raw);
+    if let Err(e) = record::apply(&api, raw, &update, &shared.config.finalizer, "artgc").await {
+        warn!(workflow = %key, error = %e, "recording an internal error");
+    }
+    let ev = KubeEvent {
+        type_: EventType::Warning,
+        reason: "ArtifactGCFailed".into(),
+        note: Some(message),
+        action: "Collect".into(),
+        secondary: None,
+    };
+    if let Err(e) = shared.recorder.publish(&ev, &reference).await {
+        error!(workflow = %key, error = %e, "publishing an Event");
+    }
+}
+
 /// Exponential backoff with full jitter, capped.
 fn backoff(config: &ControllerConfig, attempt: u32) -> Duration {
     let exp = config
@@ -547,9 +627,34 @@ fn parse_time(v: &Value) -> Option<jiff::Timestamp> {
     v.as_str()?.parse().ok()
 }
 
+/// Fences a pass: nothing more is sent to S3 once the controller stops or loses its leadership,
+/// and nothing is written to the Workflow without it.
+struct Fence<'a>(&'a Shared);
+
+impl Fence<'_> {
+    fn leading(&self) -> bool {
+        *self.0.leading.borrow()
+    }
+
+    /// Before every write to a Workflow.
+    fn check(&self) -> Result<(), ReconcileError> {
+        match self.leading() {
+            true => Ok(()),
+            false => Err(ReconcileError::Fenced),
+        }
+    }
+}
+
+impl crate::execute::Progress for Fence<'_> {
+    fn stopped(&self) -> bool {
+        !self.leading() || self.0.stopping.is_cancelled()
+    }
+}
+
 async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
     let (ns, name) = split_key(key);
     let api = workflows(&shared.client, Some(ns));
+    let fence = Fence(shared);
     let Some(obj) = api.get_opt(name).await? else {
         shared.index.lock().await.remove_workflow(key);
         return Ok(());
@@ -561,42 +666,48 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
     let holds = raw["metadata"]["finalizers"]
         .as_array()
         .is_some_and(|a| a.iter().any(|f| f == finalizer));
-    let deleting = !raw["metadata"]["deletionTimestamp"].is_null();
-    let attempt = shared
-        .attempts
-        .lock()
-        .expect("lock")
-        .get(key)
-        .copied()
-        .unwrap_or(0)
-        + 1;
+    let budget = shared.config.retry_budget;
 
     let (plan, execution, ctx) = match &input {
-        WorkflowInput::Valid(wf) => {
-            let finished = wf.is_finished();
-            let may_need_gc = needs_finalizer(wf);
-            if !finished {
-                // Running: only make sure the finalizer is there when GC may be needed later.
-                if !deleting && may_need_gc && !holds {
-                    let mut update = crate::outcome::StatusUpdate::none();
-                    update.finalizer = FinalizerChange::Add;
-                    record::apply(&api, raw, &update, finalizer, "artgc").await?;
-                    debug!(workflow = %key, "finalizer added");
-                }
-                return Ok(());
+        WorkflowInput::Valid(wf) if !wf.is_finished() => {
+            // Running, or never started: the finalizer is the only thing to decide.
+            let ctx = PassContext::of(wf, &raw, holds, budget);
+            let change = crate::outcome::finalizer_change(&ctx, true, false);
+            if change != FinalizerChange::Keep {
+                let mut update = crate::outcome::StatusUpdate::none();
+                update.finalizer = change;
+                fence.check()?;
+                record::apply(&api, raw, &update, finalizer, "artgc").await?;
+                debug!(workflow = %key, ?change, "finalizer");
             }
-            let state = shared.reader.state_for(wf, true).await?;
-            let plan = {
-                let index = shared.index.lock().await;
-                plan_with_index(
-                    std::slice::from_ref(&input),
-                    &state,
-                    &PlanOptions::default(),
-                    Some(&index),
-                )
+            return Ok(());
+        }
+        WorkflowInput::Valid(wf) => {
+            let ctx = PassContext::of(wf, &raw, holds, budget);
+            let plan = match shared.reader.state_for(wf, true).await {
+                Ok(state) => {
+                    let index = shared.index.lock().await;
+                    plan_with_index(
+                        std::slice::from_ref(&input),
+                        &state,
+                        &PlanOptions::default(),
+                        Some(&index),
+                    )
+                }
+                // A failed pass like any other: reported, and counted toward the budget.
+                Err(e) => GcPlan {
+                    workflows: vec![WorkflowPlan::unplannable(
+                        ns,
+                        name,
+                        crate::error::InputError::Cluster {
+                            what: "the workflow's ConfigMaps, Secrets and ServiceAccounts".into(),
+                            message: e.to_string(),
+                        },
+                    )],
+                },
             };
             let execution = if plan.artifacts().any(|(_, a)| a.connection.is_some()) {
-                let probed = probe(&plan, &shared.store, &Quiet).await;
+                let probed = probe(&plan, &shared.store, &fence).await;
                 let files: Vec<String> = probed
                     .files_to_mark()
                     .into_iter()
@@ -608,16 +719,16 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
                 if !files.is_empty() {
                     // Before deleting: a crash after the delete must not let a later pass
                     // mistake the gone file for a directory.
+                    fence.check()?;
                     match record::mark_probed_files(&api, raw, &files, "artgc").await? {
                         Some(v) => raw = v,
                         None => return Ok(()),
                     }
                 }
-                Some(delete(&plan, probed, &shared.store, false, &Quiet).await)
+                Some(delete(&plan, probed, &shared.store, false, &fence).await)
             } else {
                 None
             };
-            let ctx = PassContext::of(wf, &raw, holds, attempt, shared.config.retry_budget);
             (plan, execution, ctx)
         }
         WorkflowInput::Invalid {
@@ -628,15 +739,17 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
             let plan = GcPlan {
                 workflows: vec![WorkflowPlan::unplannable(namespace, name, error.clone())],
             };
+            // Nothing can be read, so nothing can be pending: reported, and any finalizer of
+            // ours released.
             let ctx = PassContext {
                 finished: true,
-                deleting,
+                started: true,
+                deleting: !raw["metadata"]["deletionTimestamp"].is_null(),
                 has_finalizer: holds,
-                force_finalizer_removal: raw["spec"]["artifactGC"]["forceFinalizerRemoval"]
-                    == Value::Bool(true),
-                attempt,
-                budget: shared.config.retry_budget,
-                may_need_gc: true,
+                force_finalizer_removal: false,
+                attempt: 1,
+                budget,
+                may_need_gc: false,
                 processed: Default::default(),
                 has_condition: crate::outcome::has_gc_condition(&raw),
             };
@@ -644,16 +757,11 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
         }
     };
     let wp = &plan.workflows[0];
-    let mut outcome = assess(wp, 0, execution.as_ref(), &ctx);
-    if matches!(input, WorkflowInput::Invalid { .. })
-        && outcome.update.finalizer == FinalizerChange::Add
-    {
-        // Holding a workflow nobody can read would only make it stick.
-        outcome.update.finalizer = FinalizerChange::Keep;
-    }
+    let outcome = assess(wp, 0, execution.as_ref(), &ctx);
     let reference = object_ref(&raw);
     let finished_at = parse_time(&raw["status"]["finishedAt"]);
     let deleted_at = parse_time(&raw["metadata"]["deletionTimestamp"]);
+    fence.check()?;
     record::apply(&api, raw, &outcome.update, finalizer, "artgc").await?;
     report(
         shared,
@@ -667,8 +775,20 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
     .await;
     match outcome.failures.first() {
         Some(f) => Err(ReconcileError::Gc(f.category)),
+        None if outcome.pending && execution_stopped(execution.as_ref()) => {
+            Err(ReconcileError::Fenced)
+        }
         None => Ok(()),
     }
+}
+
+/// Some artifact was not tried because the pass was stopped: the pass must run again.
+fn execution_stopped(execution: Option<&crate::execute::Execution>) -> bool {
+    execution.is_some_and(|e| {
+        e.outcomes
+            .values()
+            .any(|o| o.error.as_ref().is_some_and(|e| e.is_cancelled()))
+    })
 }
 
 /// Metrics, Events and logs for one recorded pass.
@@ -740,11 +860,17 @@ async fn report(
         "CollectOnCompletion"
     };
     let mut events = Vec::new();
-    if !outcome.failures.is_empty() {
+    let reported: Vec<_> = outcome
+        .failures
+        .iter()
+        .chain(&outcome.notes)
+        .cloned()
+        .collect();
+    if !reported.is_empty() {
         events.push(KubeEvent {
             type_: EventType::Warning,
             reason: "ArtifactGCFailed".into(),
-            note: Some(crate::outcome::condition_message(&outcome.failures)),
+            note: Some(crate::outcome::condition_message(&reported)),
             action: action.into(),
             secondary: None,
         });

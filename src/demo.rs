@@ -50,9 +50,27 @@ fn workflow(name: &str, kind: &str, strategy: Option<&str>, nodes: Vec<(String, 
         name.into(),
         json!({"id": name, "name": name, "type": kind, "phase": "Running"}),
     );
+    // Each template declares its outputs as Argo's users write them (no keys: those come from
+    // the repository's keyFormat), with their GC strategies: what artgc's finalizer rule reads.
     let templates: Vec<Value> = nodes
         .iter()
-        .map(|(_, n)| json!({"name": n["templateName"], "container": {"image": "alpine:3"}}))
+        .map(|(_, n)| {
+            let outputs: Vec<Value> = n["outputs"]["artifacts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| a["name"] != "main-logs")
+                .map(|a| {
+                    let mut o = json!({"name": a["name"], "path": a["path"]});
+                    if !a["artifactGC"].is_null() {
+                        o["artifactGC"] = a["artifactGC"].clone();
+                    }
+                    o
+                })
+                .collect();
+            json!({"name": n["templateName"], "container": {"image": "alpine:3"},
+                   "outputs": {"artifacts": outputs}})
+        })
         .collect();
     for (id, n) in nodes {
         map.insert(id, n);

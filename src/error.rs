@@ -16,6 +16,9 @@ pub enum InputError {
         "node status is offloaded to Argo's database (status.offloadNodeStatusVersion {version}); artgc cannot read it, so this workflow is not plannable"
     )]
     Offloaded { version: String },
+    /// What the plan needs could not be read from the API server (retried).
+    #[error("reading {what} from the API server: {message}")]
+    Cluster { what: String, message: String },
 }
 
 impl InputError {
@@ -25,7 +28,17 @@ impl InputError {
             Self::Io { .. } => "io",
             Self::Field { .. } => "invalid_field",
             Self::Offloaded { .. } => "offloaded",
+            Self::Cluster { .. } => "kube_api",
         }
+    }
+
+    /// The workflow itself cannot be read: artgc can never collect it, so it holds nothing.
+    /// (Anything else is a failure to retry.)
+    pub fn is_unreadable(&self) -> bool {
+        matches!(
+            self,
+            Self::Parse { .. } | Self::Field { .. } | Self::Offloaded { .. }
+        )
     }
 }
 

@@ -40,11 +40,16 @@ impl Execution {
     }
 }
 
-/// Progress of a run, for a progress bar.
+/// Progress of a run, for a progress bar, and whether it may go on.
 pub trait Progress: Sync {
     fn probed(&self, _artifacts: u64) {}
     fn to_delete(&self, _objects: u64) {}
     fn deleted(&self, _objects: u64) {}
+    /// Checked before every probe and delete request batch: once true, nothing more is sent
+    /// (shutdown, or a controller that lost its leadership) and the rest is `cancelled`.
+    fn stopped(&self) -> bool {
+        false
+    }
 }
 
 /// No progress display.
@@ -154,7 +159,11 @@ pub async fn probe<'a>(
             let jobs = &jobs;
             async move {
                 let group: Vec<&Job<'_>> = members.iter().map(|&j| &jobs[j]).collect();
-                let found = probe_many(store, jobs[members[0]].conn, group).await;
+                let found = if progress.stopped() {
+                    group.iter().map(|_| Err(StoreError::cancelled())).collect()
+                } else {
+                    probe_many(store, jobs[members[0]].conn, group).await
+                };
                 progress.probed(members.len() as u64);
                 members.into_iter().zip(found).collect::<Vec<_>>()
             }
@@ -309,6 +318,9 @@ async fn delete_batch<'a>(
     progress: &dyn Progress,
 ) -> BatchResult<'a> {
     let names: Vec<String> = chunk.iter().map(|(k, _, _)| k.clone()).collect();
+    if progress.stopped() {
+        return (chunk, vec![Err(StoreError::cancelled()); names.len()]);
+    }
     let results = match store.client(conn).await {
         Ok(client) => store.delete_keys(&client, bucket, &names).await,
         Err(e) => vec![Err(e); names.len()],

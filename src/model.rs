@@ -19,6 +19,10 @@ pub const ANNOTATION_DEFAULT_REPOSITORY: &str = "workflows.argoproj.io/default-a
 /// later pass never mistakes the gone file for a directory and lists under `key/`.
 pub const ANNOTATION_PROBED_FILES: &str = "artgc.io/probed-files";
 
+/// Failed deletion passes so far: kept on the Workflow so that `forceFinalizerRemoval`'s budget
+/// survives a restart of artgc.
+pub const ANNOTATION_DELETION_ATTEMPTS: &str = "artgc.io/deletion-attempts";
+
 /// The (node, artifact) pairs of an [`ANNOTATION_PROBED_FILES`] value.
 pub fn parse_probed_files(text: &str) -> std::collections::HashSet<(&str, &str)> {
     text.lines()
@@ -410,6 +414,18 @@ impl Workflow {
             Some("Succeeded" | "Failed" | "Error")
         );
         final_phase && self.label(LABEL_COMPLETED) == Some("true")
+    }
+
+    /// Argo's controller has started it: phase `Running` or a `startedAt`. A workflow Argo never
+    /// picked up (another instance id, throttled, Pending) produced nothing to collect.
+    pub fn is_started(&self) -> bool {
+        self.status.phase.as_deref() == Some("Running")
+            || self.is_finished()
+            || self
+                .status
+                .started_at
+                .as_deref()
+                .is_some_and(|s| !s.is_empty())
     }
 
     /// The spec the workflow runs with: its own, or the stored WorkflowTemplate spec.

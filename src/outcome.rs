@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use crate::execute::Execution;
 use crate::model::Workflow;
-use crate::nodes::workflow_nodes;
 use crate::plan::{Decision, SkipReason, Strategy, WorkflowPlan};
 
 /// Argo's condition type for GC failures.
@@ -44,6 +43,8 @@ pub struct StatusUpdate {
     pub processed: Vec<Strategy>,
     pub condition: ConditionChange,
     pub finalizer: FinalizerChange,
+    /// Failed deletion passes so far, when this pass was one of them.
+    pub deletion_attempts: Option<u32>,
 }
 
 impl StatusUpdate {
@@ -53,6 +54,7 @@ impl StatusUpdate {
             processed: Vec::new(),
             condition: ConditionChange::Keep,
             finalizer: FinalizerChange::Keep,
+            deletion_attempts: None,
         }
     }
 }
@@ -78,11 +80,14 @@ pub struct Reclaimed {
 #[derive(Debug, Clone)]
 pub struct PassContext {
     pub finished: bool,
+    /// Argo started it (see [`Workflow::is_started`]).
+    pub started: bool,
     pub deleting: bool,
     /// artgc's finalizer is on the object.
     pub has_finalizer: bool,
     pub force_finalizer_removal: bool,
-    /// This pass's attempt number (1 for the first try) and the retry budget.
+    /// This deletion pass's number (1 for the first; the failed ones before it are counted on
+    /// the Workflow) and the retry budget.
     pub attempt: u32,
     pub budget: u32,
     /// While running: whether any artifact may need GC later (see [`needs_finalizer`]).
@@ -94,15 +99,15 @@ pub struct PassContext {
 
 impl PassContext {
     /// The context of a readable workflow as read (`raw` is the same object as JSON).
-    pub fn of(
-        wf: &Workflow,
-        raw: &serde_json::Value,
-        has_finalizer: bool,
-        attempt: u32,
-        budget: u32,
-    ) -> Self {
+    pub fn of(wf: &Workflow, raw: &serde_json::Value, has_finalizer: bool, budget: u32) -> Self {
+        let attempt = wf
+            .annotation(crate::model::ANNOTATION_DELETION_ATTEMPTS)
+            .and_then(|a| a.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+            .saturating_add(1);
         Self {
             finished: wf.is_finished(),
+            started: wf.is_started(),
             deleting: wf.is_being_deleted(),
             has_finalizer,
             force_finalizer_removal: wf.force_finalizer_removal(),
@@ -131,6 +136,9 @@ pub fn has_gc_condition(raw: &serde_json::Value) -> bool {
 pub struct PassOutcome {
     pub update: StatusUpdate,
     pub failures: Vec<Failure>,
+    /// What artgc can never collect (a driver it does not support, nodes it cannot read):
+    /// reported like failures, but settled, so they hold no finalizer.
+    pub notes: Vec<Failure>,
     pub reclaimed: BTreeMap<Strategy, Reclaimed>,
     /// Keep reasons (stable categories) of artifacts settled by this pass.
     pub kept: Vec<&'static str>,
@@ -161,32 +169,22 @@ fn unknown_strategy(s: Option<&str>) -> bool {
     )
 }
 
-/// Whether a workflow may produce artifacts that need GC: its workflow-level strategy (which
-/// archived logs follow), any template's artifact strategy (own, WorkflowTemplate, stored
-/// templateRef), or any node artifact's. Unknown strategies count, to be safe. Unlike Argo,
-/// OnWorkflowCompletion counts too: a workflow deleted before its completion pass ran must still
-/// wait for its artifacts.
+/// Whether a workflow declares GC, as Argo's `HasArtifactGC`: its workflow-level strategy (which
+/// archived logs follow too) or any template's artifact strategy (own, WorkflowTemplate, stored
+/// templateRef, inline), unknown values included. Node status is not read: a finalizer is never
+/// held on the strength of what artgc may not be able to read.
 pub fn needs_finalizer(wf: &Workflow) -> bool {
     let ws = wf.workflow_strategy();
     if wants_gc(ws) || unknown_strategy(ws) {
         return true;
     }
-    let own = |a: &crate::model::Artifact| {
+    let declared = |a: &crate::model::Artifact| {
         let s = a.artifact_gc.as_ref().and_then(|g| g.strategy.as_deref());
-        !a.deleted && (wants_gc(s) || unknown_strategy(s))
+        wants_gc(s) || unknown_strategy(s)
     };
-    if wf.all_templates().iter().any(|t| t.artifacts().any(own)) {
-        return true;
-    }
-    match workflow_nodes(wf) {
-        Ok(nodes) => nodes
-            .nodes
-            .values()
-            .flat_map(|n| n.outputs.iter().flat_map(|o| &o.artifacts))
-            .any(own),
-        // Unreadable nodes: hold the workflow rather than lose track of its artifacts.
-        Err(_) => true,
-    }
+    wf.all_templates()
+        .iter()
+        .any(|t| t.artifacts().any(declared))
 }
 
 /// Judges one workflow's pass from its plan and what the store did.
@@ -199,6 +197,7 @@ pub fn assess(
     let mut out = PassOutcome {
         update: StatusUpdate::none(),
         failures: Vec::new(),
+        notes: Vec::new(),
         reclaimed: BTreeMap::new(),
         kept: Vec::new(),
         pending: false,
@@ -206,11 +205,15 @@ pub fn assess(
     let mut failed_strategies: Vec<Strategy> = Vec::new();
     let mut pending_strategies: Vec<Strategy> = Vec::new();
     if let Some(e) = &wp.error {
-        out.failures.push(Failure {
+        let f = Failure {
             what: "workflow".into(),
             category: e.category(),
             reason: e.to_string(),
-        });
+        };
+        match e.is_unreadable() {
+            true => out.notes.push(f),
+            false => out.failures.push(f),
+        }
     }
     let mut kept = Vec::new();
     for (a, art) in wp.artifacts.iter().enumerate() {
@@ -232,6 +235,10 @@ pub fn assess(
                             index: art.index,
                             name: art.name.clone(),
                         });
+                    }
+                    Some(o) if o.error.as_ref().is_some_and(|e| e.is_cancelled()) => {
+                        // Stopped between batches (shutdown, leadership lost): not a failure.
+                        pending_strategies.push(art.strategy);
                     }
                     Some(o) => {
                         let e = o.error.as_ref().expect("error");
@@ -255,7 +262,17 @@ pub fn assess(
                     pending_strategies.push(art.strategy);
                 }
             }
-            d @ (Decision::Unsupported(_) | Decision::Error(_)) => {
+            d @ Decision::Unsupported(_) => {
+                if ctx.finished {
+                    out.notes.push(Failure {
+                        what,
+                        category: d.category(),
+                        reason: d.reason(),
+                    });
+                    kept.push((art.strategy, "unsupported"));
+                }
+            }
+            d @ Decision::Error(_) => {
                 if ctx.finished {
                     failed_strategies.push(art.strategy);
                     out.failures.push(Failure {
@@ -269,7 +286,7 @@ pub fn assess(
             }
         }
     }
-    let whole_failed = wp.error.is_some();
+    let whole_failed = wp.error.as_ref().is_some_and(|e| !e.is_unreadable());
     let failed = !out.failures.is_empty();
     out.pending = failed || !pending_strategies.is_empty() || (!ctx.finished && ctx.may_need_gc);
 
@@ -302,33 +319,40 @@ pub fn assess(
             .collect();
     }
 
-    out.update.condition = if failed {
-        ConditionChange::Set(condition_message(&out.failures))
+    let reported: Vec<Failure> = out.failures.iter().chain(&out.notes).cloned().collect();
+    out.update.condition = if !reported.is_empty() {
+        ConditionChange::Set(condition_message(&reported))
     } else if ctx.has_condition && ctx.finished {
         ConditionChange::Clear
     } else {
         ConditionChange::Keep
     };
-
-    out.update.finalizer = if ctx.deleting {
-        if !ctx.has_finalizer || !ctx.finished {
-            // A running workflow being deleted is first allowed to finish.
-            FinalizerChange::Keep
-        } else if !out.pending {
-            FinalizerChange::Remove { forced: false }
-        } else if failed && ctx.force_finalizer_removal && ctx.attempt >= ctx.budget {
-            FinalizerChange::Remove { forced: true }
-        } else {
-            FinalizerChange::Keep
-        }
-    } else if out.pending && !ctx.has_finalizer {
-        FinalizerChange::Add
-    } else if !out.pending && ctx.has_finalizer && ctx.finished {
-        FinalizerChange::Remove { forced: false }
-    } else {
-        FinalizerChange::Keep
-    };
+    if failed && ctx.deleting && ctx.finished {
+        out.update.deletion_attempts = Some(ctx.attempt);
+    }
+    out.update.finalizer = finalizer_change(ctx, out.pending, failed);
     out
+}
+
+/// The one rule for artgc's finalizer. Added only while Argo runs a workflow that declares GC
+/// (never to a finished one, never to one Argo never started); released once nothing is pending,
+/// at once for a deleted workflow Argo never started, and by `forceFinalizerRemoval` when the
+/// deletion passes failed `budget` times. A running workflow being deleted is first allowed to
+/// finish, as in Argo.
+pub fn finalizer_change(ctx: &PassContext, pending: bool, failed: bool) -> FinalizerChange {
+    let c = ctx;
+    match (c.deleting, c.finished, c.has_finalizer) {
+        (_, _, true) if c.deleting && !c.finished && !c.started => {
+            FinalizerChange::Remove { forced: false }
+        }
+        (true, true, true) if !pending => FinalizerChange::Remove { forced: false },
+        (true, true, true) if failed && c.force_finalizer_removal && c.attempt >= c.budget => {
+            FinalizerChange::Remove { forced: true }
+        }
+        (false, false, false) if c.started && c.may_need_gc => FinalizerChange::Add,
+        (false, true, true) if !pending => FinalizerChange::Remove { forced: false },
+        _ => FinalizerChange::Keep,
+    }
 }
 
 /// The condition (and Warning event) text: what failed and why, bounded in length (a single
@@ -366,10 +390,10 @@ pub fn condition_message(failures: &[Failure]) -> String {
 /// its plan without Secrets (credential errors still count as work).
 pub fn wants_pass(wf: &Workflow, wp: &WorkflowPlan, has_finalizer: bool) -> bool {
     if wf.is_being_deleted() {
-        return has_finalizer && wf.is_finished();
+        return has_finalizer && (wf.is_finished() || !wf.is_started());
     }
     if !wf.is_finished() {
-        return !has_finalizer && needs_finalizer(wf);
+        return !has_finalizer && wf.is_started() && needs_finalizer(wf);
     }
     let work = wp.error.is_some()
         || wp.artifacts.iter().any(|a| {
@@ -382,5 +406,5 @@ pub fn wants_pass(wf: &Workflow, wp: &WorkflowPlan, has_finalizer: bool) -> bool
         a.strategy != Strategy::Never
             && matches!(a.decision, Decision::Skip(SkipReason::NotSelected { .. }))
     });
-    work || pending != has_finalizer
+    work || (has_finalizer && !pending)
 }

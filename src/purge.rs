@@ -203,7 +203,7 @@ pub async fn record_all(
             .iter()
             .flatten()
             .any(|f| f == finalizer);
-        let ctx = PassContext::of(&wf, &raw, holds, 1, u32::MAX);
+        let ctx = PassContext::of(&wf, &raw, holds, u32::MAX);
         let mut outcome = assess(wp, w, Some(execution), &ctx);
         if outcome.update.finalizer == FinalizerChange::Add {
             outcome.update.finalizer = FinalizerChange::Keep;

@@ -9,7 +9,7 @@ use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use serde_json::{Map, Value, json};
 
-use crate::model::ANNOTATION_PROBED_FILES;
+use crate::model::{ANNOTATION_DELETION_ATTEMPTS, ANNOTATION_PROBED_FILES};
 use crate::nodes::{compress, decompress};
 use crate::outcome::{CONDITION_GC_ERROR, ConditionChange, FinalizerChange, StatusUpdate};
 
@@ -140,6 +140,16 @@ pub fn merge_patch(
             metadata.insert("finalizers".into(), json!(list));
         }
         _ => {}
+    }
+
+    if let Some(n) = update.deletion_attempts {
+        let current = raw["metadata"]["annotations"][ANNOTATION_DELETION_ATTEMPTS].as_str();
+        if current != Some(n.to_string().as_str()) {
+            metadata.insert(
+                "annotations".into(),
+                json!({ ANNOTATION_DELETION_ATTEMPTS: n.to_string() }),
+            );
+        }
     }
 
     if status.is_empty() && metadata.is_empty() {

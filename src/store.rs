@@ -34,6 +34,8 @@ pub enum StoreErrorKind {
     TooManyObjects,
     Credentials,
     Request,
+    /// Not sent: the pass was stopped (shutdown, leadership lost).
+    Cancelled,
 }
 
 /// A failed S3 operation, with a stable category.
@@ -63,7 +65,19 @@ impl StoreError {
             StoreErrorKind::TooManyObjects => "too_many_objects",
             StoreErrorKind::Credentials => "credentials",
             StoreErrorKind::Request => "request",
+            StoreErrorKind::Cancelled => "cancelled",
         }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.kind == StoreErrorKind::Cancelled
+    }
+
+    pub fn cancelled() -> Self {
+        Self::new(
+            StoreErrorKind::Cancelled,
+            "not sent: the pass was stopped (shutdown or leadership lost)",
+        )
     }
 }
 

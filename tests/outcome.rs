@@ -29,6 +29,7 @@ fn wf(name: &str) -> Wf {
 fn ctx(plan_deleting: bool, has_finalizer: bool, force: bool, attempt: u32) -> PassContext {
     PassContext {
         finished: true,
+        started: true,
         deleting: plan_deleting,
         has_finalizer,
         force_finalizer_removal: force,
@@ -64,8 +65,10 @@ fn run(plan: &GcPlan, fail: Option<&str>) -> Execution {
     exec
 }
 
+/// A finished workflow is never given the finalizer (it is added while Argo runs the workflow);
+/// the completion pass marks only completion as processed.
 #[test]
-fn the_completion_pass_holds_the_finalizer_for_deletion_work_and_marks_completion_only() {
+fn the_completion_pass_marks_completion_only_and_adds_no_finalizer() {
     let plan = plan_due(vec![wf("w")], creds());
     let out = assess(
         &plan.workflows[0],
@@ -75,12 +78,8 @@ fn the_completion_pass_holds_the_finalizer_for_deletion_work_and_marks_completio
     );
     assert_eq!(out.update.processed, [Strategy::OnWorkflowCompletion]);
     assert_eq!(out.update.deleted.len(), 1);
-    assert_eq!(
-        out.update.finalizer,
-        FinalizerChange::Add,
-        "d still waits for deletion"
-    );
-    assert!(out.pending);
+    assert_eq!(out.update.finalizer, FinalizerChange::Keep);
+    assert!(out.pending, "d still waits for deletion");
     assert_eq!(out.update.condition, ConditionChange::Keep);
 }
 
@@ -160,4 +159,122 @@ fn nothing_carried_out_is_never_recorded_as_done() {
     assert!(out.update.deleted.is_empty());
     assert!(out.update.processed.is_empty());
     assert_eq!(out.update.finalizer, FinalizerChange::Keep);
+}
+
+/// Every branch of the finalizer rule, one row each.
+#[test]
+fn the_finalizer_rule_table() {
+    use FinalizerChange::*;
+    use artgc::outcome::finalizer_change;
+    // deleting, finished, started, holds, may_need_gc, force, attempt, pending, failed -> change
+    type Row = (
+        bool,
+        bool,
+        bool,
+        bool,
+        bool,
+        bool,
+        u32,
+        bool,
+        bool,
+        FinalizerChange,
+    );
+    #[rustfmt::skip]
+    let rows: [Row; 14] = [
+        // running: added once Argo started it and it declares GC
+        (false, false, true,  false, true,  false, 1, true,  false, Add),
+        (false, false, false, false, true,  false, 1, true,  false, Keep), // never started
+        (false, false, true,  false, false, false, 1, true,  false, Keep), // declares no GC
+        (false, false, true,  true,  true,  false, 1, true,  false, Keep), // already there
+        // finished, not deleted: never added; released once nothing is pending
+        (false, true,  true,  false, true,  false, 1, true,  false, Keep),
+        (false, true,  true,  true,  true,  false, 1, false, false, Remove { forced: false }),
+        (false, true,  true,  true,  true,  false, 1, true,  false, Keep),
+        // deleted while running: held until it finishes; never started: released at once
+        (true,  false, true,  true,  true,  true,  9, true,  true,  Keep),
+        (true,  false, false, true,  true,  false, 1, true,  false, Remove { forced: false }),
+        // deleted and finished
+        (true,  true,  true,  true,  true,  false, 1, false, false, Remove { forced: false }),
+        (true,  true,  true,  true,  true,  false, 9, true,  true,  Keep),
+        (true,  true,  true,  true,  true,  true,  2, true,  true,  Keep),
+        (true,  true,  true,  true,  true,  true,  3, true,  true,  Remove { forced: true }),
+        (true,  true,  true,  false, true,  true,  3, true,  true,  Keep), // not ours to hold
+    ];
+    for (i, (deleting, finished, started, holds, need, force, attempt, pending, failed, want)) in
+        rows.into_iter().enumerate()
+    {
+        let c = PassContext {
+            finished,
+            started,
+            deleting,
+            has_finalizer: holds,
+            force_finalizer_removal: force,
+            attempt,
+            budget: 3,
+            may_need_gc: need,
+            processed: Default::default(),
+            has_condition: false,
+        };
+        assert_eq!(finalizer_change(&c, pending, failed), want, "row {i}");
+    }
+}
+
+/// Drivers artgc cannot delete, and nodes it cannot read, are reported but hold nothing.
+#[test]
+fn what_artgc_cannot_collect_is_reported_and_settled() {
+    let gcs = serde_json::json!({"name": "g", "gcs": {"bucket": "b", "key": "k"},
+                                 "artifactGC": {"strategy": "OnWorkflowDeletion"}});
+    let plan = plan_due(vec![wf("w").deleting().node("n2", "t", vec![gcs])], creds());
+    let out = assess(
+        &plan.workflows[0],
+        0,
+        Some(&run(&plan, None)),
+        &ctx(true, true, false, 1),
+    );
+    assert!(out.failures.is_empty());
+    assert_eq!(out.notes.len(), 1);
+    assert!(matches!(out.update.condition, ConditionChange::Set(ref m) if m.contains("n2/g")));
+    assert_eq!(
+        out.update.finalizer,
+        FinalizerChange::Remove { forced: false }
+    );
+    assert!(out.kept.contains(&"unsupported"));
+
+    let broken = artgc::plan::WorkflowPlan::unplannable(
+        "ns",
+        "w",
+        artgc::error::InputError::Field {
+            field: "status.nodes".into(),
+            reason: "not a map".into(),
+        },
+    );
+    let out = assess(&broken, 0, None, &ctx(true, true, false, 1));
+    assert!(out.failures.is_empty() && out.notes.len() == 1);
+    assert_eq!(
+        out.update.finalizer,
+        FinalizerChange::Remove { forced: false }
+    );
+}
+
+/// A failed deletion pass is counted on the Workflow; a completion pass never is.
+#[test]
+fn failed_deletion_passes_are_counted_on_the_workflow() {
+    let plan = plan_due(vec![wf("w").deleting()], creds());
+    let exec = run(&plan, Some("d"));
+    let out = assess(
+        &plan.workflows[0],
+        0,
+        Some(&exec),
+        &ctx(true, true, true, 2),
+    );
+    assert_eq!(out.update.deletion_attempts, Some(2));
+    let plan = plan_due(vec![wf("w")], creds());
+    let exec = run(&plan, Some("c"));
+    let out = assess(
+        &plan.workflows[0],
+        0,
+        Some(&exec),
+        &ctx(false, true, true, 1),
+    );
+    assert_eq!(out.update.deletion_attempts, None);
 }

@@ -494,6 +494,7 @@ async fn objects_written_after_the_workflow_are_kept() {
     assert_eq!(srv.keys(&b).await, ["fixed/report.csv", "w/dir/old"]);
     let ctx = artgc::outcome::PassContext {
         finished: true,
+        started: true,
         deleting: false,
         has_finalizer: false,
         force_finalizer_removal: false,
