@@ -128,11 +128,15 @@ pub struct ClusterReader {
     ttl: Duration,
 }
 
-/// A read that is forbidden or finds nothing gives nothing: the planner then reports what is
-/// missing for the artifact that needed it.
+/// ConfigMaps cached at once (repositories are few; a namespace per tenant at most).
+const MAX_CACHED_CONFIG_MAPS: usize = 4096;
+
+/// A read the API server refuses for this object (forbidden, an invalid name, not found) gives
+/// nothing: the planner then reports what is missing for the artifact that needed it, as a
+/// failure of that workflow's pass. Throttling and server errors stay errors, to retry.
 fn absent_if_denied<T>(r: Result<Option<T>, kube::Error>) -> Result<Option<T>, kube::Error> {
     match r {
-        Err(kube::Error::Api(s)) if s.code == 403 || s.code == 404 => Ok(None),
+        Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 429 => Ok(None),
         other => other,
     }
 }
@@ -159,13 +163,20 @@ impl ClusterReader {
         {
             return Ok(cm.clone());
         }
-        let cm = Api::<ConfigMap>::namespaced(self.client.clone(), ns)
-            .get_opt(name)
-            .await?;
-        self.config_maps
-            .lock()
-            .expect("lock")
-            .insert(key, (Instant::now(), cm.clone()));
+        let cm = absent_if_denied(
+            Api::<ConfigMap>::namespaced(self.client.clone(), ns)
+                .get_opt(name)
+                .await,
+        )?;
+        let mut cache = self.config_maps.lock().expect("lock");
+        if cache.len() >= MAX_CACHED_CONFIG_MAPS {
+            let ttl = self.ttl;
+            cache.retain(|_, (at, _)| at.elapsed() < ttl);
+            if cache.len() >= MAX_CACHED_CONFIG_MAPS {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (Instant::now(), cm.clone()));
         Ok(cm)
     }
 

@@ -38,6 +38,11 @@ pub struct Cli {
     /// Log level or filter, RUST_LOG style (e.g. `info`, `artgc=debug,aws=warn`).
     #[arg(long, global = true, default_value = "warn", env = "RUST_LOG")]
     pub log_level: String,
+    /// The most decompressed node status (`status.compressedNodes`) read per Workflow; a
+    /// larger one is an error for that Workflow (a decompression bomb must not take the
+    /// process down).
+    #[arg(long, global = true, default_value_t = crate::nodes::DEFAULT_MAX_DECOMPRESSED, env = "ARTGC_MAX_NODE_STATUS_BYTES")]
+    pub max_node_status_bytes: u64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -324,6 +329,10 @@ pub struct StoreArgs {
     /// S3 requests in flight at once, across all buckets.
     #[arg(long, default_value_t = 16, env = "ARTGC_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
+    /// S3 requests in flight to one endpoint (host:port), beneath --concurrency: one slow store
+    /// cannot take every place.
+    #[arg(long, default_value_t = 8, env = "ARTGC_ENDPOINT_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub endpoint_concurrency: u16,
     /// Attempts per S3 request (and per key reported failed by DeleteObjects) on throttling,
     /// 5xx and network errors.
     #[arg(long, default_value_t = 5, env = "ARTGC_MAX_ATTEMPTS")]
@@ -348,6 +357,7 @@ impl StoreArgs {
     pub fn options(&self) -> StoreOptions {
         StoreOptions {
             concurrency: self.concurrency.into(),
+            endpoint_concurrency: self.endpoint_concurrency.into(),
             max_attempts: self.max_attempts,
             max_objects_per_artifact: self.max_objects_per_artifact,
             request_timeout: Duration::from_secs(self.request_timeout),
@@ -358,6 +368,7 @@ impl StoreArgs {
 
 /// Runs a command; returns the exit code.
 pub fn run(cli: Cli) -> u8 {
+    crate::nodes::set_max_decompressed(cli.max_node_status_bytes);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

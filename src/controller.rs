@@ -5,7 +5,7 @@
 //! The watch keeps no Workflow objects: each event is reduced to the workflow's S3 key uses (the
 //! shared-key index) and a yes/no on queueing it. A reconcile reads the object fresh.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -305,6 +305,9 @@ pub async fn start(
     })
 }
 
+/// Workflows per list page of the watch.
+const WATCH_PAGE_SIZE: u32 = 100;
+
 fn label_selector(instance_id: Option<&str>) -> String {
     match instance_id {
         Some(id) => format!("{LABEL_INSTANCE_ID}={id}"),
@@ -322,8 +325,10 @@ fn has_finalizer(
 async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
     let health = shared.health.clone();
     let _running = health.watch();
-    let cfg =
-        watcher::Config::default().labels(&label_selector(shared.config.instance_id.as_deref()));
+    // Small pages: a list page of Workflows is held in memory whole while it is indexed.
+    let cfg = watcher::Config::default()
+        .labels(&label_selector(shared.config.instance_id.as_deref()))
+        .page_size(WATCH_PAGE_SIZE);
     let apis: Vec<Api<WatchedWorkflow>> = if shared.config.namespaces.is_empty() {
         vec![Api::all(shared.client.clone())]
     } else {
@@ -334,29 +339,32 @@ async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
             .map(|ns| Api::namespaced(shared.client.clone(), ns))
             .collect()
     };
-    let streams = apis
-        .into_iter()
-        .map(|api| watcher::watcher(api, cfg.clone()).default_backoff().boxed());
+    // Each event tagged with its stream, so a re-list prunes only its own namespace.
+    let streams = apis.into_iter().enumerate().map(|(i, api)| {
+        watcher::watcher(api, cfg.clone())
+            .default_backoff()
+            .map(move |e| (i, e))
+            .boxed()
+    });
     let mut events = futures::stream::select_all(streams);
-    let waiting_for = if shared.config.namespaces.is_empty() {
-        1
-    } else {
-        shared.config.namespaces.len()
-    };
-    let mut initialized = 0usize;
-    // Keys seen during a (re-)list, to drop those that vanished meanwhile.
-    let mut relist: Option<HashSet<String>> = None;
+    let scope = |i: usize| shared.config.namespaces.get(i).map(|ns| format!("{ns}/"));
+    let waiting_for = shared.config.namespaces.len().max(1);
+    let mut synced_streams: HashSet<usize> = HashSet::new();
+    // Keys seen during each stream's (re-)list, to drop those that vanished meanwhile.
+    let mut relist: HashMap<usize, HashSet<String>> = HashMap::new();
     loop {
         let ev = tokio::select! {
             _ = stop.cancelled() => return,
             ev = events.next() => ev,
         };
-        let Some(ev) = ev else { return };
+        let Some((stream, ev)) = ev else { return };
         health.watch_result(ev.is_ok());
         match ev {
-            Ok(Event::Init) => relist = Some(HashSet::new()),
+            Ok(Event::Init) => {
+                relist.insert(stream, HashSet::new());
+            }
             Ok(Event::InitApply(wf)) => {
-                if let Some(seen) = relist.as_mut() {
+                if let Some(seen) = relist.get_mut(&stream) {
                     seen.insert(key_of(
                         wf.metadata.namespace.as_deref().unwrap_or("default"),
                         wf.metadata.name.as_deref().unwrap_or(""),
@@ -365,22 +373,23 @@ async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
                 observe(&shared, wf).await;
             }
             Ok(Event::InitDone) => {
-                if let Some(seen) = relist.take()
-                    && shared.config.namespaces.len() <= 1
-                {
+                if let Some(seen) = relist.remove(&stream) {
                     // Workflows deleted while the watch was down never sent their DELETED.
+                    let prefix = scope(stream);
+                    let mine = |k: &str| prefix.as_deref().is_none_or(|p| k.starts_with(p));
                     let mut index = shared.index.lock().await;
-                    index.retain_workflows(|k| seen.contains(k));
+                    index.retain_workflows(|k| !mine(k) || seen.contains(k));
                     shared.metrics().keys_indexed.set(index.len() as i64);
                     let mut attempts = shared.attempts.lock().expect("lock");
-                    attempts.retain(|k, _| seen.contains(k));
+                    attempts.retain(|k, _| !mine(k) || seen.contains(k));
                     shared
                         .metrics()
                         .workflows_watched
                         .set(attempts.len() as i64);
                 }
-                initialized += 1;
-                if initialized >= waiting_for && !shared.health.ready.swap(true, Ordering::Relaxed)
+                synced_streams.insert(stream);
+                if synced_streams.len() >= waiting_for
+                    && !shared.health.ready.swap(true, Ordering::Relaxed)
                 {
                     shared.synced.send_replace(true);
                     info!("watch synced; ready");

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -15,7 +16,33 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// Bound on the decompressed size: Argo objects are capped near 1.5 MiB compressed, so this is
 /// generous and stops a decompression bomb.
-const MAX_DECOMPRESSED: u64 = 512 * 1024 * 1024;
+/// The most decompressed node status artgc reads (`--max-node-status-bytes`): a few KB of
+/// `compressedNodes` can inflate to gigabytes, and one such Workflow must not take the process
+/// down. Process-wide because it bounds the process's memory, whoever decompresses.
+static MAX_DECOMPRESSED: AtomicU64 = AtomicU64::new(DEFAULT_MAX_DECOMPRESSED);
+
+/// Default of `--max-node-status-bytes`.
+pub const DEFAULT_MAX_DECOMPRESSED: u64 = 32 * 1024 * 1024;
+
+/// Sets the bound on decompressed node status, for the whole process.
+pub fn set_max_decompressed(bytes: u64) {
+    MAX_DECOMPRESSED.store(bytes.max(1), Ordering::Relaxed);
+}
+
+fn read_bounded(mut r: impl Read, what: &str) -> Result<Vec<u8>, String> {
+    let limit = MAX_DECOMPRESSED.load(Ordering::Relaxed);
+    let mut out = Vec::new();
+    (&mut r)
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("{what}: {e}"))?;
+    if out.len() as u64 > limit {
+        return Err(format!(
+            "decompresses to more than {limit} bytes (--max-node-status-bytes); not read"
+        ));
+    }
+    Ok(out)
+}
 
 /// How a workflow's nodes were stored, so that a write-back can keep the same form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,26 +115,16 @@ pub fn decompress(packed: &str) -> Result<(Vec<u8>, NodeEncoding), String> {
     let raw = STANDARD
         .decode(packed.trim())
         .map_err(|e| format!("not valid base64: {e}"))?;
-    let mut out = Vec::new();
-    let encoding = if raw.starts_with(&GZIP_MAGIC) {
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .take(MAX_DECOMPRESSED)
-            .read_to_end(&mut out)
-            .map_err(|e| format!("gzip: {e}"))?;
-        NodeEncoding::Gzip
+    let (out, encoding) = if raw.starts_with(&GZIP_MAGIC) {
+        let d = flate2::read::GzDecoder::new(raw.as_slice());
+        (read_bounded(d, "gzip")?, NodeEncoding::Gzip)
     } else if raw.starts_with(&ZSTD_MAGIC) {
-        zstd::stream::read::Decoder::new(raw.as_slice())
-            .map_err(|e| format!("zstd: {e}"))?
-            .take(MAX_DECOMPRESSED)
-            .read_to_end(&mut out)
-            .map_err(|e| format!("zstd: {e}"))?;
-        NodeEncoding::Zstd
+        let d =
+            zstd::stream::read::Decoder::new(raw.as_slice()).map_err(|e| format!("zstd: {e}"))?;
+        (read_bounded(d, "zstd")?, NodeEncoding::Zstd)
     } else {
-        brotli::Decompressor::new(raw.as_slice(), 64 * 1024)
-            .take(MAX_DECOMPRESSED)
-            .read_to_end(&mut out)
-            .map_err(|e| format!("brotli: {e}"))?;
-        NodeEncoding::Brotli
+        let d = brotli::Decompressor::new(raw.as_slice(), 64 * 1024);
+        (read_bounded(d, "brotli")?, NodeEncoding::Brotli)
     };
     Ok((out, encoding))
 }

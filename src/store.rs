@@ -36,6 +36,8 @@ pub enum StoreErrorKind {
     Request,
     /// Not sent: the pass was stopped (shutdown, leadership lost).
     Cancelled,
+    /// A listing that would not end.
+    EndlessListing,
 }
 
 /// A failed S3 operation, with a stable category.
@@ -66,6 +68,7 @@ impl StoreError {
             StoreErrorKind::Credentials => "credentials",
             StoreErrorKind::Request => "request",
             StoreErrorKind::Cancelled => "cancelled",
+            StoreErrorKind::EndlessListing => "endless_listing",
         }
     }
 
@@ -79,6 +82,12 @@ impl StoreError {
             "not sent: the pass was stopped (shutdown or leadership lost)",
         )
     }
+}
+
+/// `host:port` of a connection URL: the unit of the per-endpoint bound.
+fn endpoint_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest).to_ascii_lowercase()
 }
 
 /// Classifies an S3 error code (and HTTP status when there is no code).
@@ -167,6 +176,8 @@ fn add_content_md5(req: &mut aws_smithy_runtime_api::http::Request) {
 pub struct StoreOptions {
     /// S3 requests in flight at once, across all buckets.
     pub concurrency: usize,
+    /// S3 requests in flight to one endpoint (`host:port`), beneath `concurrency`.
+    pub endpoint_concurrency: usize,
     /// Attempts per request for throttling, 5xx and network errors (SDK retries), and per key
     /// for errors reported inside a DeleteObjects response.
     pub max_attempts: u32,
@@ -182,6 +193,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             concurrency: 16,
+            endpoint_concurrency: 8,
             max_attempts: 5,
             max_objects_per_artifact: 100_000,
             request_timeout: Duration::from_secs(30),
@@ -204,10 +216,35 @@ fn timestamp(t: Option<&aws_smithy_types::DateTime>) -> Option<jiff::Timestamp> 
     jiff::Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok()
 }
 
-/// Shared S3 access: cached clients and a bound on requests in flight.
+/// A client for one connection, with the bound on requests in flight to its endpoint.
+#[derive(Clone)]
+pub struct StoreClient {
+    client: Client,
+    endpoint: Arc<Semaphore>,
+}
+
+impl std::ops::Deref for StoreClient {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Both places a request holds: its endpoint's and the global one.
+pub struct Permit<'a> {
+    _endpoint: tokio::sync::OwnedSemaphorePermit,
+    _global: tokio::sync::SemaphorePermit<'a>,
+}
+
+/// Clients kept at once; past this the cache starts over (building one is cheap next to the
+/// memory a cache of every Secret ever seen would take).
+const MAX_CLIENTS: usize = 256;
+
+/// Shared S3 access: cached clients and bounds on requests in flight, per endpoint and overall.
 pub struct ObjectStore {
     opts: StoreOptions,
-    clients: Mutex<HashMap<S3Connection, Client>>,
+    clients: Mutex<HashMap<S3Connection, StoreClient>>,
+    endpoints: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
     ambient: OnceCell<aws_config::SdkConfig>,
     web_identity: Option<WebIdentityConfig>,
     identities: IdentityCache,
@@ -220,6 +257,7 @@ impl ObjectStore {
         Self {
             opts,
             clients: Mutex::new(HashMap::new()),
+            endpoints: Default::default(),
             ambient: OnceCell::new(),
             web_identity: None,
             identities: IdentityCache::default(),
@@ -237,12 +275,35 @@ impl ObjectStore {
         &self.opts
     }
 
-    /// A place among the requests in flight; held for the duration of one request.
-    async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.permits
+    /// A place among the requests in flight, held for one request: first the endpoint's, so
+    /// a request waiting on a slow endpoint holds no global place.
+    async fn permit(&self, client: &StoreClient) -> Permit<'_> {
+        let endpoint = client
+            .endpoint
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        let global = self
+            .permits
             .acquire()
             .await
-            .expect("semaphore never closed")
+            .expect("semaphore never closed");
+        Permit {
+            _endpoint: endpoint,
+            _global: global,
+        }
+    }
+
+    fn endpoint_limit(&self, url: &str) -> Arc<Semaphore> {
+        let mut map = self.endpoints.lock().expect("lock");
+        if map.len() >= MAX_CLIENTS && !map.contains_key(url) {
+            // Idle ones only: a semaphore in use stays shared with its requests.
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        map.entry(url.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.opts.endpoint_concurrency.max(1))))
+            .clone()
     }
 
     async fn ambient(&self) -> &aws_config::SdkConfig {
@@ -252,16 +313,19 @@ impl ObjectStore {
     }
 
     /// The client for a connection, built once and reused.
-    pub async fn client(&self, conn: &S3Connection) -> Result<Client, StoreError> {
+    pub async fn client(&self, conn: &S3Connection) -> Result<StoreClient, StoreError> {
         if let Some(c) = self.clients.lock().await.get(conn) {
             return Ok(c.clone());
         }
-        let client = self.build_client(conn).await?;
-        self.clients
-            .lock()
-            .await
-            .entry(conn.clone())
-            .or_insert(client.clone());
+        let client = StoreClient {
+            client: self.build_client(conn).await?,
+            endpoint: self.endpoint_limit(&endpoint_of(&conn.url)),
+        };
+        let mut clients = self.clients.lock().await;
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.entry(conn.clone()).or_insert(client.clone());
         Ok(client)
     }
 
@@ -357,11 +421,11 @@ impl ObjectStore {
     /// HEAD one key: the object, or `None` when there is no such object.
     pub async fn head(
         &self,
-        client: &Client,
+        client: &StoreClient,
         bucket: &str,
         key: &str,
     ) -> Result<Option<StoredObject>, StoreError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit(client).await;
         match client.head_object().bucket(bucket).key(key).send().await {
             Ok(out) => Ok(Some(StoredObject {
                 key: key.to_string(),
@@ -375,8 +439,8 @@ impl ObjectStore {
 
     /// Checks that the bucket answers (a HEAD's 404 says nothing about whether the key or the
     /// bucket is missing, and a missing bucket must not pass as "already deleted").
-    pub async fn check_bucket(&self, client: &Client, bucket: &str) -> Result<(), StoreError> {
-        let _permit = self.permit().await;
+    pub async fn check_bucket(&self, client: &StoreClient, bucket: &str) -> Result<(), StoreError> {
+        let _permit = self.permit(client).await;
         client
             .list_objects_v2()
             .bucket(bucket)
@@ -391,16 +455,19 @@ impl ObjectStore {
     /// on what one artifact may delete).
     pub async fn list(
         &self,
-        client: &Client,
+        client: &StoreClient,
         bucket: &str,
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<StoredObject>, StoreError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
-        loop {
+        // A page holds up to 1,000 keys; a store that keeps answering "more" past what the
+        // bound allows (empty pages, a repeated token) is cut off.
+        let max_pages = limit / 1000 + 3;
+        for _ in 0..max_pages {
             let page = {
-                let _permit = self.permit().await;
+                let _permit = self.permit(client).await;
                 client
                     .list_objects_v2()
                     .bucket(bucket)
@@ -435,6 +502,13 @@ impl ObjectStore {
                 _ => return Ok(out),
             }
         }
+        Err(StoreError::new(
+            StoreErrorKind::EndlessListing,
+            format!(
+                "ListObjectsV2 s3://{bucket}/{prefix}: the store still answered \"more\" after {max_pages} pages ({} objects); given up",
+                out.len()
+            ),
+        ))
     }
 
     /// Deletes keys of one bucket in batches of up to 1,000, retrying keys the store reports as
@@ -442,7 +516,7 @@ impl ObjectStore {
     /// key, in order.
     pub async fn delete_keys(
         &self,
-        client: &Client,
+        client: &StoreClient,
         bucket: &str,
         keys: &[String],
     ) -> Vec<Result<(), StoreError>> {
@@ -482,7 +556,7 @@ impl ObjectStore {
 
     async fn delete_batch(
         &self,
-        client: &Client,
+        client: &StoreClient,
         bucket: &str,
         keys: &[String],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
@@ -511,7 +585,7 @@ impl ObjectStore {
                 .build()
                 .map_err(|e| StoreError::new(StoreErrorKind::Request, e.to_string()))?;
             let out = {
-                let _permit = self.permit().await;
+                let _permit = self.permit(client).await;
                 client
                     .delete_objects()
                     .bucket(bucket)
@@ -569,8 +643,13 @@ impl ObjectStore {
         }
     }
 
-    async fn delete_one(&self, client: &Client, bucket: &str, key: &str) -> Result<(), StoreError> {
-        let _permit = self.permit().await;
+    async fn delete_one(
+        &self,
+        client: &StoreClient,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        let _permit = self.permit(client).await;
         match client.delete_object().bucket(bucket).key(key).send().await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("NoSuchKey") => Ok(()),
