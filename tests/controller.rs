@@ -790,3 +790,234 @@ async fn nothing_is_collected_before_the_first_list_has_indexed_every_workflow()
     e.kube.set_latency(Duration::ZERO);
     ctl.shutdown().await;
 }
+
+// ---- liveness: nothing sticks, nothing takes the controller down ----
+
+/// Keys that differ inside a multi-byte character once panicked at the common-prefix cut,
+/// killing a worker per such workflow. Now they are collected beside healthy workflows and the
+/// process stays live and ready.
+#[tokio::test]
+async fn keys_that_differ_inside_a_character_are_collected_and_the_process_stays_healthy() {
+    let e = env().await;
+    e.put(&["数据/报告.csv", "数据/日志.csv", "ok/a.tgz"]).await;
+    e.create(e.wf("utf8").node(
+        "utf8-1",
+        "main",
+        vec![
+            with_strategy(key_only("report", "数据/报告.csv"), COMPLETION),
+            with_strategy(key_only("log", "数据/日志.csv"), COMPLETION),
+        ],
+    ));
+    e.create(e.one("plain", "ok/a.tgz", COMPLETION));
+    let ctl = e.start(|c| c.concurrency = 1).await;
+    until("both collected", async || {
+        ["utf8", "plain"]
+            .iter()
+            .all(|w| e.get(w).is_some_and(|w| processed(&w, COMPLETION)))
+    })
+    .await;
+    assert!(e.keys().await.is_empty());
+    for path in ["live", "ready"] {
+        let (status, body) = http_get(&format!("http://{}/{path}", ctl.admin_addr)).await;
+        assert_eq!(status, 200, "/{path}: {body}");
+    }
+    ctl.shutdown().await;
+}
+
+/// /live fails once the workers are gone (here: stopped), so a wedged process is restarted.
+#[tokio::test]
+async fn live_fails_when_the_workers_are_gone() {
+    let e = env().await;
+    let ctl = e.start(|_| {}).await;
+    let admin = ctl.admin_addr;
+    until("ready", async || {
+        http_get(&format!("http://{admin}/ready")).await.0 == 200
+    })
+    .await;
+    assert_eq!(http_get(&format!("http://{admin}/live")).await.0, 200);
+    let health = ctl.health.clone();
+    ctl.shutdown().await;
+    assert!(health.not_live().is_some(), "workers and watch are gone");
+}
+
+/// A workflow Argo never started (another instance, throttled, Pending) is released at once
+/// when deleted, and never given the finalizer in the first place.
+#[tokio::test]
+async fn a_workflow_argo_never_started_holds_nothing() {
+    let e = env().await;
+    let declared = json!({"name": "main", "outputs": {"artifacts": [
+        {"name": "out", "path": "/tmp/out", "artifactGC": {"strategy": DELETION}}]}});
+    let pending = |name: &str| {
+        e.wf(name)
+            .set(&["status"], json!({"phase": "Pending"}))
+            .set(&["metadata", "labels"], json!({}))
+            .template(declared.clone())
+    };
+    e.create(pending("held").set(&["metadata", "finalizers"], json!([FINALIZER])));
+    e.create(pending("new"));
+    let ctl = e.start(|_| {}).await;
+    e.delete("held").await;
+    until("released at once", async || e.get("held").is_none()).await;
+    // Once Argo starts it, the finalizer goes on.
+    assert!(finalizers(&e.get("new").unwrap()).is_empty());
+    e.patch(
+        "new",
+        json!({"status": {"phase": "Running", "startedAt": jiff::Timestamp::now().to_string()}}),
+    )
+    .await;
+    until("finalizer added once started", async || {
+        e.get("new").is_some_and(|w| finalizers(&w) == [FINALIZER])
+    })
+    .await;
+    ctl.shutdown().await;
+}
+
+/// A running workflow whose templates declare no GC gets no finalizer, whatever its node status
+/// says (it may be unreadable, or written by its author).
+#[tokio::test]
+async fn no_finalizer_without_declared_gc() {
+    let e = env().await;
+    let running = e
+        .wf("undeclared")
+        .running()
+        .set(&["status", "startedAt"], json!("2026-11-27T00:00:00Z"))
+        .node(
+            "u-1",
+            "main",
+            vec![with_strategy(key_only("a", "u/a"), DELETION)],
+        );
+    e.create(running);
+    e.create(
+        e.wf("unreadable")
+            .running()
+            .set(&["status", "compressedNodes"], json!("not base64 at all!"))
+            .set(&["status", "nodes"], json!({})),
+    );
+    let ctl = e.start(|_| {}).await;
+    until("ready", async || {
+        http_get(&format!("http://{}/ready", ctl.admin_addr))
+            .await
+            .0
+            == 200
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(finalizers(&e.get("undeclared").unwrap()).is_empty());
+    assert!(finalizers(&e.get("unreadable").unwrap()).is_empty());
+    ctl.shutdown().await;
+}
+
+/// Artifacts artgc cannot delete (GCS here) are reported and settled: the deletion completes.
+#[tokio::test]
+async fn unsupported_drivers_are_reported_and_do_not_hold_the_workflow() {
+    let e = env().await;
+    let gcs = json!({"name": "g", "gcs": {"bucket": "b", "key": "k"},
+                     "artifactGC": {"strategy": DELETION}});
+    e.create(
+        e.wf("gcs")
+            .node("gcs-1", "main", vec![gcs])
+            .set(&["metadata", "finalizers"], json!([FINALIZER])),
+    );
+    let ctl = e.start(|_| {}).await;
+    e.delete("gcs").await;
+    until("released", async || e.get("gcs").is_none()).await;
+    until("reported", async || {
+        e.events("gcs")
+            .iter()
+            .any(|(t, r, n)| t == "Warning" && r == "ArtifactGCFailed" && n.contains("gcs"))
+    })
+    .await;
+    let m = metrics(&ctl).await;
+    assert!(
+        m.contains("artgc_artifacts_kept_total{reason=\"unsupported\"} 1"),
+        "{m}"
+    );
+    ctl.shutdown().await;
+}
+
+/// Reading the workflow's Secrets fails (403) on every pass: each failed deletion pass counts,
+/// with the condition and an Event, and the count lives on the Workflow, so a controller that
+/// restarts goes on from it. Here a previous controller already counted 2 of 3: the first pass
+/// of this one spends the budget (with the count in memory, two more passes would be needed,
+/// each after a 30 s backoff).
+#[tokio::test]
+async fn forbidden_reads_count_toward_force_and_the_count_survives_a_restart() {
+    let e = env().await;
+    e.put(&["r/a.tgz"]).await;
+    let art = with_secret(
+        with_strategy(key_only("a", "r/a.tgz"), DELETION),
+        &e,
+        "s3-creds",
+    );
+    e.create(
+        e.wf("r")
+            .node("r-1", "main", vec![art])
+            .set(
+                &["spec", "artifactGC", "forceFinalizerRemoval"],
+                json!(true),
+            )
+            .set(&["metadata", "finalizers"], json!([FINALIZER]))
+            .set(
+                &["metadata", "annotations", "artgc.io/deletion-attempts"],
+                json!("2"),
+            ),
+    );
+    e.kube.inject(KubeFault {
+        method: "GET",
+        path: "/secrets/".into(),
+        status: 403,
+        times: usize::MAX,
+    });
+    let ctl = e
+        .start(|c| {
+            c.backoff_base = Duration::from_secs(30);
+            c.backoff_max = Duration::from_secs(30);
+        })
+        .await;
+    e.delete("r").await;
+    until("released by force on the third counted pass", async || {
+        e.get("r").is_none()
+    })
+    .await;
+    until("the forced release is reported", async || {
+        e.events("r").iter().any(|(t, r, n)| {
+            t == "Warning" && r == "ArtifactGCFinalizerForced" && n.contains("secret")
+        })
+    })
+    .await;
+    assert_eq!(e.keys().await, ["r/a.tgz"]);
+    ctl.shutdown().await;
+}
+
+/// A failed deletion pass writes its number on the Workflow.
+#[tokio::test]
+async fn failed_deletion_passes_are_counted_on_the_workflow() {
+    let e = env().await;
+    e.kube.seed(denied_secret(&e));
+    e.put(&["n/a.tgz"]).await;
+    let art = with_secret(
+        with_strategy(key_only("a", "n/a.tgz"), DELETION),
+        &e,
+        "bad-creds",
+    );
+    e.create(
+        e.wf("n")
+            .node("n-1", "main", vec![art])
+            .set(&["metadata", "finalizers"], json!([FINALIZER])),
+    );
+    let ctl = e.start(|_| {}).await;
+    e.delete("n").await;
+    until("counted twice", async || {
+        e.get("n").is_some_and(|w| {
+            w["metadata"]["annotations"]["artgc.io/deletion-attempts"]
+                .as_str()
+                .and_then(|a| a.parse::<u32>().ok())
+                .is_some_and(|a| a >= 2)
+        })
+    })
+    .await;
+    let w = e.get("n").unwrap();
+    assert_eq!(finalizers(&w), [FINALIZER], "no force: held");
+    assert!(gc_condition(&w).unwrap().contains("access_denied"));
+    ctl.shutdown().await;
+}

@@ -876,3 +876,40 @@ fn the_planned_workflows_own_index_entries_are_ignored() {
     let plan = plan_against(fixed("a", "OnWorkflowCompletion", "my-file"), &index);
     assert_eq!(art(&plan, "a", "out").decision, Decision::Delete);
 }
+
+/// The process's peak resident memory, in bytes (Linux).
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A few hundred KB of `compressedNodes` that inflate to 128 MB: an error for that workflow
+/// (the default bound is 32 MiB), and memory stays flat.
+#[test]
+fn a_decompression_bomb_is_an_error_and_memory_stays_flat() {
+    use base64::Engine;
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let chunk = vec![b' '; 1 << 20];
+    for _ in 0..128 {
+        gz.write_all(&chunk).unwrap();
+    }
+    let packed = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+    assert!(packed.len() < 2 << 20, "{}", packed.len());
+    let before = peak_rss();
+    let w = wf("bomb")
+        .set(&["status", "nodes"], json!({}))
+        .set(&["status", "compressedNodes"], json!(packed));
+    let plan = plan_due(vec![w], creds());
+    let err = plan.workflows[0].error.as_ref().expect("an error");
+    assert!(
+        err.to_string().contains("decompresses to more than"),
+        "{err}"
+    );
+    let grown = peak_rss().saturating_sub(before);
+    assert!(grown < 96 << 20, "peak RSS grew by {} MiB", grown >> 20);
+}

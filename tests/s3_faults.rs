@@ -165,3 +165,82 @@ async fn batch_deletes_carry_the_content_md5_of_their_body() {
     let expected = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&batch.body));
     assert_eq!(header, Some(expected));
 }
+
+/// A store whose listing never ends (always "more", never a key) is cut off after a bounded
+/// number of pages: the artifact fails, the pass ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_listing_is_cut_off() {
+    let srv = S3Server::start().await;
+    let proxy = FaultProxy::start(&srv.endpoint).await;
+    let b = srv.bucket("endless").await;
+    let w = workflow("ns", "w").node(
+        "n1",
+        "t",
+        vec![on_server(&srv, &proxy.endpoint, "dir", &b, "w/dir/", "s3")],
+    );
+    let plan = plan_due(
+        vec![w],
+        vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)],
+    );
+    proxy.add_rule(FaultRule::endless_listing(usize::MAX));
+    let opts = StoreOptions {
+        max_objects_per_artifact: 5_000,
+        ..Default::default()
+    };
+    let exec = execute(&plan, &ObjectStore::new(opts), false, &Quiet).await;
+    let e = exec.get(0, 0).unwrap().error.clone().expect("cut off");
+    assert_eq!(e.category(), "endless_listing", "{e}");
+    let lists = proxy.log().iter().filter(|r| r.method == "GET").count();
+    assert_eq!(lists, 5_000 / 1000 + 3, "pages asked for");
+}
+
+/// A slow endpoint holds at most its own places: a fast endpoint's pass, sharing the store,
+/// is done long before the slow one's first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_does_not_hold_the_fast_ones_places() {
+    let srv = S3Server::start().await;
+    let slow = FaultProxy::start(&srv.endpoint).await;
+    let b = srv.bucket("slowfast").await;
+    let mut slow_wfs = Vec::new();
+    for i in 0..8 {
+        let key = format!("slow/{i}");
+        srv.put(&b, &key, "x").await;
+        slow_wfs.push(workflow("ns", &format!("s{i}")).node(
+            "n1",
+            "t",
+            vec![on_server(&srv, &slow.endpoint, "a", &b, &key, "s3")],
+        ));
+    }
+    srv.put(&b, "fast/a", "x").await;
+    let fast_wf = workflow("ns", "fast").node(
+        "n1",
+        "t",
+        vec![on_server(&srv, &srv.endpoint, "a", &b, "fast/a", "s3")],
+    );
+    let creds = vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)];
+    let slow_plan = plan_due(slow_wfs, creds.clone());
+    let fast_plan = plan_due(vec![fast_wf], creds);
+    let store = ObjectStore::new(StoreOptions {
+        concurrency: 4,
+        endpoint_concurrency: 2,
+        ..Default::default()
+    });
+    let delay = std::time::Duration::from_secs(2);
+    slow.set_latency(delay);
+    let started = std::time::Instant::now();
+    let slow_run = execute(&slow_plan, &store, false, &Quiet);
+    let fast_run = async {
+        // Let the slow pass take every place it can first.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let exec = execute(&fast_plan, &store, false, &Quiet).await;
+        (exec, started.elapsed())
+    };
+    let (slow_exec, (fast_exec, fast_done)) = tokio::join!(slow_run, fast_run);
+    assert!(fast_exec.get(0, 0).unwrap().error.is_none());
+    assert!(
+        fast_done < delay,
+        "the fast endpoint waited behind the slow one: {fast_done:?}"
+    );
+    assert!(slow_exec.outcomes.values().all(|o| o.error.is_none()));
+    assert!(srv.keys(&b).await.is_empty());
+}

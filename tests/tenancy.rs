@@ -362,14 +362,7 @@ async fn a_failed_probe_never_widens() {
     let b = srv.bucket("headfail").await;
     srv.put(&b, "w/dir/a", "x").await;
     let proxy = FaultProxy::start(&srv.endpoint).await;
-    proxy.add_rule(FaultRule {
-        method: "HEAD",
-        query: "",
-        status: 500,
-        code: "InternalError",
-        times: usize::MAX,
-        per_key: false,
-    });
+    proxy.add_rule(FaultRule::status("HEAD", 500, "InternalError", usize::MAX));
     let w = workflow("ns", "w").node(
         "n1",
         "t",

@@ -24,6 +24,9 @@ pub struct FaultRule {
     /// Instead of failing the request, answer a DeleteObjects with `200 OK` and an `<Error>`
     /// with `code` for every key it names; nothing is forwarded or deleted.
     pub per_key: bool,
+    /// Instead of failing the request, answer a listing with an empty page that says there is
+    /// more (a store whose listing never ends).
+    pub endless_list: bool,
 }
 
 impl FaultRule {
@@ -36,6 +39,33 @@ impl FaultRule {
             code,
             times,
             per_key: false,
+            endless_list: false,
+        }
+    }
+
+    /// Answers the next `times` ListObjectsV2 requests with an empty, truncated page.
+    pub fn endless_listing(times: usize) -> Self {
+        Self {
+            method: "GET",
+            query: "list-type=2",
+            status: 200,
+            code: "",
+            times,
+            per_key: false,
+            endless_list: true,
+        }
+    }
+
+    /// Fails the next `times` requests of `method` with `status` and `code`.
+    pub fn status(method: &'static str, status: u16, code: &'static str, times: usize) -> Self {
+        Self {
+            method,
+            query: "",
+            status,
+            code,
+            times,
+            per_key: false,
+            endless_list: false,
         }
     }
 
@@ -63,6 +93,8 @@ pub struct SeenRequest {
 struct State {
     rules: Vec<FaultRule>,
     log: Vec<SeenRequest>,
+    /// Added to every request before it is answered (a slow store, a long round trip).
+    latency: std::time::Duration,
 }
 
 pub struct FaultProxy {
@@ -105,6 +137,11 @@ impl FaultProxy {
         self.state.lock().unwrap().rules.push(rule);
     }
 
+    /// Delays every request by `latency` from now on.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.state.lock().unwrap().latency = latency;
+    }
+
     pub fn log(&self) -> Vec<SeenRequest> {
         self.state.lock().unwrap().log.clone()
     }
@@ -139,6 +176,10 @@ async fn handle(
             )
         })
         .collect();
+    let latency = state.lock().unwrap().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let fault = {
         let mut st = state.lock().unwrap();
         let hit = st
@@ -159,7 +200,9 @@ async fn handle(
         fault
     };
     if let Some(rule) = fault {
-        let body = if rule.per_key {
+        let body = if rule.endless_list {
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>b</Name><Prefix></Prefix><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated><NextContinuationToken>again</NextContinuationToken></ListBucketResult>".to_string()
+        } else if rule.per_key {
             let text = String::from_utf8_lossy(&body);
             let errors: String = text
                 .split("<Key>")
