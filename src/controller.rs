@@ -148,8 +148,12 @@ struct Shared {
     /// True once the watch delivered its first full list: no workflow is collected before
     /// every other workflow's keys are in the index.
     synced: watch::Sender<bool>,
-    /// True while this replica leads.
+    /// True while this replica leads (as the lease manager says).
     leading: watch::Receiver<bool>,
+    /// With leader election: until when the Lease, as last read from the API server, is ours.
+    /// The lease manager keeps saying "leader" while it fails to renew, so every request and
+    /// record is also checked against this.
+    lease_valid_until: std::sync::Mutex<Option<jiff::Timestamp>>,
     /// Cancelled on shutdown: passes stop between batches.
     stopping: CancellationToken,
 }
@@ -217,6 +221,7 @@ pub async fn start(
     let (leader_tx, leader_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         leading: leader_rx.clone(),
+        lease_valid_until: std::sync::Mutex::new(None),
         stopping: stop.clone(),
         reader: ClusterReader::new(
             client.clone(),
@@ -260,6 +265,7 @@ pub async fn start(
             .build()
             .await
             .map_err(|e| ControllerError::Lease(e.to_string()))?;
+            tasks.spawn(guard_lease(shared.clone(), le.clone(), stop.clone()));
             let shared2 = shared.clone();
             let stop2 = stop.clone();
             tasks.spawn(async move {
@@ -636,13 +642,49 @@ fn parse_time(v: &Value) -> Option<jiff::Timestamp> {
     v.as_str()?.parse().ok()
 }
 
+/// Reads the Lease every second and keeps until when it is ours: its `renewTime` plus its
+/// duration, less a margin for the time a request takes. A Lease someone else holds, or one that
+/// cannot be read, is not ours.
+async fn guard_lease(shared: Arc<Shared>, le: LeaderElection, stop: CancellationToken) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let api: Api<Lease> = Api::namespaced(shared.client.clone(), &le.namespace);
+    let margin = jiff::SignedDuration::from_secs(1);
+    loop {
+        let until = match api.get_opt(&le.lease_name).await {
+            Ok(Some(lease)) => lease.spec.and_then(|s| {
+                let ours = s.holder_identity.as_deref() == Some(le.identity.as_str());
+                let renewed = s.renew_time?.0;
+                let secs = i64::from(s.lease_duration_seconds.unwrap_or(le.duration as i32));
+                let end = renewed
+                    .checked_add(jiff::SignedDuration::from_secs(secs))
+                    .ok()?;
+                ours.then(|| end.checked_sub(margin).ok()).flatten()
+            }),
+            _ => None,
+        };
+        *shared.lease_valid_until.lock().expect("lock") = until;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// Fences a pass: nothing more is sent to S3 once the controller stops or loses its leadership,
 /// and nothing is written to the Workflow without it.
 struct Fence<'a>(&'a Shared);
 
 impl Fence<'_> {
     fn leading(&self) -> bool {
-        *self.0.leading.borrow()
+        let elected = self.0.config.leader_election.is_some();
+        let valid = || {
+            self.0
+                .lease_valid_until
+                .lock()
+                .expect("lock")
+                .is_some_and(|t| t > jiff::Timestamp::now())
+        };
+        *self.0.leading.borrow() && (!elected || valid())
     }
 
     /// Before every write to a Workflow.

@@ -1021,3 +1021,87 @@ async fn failed_deletion_passes_are_counted_on_the_workflow() {
     assert!(gc_condition(&w).unwrap().contains("access_denied"));
     ctl.shutdown().await;
 }
+
+/// Fencing: a replica that loses its Lease mid-pass sends no further delete request and writes
+/// no record (the next leader redoes the pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_its_lease_mid_pass_stops_deleting_and_records_nothing() {
+    use artgc_testkit::FaultProxy;
+    let e = env().await;
+    let proxy = FaultProxy::start(&e.s3.endpoint).await;
+    let objects: Vec<(String, Vec<u8>)> = (0..3000)
+        .map(|i| (format!("big/out/{i:05}"), b"x".to_vec()))
+        .collect();
+    e.s3.put_many(&e.bucket, objects, 32).await;
+    // The artifact is reached through the proxy, which slows every request down.
+    let mut art = with_secret(
+        with_strategy(key_only("out", "big/out/"), COMPLETION),
+        &e,
+        "s3-creds",
+    );
+    art["s3"]["endpoint"] = json!(proxy.endpoint);
+    let mut repo = e.repo();
+    repo["s3"]["endpoint"] = json!(proxy.endpoint);
+    // The namespace's repositories name the proxy too: a configured endpoint.
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(e.kube.client(), NS);
+    cms.patch(
+        "artifact-repositories",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"proxy": serde_json::to_string(&repo).unwrap()}})),
+    )
+    .await
+    .expect("add the proxy repository");
+    let lease = LeaderElection {
+        namespace: NS.into(),
+        lease_name: "artgc-leader".into(),
+        identity: "a".into(),
+        duration: 3,
+    };
+    let a = e
+        .start(|c| {
+            c.leader_election = Some(lease);
+            c.store.concurrency = 1;
+            c.store.endpoint_concurrency = 1;
+        })
+        .await;
+    until("a leads", async || {
+        metrics(&a).await.contains("artgc_leader 1")
+    })
+    .await;
+    let deletes = |p: &FaultProxy| {
+        p.log()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path_and_query.contains("delete"))
+            .count()
+    };
+    proxy.set_latency(Duration::from_millis(1500));
+    e.create(e.wf("big").node("big-1", "main", vec![art]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while deletes(&proxy) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no delete request");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The replica can no longer renew its Lease (a partition from the API server's writes):
+    // once it expires, it is no longer the leader, and another may be.
+    e.kube.inject(KubeFault {
+        method: "PATCH",
+        path: "/leases/".into(),
+        status: 503,
+        times: usize::MAX,
+    });
+    // The Lease (3 s) runs out unrenewed; from then on nothing more is sent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let at_loss = deletes(&proxy);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        deletes(&proxy),
+        at_loss,
+        "delete requests went on after the Lease ran out"
+    );
+    assert!(at_loss < 3, "not all three batches were sent: {at_loss}");
+    let w = e.get("big").unwrap();
+    assert!(!processed(&w, COMPLETION), "no record without the Lease");
+    assert!(!deleted_flag(&w, "big-1", "out"));
+    a.kill().await;
+}
