@@ -169,6 +169,14 @@ fn repo(s3: &S3Server, bucket: &str) -> Value {
         "secretKeySecret": {"name": "s3", "key": "secretkey"}}})
 }
 
+/// The namespace's repositories ConfigMap: what configures the store for its workflows.
+fn repositories(repo: &Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "artifact-repositories", "namespace": NS,
+                        "annotations": {"workflows.argoproj.io/default-artifact-repository": "default"}},
+           "data": {"default": serde_json::to_string(repo).unwrap()}})
+}
+
 fn nodes(name: &str, count: usize, strategy: &str) -> Value {
     let mut nodes = serde_json::Map::new();
     nodes.insert(
@@ -225,6 +233,7 @@ async fn latency(workflows: usize, rate: usize, artifacts: usize) {
     let bucket = s3.bucket("lat").await;
     kube.seed(secret(&s3));
     let repo = repo(&s3, &bucket);
+    kube.seed(repositories(&repo));
     let mut objects = Vec::new();
     for w in 0..workflows {
         let name = format!("lat-{w:05}");
@@ -350,6 +359,7 @@ async fn scale(workflows: usize, node_count: usize) {
     let bucket = s3.bucket("scale").await;
     kube.seed(secret(&s3));
     let repo = repo(&s3, &bucket);
+    kube.seed(repositories(&repo));
     let mut bytes = 0usize;
     for w in 0..workflows {
         let name = format!("big-{w:05}");

@@ -121,14 +121,30 @@ async fn argo_method(srv: &S3Server, bucket: &str, layout: &Layout) -> usize {
 
 /// (b) artgc: Workflow objects -> plan -> execute.
 async fn artgc_purge(srv: &S3Server, bucket: &str, layout: &Layout) -> (u64, f64) {
-    let mut items = vec![json!({"apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "s3", "namespace": "bench"},
-        "stringData": {"accesskey": srv.access_key, "secretkey": srv.secret_key}})];
+    let repo = json!({"s3": {
+        "endpoint": srv.endpoint, "bucket": bucket, "insecure": true, "region": srv.region,
+        "accessKeySecret": {"name": "s3", "key": "accesskey"},
+        "secretKeySecret": {"name": "s3", "key": "secretkey"}}});
+    let mut items = vec![
+        json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s3", "namespace": "bench"},
+            "stringData": {"accesskey": srv.access_key, "secretkey": srv.secret_key}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "artifact-repositories", "namespace": "bench",
+                "annotations": {"workflows.argoproj.io/default-artifact-repository": "default"}},
+            "data": {"default": serde_json::to_string(&repo).unwrap()}}),
+    ];
     for w in 0..layout.workflows {
         let arts: Vec<_> = layout
             .artifacts(w)
             .into_iter()
-            .map(|(name, key, _)| json!({"name": name, "s3": {"key": key}}))
+            .map(|(name, key, is_dir)| {
+                let mut a = json!({"name": name, "s3": {"key": key}});
+                if is_dir {
+                    a["archive"] = json!({"none": {}});
+                }
+                a
+            })
             .collect();
         items.push(json!({
             "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
@@ -136,10 +152,7 @@ async fn artgc_purge(srv: &S3Server, bucket: &str, layout: &Layout) -> (u64, f64
                          "labels": {"workflows.argoproj.io/completed": "true"}},
             "spec": {"artifactGC": {"strategy": "OnWorkflowCompletion"}},
             "status": {"phase": "Succeeded",
-                "artifactRepositoryRef": {"artifactRepository": {"s3": {
-                    "endpoint": srv.endpoint, "bucket": bucket, "insecure": true, "region": srv.region,
-                    "accessKeySecret": {"name": "s3", "key": "accesskey"},
-                    "secretKeySecret": {"name": "s3", "key": "secretkey"}}}},
+                "artifactRepositoryRef": {"artifactRepository": repo},
                 "nodes": {"n": {"id": "n", "type": "Pod", "outputs": {"artifacts": arts}}}},
         }));
     }
@@ -150,6 +163,9 @@ async fn artgc_purge(srv: &S3Server, bucket: &str, layout: &Layout) -> (u64, f64
     inv.add_text("bench", &text, "bench").unwrap();
     let mut state = ClusterState::new(ControllerConfigRef::default());
     inv.secrets.into_iter().for_each(|s| state.insert_secret(s));
+    inv.config_maps
+        .into_iter()
+        .for_each(|c| state.insert_config_map(c));
     let p = plan(&inv.workflows, &state, &PlanOptions::default());
     let plan_secs = started.elapsed().as_secs_f64();
     assert!(p.artifacts().all(|(_, a)| a.decision == Decision::Delete));

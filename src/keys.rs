@@ -75,6 +75,40 @@ impl OverlapIndex {
         }
     }
 
+    /// The key bases (with their uses) that overlap `target`'s, its own included: ancestors,
+    /// the same base, descendants.
+    pub fn overlapping_bases<'a>(
+        &'a self,
+        target: &S3Target,
+        out: &mut Vec<(&'a Arc<str>, &'a [u32])>,
+    ) {
+        let Some(map) = self.buckets.get(&Self::bucket_of(target)) else {
+            return;
+        };
+        let b = base(&target.key);
+        if b.is_empty() {
+            return;
+        }
+        for (i, _) in b.match_indices('/') {
+            if i > 0
+                && let Some((k, ids)) = map.get_key_value(&b[..i])
+            {
+                out.push((k, ids));
+            }
+        }
+        let lower = format!("{b}/");
+        if let Some((k, ids)) = map.get_key_value(b) {
+            out.push((k, ids));
+        }
+        let range = map.range::<str, _>((Bound::Included(lower.as_str()), Bound::Unbounded));
+        for (k, ids) in range {
+            if !k.starts_with(&lower) {
+                break;
+            }
+            out.push((k, ids));
+        }
+    }
+
     /// Every use whose key overlaps what `target` may touch.
     pub fn overlapping(&self, target: &S3Target, out: &mut Vec<u32>) {
         let Some(map) = self.buckets.get(&Self::bucket_of(target)) else {
@@ -260,8 +294,13 @@ impl KeyIndex {
         self.len() == 0
     }
 
-    pub(crate) fn overlapping(&self, target: &S3Target, out: &mut Vec<u32>) {
+    #[cfg(test)]
+    fn overlapping(&self, target: &S3Target, out: &mut Vec<u32>) {
         self.overlap.overlapping(target, out);
+    }
+
+    pub(crate) fn overlap(&self) -> &OverlapIndex {
+        &self.overlap
     }
 
     pub(crate) fn get(&self, id: u32) -> Option<&IndexedUse> {

@@ -4,6 +4,7 @@
 
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -532,9 +533,22 @@ fn live_use(
     }
 }
 
+/// Which index a key base is in: this plan's uses, or the index of workflows outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Side {
+    Local,
+    External,
+}
+
+/// A key base of one bucket, in one of the two indexes.
+type BaseNode = (Side, Arc<str>);
+
 /// Turns `Delete` into `Keep(Shared)` wherever an overlapping use is live: not being deleted
-/// itself, in this plan or (through `external`) in a workflow outside it. A due use outside the
-/// plan becomes live when it overlaps a live use in turn; repeated until nothing changes.
+/// itself, in this plan or (through `external`) in a workflow outside it. Liveness spreads
+/// along overlaps through uses that are due (a due use outside the plan overlapping a live one
+/// is live in turn), so an artifact is kept exactly when the overlap graph connects it to a live
+/// use. Each connected group of key bases is walked once, whatever its size: the cost is the
+/// number of overlaps, not a repeat over every artifact until nothing changes.
 fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse], external: Option<&KeyIndex>) {
     let mut local = OverlapIndex::default();
     for (i, u) in uses.iter().enumerate() {
@@ -545,99 +559,216 @@ fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse], external: Option<&KeyInd
         .iter()
         .map(|w| KeyIndex::workflow_key(&w.namespace, &w.name))
         .collect();
-    // Due uses outside the plan met so far, and whether they turned out live.
-    let mut outside: HashMap<u32, bool> = HashMap::new();
-    let local_live = |plan: &GcPlan, u: &KeyUse, own: Option<(usize, usize)>| match u.owner {
-        None => true,
-        Some(o) if Some(o) == own => false,
-        Some((ow, oa)) => plan.workflows[ow].artifacts[oa].decision != Decision::Delete,
+    let graph = OverlapGraph {
+        plan,
+        uses,
+        local: &local,
+        external,
+        planned: &planned,
     };
-    let mut found = Vec::new();
-    loop {
-        let mut changed = false;
-        for w in 0..plan.workflows.len() {
-            for a in 0..plan.workflows[w].artifacts.len() {
-                let art = &plan.workflows[w].artifacts[a];
-                if art.decision != Decision::Delete {
+    let mut seen: HashSet<(String, String, BaseNode)> = HashSet::new();
+    let mut kept: Vec<((usize, usize), String)> = Vec::new();
+    for (i, u) in uses.iter().enumerate() {
+        let Some(owner) = u.owner else { continue };
+        if !graph.deleting(owner) {
+            continue;
+        }
+        let bucket = (u.target.store.clone(), u.target.bucket.clone());
+        let start: BaseNode = (Side::Local, Arc::from(u.target.key.trim_end_matches('/')));
+        if seen.contains(&(bucket.0.clone(), bucket.1.clone(), start.clone())) {
+            continue;
+        }
+        let component = graph.component(&uses[i].target, start);
+        for node in &component.nodes {
+            seen.insert((bucket.0.clone(), bucket.1.clone(), node.clone()));
+        }
+        kept.extend(graph.kept_in(&uses[i].target, &component));
+    }
+    for ((w, a), label) in kept {
+        let art = &mut plan.workflows[w].artifacts[a];
+        art.decision = Decision::Keep(KeepReason::Shared(label));
+        art.connection = None;
+    }
+}
+
+struct OverlapGraph<'a> {
+    plan: &'a GcPlan,
+    uses: &'a [KeyUse],
+    local: &'a OverlapIndex,
+    external: Option<&'a KeyIndex>,
+    planned: &'a HashSet<String>,
+}
+
+/// The key bases connected to one artifact's, and which of them hold a live use.
+struct Component {
+    nodes: Vec<BaseNode>,
+    live: Vec<usize>,
+}
+
+impl OverlapGraph<'_> {
+    fn deleting(&self, (w, a): (usize, usize)) -> bool {
+        self.plan.workflows[w].artifacts[a].decision == Decision::Delete
+    }
+
+    /// A local use is live unless its artifact is being deleted in this plan.
+    fn local_live(&self, id: u32) -> bool {
+        self.uses[id as usize]
+            .owner
+            .is_none_or(|o| !self.deleting(o))
+    }
+
+    /// External uses that count: not the planned workflows' own (stale) entries.
+    fn external_uses<'b>(
+        &'b self,
+        ids: &'b [u32],
+    ) -> impl Iterator<Item = &'b crate::keys::IndexedUse> + 'b {
+        let ext = self.external;
+        ids.iter()
+            .filter_map(move |&id| ext?.get(id))
+            .filter(|u| !self.planned.contains(&*u.workflow))
+    }
+
+    /// A use naming the base, a live one when there is one: what a kept artifact names.
+    fn label(&self, side: Side, ids: &[u32]) -> Option<(bool, String)> {
+        match side {
+            Side::Local => {
+                let live = ids.iter().find(|&&i| self.local_live(i));
+                let any = live.or(ids.first())?;
+                Some((live.is_some(), self.uses[*any as usize].label.clone()))
+            }
+            Side::External => {
+                let mut any = None;
+                for u in self.external_uses(ids) {
+                    if !u.due {
+                        return Some((true, u.label.to_string()));
+                    }
+                    any.get_or_insert_with(|| u.label.to_string());
+                }
+                any.map(|l| (false, l))
+            }
+        }
+    }
+
+    fn ids(&self, side: Side, probe: &S3Target, base: &str) -> Vec<u32> {
+        let mut found = Vec::new();
+        let at = S3Target {
+            key: base.to_string(),
+            ..probe.clone()
+        };
+        let index = match side {
+            Side::Local => Some(self.local),
+            Side::External => self.external.map(KeyIndex::overlap),
+        };
+        if let Some(index) = index {
+            index.overlapping_bases(&at, &mut found);
+        }
+        found
+            .into_iter()
+            .find(|(k, _)| ***k == *base)
+            .map(|(_, ids)| ids.to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The key bases overlapping `base`, in both indexes.
+    fn neighbours(&self, probe: &S3Target, base: &str, out: &mut Vec<BaseNode>) {
+        let at = S3Target {
+            key: base.to_string(),
+            ..probe.clone()
+        };
+        let mut found = Vec::new();
+        self.local.overlapping_bases(&at, &mut found);
+        out.extend(found.drain(..).map(|(k, _)| (Side::Local, k.clone())));
+        if let Some(ext) = self.external {
+            ext.overlap().overlapping_bases(&at, &mut found);
+            for (k, ids) in found.drain(..) {
+                if self.external_uses(ids).next().is_some() {
+                    out.push((Side::External, k.clone()));
+                }
+            }
+        }
+    }
+
+    fn component(&self, probe: &S3Target, start: BaseNode) -> Component {
+        let mut index: HashMap<BaseNode, usize> = HashMap::from([(start.clone(), 0)]);
+        let mut nodes = vec![start];
+        let mut live = Vec::new();
+        let mut next = Vec::new();
+        let mut i = 0;
+        while i < nodes.len() {
+            let (side, base) = nodes[i].clone();
+            let ids = self.ids(side, probe, &base);
+            if self.label(side, &ids).is_some_and(|(l, _)| l) {
+                live.push(i);
+            }
+            next.clear();
+            self.neighbours(probe, &base, &mut next);
+            for n in next.drain(..) {
+                if !index.contains_key(&n) {
+                    index.insert(n.clone(), nodes.len());
+                    nodes.push(n);
+                }
+            }
+            i += 1;
+        }
+        Component { nodes, live }
+    }
+
+    /// The artifacts of a component that a live use reaches, each with the use it names: the
+    /// live use of its own base, else the base through which liveness reached it.
+    fn kept_in(&self, probe: &S3Target, c: &Component) -> Vec<((usize, usize), String)> {
+        if c.live.is_empty() {
+            return Vec::new();
+        }
+        let position: HashMap<&BaseNode, usize> =
+            c.nodes.iter().enumerate().map(|(i, n)| (n, i)).collect();
+        let mut from: Vec<Option<usize>> = vec![None; c.nodes.len()];
+        let mut queue: std::collections::VecDeque<usize> = c.live.iter().copied().collect();
+        for &l in &c.live {
+            from[l] = Some(l);
+        }
+        let mut next = Vec::new();
+        while let Some(i) = queue.pop_front() {
+            next.clear();
+            self.neighbours(probe, &c.nodes[i].1, &mut next);
+            for n in &next {
+                if let Some(&j) = position.get(n)
+                    && from[j].is_none()
+                {
+                    from[j] = Some(i);
+                    queue.push_back(j);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (i, (side, base)) in c.nodes.iter().enumerate() {
+            if *side != Side::Local {
+                continue;
+            }
+            let ids = self.ids(Side::Local, probe, base);
+            let own_live = self.label(Side::Local, &ids).filter(|(l, _)| *l);
+            for &id in &ids {
+                let Some(owner) = self.uses[id as usize].owner else {
+                    continue;
+                };
+                if !self.deleting(owner) {
                     continue;
                 }
-                let Some(t) = &art.target else { continue };
-                found.clear();
-                local.overlapping(t, &mut found);
-                let mut live = found
-                    .iter()
-                    .map(|&i| &uses[i as usize])
-                    .find(|u| local_live(plan, u, Some((w, a))))
-                    .map(|u| u.label.clone());
-                if live.is_none()
-                    && let Some(ext) = external
-                {
-                    found.clear();
-                    ext.overlapping(t, &mut found);
-                    for &id in &found {
-                        let Some(u) = ext.get(id) else { continue };
-                        if planned.contains(&*u.workflow) {
-                            continue;
-                        }
-                        if !u.due || outside.get(&id) == Some(&true) {
-                            live = Some(u.label.to_string());
-                            break;
-                        }
-                        if outside.insert(id, false).is_none() {
-                            changed = true;
+                let label = match (&own_live, from[i]) {
+                    (Some((_, l)), _) => l.clone(),
+                    (None, Some(p)) => {
+                        let (pside, pbase) = &c.nodes[p];
+                        let pids = self.ids(*pside, probe, pbase);
+                        match self.label(*pside, &pids) {
+                            Some((_, l)) => l,
+                            None => continue,
                         }
                     }
-                }
-                if let Some(label) = live {
-                    let art = &mut plan.workflows[w].artifacts[a];
-                    art.decision = Decision::Keep(KeepReason::Shared(label));
-                    art.connection = None;
-                    changed = true;
-                }
+                    (None, None) => continue,
+                };
+                out.push((owner, label));
             }
         }
-        if let Some(ext) = external {
-            let pending: Vec<u32> = outside
-                .iter()
-                .filter(|(_, live)| !**live)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in pending {
-                let Some(u) = ext.get(id) else { continue };
-                found.clear();
-                local.overlapping(&u.target, &mut found);
-                let mut live = found
-                    .iter()
-                    .any(|&i| local_live(plan, &uses[i as usize], None));
-                if !live {
-                    found.clear();
-                    ext.overlapping(&u.target, &mut found);
-                    for &other in &found {
-                        if other == id {
-                            continue;
-                        }
-                        let Some(o) = ext.get(other) else { continue };
-                        if planned.contains(&*o.workflow) {
-                            continue;
-                        }
-                        if !o.due || outside.get(&other) == Some(&true) {
-                            live = true;
-                            break;
-                        }
-                        if outside.insert(other, false).is_none() {
-                            changed = true;
-                        }
-                    }
-                }
-                if live {
-                    outside.insert(id, true);
-                    changed = true;
-                }
-            }
-        }
-        if !changed {
-            break;
-        }
+        out
     }
 }
 
