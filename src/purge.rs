@@ -53,6 +53,31 @@ async fn list_all(
     }
 }
 
+/// Lists Workflows page by page (500 a page) into `index`, keeping only their key uses.
+async fn index_pages(
+    api: &kube::Api<kube::api::DynamicObject>,
+    reader: &ClusterReader,
+    default_ns: &str,
+    index: &mut KeyIndex,
+) -> Result<(), kube::Error> {
+    let mut lp = ListParams::default().limit(500);
+    loop {
+        let page = api.list(&lp).await?;
+        for o in page.items {
+            let v = serde_json::to_value(o).unwrap_or(Value::Null);
+            if let WorkflowInput::Valid(wf) = WorkflowInput::from_value(v, default_ns) {
+                let s = reader.state_for(&wf, false).await?;
+                let key = KeyIndex::workflow_key(wf.namespace(), wf.name());
+                index.set_workflow(&key, workflow_key_uses(&wf, &s));
+            }
+        }
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => return Ok(()),
+        }
+    }
+}
+
 pub async fn load_from_cluster(
     source: &SourceArgs,
     opts: &PlanOptions,
@@ -116,29 +141,21 @@ pub async fn load_from_cluster(
         }
     }
 
-    // Every other workflow's keys, cluster-wide when allowed, else in the namespace.
-    let everyone = match list_all(&workflows(&client, None), &ListParams::default()).await {
-        Ok(all) => all,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list Workflows cluster-wide; shared keys are checked within the namespace only");
-            list_all(
-                &workflows(&client, Some(&source.namespace)),
-                &ListParams::default(),
-            )
-            .await
-            .map_err(|e| cluster_error("listing Workflows", e))?
-        }
-    };
+    // Every other workflow's keys, cluster-wide when allowed, else in the namespace: read a
+    // page at a time and reduced to its key uses, so memory holds the index, not the objects.
     let mut index = KeyIndex::default();
-    for v in everyone {
-        if let WorkflowInput::Valid(wf) = WorkflowInput::from_value(v, &default_ns) {
-            let s = reader
-                .state_for(&wf, false)
-                .await
-                .map_err(|e| cluster_error("reading ConfigMaps", e))?;
-            let key = KeyIndex::workflow_key(wf.namespace(), wf.name());
-            index.set_workflow(&key, workflow_key_uses(&wf, &s));
-        }
+    let everyone = index_pages(&workflows(&client, None), &reader, &default_ns, &mut index).await;
+    if let Err(e) = everyone {
+        tracing::warn!(error = %e, "cannot list Workflows cluster-wide; shared keys are checked within the namespace only");
+        index = KeyIndex::default();
+        index_pages(
+            &workflows(&client, Some(&source.namespace)),
+            &reader,
+            &default_ns,
+            &mut index,
+        )
+        .await
+        .map_err(|e| cluster_error("listing Workflows", e))?;
     }
     let plan = plan_with_index(&inputs, &state, opts, Some(&index));
     Ok(Loaded {

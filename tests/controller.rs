@@ -260,13 +260,13 @@ async fn completion_then_deletion_with_mixed_strategies_and_never() {
         "deletion work remains: finalizer held"
     );
     assert_eq!(gc_condition(&w), None);
-    let ev = e.events("w1");
-    assert!(
-        ev.iter().any(|(t, r, n)| t == "Normal"
-            && r == "ArtifactGCSucceeded"
-            && n.contains("2 artifact(s): 2 object(s)")),
-        "{ev:?}"
-    );
+    // Events follow the record.
+    until("the Normal Event", async || {
+        e.events("w1").iter().any(|(t, r, n)| {
+            t == "Normal" && r == "ArtifactGCSucceeded" && n.contains("2 artifact(s): 2 object(s)")
+        })
+    })
+    .await;
 
     // Deleting it: the deletion pass runs, then the finalizer goes and so does the object.
     e.delete("w1").await;
@@ -428,11 +428,12 @@ async fn failure_without_force_holds_the_finalizer_sets_the_condition_and_recove
         "{msg}"
     );
     assert!(!processed(&w, DELETION));
-    assert!(
+    until("the Warning", async || {
         e.events("g")
             .iter()
             .any(|(t, r, _)| t == "Warning" && r == "ArtifactGCFailed")
-    );
+    })
+    .await;
     assert_eq!(e.keys().await, ["g/a.tgz"]);
 
     // The credentials get fixed: the next retry succeeds and lets the workflow go.
@@ -711,9 +712,12 @@ async fn only_the_leader_acts_and_hand_over_works() {
         e.get("l2").is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
-    let mut reporters = e.reporters();
-    reporters.sort();
-    assert_eq!(reporters, ["a", "b"]);
+    until("b's Event", async || {
+        let mut reporters = e.reporters();
+        reporters.sort();
+        reporters == ["a", "b"]
+    })
+    .await;
     assert!(e.keys().await.is_empty());
     b.shutdown().await;
 }
