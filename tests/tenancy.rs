@@ -42,6 +42,11 @@ fn server_repo(srv: &S3Server, bucket: &str, secret: Option<&str>) -> Value {
     r
 }
 
+/// Namespace `ns`'s Secret `s3` with the server's keys.
+fn creds(srv: &S3Server) -> Vec<Value> {
+    vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)]
+}
+
 async fn run(plan: &GcPlan) -> Execution {
     let opts = StoreOptions {
         max_attempts: 2,
@@ -294,7 +299,6 @@ async fn memoized_outputs_belong_to_their_producer() {
 async fn a_repeat_pass_never_deletes_more_than_the_first() {
     let srv = S3Server::start().await;
     let b = srv.bucket("widen").await;
-    let creds = || vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)];
     srv.put(&b, "w/out", "the file").await;
     srv.put(&b, "w/tgz/unrelated", "someone else's").await;
     let art = |name: &str, key: &str| on_server(&srv, &srv.endpoint, name, &b, key, "s3");
@@ -306,7 +310,7 @@ async fn a_repeat_pass_never_deletes_more_than_the_first() {
         )
     };
     // First pass: the file is found and deleted; it is recorded as a file before deleting.
-    let plan = plan_due(vec![wf()], creds());
+    let plan = plan_due(vec![wf()], creds(&srv));
     let probed = artgc::execute::probe(&plan, &ObjectStore::new(Default::default()), &Quiet).await;
     let marks = probed.files_to_mark();
     assert_eq!(
@@ -336,7 +340,7 @@ async fn a_repeat_pass_never_deletes_more_than_the_first() {
         ],
         json!("n1/out"),
     );
-    let plan = plan_due(vec![marked], creds());
+    let plan = plan_due(vec![marked], creds(&srv));
     let exec = run(&plan).await;
     assert!(
         exec.outcomes
@@ -347,7 +351,7 @@ async fn a_repeat_pass_never_deletes_more_than_the_first() {
 
     // The mark is what holds it back: without it, `archive: none` and no object at the key
     // would be evidence of a directory, and a dry run lists what would then go.
-    let plan = plan_due(vec![wf()], creds());
+    let plan = plan_due(vec![wf()], creds(&srv));
     let store = ObjectStore::new(Default::default());
     let exec = execute(&plan, &store, true, &Quiet).await;
     let widened: u64 = exec.outcomes.values().map(|o| o.objects).sum();
@@ -375,10 +379,7 @@ async fn a_failed_probe_never_widens() {
             "s3",
         ))],
     );
-    let plan = plan_due(
-        vec![w],
-        vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)],
-    );
+    let plan = plan_due(vec![w], creds(&srv));
     let exec = run(&plan).await;
     let out = exec.outcomes.values().next().unwrap();
     assert!(out.error.is_some(), "the HEAD error stands");
@@ -402,10 +403,7 @@ async fn keys_that_could_escape_are_refused() {
     .iter()
     .map(|(n, k)| on_server(&srv, &srv.endpoint, n, &b, k, "s3"))
     .collect();
-    let plan = plan_due(
-        vec![workflow("ns", "w").node("n1", "t", arts)],
-        vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)],
-    );
+    let plan = plan_due(vec![workflow("ns", "w").node("n1", "t", arts)], creds(&srv));
     for art in ["dotdot", "dot", "empty", "lead", "ctl"] {
         assert_eq!(category(&plan, "w", art), "unsafe_key", "{art}");
     }
@@ -477,10 +475,7 @@ async fn objects_written_after_the_workflow_are_kept() {
                 on_server(&srv, &srv.endpoint, "dir", &b, "w/dir/", "s3"),
             ],
         );
-    let plan = plan_due(
-        vec![w],
-        vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)],
-    );
+    let plan = plan_due(vec![w], creds(&srv));
     let exec = run(&plan).await;
     let written_after: u64 = exec.outcomes.values().map(|o| o.written_after).sum();
     assert_eq!(written_after, 2);
@@ -520,10 +515,7 @@ async fn the_object_bound_holds_per_artifact_in_a_shared_listing() {
             on_server(&srv, &srv.endpoint, "b", &b, "w/b/", "s3"),
         ],
     );
-    let plan = plan_due(
-        vec![w],
-        vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)],
-    );
+    let plan = plan_due(vec![w], creds(&srv));
     let opts = StoreOptions {
         max_objects_per_artifact: 2,
         ..Default::default()
