@@ -353,35 +353,77 @@ async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
             .boxed()
     });
     let mut events = futures::stream::select_all(streams);
-    let scope = |i: usize| shared.config.namespaces.get(i).map(|ns| format!("{ns}/"));
-    let waiting_for = shared.config.namespaces.len().max(1);
-    let mut synced_streams: HashSet<usize> = HashSet::new();
-    // Keys seen during each stream's (re-)list, to drop those that vanished meanwhile.
-    let mut relist: HashMap<usize, HashSet<String>> = HashMap::new();
-    loop {
-        let ev = tokio::select! {
-            _ = stop.cancelled() => return,
-            ev = events.next() => ev,
-        };
-        let Some((stream, ev)) = ev else { return };
-        health.watch_result(ev.is_ok());
-        match ev {
-            Ok(Event::Init) => {
-                relist.insert(stream, HashSet::new());
+    // The watch only forwards events; reading ConfigMaps, decompressing and planning happen in
+    // the indexer beside it, so a slow API server or a heavy Workflow never stalls the stream.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Event<WatchedWorkflow>)>(INDEX_BACKLOG);
+    let forward = async {
+        while let Some((stream, ev)) = events.next().await {
+            health.watch_result(ev.is_ok());
+            match ev {
+                Ok(ev) => {
+                    if tx.send((stream, ev)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => warn!(error = %e, "workflow watch (retrying)"),
             }
-            Ok(Event::InitApply(wf)) => {
-                if let Some(seen) = relist.get_mut(&stream) {
+        }
+    };
+    let mut indexer = Indexer {
+        shared: &shared,
+        waiting_for: shared.config.namespaces.len().max(1),
+        synced_streams: HashSet::new(),
+        relist: HashMap::new(),
+    };
+    let index = async {
+        while let Some((stream, ev)) = rx.recv().await {
+            indexer.handle(stream, ev).await;
+        }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = forward => {}
+        _ = index => {}
+    }
+}
+
+/// Watch events waiting for the indexer.
+const INDEX_BACKLOG: usize = 1024;
+
+/// Keeps the key index, the queue and readiness in step with the watch, in event order.
+struct Indexer<'a> {
+    shared: &'a Shared,
+    /// Streams (one per watched namespace, or one for all) to list before collecting.
+    waiting_for: usize,
+    synced_streams: HashSet<usize>,
+    /// Keys seen during each stream's (re-)list, to drop those that vanished meanwhile.
+    relist: HashMap<usize, HashSet<String>>,
+}
+
+impl Indexer<'_> {
+    async fn handle(&mut self, stream: usize, ev: Event<WatchedWorkflow>) {
+        let shared = self.shared;
+        match ev {
+            Event::Init => {
+                self.relist.insert(stream, HashSet::new());
+            }
+            Event::InitApply(wf) => {
+                if let Some(seen) = self.relist.get_mut(&stream) {
                     seen.insert(key_of(
                         wf.metadata.namespace.as_deref().unwrap_or("default"),
                         wf.metadata.name.as_deref().unwrap_or(""),
                     ));
                 }
-                observe(&shared, wf).await;
+                observe(shared, wf).await;
             }
-            Ok(Event::InitDone) => {
-                if let Some(seen) = relist.remove(&stream) {
+            Event::InitDone => {
+                if let Some(seen) = self.relist.remove(&stream) {
                     // Workflows deleted while the watch was down never sent their DELETED.
-                    let prefix = scope(stream);
+                    let prefix = shared
+                        .config
+                        .namespaces
+                        .get(stream)
+                        .map(|ns| format!("{ns}/"));
                     let mine = |k: &str| prefix.as_deref().is_none_or(|p| k.starts_with(p));
                     let mut index = shared.index.lock().await;
                     index.retain_workflows(|k| !mine(k) || seen.contains(k));
@@ -393,16 +435,16 @@ async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
                         .workflows_watched
                         .set(attempts.len() as i64);
                 }
-                synced_streams.insert(stream);
-                if synced_streams.len() >= waiting_for
+                self.synced_streams.insert(stream);
+                if self.synced_streams.len() >= self.waiting_for
                     && !shared.health.ready.swap(true, Ordering::Relaxed)
                 {
                     shared.synced.send_replace(true);
                     info!("watch synced; ready");
                 }
             }
-            Ok(Event::Apply(wf)) => observe(&shared, wf).await,
-            Ok(Event::Delete(wf)) => {
+            Event::Apply(wf) => observe(shared, wf).await,
+            Event::Delete(wf) => {
                 let key = key_of(
                     wf.metadata.namespace.as_deref().unwrap_or("default"),
                     wf.metadata.name.as_deref().unwrap_or(""),
@@ -418,7 +460,6 @@ async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
                     .workflows_watched
                     .set(attempts.len() as i64);
             }
-            Err(e) => warn!(error = %e, "workflow watch (retrying)"),
         }
         shared
             .metrics()
