@@ -173,6 +173,18 @@ impl S3Server {
         &self.client
     }
 
+    /// A client with the admin credentials that reaches the server at `endpoint` (a proxy in
+    /// front of it, plain HTTP).
+    pub fn client_at(&self, endpoint: &str) -> Client {
+        admin_client(
+            endpoint,
+            &self.access_key,
+            &self.secret_key,
+            &self.region,
+            None,
+        )
+    }
+
     /// Creates a bucket with a unique name and returns it.
     pub async fn bucket(&self, prefix: &str) -> String {
         let name = unique_bucket(prefix);
