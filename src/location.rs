@@ -285,7 +285,7 @@ pub fn authorize(
         .iter()
         .cloned()
         .chain(granted)
-        .any(|c| c.same_store(&endpoint))
+        .any(|c| c == endpoint)
     {
         return Err(ResolveError::EndpointNotAllowed(format!(
             "{field}.s3.endpoint: {endpoint} is not a repository configured for namespace {namespace} and the policy does not allow it"

@@ -150,6 +150,11 @@ async fn unconfigured_endpoints_receive_nothing() {
             COMPLETION,
         ),
         with_strategy(full("ok", &srv.endpoint, &b, "k/ok", "s3"), COMPLETION),
+        // The configured store over another scheme is another endpoint.
+        with_strategy(
+            full("https", &format!("https://{}", srv.endpoint), &b, "k/g", "s3"),
+            COMPLETION,
+        ),
     ];
     srv.put(&b, "k/ok", "x").await;
     // The status names the sink as the repository it "froze": status is the tenant's to write.
@@ -191,6 +196,7 @@ async fn unconfigured_endpoints_receive_nothing() {
         ("w", "gcp"),
         ("frozen", "frozen"),
         ("other", "elsewhere"),
+        ("w", "https"),
     ] {
         assert_eq!(
             category(&plan, wf, art),
