@@ -149,7 +149,7 @@ async fn unconfigured_endpoints_receive_nothing() {
             full("gcp", "metadata.google.internal", &b, "k/d", "s3"),
             COMPLETION,
         ),
-        with_strategy(full("ok", &srv.endpoint, &b, "k/ok", "s3"), COMPLETION),
+        on_server(&srv, &srv.endpoint, "ok", &b, "k/ok", "s3"),
         // The configured store over another scheme is another endpoint.
         with_strategy(
             full("https", &format!("https://{}", srv.endpoint), &b, "k/g", "s3"),
