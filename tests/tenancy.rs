@@ -152,7 +152,13 @@ async fn unconfigured_endpoints_receive_nothing() {
         on_server(&srv, &srv.endpoint, "ok", &b, "k/ok", "s3"),
         // The configured store over another scheme is another endpoint.
         with_strategy(
-            full("https", &format!("https://{}", srv.endpoint), &b, "k/g", "s3"),
+            full(
+                "https",
+                &format!("https://{}", srv.endpoint),
+                &b,
+                "k/g",
+                "s3",
+            ),
             COMPLETION,
         ),
     ];
