@@ -75,6 +75,14 @@ impl OverlapIndex {
         }
     }
 
+    /// The uses at exactly `base` in `target`'s bucket.
+    pub fn uses_at(&self, target: &S3Target, base: &str) -> &[u32] {
+        self.buckets
+            .get(&Self::bucket_of(target))
+            .and_then(|map| map.get(base))
+            .map_or(&[], Vec::as_slice)
+    }
+
     /// The key bases (with their uses) that overlap `target`'s, its own included: ancestors,
     /// the same base, descendants.
     pub fn overlapping_bases<'a>(

@@ -650,23 +650,11 @@ impl OverlapGraph<'_> {
     }
 
     fn ids(&self, side: Side, probe: &S3Target, base: &str) -> Vec<u32> {
-        let mut found = Vec::new();
-        let at = S3Target {
-            key: base.to_string(),
-            ..probe.clone()
-        };
         let index = match side {
             Side::Local => Some(self.local),
             Side::External => self.external.map(KeyIndex::overlap),
         };
-        if let Some(index) = index {
-            index.overlapping_bases(&at, &mut found);
-        }
-        found
-            .into_iter()
-            .find(|(k, _)| ***k == *base)
-            .map(|(_, ids)| ids.to_vec())
-            .unwrap_or_default()
+        index.map_or_else(Vec::new, |i| i.uses_at(probe, base).to_vec())
     }
 
     /// The key bases overlapping `base`, in both indexes.
