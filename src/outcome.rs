@@ -216,6 +216,7 @@ pub fn assess(
         }
     }
     let mut kept = Vec::new();
+    let mut cancelled = false;
     for (a, art) in wp.artifacts.iter().enumerate() {
         let what = format!("{}/{}", art.node, art.name);
         match &art.decision {
@@ -237,8 +238,10 @@ pub fn assess(
                         });
                     }
                     Some(o) if o.error.as_ref().is_some_and(|e| e.is_cancelled()) => {
-                        // Stopped between batches (shutdown, leadership lost): not a failure.
+                        // Stopped between batches (shutdown, leadership lost): not a failure,
+                        // and no proof that earlier failures are over.
                         pending_strategies.push(art.strategy);
+                        cancelled = true;
                     }
                     Some(o) => {
                         let e = o.error.as_ref().expect("error");
@@ -322,7 +325,7 @@ pub fn assess(
     let reported: Vec<Failure> = out.failures.iter().chain(&out.notes).cloned().collect();
     out.update.condition = if !reported.is_empty() {
         ConditionChange::Set(condition_message(&reported))
-    } else if ctx.has_condition && ctx.finished {
+    } else if ctx.has_condition && ctx.finished && !cancelled {
         ConditionChange::Clear
     } else {
         ConditionChange::Keep

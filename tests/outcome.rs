@@ -278,3 +278,19 @@ fn failed_deletion_passes_are_counted_on_the_workflow() {
     );
     assert_eq!(out.update.deletion_attempts, None);
 }
+
+/// A pass stopped between batches (shutdown, leadership lost) proves nothing: the condition of
+/// an earlier failure stays, and nothing is marked.
+#[test]
+fn a_cancelled_pass_keeps_the_condition() {
+    let plan = plan_due(vec![wf("w")], creds());
+    let mut exec = run(&plan, None);
+    for o in exec.outcomes.values_mut() {
+        o.error = Some(StoreError::cancelled());
+    }
+    let mut c = ctx(false, false, false, 1);
+    c.has_condition = true;
+    let out = assess(&plan.workflows[0], 0, Some(&exec), &c);
+    assert_eq!(out.update.condition, ConditionChange::Keep);
+    assert!(out.update.deleted.is_empty() && out.failures.is_empty() && out.pending);
+}
