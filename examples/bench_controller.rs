@@ -11,7 +11,11 @@
 //! (2) Scale: `--scale-workflows` completed workflows with `--nodes` Pod nodes (one artifact each,
 //!     OnWorkflowDeletion, so all are pending and indexed) exist before the controller starts.
 //!     Prints time to /ready, and the controller's RSS (current and peak) once it settled.
-//! Pass `--only latency` or `--only scale` to run one.
+//!     `--layout outside` puts every key outside its workflow's folder: one index entry each.
+//! (3) Adversarial: as (1), while other tenants' workflows complete beside them: `--slow` (16)
+//!     whose store answers every request after `--slow-ms` (2000), `--huge` (4) with
+//!     `--huge-nodes` (20,000) artifacts each. The p99 is the measured (normal) workflows'.
+//! Pass `--only latency`, `--only scale` or `--only adversarial` to run one.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -69,7 +73,7 @@ impl Controller {
         kube.write_kubeconfig(&kc, NS).unwrap();
         let admin = format!("127.0.0.1:{}", free_port());
         let child = Command::new(binary())
-            .args(["controller", "--admin-addr", &admin, "--workers", "8"])
+            .args(["controller", "--admin-addr", &admin])
             .env("KUBECONFIG", &kc)
             .env("RUST_LOG", "warn")
             .envs(std::env::var("BENCH_CHILD_ENV").ok().and_then(|v| {
@@ -159,7 +163,11 @@ impl Controller {
 }
 
 fn secret(s3: &S3Server) -> Value {
-    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": NS},
+    secret_in(NS, s3)
+}
+
+fn secret_in(ns: &str, s3: &S3Server) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": ns},
            "stringData": {"accesskey": s3.access_key, "secretkey": s3.secret_key}})
 }
 
@@ -171,13 +179,41 @@ fn repo(s3: &S3Server, bucket: &str) -> Value {
 
 /// The namespace's repositories ConfigMap: what configures the store for its workflows.
 fn repositories(repo: &Value) -> Value {
+    repositories_in(NS, repo)
+}
+
+fn repositories_in(ns: &str, repo: &Value) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap",
-           "metadata": {"name": "artifact-repositories", "namespace": NS,
+           "metadata": {"name": "artifact-repositories", "namespace": ns,
                         "annotations": {"workflows.argoproj.io/default-artifact-repository": "default"}},
            "data": {"default": serde_json::to_string(repo).unwrap()}})
 }
 
+/// Where artifact keys go: under the workflow's own folder (Argo's default key format) or
+/// outside it (`out/<pod>/out.tgz`, one index entry per key: the index's worst case).
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    Folder,
+    Outside,
+}
+
+fn layout() -> Layout {
+    match arg("--layout").as_deref() {
+        Some("outside") => Layout::Outside,
+        None | Some("folder") => Layout::Folder,
+        Some(other) => panic!("--layout folder|outside, not {other}"),
+    }
+}
+
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
 fn nodes(name: &str, count: usize, strategy: &str) -> Value {
+    nodes_in(name, count, strategy, Layout::Folder)
+}
+
+fn nodes_in(name: &str, count: usize, strategy: &str, layout: Layout) -> Value {
     let mut nodes = serde_json::Map::new();
     nodes.insert(
         name.into(),
@@ -191,7 +227,10 @@ fn nodes(name: &str, count: usize, strategy: &str) -> Value {
                    "phase": "Succeeded", "templateName": "step",
                    "outputs": {"parameters": [{"name": "p", "value": "v"}], "exitCode": "0",
                        "artifacts": [{"name": "out", "path": "/tmp/out",
-                       "s3": {"key": format!("{name}/{id}/out.tgz")},
+                       "s3": {"key": match layout {
+                           Layout::Folder => format!("{name}/{id}/out.tgz"),
+                           Layout::Outside => format!("out/{id}/out.tgz"),
+                       }},
                        "artifactGC": {"strategy": strategy}}]}}),
         );
     }
@@ -199,6 +238,10 @@ fn nodes(name: &str, count: usize, strategy: &str) -> Value {
 }
 
 fn workflow(name: &str, repo: &Value, nodes: Value, completed: bool) -> Value {
+    workflow_in(NS, name, repo, nodes, completed)
+}
+
+fn workflow_in(ns: &str, name: &str, repo: &Value, nodes: Value, completed: bool) -> Value {
     let (phase, labels) = if completed {
         (
             "Succeeded",
@@ -208,7 +251,7 @@ fn workflow(name: &str, repo: &Value, nodes: Value, completed: bool) -> Value {
         ("Running", json!({"workflows.argoproj.io/phase": "Running"}))
     };
     json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
-        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
         "spec": {"entrypoint": "main", "templates": [
             {"name": "main", "steps": [[{"name": "step", "template": "step"}]]},
             {"name": "step", "container": {"image": "alpine", "command": ["sh", "-c", "echo"]},
@@ -226,7 +269,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-async fn latency(workflows: usize, rate: usize, artifacts: usize) {
+/// Other tenants' workflows beside the measured ones: `slow` workflows in namespace `slow`
+/// whose store answers each request after `slow_ms`, and `huge` workflows in namespace `huge`
+/// with `huge_nodes` artifacts each; all complete as the measured ones start completing.
+#[derive(Clone, Copy)]
+struct Adversaries {
+    slow: usize,
+    slow_ms: u64,
+    huge: usize,
+    huge_nodes: usize,
+}
+
+async fn latency(
+    workflows: usize,
+    rate: usize,
+    artifacts: usize,
+    adversaries: Option<Adversaries>,
+) {
     let kube = KubeApiServer::start().await;
     kube.set_request_log(false);
     let s3 = S3Server::start().await;
@@ -234,6 +293,44 @@ async fn latency(workflows: usize, rate: usize, artifacts: usize) {
     kube.seed(secret(&s3));
     let repo = repo(&s3, &bucket);
     kube.seed(repositories(&repo));
+    let mut others: Vec<(String, String)> = Vec::new();
+    let mut proxy = None;
+    if let Some(a) = adversaries {
+        let slow = artgc_testkit::FaultProxy::start(&s3.endpoint).await;
+        let mut slow_repo = repo.clone();
+        slow_repo["s3"]["endpoint"] = json!(slow.endpoint);
+        let direct = repo.clone();
+        for (ns, r) in [("slow", &slow_repo), ("huge", &direct)] {
+            kube.seed(secret_in(ns, &s3));
+            kube.seed(repositories_in(ns, r));
+        }
+        let mut objects = Vec::new();
+        for i in 0..a.slow {
+            let name = format!("slow-{i:03}");
+            let n = nodes(&name, artifacts, "OnWorkflowCompletion");
+            for (id, node) in n.as_object().unwrap() {
+                if node["type"] == "Pod" {
+                    objects.push((format!("{name}/{id}/out.tgz"), vec![b'x'; 1024]));
+                }
+            }
+            kube.seed(workflow_in("slow", &name, &slow_repo, n, false));
+            others.push(("slow".into(), name));
+        }
+        for i in 0..a.huge {
+            // Its objects are absent: the pass still plans, checks and deletes every key.
+            let name = format!("huge-{i:03}");
+            let n = nodes(&name, a.huge_nodes, "OnWorkflowCompletion");
+            kube.seed(workflow_in("huge", &name, &direct, n, false));
+            others.push(("huge".into(), name));
+        }
+        s3.put_many(&bucket, objects, 32).await;
+        slow.set_latency(Duration::from_millis(a.slow_ms));
+        println!(
+            "adversaries: {} workflows x {artifacts} artifacts behind a store answering after {} ms; {} workflows x {} artifacts",
+            a.slow, a.slow_ms, a.huge, a.huge_nodes
+        );
+        proxy = Some(slow);
+    }
     let mut objects = Vec::new();
     for w in 0..workflows {
         let name = format!("lat-{w:05}");
@@ -293,6 +390,21 @@ async fn latency(workflows: usize, rate: usize, artifacts: usize) {
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let t0 = tokio::time::Instant::now();
     let mut patches = Vec::new();
+    // The others complete first, spread over the first second.
+    for (i, (ns, name)) in others.iter().enumerate() {
+        let api = artgc::api::workflows(&client, Some(ns));
+        let name = name.clone();
+        let at = t0 + Duration::from_millis(1000 * i as u64 / others.len() as u64);
+        patches.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let patch = json!({"metadata": {"labels": {
+                    "workflows.argoproj.io/completed": "true", "workflows.argoproj.io/phase": "Succeeded"}},
+                "status": {"phase": "Succeeded", "finishedAt": jiff::Timestamp::now().to_string()}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("complete");
+        }));
+    }
     for w in 0..workflows {
         tokio::time::sleep_until(t0 + interval * w as u32).await;
         let name = format!("lat-{w:05}");
@@ -326,8 +438,17 @@ async fn latency(workflows: usize, rate: usize, artifacts: usize) {
         );
     }
     let (rss, peak) = ctl.rss();
-    let remaining = s3.keys(&bucket).await.len();
+    let remaining = s3
+        .keys(&bucket)
+        .await
+        .iter()
+        .filter(|k| k.starts_with("lat-"))
+        .count();
     let code = ctl.stop();
+    if let Some(p) = &proxy {
+        let slow_requests = p.log().len();
+        println!("  requests the slow store received meanwhile: {slow_requests}");
+    }
     let started = started.lock().unwrap();
     let done = done.lock().unwrap();
     let mut lat: Vec<f64> = started
@@ -353,7 +474,7 @@ async fn latency(workflows: usize, rate: usize, artifacts: usize) {
     }
 }
 
-async fn scale(workflows: usize, node_count: usize) {
+async fn scale(workflows: usize, node_count: usize, layout: Layout) {
     let kube = KubeApiServer::start().await;
     let s3 = S3Server::start().await;
     let bucket = s3.bucket("scale").await;
@@ -366,7 +487,7 @@ async fn scale(workflows: usize, node_count: usize) {
         let mut wf = workflow(
             &name,
             &repo,
-            nodes(&name, node_count, "OnWorkflowDeletion"),
+            nodes_in(&name, node_count, "OnWorkflowDeletion", layout),
             true,
         );
         wf["metadata"]["finalizers"] = json!(["workflows.argoproj.io/artifact-gc"]);
@@ -376,9 +497,17 @@ async fn scale(workflows: usize, node_count: usize) {
         bytes += serde_json::to_vec(&wf).unwrap().len();
         kube.seed(wf);
     }
+    let entries = match layout {
+        Layout::Folder => workflows,
+        Layout::Outside => workflows * node_count,
+    };
     println!(
-        "scale: {workflows} completed workflows x {node_count} Pod nodes ({:.0} MB of JSON), every artifact pending (indexed)",
-        bytes as f64 / 1e6
+        "scale: {workflows} completed workflows x {node_count} Pod nodes ({:.0} MB of JSON), every artifact pending (indexed), keys {}: {entries} index entries",
+        bytes as f64 / 1e6,
+        match layout {
+            Layout::Folder => "in each workflow's own folder",
+            Layout::Outside => "outside the workflows' folders",
+        }
     );
     let ctl = Controller::spawn(&kube);
     let ready = ctl.wait_ready(Duration::from_secs(120));
@@ -395,6 +524,7 @@ async fn scale(workflows: usize, node_count: usize) {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let keys = ctl.metric("artgc_keys_indexed").unwrap_or(f64::NAN);
+    let index_bytes = ctl.metric("artgc_key_index_bytes").unwrap_or(f64::NAN);
     if std::env::var_os("BENCH_RSS_TRACE").is_some() {
         for r in kube
             .requests()
@@ -409,10 +539,11 @@ async fn scale(workflows: usize, node_count: usize) {
     let code = ctl.stop();
     println!("  time to ready: {:.2} s", ready.as_secs_f64());
     println!(
-        "  controller RSS at ready {rss_ready:.1} MiB; settled {rss:.1} MiB; peak {peak:.1} MiB; keys indexed {keys}"
+        "  controller RSS at ready {rss_ready:.1} MiB; settled {rss:.1} MiB; peak {peak:.1} MiB; keys indexed {keys}; index runs {:.1} MiB",
+        index_bytes / 1048576.0
     );
     println!("  exit on SIGTERM: {code:?}");
-    if keys != workflows as f64 || code != Some(0) {
+    if keys != entries as f64 || code != Some(0) {
         eprintln!("error: not every workflow was indexed, or no clean exit");
         std::process::exit(1);
     }
@@ -429,10 +560,30 @@ async fn main() {
             flag("--workflows", 1000),
             flag("--rate", 50),
             flag("--artifacts", 10),
+            None,
+        )
+        .await;
+    }
+    if only.is_empty() || only == "adversarial" {
+        latency(
+            flag("--workflows", 1000),
+            flag("--rate", 50),
+            flag("--artifacts", 10),
+            Some(Adversaries {
+                slow: flag("--slow", 16),
+                slow_ms: flag("--slow-ms", 2000) as u64,
+                huge: flag("--huge", 4),
+                huge_nodes: flag("--huge-nodes", 20_000),
+            }),
         )
         .await;
     }
     if only.is_empty() || only == "scale" {
-        scale(flag("--scale-workflows", 10_000), flag("--nodes", 20)).await;
+        scale(
+            flag("--scale-workflows", 10_000),
+            flag("--nodes", 20),
+            layout(),
+        )
+        .await;
     }
 }

@@ -198,8 +198,13 @@ pub struct ControllerArgs {
     #[command(flatten)]
     pub argo: ArgoConfigArgs,
     /// Workflows reconciled at once.
-    #[arg(long, default_value_t = 8, env = "ARTGC_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, default_value_t = 16, env = "ARTGC_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
+    /// Workflows of one namespace reconciled at once, so that one tenant's slow endpoint or
+    /// heavy workflows never hold every worker. Default: half of --workers (all of them when
+    /// one namespace is watched).
+    #[arg(long, env = "ARTGC_NAMESPACE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub namespace_workers: Option<u16>,
     /// Failed attempts of a deletion pass before `forceFinalizerRemoval: true` releases the
     /// workflow anyway.
     #[arg(long, default_value_t = 5, env = "ARTGC_RETRY_BUDGET", value_parser = clap::value_parser!(u32).range(1..))]
@@ -259,6 +264,7 @@ impl ControllerArgs {
             finalizer: self.finalizer.clone(),
             controller_config: self.argo.config_ref(),
             concurrency: self.workers.into(),
+            namespace_concurrency: self.namespace_workers.map(usize::from),
             retry_budget: self.retry_budget,
             backoff_base: self.backoff_base,
             backoff_max: self.backoff_max,

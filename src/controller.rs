@@ -29,6 +29,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, Health};
 use crate::api::{ClusterReader, WatchedWorkflow, workflows};
+use crate::backlog::{Backlog, Change};
 use crate::cluster::ControllerConfigRef;
 use crate::execute::{delete, probe};
 use crate::identity::WebIdentityConfig;
@@ -37,7 +38,7 @@ use crate::manifests::WorkflowInput;
 use crate::metrics::{self, Metrics};
 use crate::model::{FINALIZER_ARTIFACT_GC, LABEL_INSTANCE_ID};
 use crate::outcome::{FinalizerChange, PassContext, PassOutcome, assess, wants_pass};
-use crate::plan::{GcPlan, PlanOptions, Strategy, WorkflowPlan, plan_alone, plan_with_index};
+use crate::plan::{GcPlan, PlanOptions, Strategy, WorkflowPlan, plan_alone};
 use crate::queue::WorkQueue;
 use crate::record::{self, RecordError};
 use crate::store::{ObjectStore, StoreOptions};
@@ -62,6 +63,9 @@ pub struct ControllerConfig {
     pub controller_config: ControllerConfigRef,
     /// Workflows reconciled at once.
     pub concurrency: usize,
+    /// Workflows of one namespace reconciled at once; `None`: half of `concurrency`, or all of
+    /// it when one namespace is watched.
+    pub namespace_concurrency: Option<usize>,
     /// Attempts of a failing pass before `forceFinalizerRemoval` may release the workflow.
     pub retry_budget: u32,
     pub backoff_base: Duration,
@@ -84,7 +88,8 @@ impl Default for ControllerConfig {
             instance_id: None,
             finalizer: FINALIZER_ARTIFACT_GC.into(),
             controller_config: ControllerConfigRef::default(),
-            concurrency: 8,
+            concurrency: 16,
+            namespace_concurrency: None,
             retry_budget: 5,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
@@ -94,6 +99,17 @@ impl Default for ControllerConfig {
             shutdown_grace: Duration::from_secs(30),
             policy: Default::default(),
             sts: Default::default(),
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// Passes one namespace may have in flight.
+    pub fn per_namespace_concurrency(&self) -> usize {
+        match self.namespace_concurrency {
+            Some(n) => n.clamp(1, self.concurrency.max(1)),
+            None if self.namespaces.len() == 1 => self.concurrency.max(1),
+            None => (self.concurrency / 2).max(1),
         }
     }
 }
@@ -156,6 +172,18 @@ struct Shared {
     lease_valid_until: std::sync::Mutex<Option<jiff::Timestamp>>,
     /// Cancelled on shutdown: passes stop between batches.
     stopping: CancellationToken,
+    /// One big Workflow (see [`is_big`]) is read and planned at a time, by a pass or an
+    /// indexer: parsed, one takes tens of times its text in memory, and seconds of CPU.
+    big: tokio::sync::Semaphore,
+}
+
+/// Workflow text above which reading and planning it is serialized (see `Shared::big`).
+const BIG_WORKFLOW_BYTES: usize = 256 << 10;
+
+/// Big: long text, or compressed nodes (small text, up to `--max-node-status-bytes` once
+/// decompressed). Parsed, a Workflow takes tens of times its text in memory.
+fn is_big(text: &str) -> bool {
+    text.len() > BIG_WORKFLOW_BYTES || text.contains("\"compressedNodes\"")
 }
 
 impl Shared {
@@ -223,6 +251,7 @@ pub async fn start(
         leading: leader_rx.clone(),
         lease_valid_until: std::sync::Mutex::new(None),
         stopping: stop.clone(),
+        big: tokio::sync::Semaphore::new(1),
         reader: ClusterReader::new(
             client.clone(),
             config.controller_config.clone(),
@@ -234,7 +263,10 @@ pub async fn start(
         }),
         index: AsyncMutex::new(KeyIndex::default()),
         attempts: Default::default(),
-        queue: WorkQueue::default(),
+        queue: WorkQueue::new(
+            |k: &String| split_key(k).0,
+            config.per_namespace_concurrency(),
+        ),
         health: health.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         synced: watch::channel(false).0,
@@ -353,46 +385,44 @@ async fn watch_workflows(shared: Arc<Shared>, stop: CancellationToken) {
             .boxed()
     });
     let mut events = futures::stream::select_all(streams);
-    // The watch only forwards events; reading ConfigMaps, decompressing and planning happen in
-    // the indexer beside it, so a slow API server or a heavy Workflow never stalls the stream.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Event<WatchedWorkflow>)>(INDEX_BACKLOG);
-    let forward = async {
-        while let Some((stream, ev)) = events.next().await {
-            health.watch_result(ev.is_ok());
-            match ev {
-                Ok(ev) => {
-                    if tx.send((stream, ev)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => warn!(error = %e, "workflow watch (retrying)"),
-            }
-        }
-    };
-    let mut indexer = Indexer {
+    // The watch only records what changed; reading ConfigMaps, decompressing and planning
+    // happen in indexers beside it, so a slow API server or a heavy Workflow never stalls the
+    // stream, and a Workflow patched many times while waiting is read once.
+    let backlog = Backlog::new(INDEX_BACKLOG_BYTES);
+    let mut watch = WatchState {
         shared: &shared,
+        backlog: &backlog,
         waiting_for: shared.config.namespaces.len().max(1),
         synced_streams: HashSet::new(),
         relist: HashMap::new(),
     };
-    let index = async {
-        while let Some((stream, ev)) = rx.recv().await {
-            indexer.handle(stream, ev).await;
+    let forward = async {
+        while let Some((stream, ev)) = events.next().await {
+            health.watch_result(ev.is_ok());
+            match ev {
+                Ok(ev) => watch.handle(stream, ev).await,
+                Err(e) => warn!(error = %e, "workflow watch (retrying)"),
+            }
         }
     };
+    let indexers =
+        futures::future::join_all((0..=INDEXERS).map(|i| index(&shared, &backlog, i == INDEXERS)));
     tokio::select! {
         _ = stop.cancelled() => {}
         _ = forward => {}
-        _ = index => {}
+        _ = indexers => {}
     }
 }
 
-/// Watch events waiting for the indexer.
-const INDEX_BACKLOG: usize = 1024;
+/// Bytes of Workflow text waiting for the indexers before the watch waits.
+const INDEX_BACKLOG_BYTES: usize = 64 << 20;
+/// Indexers reading Workflows at once, besides the one for big Workflows.
+const INDEXERS: usize = 2;
 
-/// Keeps the key index, the queue and readiness in step with the watch, in event order.
-struct Indexer<'a> {
+/// Keeps readiness and the re-list bookkeeping in step with the watch, in event order.
+struct WatchState<'a> {
     shared: &'a Shared,
+    backlog: &'a Backlog,
     /// Streams (one per watched namespace, or one for all) to list before collecting.
     waiting_for: usize,
     synced_streams: HashSet<usize>,
@@ -400,7 +430,23 @@ struct Indexer<'a> {
     relist: HashMap<usize, HashSet<String>>,
 }
 
-impl Indexer<'_> {
+/// A big Workflow's text is not kept waiting: it is read again when its turn comes.
+fn applied(wf: WatchedWorkflow) -> Change {
+    if is_big(wf.raw.get()) {
+        Change::Reread
+    } else {
+        Change::Apply(Box::new(wf))
+    }
+}
+
+fn watched_key(wf: &WatchedWorkflow) -> String {
+    key_of(
+        wf.metadata.namespace.as_deref().unwrap_or("default"),
+        wf.metadata.name.as_deref().unwrap_or(""),
+    )
+}
+
+impl WatchState<'_> {
     async fn handle(&mut self, stream: usize, ev: Event<WatchedWorkflow>) {
         let shared = self.shared;
         match ev {
@@ -408,13 +454,11 @@ impl Indexer<'_> {
                 self.relist.insert(stream, HashSet::new());
             }
             Event::InitApply(wf) => {
+                let key = watched_key(&wf);
                 if let Some(seen) = self.relist.get_mut(&stream) {
-                    seen.insert(key_of(
-                        wf.metadata.namespace.as_deref().unwrap_or("default"),
-                        wf.metadata.name.as_deref().unwrap_or(""),
-                    ));
+                    seen.insert(key.clone());
                 }
-                observe(shared, wf).await;
+                self.backlog.push(key, applied(wf)).await;
             }
             Event::InitDone => {
                 if let Some(seen) = self.relist.remove(&stream) {
@@ -425,11 +469,14 @@ impl Indexer<'_> {
                         .get(stream)
                         .map(|ns| format!("{ns}/"));
                     let mine = |k: &str| prefix.as_deref().is_none_or(|p| k.starts_with(p));
+                    let keep = |k: &str| !mine(k) || seen.contains(k);
+                    self.backlog.discard(keep);
                     let mut index = shared.index.lock().await;
-                    index.retain_workflows(|k| !mine(k) || seen.contains(k));
-                    shared.metrics().keys_indexed.set(index.len() as i64);
+                    index.retain_workflows(keep);
+                    index_gauges(shared, &index);
+                    drop(index);
                     let mut attempts = shared.attempts.lock().expect("lock");
-                    attempts.retain(|k, _| !mine(k) || seen.contains(k));
+                    attempts.retain(|k, _| keep(k));
                     shared
                         .metrics()
                         .workflows_watched
@@ -437,35 +484,96 @@ impl Indexer<'_> {
                 }
                 self.synced_streams.insert(stream);
                 if self.synced_streams.len() >= self.waiting_for
-                    && !shared.health.ready.swap(true, Ordering::Relaxed)
+                    && !shared.health.ready.load(Ordering::Relaxed)
                 {
+                    // Every listed workflow's keys are indexed before any pass runs: a pass
+                    // must see every other workflow's keys.
+                    self.backlog.idle().await;
+                    shared.health.ready.store(true, Ordering::Relaxed);
                     shared.synced.send_replace(true);
-                    info!("watch synced; ready");
+                    info!("watch synced and indexed; ready");
                 }
             }
-            Event::Apply(wf) => observe(shared, wf).await,
+            Event::Apply(wf) => {
+                let key = watched_key(&wf);
+                self.backlog.push(key, applied(wf)).await;
+            }
             Event::Delete(wf) => {
-                let key = key_of(
-                    wf.metadata.namespace.as_deref().unwrap_or("default"),
-                    wf.metadata.name.as_deref().unwrap_or(""),
-                );
-                let mut index = shared.index.lock().await;
-                index.remove_workflow(&key);
-                shared.metrics().keys_indexed.set(index.len() as i64);
-                shared.queue.forget(&key);
-                let mut attempts = shared.attempts.lock().expect("lock");
-                attempts.remove(&key);
-                shared
-                    .metrics()
-                    .workflows_watched
-                    .set(attempts.len() as i64);
+                let key = watched_key(&wf);
+                self.backlog.push(key, Change::Delete).await;
             }
         }
+    }
+}
+
+/// Reads what the watch recorded, one workflow at a time: `big` indexers read the Workflows
+/// too big to wait in the backlog, the others the rest.
+async fn index(shared: &Shared, backlog: &Backlog, big: bool) {
+    loop {
+        let (key, change) = backlog.take(|c| matches!(c, Change::Reread) == big).await;
+        let read = match change {
+            Change::Apply(wf) => Some(*wf),
+            Change::Reread => {
+                let (ns, name) = split_key(&key);
+                match Api::<WatchedWorkflow>::namespaced(shared.client.clone(), ns)
+                    .get_opt(name)
+                    .await
+                {
+                    Ok(Some(wf)) => Some(wf),
+                    Ok(None) => {
+                        forget_workflow(shared, &key).await;
+                        None
+                    }
+                    Err(e) => {
+                        // Read again on its next change, and passed as if changed meanwhile.
+                        warn!(workflow = %key, error = %e, "reading a big Workflow to index it");
+                        shared
+                            .queue
+                            .add(key.clone(), Instant::now() + shared.config.backoff_base);
+                        None
+                    }
+                }
+            }
+            Change::Delete => {
+                forget_workflow(shared, &key).await;
+                None
+            }
+        };
+        if let Some(wf) = read {
+            let observed = AssertUnwindSafe(observe(shared, wf)).catch_unwind().await;
+            if let Err(panic) = observed {
+                error!(workflow = %key, panic = %panic_message(&*panic), "indexing panicked; the indexer goes on");
+            }
+        }
+        backlog.done(&key);
         shared
             .metrics()
             .workflows_pending
             .set(shared.queue.len() as i64);
     }
+}
+
+/// A workflow that is gone: out of the index, the queue and the attempt counts.
+async fn forget_workflow(shared: &Shared, key: &str) {
+    let mut index = shared.index.lock().await;
+    index.remove_workflow(key);
+    index_gauges(shared, &index);
+    drop(index);
+    shared.queue.forget(&key.to_string());
+    let mut attempts = shared.attempts.lock().expect("lock");
+    attempts.remove(key);
+    shared
+        .metrics()
+        .workflows_watched
+        .set(attempts.len() as i64);
+}
+
+fn index_gauges(shared: &Shared, index: &KeyIndex) {
+    shared.metrics().keys_indexed.set(index.len() as i64);
+    shared
+        .metrics()
+        .key_index_bytes
+        .set(index.run_bytes() as i64);
 }
 
 /// Reduces one watched Workflow to its key uses and a decision to queue it.
@@ -478,7 +586,13 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
     let name = wf.metadata.name.clone().unwrap_or_default();
     let key = key_of(&ns, &name);
     let holds = has_finalizer(&wf.metadata, &shared.config.finalizer);
+    let _big = if is_big(wf.raw.get()) {
+        Some(shared.big.acquire().await.expect("never closed"))
+    } else {
+        None
+    };
     let input = wf.input();
+    drop(wf.raw);
     let queue = match &input {
         WorkflowInput::Valid(w) => {
             let state = match shared.reader.state_for(w, false).await {
@@ -496,7 +610,7 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
             drop(wp);
             let mut index = shared.index.lock().await;
             index.set_workflow(&key, uses);
-            shared.metrics().keys_indexed.set(index.len() as i64);
+            index_gauges(shared, &index);
             wants
         }
         // Unreadable: reported (condition, event) once it finished or is being deleted with our
@@ -747,13 +861,24 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
     let (ns, name) = split_key(key);
     let api = workflows(&shared.client, Some(ns));
     let fence = Fence(shared);
-    let Some(obj) = api.get_opt(name).await? else {
+    // Read as text: its size decides whether it waits for the big-workflow place, and the
+    // typed model is read from the text, not from a second copy of the tree.
+    let Some(obj) = Api::<WatchedWorkflow>::namespaced(shared.client.clone(), ns)
+        .get_opt(name)
+        .await?
+    else {
         shared.index.lock().await.remove_workflow(key);
         return Ok(());
     };
-    let mut raw = serde_json::to_value(&obj).map_err(|e| RecordError::Build(e.to_string()))?;
+    let _big = if is_big(obj.raw.get()) {
+        Some(shared.big.acquire().await.expect("never closed"))
+    } else {
+        None
+    };
+    let mut raw: Value =
+        serde_json::from_str(obj.raw.get()).map_err(|e| RecordError::Build(e.to_string()))?;
+    let input = obj.input();
     drop(obj);
-    let input = WorkflowInput::from_value(raw.clone(), ns);
     let finalizer = shared.config.finalizer.as_str();
     let holds = raw["metadata"]["finalizers"]
         .as_array()
@@ -778,13 +903,14 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
             let ctx = PassContext::of(wf, &raw, holds, budget);
             let plan = match shared.reader.state_for(wf, true).await {
                 Ok(state) => {
-                    let index = shared.index.lock().await;
-                    plan_with_index(
+                    // Planning a big workflow takes a while: only the shared-key check holds
+                    // the index.
+                    let draft = crate::plan::draft(
                         std::slice::from_ref(&input),
                         &state,
                         &PlanOptions::default(),
-                        Some(&index),
-                    )
+                    );
+                    draft.check_shared(Some(&*shared.index.lock().await))
                 }
                 // A failed pass like any other: reported, and counted toward the budget.
                 Err(e) => GcPlan {

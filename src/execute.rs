@@ -162,7 +162,7 @@ pub async fn probe<'a>(
                 let found = if progress.stopped() {
                     group.iter().map(|_| Err(StoreError::cancelled())).collect()
                 } else {
-                    probe_many(store, jobs[members[0]].conn, group).await
+                    probe_many(store, jobs[members[0]].conn, group, progress).await
                 };
                 progress.probed(members.len() as u64);
                 members.into_iter().zip(found).collect::<Vec<_>>()
@@ -406,16 +406,19 @@ async fn probe_many(
     store: &ObjectStore,
     conn: &S3Connection,
     jobs: Vec<&Job<'_>>,
+    progress: &dyn Progress,
 ) -> Vec<ProbeResult> {
     if let [single] = jobs[..] {
-        return vec![probe_one(store, conn, single).await];
+        return vec![probe_one(store, conn, single, progress).await];
     }
     let prefix = common_prefix(jobs.iter().map(|j| j.target.key.as_str()));
     let limit = jobs.len() * LISTED_PER_ARTIFACT;
     let listed = match store.client(conn).await {
         Ok(client) => {
             store
-                .list(&client, &jobs[0].target.bucket, prefix, limit)
+                .list(&client, &jobs[0].target.bucket, prefix, limit, &|| {
+                    progress.stopped()
+                })
                 .await
         }
         Err(e) => Err(e),
@@ -437,13 +440,16 @@ async fn probe_many(
             }
             if parts.len() == 1 {
                 // Nothing left to split on (the same key named twice): probe each alone.
-                let each = jobs.iter().map(|j| probe_one(store, conn, j));
+                let each = jobs.iter().map(|j| probe_one(store, conn, j, progress));
                 return futures::future::join_all(each).await;
             }
             let mut out: Vec<Option<ProbeResult>> = (0..jobs.len()).map(|_| None).collect();
             let parts = parts.into_values().map(|idx| {
                 let part = idx.iter().map(|&i| jobs[i]).collect();
-                async move { (idx, Box::pin(probe_many(store, conn, part)).await) }
+                async move {
+                    let probed = Box::pin(probe_many(store, conn, part, progress)).await;
+                    (idx, probed)
+                }
             });
             // The store's semaphore bounds the requests these make at once.
             for (idx, results) in futures::future::join_all(parts).await {
@@ -513,13 +519,19 @@ fn classify(index: &BTreeMap<String, StoredObject>, job: &Job<'_>, max: usize) -
 /// is a file, unless the artifact may be widened (`archive: none`, no file seen before), HEAD
 /// answered that no such object exists, and objects exist under `key/` (Argo leaves those
 /// behind; artgc does not). A failed HEAD is no evidence: its error stands.
-async fn probe_one(store: &ObjectStore, conn: &S3Connection, job: &Job<'_>) -> ProbeResult {
+async fn probe_one(
+    store: &ObjectStore,
+    conn: &S3Connection,
+    job: &Job<'_>,
+    progress: &dyn Progress,
+) -> ProbeResult {
+    let stop = || progress.stopped();
     let target = job.target;
     let client = store.client(conn).await?;
     let limit = store.options().max_objects_per_artifact;
     if target.is_directory_key() {
         let objects = store
-            .list(&client, &target.bucket, &target.key, limit)
+            .list(&client, &target.bucket, &target.key, limit, &stop)
             .await?;
         return Ok((ObjectKind::Directory, objects));
     }
@@ -532,7 +544,9 @@ async fn probe_one(store: &ObjectStore, conn: &S3Connection, job: &Job<'_>) -> P
     }
     let prefix = target.directory_prefix();
     let objects = written_during(
-        store.list(&client, &target.bucket, &prefix, limit).await?,
+        store
+            .list(&client, &target.bucket, &prefix, limit, &stop)
+            .await?,
         job,
     );
     match objects.is_empty() {

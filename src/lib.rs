@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod backlog;
 pub mod cli;
 pub mod cluster;
 pub mod controller;

@@ -115,6 +115,7 @@ pub struct Metrics {
     pub workflows_pending: Gauge,
     pub workflows_watched: Gauge,
     pub keys_indexed: Gauge,
+    pub key_index_bytes: Gauge,
     pub leader: Gauge,
 }
 
@@ -142,6 +143,7 @@ impl Metrics {
             workflows_pending: Gauge::default(),
             workflows_watched: Gauge::default(),
             keys_indexed: Gauge::default(),
+            key_index_bytes: Gauge::default(),
             leader: Gauge::default(),
             registry: Registry::default(),
             series: Vec::new(),
@@ -216,6 +218,11 @@ impl Metrics {
             "keys_indexed",
             "S3 keys of live workflows in the shared-key index",
             m.keys_indexed.clone(),
+        );
+        r.gauge(
+            "key_index_bytes",
+            "Bytes held by the shared-key index's sorted runs (its bulk)",
+            m.key_index_bytes.clone(),
         );
         r.gauge(
             "leader",

@@ -14,15 +14,15 @@ use crate::model::{NodeStatus, Workflow};
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-/// Bound on the decompressed size: Argo objects are capped near 1.5 MiB compressed, so this is
-/// generous and stops a decompression bomb.
 /// The most decompressed node status artgc reads (`--max-node-status-bytes`): a few KB of
 /// `compressedNodes` can inflate to gigabytes, and one such Workflow must not take the process
 /// down. Process-wide because it bounds the process's memory, whoever decompresses.
 static MAX_DECOMPRESSED: AtomicU64 = AtomicU64::new(DEFAULT_MAX_DECOMPRESSED);
 
 /// Default of `--max-node-status-bytes`.
-pub const DEFAULT_MAX_DECOMPRESSED: u64 = 32 * 1024 * 1024;
+/// Argo objects are capped near 1.5 MiB (etcd), compressed; 8 MiB is ~20,000 nodes, and
+/// parsed it takes some 500 MiB, which the chart's memory limit allows for one at a time.
+pub const DEFAULT_MAX_DECOMPRESSED: u64 = 8 * 1024 * 1024;
 
 /// Sets the bound on decompressed node status, for the whole process.
 pub fn set_max_decompressed(bytes: u64) {

@@ -254,6 +254,27 @@ pub fn plan_with_index(
     opts: &PlanOptions,
     external: Option<&KeyIndex>,
 ) -> GcPlan {
+    draft(inputs, state, opts).check_shared(external)
+}
+
+/// A plan before the shared-key check: what each workflow's own rules decide, with the key
+/// uses the check needs. The controller drafts without holding its index, then checks under it.
+pub struct DraftPlan {
+    plan: GcPlan,
+    uses: Vec<KeyUse>,
+}
+
+impl DraftPlan {
+    /// Keeps the keys that another use, in the plan or (through `external`) outside it, still
+    /// needs; the inputs' own entries in `external` are ignored.
+    pub fn check_shared(mut self, external: Option<&KeyIndex>) -> GcPlan {
+        keep_shared_keys(&mut self.plan, &self.uses, external);
+        self.plan
+    }
+}
+
+/// Plans every workflow of the input on its own rules; see [`DraftPlan::check_shared`].
+pub fn draft(inputs: &[WorkflowInput], state: &ClusterState, opts: &PlanOptions) -> DraftPlan {
     let mut out = GcPlan::default();
     let mut uses = Vec::new();
     for input in inputs {
@@ -272,8 +293,7 @@ pub fn plan_with_index(
                 .push(WorkflowPlan::unplannable(namespace, name, error.clone())),
         }
     }
-    keep_shared_keys(&mut out, &uses, external);
-    out
+    DraftPlan { plan: out, uses }
 }
 
 fn plan_workflow(
@@ -617,44 +637,34 @@ impl OverlapGraph<'_> {
             .is_none_or(|o| !self.deleting(o))
     }
 
-    /// External uses that count: not the planned workflows' own (stale) entries.
-    fn external_uses<'b>(
-        &'b self,
-        ids: &'b [u32],
-    ) -> impl Iterator<Item = &'b crate::keys::IndexedUse> + 'b {
-        let ext = self.external;
-        ids.iter()
-            .filter_map(move |&id| ext?.get(id))
-            .filter(|u| !self.planned.contains(&*u.workflow))
+    /// An external use counts unless it is a planned workflow's own (stale) entry.
+    fn counts(&self, workflow: &str) -> bool {
+        !self.planned.contains(workflow)
     }
 
     /// A use naming the base, a live one when there is one: what a kept artifact names.
-    fn label(&self, side: Side, ids: &[u32]) -> Option<(bool, String)> {
+    fn label(&self, side: Side, probe: &S3Target, base: &str) -> Option<(bool, String)> {
         match side {
             Side::Local => {
+                let ids = self.local.uses_at(probe, base);
                 let live = ids.iter().find(|&&i| self.local_live(i));
                 let any = live.or(ids.first())?;
                 Some((live.is_some(), self.uses[*any as usize].label.clone()))
             }
             Side::External => {
                 let mut any = None;
-                for u in self.external_uses(ids) {
-                    if !u.due {
-                        return Some((true, u.label.to_string()));
+                for u in self.external?.uses_at(probe, base) {
+                    if !self.counts(&u.workflow) {
+                        continue;
                     }
-                    any.get_or_insert_with(|| u.label.to_string());
+                    if !u.due {
+                        return Some((true, u.label(base)));
+                    }
+                    any.get_or_insert_with(|| u.label(base));
                 }
                 any.map(|l| (false, l))
             }
         }
-    }
-
-    fn ids(&self, side: Side, probe: &S3Target, base: &str) -> Vec<u32> {
-        let index = match side {
-            Side::Local => Some(self.local),
-            Side::External => self.external.map(KeyIndex::overlap),
-        };
-        index.map_or_else(Vec::new, |i| i.uses_at(probe, base).to_vec())
     }
 
     /// The key bases overlapping `base`, in both indexes.
@@ -667,12 +677,9 @@ impl OverlapGraph<'_> {
         self.local.overlapping_bases(&at, &mut found);
         out.extend(found.drain(..).map(|(k, _)| (Side::Local, k.clone())));
         if let Some(ext) = self.external {
-            ext.overlap().overlapping_bases(&at, &mut found);
-            for (k, ids) in found.drain(..) {
-                if self.external_uses(ids).next().is_some() {
-                    out.push((Side::External, k.clone()));
-                }
-            }
+            let mut bases = Vec::new();
+            ext.overlapping_bases(&at, |w| self.counts(w), &mut bases);
+            out.extend(bases.into_iter().map(|b| (Side::External, Arc::from(b))));
         }
     }
 
@@ -684,8 +691,7 @@ impl OverlapGraph<'_> {
         let mut i = 0;
         while i < nodes.len() {
             let (side, base) = nodes[i].clone();
-            let ids = self.ids(side, probe, &base);
-            if self.label(side, &ids).is_some_and(|(l, _)| l) {
+            if self.label(side, probe, &base).is_some_and(|(l, _)| l) {
                 live.push(i);
             }
             next.clear();
@@ -732,9 +738,9 @@ impl OverlapGraph<'_> {
             if *side != Side::Local {
                 continue;
             }
-            let ids = self.ids(Side::Local, probe, base);
-            let own_live = self.label(Side::Local, &ids).filter(|(l, _)| *l);
-            for &id in &ids {
+            let ids = self.local.uses_at(probe, base);
+            let own_live = self.label(Side::Local, probe, base).filter(|(l, _)| *l);
+            for &id in ids {
                 let Some(owner) = self.uses[id as usize].owner else {
                     continue;
                 };
@@ -745,8 +751,7 @@ impl OverlapGraph<'_> {
                     (Some((_, l)), _) => l.clone(),
                     (None, Some(p)) => {
                         let (pside, pbase) = &c.nodes[p];
-                        let pids = self.ids(*pside, probe, pbase);
-                        match self.label(*pside, &pids) {
+                        match self.label(*pside, probe, pbase) {
                             Some((_, l)) => l,
                             None => continue,
                         }

@@ -5,13 +5,17 @@
 //! carrying `metadata.resourceVersion`: a concurrent writer makes it fail with 409, and then the
 //! patch is rebuilt from a fresh read, so nobody's update is lost.
 
+use std::collections::HashMap;
+
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use serde_json::{Map, Value, json};
 
 use crate::model::{ANNOTATION_DELETION_ATTEMPTS, ANNOTATION_PROBED_FILES};
 use crate::nodes::{compress, decompress};
-use crate::outcome::{CONDITION_GC_ERROR, ConditionChange, FinalizerChange, StatusUpdate};
+use crate::outcome::{
+    CONDITION_GC_ERROR, ConditionChange, DeletedArtifact, FinalizerChange, StatusUpdate,
+};
 
 /// Why a patch could not be built or applied.
 #[derive(Debug, thiserror::Error)]
@@ -46,13 +50,19 @@ pub fn merge_patch(
     let raw_status = &raw["status"];
 
     if !update.deleted.is_empty() {
+        // By node, once: a workflow may have tens of thousands of both.
+        let mut by_node: HashMap<&str, Vec<&DeletedArtifact>> = HashMap::new();
+        for d in &update.deleted {
+            by_node.entry(d.node.as_str()).or_default().push(d);
+        }
         let plain = raw_status["nodes"].as_object().filter(|n| !n.is_empty());
         if let Some(nodes) = plain {
             let mut patch_nodes = Map::new();
-            for (id, node) in nodes {
+            for (id, deleted) in &by_node {
+                let Some(node) = nodes.get(*id) else { continue };
                 let mut arts = node["outputs"]["artifacts"].clone();
-                if mark_deleted(id, &mut arts, update) {
-                    patch_nodes.insert(id.clone(), json!({"outputs": {"artifacts": arts}}));
+                if mark_deleted(&mut arts, deleted) {
+                    patch_nodes.insert(id.to_string(), json!({"outputs": {"artifacts": arts}}));
                 }
             }
             if !patch_nodes.is_empty() {
@@ -64,9 +74,13 @@ pub fn merge_patch(
             let mut nodes: Map<String, Value> = serde_json::from_slice(&bytes)
                 .map_err(|e| format!("status.compressedNodes: {e}"))?;
             let mut changed = false;
-            for (id, node) in nodes.iter_mut() {
-                if let Some(arts) = node.get_mut("outputs").and_then(|o| o.get_mut("artifacts")) {
-                    changed |= mark_deleted(id, arts, update);
+            for (id, deleted) in &by_node {
+                if let Some(arts) = nodes
+                    .get_mut(*id)
+                    .and_then(|n| n.get_mut("outputs"))
+                    .and_then(|o| o.get_mut("artifacts"))
+                {
+                    changed |= mark_deleted(arts, deleted);
                 }
             }
             if changed {
@@ -164,14 +178,14 @@ pub fn merge_patch(
     Ok(Some(Value::Object(patch)))
 }
 
-/// Sets `deleted: true` on the artifacts of node `id` named in `update`; true if any changed.
+/// Sets `deleted: true` on one node's artifacts named in `deleted`; true if any changed.
 /// The index is checked against the name, and the name is searched if they disagree.
-fn mark_deleted(id: &str, arts: &mut Value, update: &StatusUpdate) -> bool {
+fn mark_deleted(arts: &mut Value, deleted: &[&DeletedArtifact]) -> bool {
     let Some(list) = arts.as_array_mut() else {
         return false;
     };
     let mut changed = false;
-    for d in update.deleted.iter().filter(|d| d.node == id) {
+    for d in deleted {
         let at = if list
             .get(d.index)
             .is_some_and(|a| a["name"] == d.name.as_str())

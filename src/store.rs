@@ -452,20 +452,25 @@ impl ObjectStore {
     }
 
     /// Lists every object under `prefix`, at most `limit` of them (more is an error: a bound
-    /// on what one artifact may delete).
+    /// on what one artifact may delete). `stopped` is asked before every page after the first:
+    /// a long listing ends `cancelled` on shutdown or lost leadership.
     pub async fn list(
         &self,
         client: &StoreClient,
         bucket: &str,
         prefix: &str,
         limit: usize,
+        stopped: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<StoredObject>, StoreError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         // A page holds up to 1,000 keys; a store that keeps answering "more" past what the
         // bound allows (empty pages, a repeated token) is cut off.
         let max_pages = limit / 1000 + 3;
-        for _ in 0..max_pages {
+        for page_no in 0..max_pages {
+            if page_no > 0 && stopped() {
+                return Err(StoreError::cancelled());
+            }
             let page = {
                 let _permit = self.permit(client).await;
                 client

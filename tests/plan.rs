@@ -844,7 +844,7 @@ fn an_indexed_live_use_keeps_and_an_indexed_due_use_does_not() {
     let Decision::Keep(KeepReason::Shared(by)) = &art(&plan, "a", "out").decision else {
         panic!("expected shared")
     };
-    assert!(by.contains("ns/b artifact out"), "{by}");
+    assert!(by.contains("ns/b (key my-file)"), "{by}");
     // b wants it gone too (due, or kept earlier only for a): nobody else needs it.
     let due = index_of(vec![fixed("b", "OnWorkflowCompletion", "my-file")]);
     let plan = plan_against(fixed("a", "OnWorkflowCompletion", "my-file"), &due);

@@ -194,6 +194,40 @@ async fn an_endless_listing_is_cut_off() {
     assert_eq!(lists, 5_000 / 1000 + 3, "pages asked for");
 }
 
+/// A listing stops at the next page once the pass is told to stop (shutdown, lost leadership):
+/// it does not run on to its page bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_listing_stops_at_the_next_page_when_the_pass_is_stopped() {
+    struct StopAfter<'a>(&'a FaultProxy, usize);
+    impl artgc::execute::Progress for StopAfter<'_> {
+        fn stopped(&self) -> bool {
+            self.0.log().iter().filter(|r| r.method == "GET").count() >= self.1
+        }
+    }
+    let srv = S3Server::start().await;
+    let proxy = FaultProxy::start(&srv.endpoint).await;
+    let b = srv.bucket("stopped").await;
+    let w = workflow("ns", "w").node(
+        "n1",
+        "t",
+        vec![on_server(&srv, &proxy.endpoint, "dir", &b, "w/dir/", "s3")],
+    );
+    let plan = plan_due(
+        vec![w],
+        vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)],
+    );
+    proxy.add_rule(FaultRule::endless_listing(usize::MAX));
+    let opts = StoreOptions {
+        max_objects_per_artifact: 100_000,
+        ..Default::default()
+    };
+    let exec = execute(&plan, &ObjectStore::new(opts), false, &StopAfter(&proxy, 3)).await;
+    let e = exec.get(0, 0).unwrap().error.clone().expect("stopped");
+    assert_eq!(e.category(), "cancelled", "{e}");
+    let lists = proxy.log().iter().filter(|r| r.method == "GET").count();
+    assert_eq!(lists, 3, "pages asked for before the stop was seen");
+}
+
 /// A slow endpoint holds at most its own places: a fast endpoint's pass, sharing the store,
 /// is done long before the slow one's first answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

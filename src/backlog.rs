@@ -1,0 +1,242 @@
+//! What the watch saw and the indexer has not yet read: the latest change of each workflow,
+//! in arrival order. A workflow that changes again before it is read is read once, at its
+//! latest state (a big Workflow patched many times costs one read, not one per patch); one
+//! workflow is read by one indexer at a time, so its changes apply in order; and the watch
+//! waits while the waiting objects' text passes a byte budget, so a burst of big Workflows
+//! cannot fill memory.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use crate::api::WatchedWorkflow;
+
+#[derive(Debug)]
+pub enum Change {
+    Apply(Box<WatchedWorkflow>),
+    /// Changed, and too big to keep waiting: the indexer reads it again from the API server.
+    Reread,
+    Delete,
+}
+
+impl Change {
+    fn bytes(&self) -> usize {
+        match self {
+            Change::Apply(wf) => wf.raw.get().len(),
+            Change::Reread | Change::Delete => 0,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    latest: HashMap<String, Change>,
+    order: VecDeque<String>,
+    /// Keys being read, with the bytes they hold.
+    in_flight: HashMap<String, usize>,
+    bytes: usize,
+}
+
+pub struct Backlog {
+    inner: Mutex<Inner>,
+    work: Notify,
+    room: Notify,
+    budget: usize,
+}
+
+impl Backlog {
+    pub fn new(budget: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            work: Notify::new(),
+            room: Notify::new(),
+            budget: budget.max(1),
+        }
+    }
+
+    /// Records a workflow's latest change; waits while the backlog is over its budget (one
+    /// change bigger than the whole budget goes in alone).
+    pub async fn push(&self, key: String, change: Change) {
+        let size = change.bytes();
+        loop {
+            let room = self.room.notified();
+            {
+                let mut q = self.inner.lock().expect("lock");
+                if q.bytes == 0 || q.bytes + size <= self.budget {
+                    q.bytes += size;
+                    if let Some(old) = q.latest.insert(key.clone(), change) {
+                        q.bytes -= old.bytes();
+                    } else if !q.in_flight.contains_key(&key) {
+                        q.order.push_back(key);
+                    }
+                    drop(q);
+                    self.work.notify_waiters();
+                    return;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// The next workflow whose latest change `mine` accepts, and that change; it is in flight
+    /// until [`Self::done`]. Indexers of different kinds take different changes, so that slow
+    /// ones (big Workflows) never hold up the others.
+    pub async fn take(&self, mine: impl Fn(&Change) -> bool) -> (String, Change) {
+        loop {
+            let work = self.work.notified();
+            {
+                let mut q = self.inner.lock().expect("lock");
+                let q = &mut *q;
+                q.order.retain(|k| q.latest.contains_key(k));
+                let at = q.order.iter().position(|k| mine(&q.latest[k]));
+                if let Some(i) = at {
+                    let key = q.order.remove(i).expect("found");
+                    let change = q.latest.remove(&key).expect("pending");
+                    q.in_flight.insert(key.clone(), change.bytes());
+                    return (key, change);
+                }
+            }
+            work.await;
+        }
+    }
+
+    /// `key` was read; a change that came meanwhile is queued behind the others.
+    pub fn done(&self, key: &str) {
+        let mut q = self.inner.lock().expect("lock");
+        if let Some(bytes) = q.in_flight.remove(key) {
+            q.bytes -= bytes;
+        }
+        if q.latest.contains_key(key) {
+            q.order.push_back(key.to_string());
+            self.work.notify_waiters();
+        }
+        drop(q);
+        self.room.notify_waiters();
+    }
+
+    /// Drops the waiting changes of the workflows `keep` refuses (gone in a re-list).
+    pub fn discard(&self, keep: impl Fn(&str) -> bool) {
+        let mut q = self.inner.lock().expect("lock");
+        let gone: Vec<String> = q.latest.keys().filter(|k| !keep(k)).cloned().collect();
+        for k in gone {
+            if let Some(c) = q.latest.remove(&k) {
+                q.bytes -= c.bytes();
+            }
+        }
+        drop(q);
+        self.room.notify_waiters();
+    }
+
+    /// Waits until every change recorded so far has been read.
+    pub async fn idle(&self) {
+        loop {
+            let room = self.room.notified();
+            {
+                let q = self.inner.lock().expect("lock");
+                if q.latest.is_empty() && q.in_flight.is_empty() {
+                    return;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Workflows waiting or being read.
+    pub fn len(&self) -> usize {
+        let q = self.inner.lock().expect("lock");
+        let waiting: HashSet<&String> = q.latest.keys().collect();
+        waiting.len() + q.in_flight.keys().filter(|k| !waiting.contains(k)).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn wf(name: &str, pad: usize) -> Change {
+        let text = format!(
+            r#"{{"metadata":{{"name":"{name}","namespace":"ns"}},"pad":"{}"}}"#,
+            "x".repeat(pad)
+        );
+        Change::Apply(Box::new(serde_json::from_str(&text).unwrap()))
+    }
+
+    fn name(c: &Change) -> String {
+        match c {
+            Change::Apply(w) => w.metadata.name.clone().unwrap_or_default(),
+            Change::Delete => "deleted".into(),
+            Change::Reread => "reread".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_coalesce_and_one_workflow_is_read_once_at_a_time() {
+        let b = Backlog::new(1 << 20);
+        b.push("ns/a".into(), wf("a1", 0)).await;
+        b.push("ns/b".into(), wf("b1", 0)).await;
+        b.push("ns/a".into(), wf("a2", 0)).await;
+        let (k, c) = b.take(|_| true).await;
+        assert_eq!(
+            (k.as_str(), name(&c).as_str()),
+            ("ns/a", "a2"),
+            "only the latest"
+        );
+        // a changes while it is read: not handed out again until done.
+        b.push("ns/a".into(), Change::Delete).await;
+        let (k, _) = b.take(|_| true).await;
+        assert_eq!(k, "ns/b");
+        let again = tokio::time::timeout(Duration::from_millis(50), b.take(|_| true)).await;
+        assert!(again.is_err(), "a is in flight");
+        b.done("ns/a");
+        let (k, c) = b.take(|_| true).await;
+        assert_eq!((k.as_str(), name(&c).as_str()), ("ns/a", "deleted"));
+        b.done("ns/a");
+        b.done("ns/b");
+        assert!(b.is_empty());
+        // An indexer takes only what it handles; the rest waits for its own.
+        b.push("ns/big".into(), Change::Reread).await;
+        b.push("ns/small".into(), wf("small", 0)).await;
+        let small = |c: &Change| !matches!(c, Change::Reread);
+        let (k, _) = b.take(small).await;
+        assert_eq!(k, "ns/small");
+        let none = tokio::time::timeout(Duration::from_millis(50), b.take(small)).await;
+        assert!(none.is_err());
+        let (k, _) = b.take(|c| matches!(c, Change::Reread)).await;
+        assert_eq!(k, "ns/big");
+        b.done("ns/small");
+        b.done("ns/big");
+        tokio::time::timeout(Duration::from_millis(50), b.idle())
+            .await
+            .expect("idle");
+    }
+
+    #[tokio::test]
+    async fn the_watch_waits_while_the_backlog_is_over_budget() {
+        let b = Arc::new(Backlog::new(10_000));
+        b.push("ns/big".into(), wf("big", 50_000)).await;
+        let pusher = {
+            let b = b.clone();
+            tokio::spawn(async move { b.push("ns/next".into(), wf("next", 10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!pusher.is_finished(), "over budget: the push waits");
+        let (k, _) = b.take(|_| true).await;
+        assert_eq!(k, "ns/big");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!pusher.is_finished(), "still held while it is read");
+        b.done("ns/big");
+        tokio::time::timeout(Duration::from_secs(1), pusher)
+            .await
+            .expect("room again")
+            .unwrap();
+        b.discard(|k| k != "ns/next");
+        assert!(b.is_empty());
+    }
+}

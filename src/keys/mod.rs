@@ -1,0 +1,749 @@
+//! Which S3 keys overlap, and the index of keys that workflows outside one plan still use.
+//!
+//! An artifact's key reaches the key itself and everything under `key/`; so two keys overlap when
+//! their bases (the key without trailing `/`) are equal or one is a `/`-ancestor of the other.
+//! `w/dir` and `w/dir2` never overlap.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::location::S3Target;
+
+mod runs;
+
+fn normalize_endpoint(e: &str) -> String {
+    let e = e.split_once("://").map_or(e, |(_, rest)| rest);
+    e.trim_end_matches('/').to_ascii_lowercase()
+}
+
+fn base(key: &str) -> &str {
+    key.trim_end_matches('/')
+}
+
+/// Ids of uses by bucket and key base.
+#[derive(Debug, Default)]
+pub struct OverlapIndex {
+    buckets: HashMap<(String, String), BTreeMap<Arc<str>, Vec<u32>>>,
+}
+
+impl OverlapIndex {
+    fn bucket_of(target: &S3Target) -> (String, String) {
+        let store = if target.store.is_empty() {
+            normalize_endpoint(&target.endpoint)
+        } else {
+            target.store.clone()
+        };
+        (store, target.bucket.clone())
+    }
+
+    /// Adds a use; returns the shared key text, for callers that keep it. A use of the whole
+    /// bucket is not indexed: it would make every key of the bucket "shared" for everyone (a
+    /// `Never` artifact at a bucket root pinning other tenants' keys), and artgc never deletes
+    /// a bucket root itself.
+    pub fn insert(&mut self, target: &S3Target, id: u32) -> Arc<str> {
+        let b = base(&target.key);
+        if b.is_empty() {
+            return Arc::from("");
+        }
+        let map = self.buckets.entry(Self::bucket_of(target)).or_default();
+        if let Some((k, _)) = map.get_key_value(b) {
+            let k = k.clone();
+            map.get_mut(&*k).expect("present").push(id);
+            return k;
+        }
+        let k: Arc<str> = Arc::from(b);
+        map.insert(k.clone(), vec![id]);
+        k
+    }
+
+    pub fn remove(&mut self, target: &S3Target, id: u32) {
+        let bucket = Self::bucket_of(target);
+        let Some(map) = self.buckets.get_mut(&bucket) else {
+            return;
+        };
+        let b = base(&target.key);
+        if b.is_empty() {
+            return;
+        }
+        if let Some(ids) = map.get_mut(b) {
+            ids.retain(|&i| i != id);
+            if ids.is_empty() {
+                map.remove(b);
+            }
+        }
+        if map.is_empty() {
+            self.buckets.remove(&bucket);
+        }
+    }
+
+    /// The uses at exactly `base` in `target`'s bucket.
+    pub fn uses_at(&self, target: &S3Target, base: &str) -> &[u32] {
+        self.buckets
+            .get(&Self::bucket_of(target))
+            .and_then(|map| map.get(base))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The key bases (with their uses) that overlap `target`'s, its own included: ancestors,
+    /// the same base, descendants.
+    pub fn overlapping_bases<'a>(
+        &'a self,
+        target: &S3Target,
+        out: &mut Vec<(&'a Arc<str>, &'a [u32])>,
+    ) {
+        let Some(map) = self.buckets.get(&Self::bucket_of(target)) else {
+            return;
+        };
+        let b = base(&target.key);
+        if b.is_empty() {
+            return;
+        }
+        for (i, _) in b.match_indices('/') {
+            if i > 0
+                && let Some((k, ids)) = map.get_key_value(&b[..i])
+            {
+                out.push((k, ids));
+            }
+        }
+        let lower = format!("{b}/");
+        if let Some((k, ids)) = map.get_key_value(b) {
+            out.push((k, ids));
+        }
+        let range = map.range::<str, _>((Bound::Included(lower.as_str()), Bound::Unbounded));
+        for (k, ids) in range {
+            if !k.starts_with(&lower) {
+                break;
+            }
+            out.push((k, ids));
+        }
+    }
+
+    /// Every use whose key overlaps what `target` may touch.
+    pub fn overlapping(&self, target: &S3Target, out: &mut Vec<u32>) {
+        let Some(map) = self.buckets.get(&Self::bucket_of(target)) else {
+            return;
+        };
+        let b = base(&target.key);
+        if let Some(ids) = map.get(b) {
+            out.extend(ids);
+        }
+        // Ancestors (never the bucket root: see `insert`).
+        for (i, _) in b.match_indices('/') {
+            if i > 0
+                && let Some(ids) = map.get(&b[..i])
+            {
+                out.extend(ids);
+            }
+        }
+        // Descendants.
+        let lower = if b.is_empty() {
+            String::new()
+        } else {
+            format!("{b}/")
+        };
+        let range = map.range::<str, _>((Bound::Included(lower.as_str()), Bound::Unbounded));
+        for (k, ids) in range {
+            if !k.starts_with(&lower) {
+                break;
+            }
+            if **k != *b {
+                out.extend(ids);
+            }
+        }
+    }
+}
+
+/// The workflow's own folder in `key`: the path up to a segment equal to its name.
+fn own_folder<'k>(key: &'k str, name: &str) -> Option<&'k str> {
+    if name.is_empty() {
+        return None;
+    }
+    let mut end = 0;
+    for seg in key.split('/') {
+        end += seg.len();
+        if seg == name {
+            // Only a folder: the key must go on below it.
+            return (key.len() > end + 1).then(|| &key[..end]);
+        }
+        end += 1;
+    }
+    None
+}
+
+/// One key a workflow uses, as the index stores it.
+#[derive(Debug, Clone)]
+pub struct WorkflowKeyUse {
+    pub target: S3Target,
+    /// The workflow wants this artifact deleted now (it is due, not kept for its own reasons);
+    /// such a use protects nothing unless it is itself kept for another live use.
+    pub due: bool,
+    /// Names the use, e.g. `ns/wf artifact out (node n1)`.
+    pub label: String,
+}
+
+/// A use found in the index: whose it is, and whether that workflow wants it deleted now.
+#[derive(Debug, Clone)]
+pub struct IndexedUse {
+    pub workflow: Arc<str>,
+    pub due: bool,
+}
+
+impl IndexedUse {
+    /// What a kept artifact names: the workflow and the key base it uses.
+    pub fn label(&self, base: &str) -> String {
+        format!("{} (key {base})", self.workflow)
+    }
+}
+
+/// Entries the overlay takes before it is written out as a run.
+const OVERLAY_ENTRIES: usize = 4096;
+/// The tag's bit for a due use; the rest is the slot.
+const DUE: u32 = 1 << 31;
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// The workflow, while this slot holds its current uses; `None` once replaced or removed.
+    workflow: Option<Arc<str>>,
+    /// Entries in the runs and the overlay that carry this slot.
+    refs: u32,
+    /// Hash of the uses, to skip re-indexing a workflow whose keys did not change.
+    fingerprint: u64,
+}
+
+/// The keys used by workflows outside the plan at hand: the controller keeps one, fed from its
+/// watch, so that each workflow's plan sees every other workflow's keys without listing them.
+///
+/// Built for 100,000s of workflows: entries are `(store, bucket, key base) -> slot` in sorted,
+/// front-coded runs (see [`runs`]) plus a small overlay of recent ones, merged as runs of equal
+/// size meet (each entry is rewritten O(log n) times). Replacing or removing a workflow only
+/// retires its slot; its entries are dropped at the next merge that reaches them, and the
+/// whole index is rewritten once retired entries outnumber live ones.
+#[derive(Debug, Default)]
+pub struct KeyIndex {
+    runs: Vec<runs::Run>,
+    overlay: BTreeMap<Box<[u8]>, Vec<u32>>,
+    overlay_entries: usize,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    by_workflow: HashMap<Arc<str>, u32>,
+    live: usize,
+    retired: usize,
+}
+
+/// The sort key of a base: store and bucket, length-prefixed so that no two spell the same
+/// bytes, then the base. Every key of a bucket shares the prefix, which front coding absorbs.
+fn sort_key(target: &S3Target, base: &str) -> Vec<u8> {
+    let (store, bucket) = OverlapIndex::bucket_of(target);
+    let mut k = Vec::with_capacity(8 + store.len() + bucket.len() + base.len());
+    for part in [store.as_bytes(), bucket.as_bytes()] {
+        k.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        k.extend_from_slice(part);
+    }
+    k.extend_from_slice(base.as_bytes());
+    k
+}
+
+impl KeyIndex {
+    /// The index key of a workflow.
+    pub fn workflow_key(namespace: &str, name: &str) -> String {
+        format!("{namespace}/{name}")
+    }
+
+    /// Replaces what the index holds for one workflow.
+    ///
+    /// Uses under the workflow's own folder (a key path segment equal to its name, as Argo's
+    /// default key format `{{workflow.name}}/{{pod.name}}` makes them) are held as one entry
+    /// for that folder, live if any of them is: most keys are there, and a query can only be
+    /// more cautious for it. Other keys (fixed keys, another workflow's outputs read as
+    /// inputs) are held one by one. A use of a bucket's root is not indexed (see
+    /// [`OverlapIndex::insert`]), nor a key longer than S3 allows many times over.
+    pub fn set_workflow(&mut self, workflow: &str, uses: Vec<WorkflowKeyUse>) {
+        let name = workflow.rsplit_once('/').map_or(workflow, |(_, n)| n);
+        let mut entries: Vec<(Vec<u8>, bool)> = Vec::with_capacity(uses.len());
+        for u in &uses {
+            let b = base(&u.target.key);
+            if b.is_empty() {
+                continue;
+            }
+            let b = own_folder(b, name).unwrap_or(b);
+            let k = sort_key(&u.target, b);
+            if k.len() <= runs::MAX_KEY {
+                entries.push((k, u.due));
+            }
+        }
+        // One entry per base, live if any use of it is.
+        entries.sort();
+        entries.dedup_by(|next, kept| {
+            if next.0 == kept.0 {
+                kept.1 &= next.1;
+                true
+            } else {
+                false
+            }
+        });
+        let fingerprint = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            entries.hash(&mut h);
+            h.finish()
+        };
+        if let Some(&slot) = self.by_workflow.get(workflow)
+            && self.slots[slot as usize].fingerprint == fingerprint
+        {
+            return;
+        }
+        self.remove_workflow(workflow);
+        if entries.is_empty() {
+            return;
+        }
+        let wf: Arc<str> = Arc::from(workflow);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(Slot::default());
+                u32::try_from(self.slots.len() - 1)
+                    .ok()
+                    .filter(|s| s & DUE == 0)
+                    .expect("fewer than 2^31 workflows indexed")
+            }
+        };
+        self.slots[slot as usize] = Slot {
+            workflow: Some(wf.clone()),
+            refs: entries.len() as u32,
+            fingerprint,
+        };
+        self.live += entries.len();
+        self.overlay_entries += entries.len();
+        for (k, due) in entries {
+            let tag = slot | if due { DUE } else { 0 };
+            self.overlay
+                .entry(k.into_boxed_slice())
+                .or_default()
+                .push(tag);
+        }
+        self.by_workflow.insert(wf, slot);
+        if self.overlay_entries >= OVERLAY_ENTRIES {
+            self.flush();
+        }
+    }
+
+    pub fn remove_workflow(&mut self, workflow: &str) {
+        let Some(slot) = self.by_workflow.remove(workflow) else {
+            return;
+        };
+        let s = &mut self.slots[slot as usize];
+        s.workflow = None;
+        self.live -= s.refs as usize;
+        self.retired += s.refs as usize;
+        if s.refs == 0 {
+            self.free.push(slot);
+        }
+        if self.retired > self.live.max(OVERLAY_ENTRIES * 4) {
+            self.compact();
+        }
+    }
+
+    /// Keeps only the workflows for which `keep` says yes.
+    pub fn retain_workflows(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let gone: Vec<Arc<str>> = self
+            .by_workflow
+            .keys()
+            .filter(|k| !keep(k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.remove_workflow(&k);
+        }
+    }
+
+    /// Key uses indexed (one per base and workflow).
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Workflows indexed.
+    pub fn workflows(&self) -> usize {
+        self.by_workflow.len()
+    }
+
+    /// Bytes the index holds in its runs (the bulk of it), for a gauge.
+    pub fn run_bytes(&self) -> usize {
+        self.runs.iter().map(runs::Run::heap_bytes).sum()
+    }
+
+    fn alive(&self, tag: u32) -> bool {
+        self.slots[(tag & !DUE) as usize].workflow.is_some()
+    }
+
+    /// Drops a retired entry: its slot is free once none is left.
+    fn drop_entry(slots: &mut [Slot], free: &mut Vec<u32>, retired: &mut usize, tag: u32) {
+        let s = &mut slots[(tag & !DUE) as usize];
+        s.refs -= 1;
+        *retired -= 1;
+        if s.refs == 0 {
+            free.push(tag & !DUE);
+        }
+    }
+
+    /// Writes the overlay out as a run, then merges the newest runs while the older is not
+    /// more than twice the newer.
+    fn flush(&mut self) {
+        if self.overlay.is_empty() {
+            return;
+        }
+        let overlay = std::mem::take(&mut self.overlay);
+        self.overlay_entries = 0;
+        let Self {
+            slots,
+            free,
+            retired,
+            ..
+        } = self;
+        let mut b = runs::Builder::default();
+        for (k, tags) in &overlay {
+            for &t in tags {
+                if slots[(t & !DUE) as usize].workflow.is_some() {
+                    b.push(k, t);
+                } else {
+                    Self::drop_entry(slots, free, retired, t);
+                }
+            }
+        }
+        self.runs.push(b.finish());
+        while self.runs.len() >= 2 {
+            let n = self.runs.len();
+            if self.runs[n - 2].len() > 2 * self.runs[n - 1].len() {
+                break;
+            }
+            let newer = self.runs.pop().expect("two runs");
+            let older = self.runs.pop().expect("two runs");
+            let merged = self.merge(&[&older, &newer]);
+            self.runs.push(merged);
+        }
+    }
+
+    fn merge(&mut self, parts: &[&runs::Run]) -> runs::Run {
+        let Self {
+            slots,
+            free,
+            retired,
+            ..
+        } = self;
+        runs::merge(parts, |t| {
+            if slots[(t & !DUE) as usize].workflow.is_some() {
+                true
+            } else {
+                Self::drop_entry(slots, free, retired, t);
+                false
+            }
+        })
+    }
+
+    /// Rewrites every entry into one run, without the retired ones.
+    fn compact(&mut self) {
+        self.flush();
+        let all = std::mem::take(&mut self.runs);
+        let refs: Vec<&runs::Run> = all.iter().collect();
+        let merged = self.merge(&refs);
+        drop(refs);
+        drop(all);
+        if merged.len() > 0 {
+            self.runs.push(merged);
+        }
+    }
+
+    /// Calls `f` with each live entry at exactly `key`.
+    fn each_at(&self, key: &[u8], mut f: impl FnMut(u32)) {
+        for run in &self.runs {
+            let mut c = run.seek(key);
+            while let Some((k, t)) = c.next_entry() {
+                if k != key {
+                    break;
+                }
+                if self.alive(t) {
+                    f(t);
+                }
+            }
+        }
+        if let Some(tags) = self.overlay.get(key) {
+            tags.iter().filter(|&&t| self.alive(t)).for_each(|&t| f(t));
+        }
+    }
+
+    fn use_of(&self, tag: u32) -> IndexedUse {
+        IndexedUse {
+            workflow: self.slots[(tag & !DUE) as usize]
+                .workflow
+                .clone()
+                .expect("alive"),
+            due: tag & DUE != 0,
+        }
+    }
+
+    /// The uses at exactly `base` in `target`'s bucket.
+    pub fn uses_at(&self, target: &S3Target, base: &str) -> Vec<IndexedUse> {
+        let mut out = Vec::new();
+        if base.is_empty() {
+            return out;
+        }
+        self.each_at(&sort_key(target, base), |t| out.push(self.use_of(t)));
+        out
+    }
+
+    /// The key bases overlapping `target`'s (ancestors, the same base, descendants) that hold
+    /// a use by a workflow `counts` accepts.
+    pub fn overlapping_bases(
+        &self,
+        target: &S3Target,
+        counts: impl Fn(&str) -> bool,
+        out: &mut Vec<String>,
+    ) {
+        let b = base(&target.key);
+        if b.is_empty() {
+            return;
+        }
+        let counted = |t: u32| {
+            self.slots[(t & !DUE) as usize]
+                .workflow
+                .as_deref()
+                .is_some_and(&counts)
+        };
+        let bucket = sort_key(target, "");
+        let mut probe = bucket.clone();
+        let ancestors = b.match_indices('/').map(|(i, _)| i).filter(|&i| i > 0);
+        for end in ancestors.chain([b.len()]) {
+            probe.truncate(bucket.len());
+            probe.extend_from_slice(&b.as_bytes()[..end]);
+            let mut found = false;
+            self.each_at(&probe, |t| found |= counted(t));
+            if found {
+                out.push(b[..end].to_string());
+            }
+        }
+        // Descendants, from every run and the overlay; a base may be in several.
+        let mut lower = bucket.clone();
+        lower.extend_from_slice(b.as_bytes());
+        lower.push(b'/');
+        let mut below: Vec<String> = Vec::new();
+        let text = |k: &[u8]| String::from_utf8_lossy(&k[bucket.len()..]).into_owned();
+        for run in &self.runs {
+            let mut c = run.seek(&lower);
+            while let Some((k, t)) = c.next_entry() {
+                if !k.starts_with(&lower) {
+                    break;
+                }
+                if counted(t)
+                    && below
+                        .last()
+                        .is_none_or(|l| l.as_bytes() != &k[bucket.len()..])
+                {
+                    below.push(text(k));
+                }
+            }
+        }
+        let range = self
+            .overlay
+            .range::<[u8], _>((Bound::Included(lower.as_slice()), Bound::Unbounded));
+        for (k, tags) in range {
+            if !k.starts_with(&lower) {
+                break;
+            }
+            if tags.iter().any(|&t| counted(t)) {
+                below.push(text(k));
+            }
+        }
+        below.sort_unstable();
+        below.dedup();
+        out.extend(below);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(key: &str) -> S3Target {
+        S3Target {
+            endpoint: "http://Minio:9000/".into(),
+            bucket: "b".into(),
+            key: key.into(),
+            store: String::new(),
+        }
+    }
+
+    fn hits(idx: &OverlapIndex, key: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        idx.overlapping(&t(key), &mut out);
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn overlap_is_equal_base_or_ancestor_at_a_slash() {
+        let mut idx = OverlapIndex::default();
+        for (i, k) in ["w/dir", "w/dir2/", "w/dir/f.txt", "w/other.tgz", "x/"]
+            .iter()
+            .enumerate()
+        {
+            idx.insert(&t(k), i as u32);
+        }
+        assert_eq!(hits(&idx, "w/dir/"), vec![0, 2]);
+        assert_eq!(hits(&idx, "w/dir"), vec![0, 2]);
+        assert_eq!(hits(&idx, "w/dir2"), vec![1]);
+        assert_eq!(hits(&idx, "w/"), vec![0, 1, 2, 3]);
+        assert_eq!(hits(&idx, "w/dir/f.txt/"), vec![0, 2]);
+        assert_eq!(hits(&idx, "x/y"), vec![4]);
+        assert_eq!(hits(&idx, "w/d"), Vec::<u32>::new());
+        idx.remove(&t("w/dir"), 0);
+        assert_eq!(hits(&idx, "w/dir"), vec![2]);
+        let mut other = Vec::new();
+        let mut elsewhere = t("w/dir");
+        elsewhere.bucket = "c".into();
+        idx.overlapping(&elsewhere, &mut other);
+        assert!(other.is_empty());
+    }
+
+    #[test]
+    fn a_workflows_own_folder_is_one_entry_live_if_any_use_is() {
+        assert_eq!(own_folder("wf/wf-1/out.tgz", "wf"), Some("wf"));
+        assert_eq!(own_folder("a/2026/wf/x", "wf"), Some("a/2026/wf"));
+        assert_eq!(own_folder("wf", "wf"), None);
+        assert_eq!(own_folder("wf/", "wf"), None);
+        assert_eq!(own_folder("wfx/a", "wf"), None);
+        let mut idx = KeyIndex::default();
+        let u = |k: &str, due: bool| WorkflowKeyUse {
+            target: t(k),
+            due,
+            label: k.into(),
+        };
+        idx.set_workflow(
+            "ns/wf",
+            vec![
+                u("wf/wf-1/a.tgz", true),
+                u("wf/wf-2/b.tgz", false),
+                u("fixed", true),
+            ],
+        );
+        assert_eq!(idx.len(), 2);
+        assert_eq!(bases(&idx, "wf/wf-9/other"), ["wf"], "the folder covers it");
+        let folder = idx.uses_at(&t("x"), "wf");
+        assert_eq!(folder.len(), 1);
+        assert!(!folder[0].due, "live: one of its uses is");
+        assert_eq!(folder[0].label("wf"), "ns/wf (key wf)");
+        assert!(bases(&idx, "wfx/a").is_empty());
+    }
+
+    fn bases(idx: &KeyIndex, key: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        idx.overlapping_bases(&t(key), |_| true, &mut out);
+        out
+    }
+
+    /// Workflows with a use overlapping `key`.
+    fn users(idx: &KeyIndex, key: &str) -> Vec<String> {
+        let mut out: Vec<String> = bases(idx, key)
+            .iter()
+            .flat_map(|b| idx.uses_at(&t(key), b))
+            .map(|u| u.workflow.to_string())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn key_index_replaces_and_removes_a_workflows_uses() {
+        let mut idx = KeyIndex::default();
+        let u = |k: &str| WorkflowKeyUse {
+            target: t(k),
+            due: false,
+            label: k.into(),
+        };
+        idx.set_workflow("ns/a", vec![u("a/1"), u("shared")]);
+        idx.set_workflow("ns/b", vec![u("shared/x")]);
+        assert_eq!(users(&idx, "shared"), vec!["ns/a", "ns/b"]);
+        idx.set_workflow("ns/a", vec![u("a/2")]);
+        assert_eq!(users(&idx, "shared"), vec!["ns/b"]);
+        assert_eq!(idx.len(), 2);
+        idx.remove_workflow("ns/b");
+        idx.remove_workflow("ns/a");
+        assert!(idx.is_empty());
+        assert!(idx.by_workflow.is_empty());
+    }
+
+    /// The index against a plain list of uses, through enough churn to flush, merge and
+    /// compact many times: every query answers as the list does.
+    #[test]
+    fn the_index_answers_as_a_list_would_through_churn() {
+        let mut idx = KeyIndex::default();
+        let mut truth: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for round in 0..30_000u64 {
+            let w = format!("ns/w{}", next(2000));
+            if next(10) == 0 {
+                idx.remove_workflow(&w);
+                truth.remove(&w);
+                continue;
+            }
+            let uses: Vec<(String, bool)> = (0..next(6))
+                .map(|_| {
+                    let depth = 1 + next(3);
+                    let key: Vec<String> = (0..depth).map(|_| format!("d{}", next(12))).collect();
+                    (key.join("/"), next(3) == 0)
+                })
+                .collect();
+            idx.set_workflow(
+                &w,
+                uses.iter()
+                    .map(|(k, due)| WorkflowKeyUse {
+                        target: t(k),
+                        due: *due,
+                        label: String::new(),
+                    })
+                    .collect(),
+            );
+            truth.insert(w, uses);
+            if round % 997 != 0 {
+                continue;
+            }
+            for probe in ["d1", "d1/d2", "d3/d3/d3", "d0/d11", "d5/d5"] {
+                let mut want: Vec<String> = truth
+                    .iter()
+                    .flat_map(|(w, uses)| uses.iter().map(move |(k, _)| (w, k)))
+                    .filter(|(_, k)| {
+                        k.as_str() == probe
+                            || probe.starts_with(&format!("{k}/"))
+                            || k.starts_with(&format!("{probe}/"))
+                    })
+                    .map(|(w, _)| w.clone())
+                    .collect();
+                want.sort();
+                want.dedup();
+                assert_eq!(users(&idx, probe), want, "round {round} probe {probe}");
+            }
+            let live: usize = truth
+                .values()
+                .map(|u| {
+                    let mut k: Vec<&String> = u.iter().map(|(k, _)| k).collect();
+                    k.sort();
+                    k.dedup();
+                    k.len()
+                })
+                .sum();
+            assert_eq!(idx.len(), live);
+        }
+        assert!(idx.runs.len() < 12, "{} runs", idx.runs.len());
+        assert!(idx.slots.len() <= 2000 + idx.free.len(), "slots are reused");
+    }
+}
