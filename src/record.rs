@@ -9,6 +9,8 @@ use std::collections::HashMap;
 
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams};
+
+use crate::api::WatchedWorkflow;
 use serde_json::{Map, Value, json};
 
 use crate::model::{ANNOTATION_DELETION_ATTEMPTS, ANNOTATION_PROBED_FILES};
@@ -259,7 +261,7 @@ pub async fn apply(
     finalizer: &str,
     field_manager: &str,
 ) -> Result<(), RecordError> {
-    patch_fresh(api, raw, field_manager, |cur| {
+    patch_fresh(api, raw, field_manager, false, |cur| {
         merge_patch(cur, update, finalizer)
     })
     .await
@@ -274,20 +276,28 @@ pub async fn mark_probed_files(
     files: &[String],
     field_manager: &str,
 ) -> Result<Option<Value>, RecordError> {
-    patch_fresh(api, raw, field_manager, |cur| {
+    patch_fresh(api, raw, field_manager, true, |cur| {
         probed_files_patch(cur, files)
     })
     .await
 }
 
 /// Builds a patch from the object, applies it, and on 409 rebuilds it from a fresh read of the
-/// same object (same uid). Returns the object as it now stands (`None`: gone or re-created).
+/// same object (same uid). Returns the object as it now stands when `want` (else the patched
+/// one is not parsed: a big Workflow's answer costs as much as reading it), `None` when gone or
+/// re-created.
 async fn patch_fresh(
     api: &Api<DynamicObject>,
     raw: Value,
     field_manager: &str,
+    want: bool,
     build: impl Fn(&Value) -> Result<Option<Value>, String>,
 ) -> Result<Option<Value>, RecordError> {
+    // The answers as text; parsed only where needed.
+    let text_api: Api<WatchedWorkflow> = match api.namespace() {
+        Some(ns) => Api::namespaced(api.clone().into_client(), ns),
+        None => Api::all(api.clone().into_client()),
+    };
     let name = raw["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -302,16 +312,17 @@ async fn patch_fresh(
             field_manager: Some(field_manager.to_string()),
             ..Default::default()
         };
-        match api.patch(&name, &params, &Patch::Merge(&patch)).await {
+        match text_api.patch(&name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) if !want => return Ok(Some(Value::Null)),
             Ok(obj) => {
-                return serde_json::to_value(obj)
+                return serde_json::from_str(obj.raw.get())
                     .map(Some)
                     .map_err(|e| RecordError::Build(e.to_string()));
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
+            Err(kube::Error::Api(s)) if s.code == 409 => match text_api.get_opt(&name).await? {
                 Some(obj) => {
-                    current =
-                        serde_json::to_value(obj).map_err(|e| RecordError::Build(e.to_string()))?;
+                    current = serde_json::from_str(obj.raw.get())
+                        .map_err(|e| RecordError::Build(e.to_string()))?;
                     if !uid.is_null() && current["metadata"]["uid"] != uid {
                         tracing::info!(workflow = %name, "the Workflow was re-created under the same name; nothing recorded on the new one");
                         return Ok(None);
