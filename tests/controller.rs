@@ -1086,3 +1086,64 @@ async fn a_replica_that_loses_its_lease_mid_pass_stops_deleting_and_records_noth
     assert!(!deleted_flag(&w, "big-1", "out"));
     a.kill().await;
 }
+
+/// One tenant's slow store holds at most its namespace's share of the workers: another
+/// namespace's workflow is collected while every slow pass still waits on its store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_slow_store_leaves_workers_for_the_other_namespaces() {
+    use artgc_testkit::FaultProxy;
+    let e = env().await;
+    let proxy = FaultProxy::start(&e.s3.endpoint).await;
+    let slow_ns = "slow-tenant";
+    let mut slow_repo = e.repo();
+    slow_repo["s3"]["endpoint"] = json!(proxy.endpoint);
+    e.kube.seed(secret(
+        slow_ns,
+        "s3-creds",
+        &e.s3.access_key,
+        &e.s3.secret_key,
+    ));
+    e.kube.seed(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "artifact-repositories", "namespace": slow_ns,
+                     "annotations": {"workflows.argoproj.io/default-artifact-repository": "default"}},
+        "data": {"default": serde_json::to_string(&slow_repo).unwrap()},
+    }));
+    // Two workers: one per namespace at most (half of them).
+    let ctl = e.start(|c| c.concurrency = 2).await;
+    proxy.set_latency(Duration::from_secs(4));
+    for i in 0..3 {
+        let name = format!("s{i}");
+        let key = format!("slow/{i}");
+        e.put(&[key.as_str()]).await;
+        e.kube.seed(
+            workflow(slow_ns, &name)
+                .status_repo(slow_repo.clone())
+                .node(
+                    &format!("{name}-1"),
+                    "main",
+                    vec![with_strategy(key_only("a", &key), COMPLETION)],
+                )
+                .0,
+        );
+    }
+    // Let the slow ones take what they can.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    e.put(&["fast/a"]).await;
+    let started = std::time::Instant::now();
+    e.create(e.one("fast", "fast/a", COMPLETION));
+    until("the other namespace's workflow is collected", async || {
+        e.get("fast").is_some_and(|w| processed(&w, COMPLETION))
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "it waited behind the slow store's passes: {took:?}"
+    );
+    assert!(
+        e.keys().await.iter().any(|k| k.starts_with("slow/")),
+        "the slow passes were still running"
+    );
+    ctl.kill().await;
+}
