@@ -261,6 +261,24 @@ fn workflow_in(ns: &str, name: &str, repo: &Value, nodes: Value, completed: bool
             "nodes": nodes}})
 }
 
+/// The objects (1 KiB each) of a workflow's Pod nodes, at their folder-layout keys.
+fn pod_objects(name: &str, nodes: &Value) -> Vec<(String, Vec<u8>)> {
+    nodes
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, node)| node["type"] == "Pod")
+        .map(|(id, _)| (format!("{name}/{id}/out.tgz"), vec![b'x'; 1024]))
+        .collect()
+}
+
+/// What Argo writes when a workflow completes: the label, the phase, `finishedAt`.
+fn completion() -> Value {
+    json!({"metadata": {"labels": {
+            "workflows.argoproj.io/completed": "true", "workflows.argoproj.io/phase": "Succeeded"}},
+        "status": {"phase": "Succeeded", "finishedAt": jiff::Timestamp::now().to_string()}})
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -308,11 +326,7 @@ async fn latency(
         for i in 0..a.slow {
             let name = format!("slow-{i:03}");
             let n = nodes(&name, artifacts, "OnWorkflowCompletion");
-            for (id, node) in n.as_object().unwrap() {
-                if node["type"] == "Pod" {
-                    objects.push((format!("{name}/{id}/out.tgz"), vec![b'x'; 1024]));
-                }
-            }
+            objects.extend(pod_objects(&name, &n));
             kube.seed(workflow_in("slow", &name, &slow_repo, n, false));
             others.push(("slow".into(), name));
         }
@@ -335,11 +349,7 @@ async fn latency(
     for w in 0..workflows {
         let name = format!("lat-{w:05}");
         let n = nodes(&name, artifacts, "OnWorkflowCompletion");
-        for (id, node) in n.as_object().unwrap() {
-            if node["type"] == "Pod" {
-                objects.push((format!("{name}/{id}/out.tgz"), vec![b'x'; 1024]));
-            }
-        }
+        objects.extend(pod_objects(&name, &n));
         // Running: node outputs are already reported; the label and phase come at "completion".
         kube.seed(workflow(&name, &repo, n, false));
     }
@@ -397,10 +407,7 @@ async fn latency(
         let at = t0 + Duration::from_millis(1000 * i as u64 / others.len() as u64);
         patches.push(tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            let patch = json!({"metadata": {"labels": {
-                    "workflows.argoproj.io/completed": "true", "workflows.argoproj.io/phase": "Succeeded"}},
-                "status": {"phase": "Succeeded", "finishedAt": jiff::Timestamp::now().to_string()}});
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&completion()))
                 .await
                 .expect("complete");
         }));
@@ -411,10 +418,7 @@ async fn latency(
         let api = patch_api.clone();
         let started = started.clone();
         patches.push(tokio::spawn(async move {
-            let now = jiff::Timestamp::now().to_string();
-            let patch = json!({"metadata": {"labels": {
-                    "workflows.argoproj.io/completed": "true", "workflows.argoproj.io/phase": "Succeeded"}},
-                "status": {"phase": "Succeeded", "finishedAt": now}});
+            let patch = completion();
             started.lock().unwrap().insert(name.clone(), Instant::now());
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -551,10 +555,7 @@ async fn scale(workflows: usize, node_count: usize, layout: Layout) {
 
 #[tokio::main]
 async fn main() {
-    let only = std::env::args()
-        .skip_while(|a| a != "--only")
-        .nth(1)
-        .unwrap_or_default();
+    let only = arg("--only").unwrap_or_default();
     if only.is_empty() || only == "latency" {
         latency(
             flag("--workflows", 1000),

@@ -5,7 +5,7 @@
 //! waits while the waiting objects' text passes a byte budget, so a burst of big Workflows
 //! cannot fill memory.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -21,6 +21,11 @@ pub enum Change {
 }
 
 impl Change {
+    /// The indexers that read it: 1 for big Workflows (read again), 0 for the rest.
+    pub fn lane(&self) -> usize {
+        usize::from(matches!(self, Change::Reread))
+    }
+
     fn bytes(&self) -> usize {
         match self {
             Change::Apply(wf) => wf.raw.get().len(),
@@ -32,7 +37,10 @@ impl Change {
 #[derive(Default)]
 struct Inner {
     latest: HashMap<String, Change>,
-    order: VecDeque<String>,
+    /// Keys in arrival order, per lane. An entry whose key is in flight, has no change left
+    /// (discarded, or taken through a later entry) or whose change moved to the other lane is
+    /// skipped when reached: each take costs O(1) amortized.
+    order: [VecDeque<String>; 2],
     /// Keys being read, with the bytes they hold.
     in_flight: HashMap<String, usize>,
     bytes: usize,
@@ -65,10 +73,14 @@ impl Backlog {
                 let mut q = self.inner.lock().expect("lock");
                 if q.bytes == 0 || q.bytes + size <= self.budget {
                     q.bytes += size;
-                    if let Some(old) = q.latest.insert(key.clone(), change) {
+                    let lane = change.lane();
+                    let old = q.latest.insert(key.clone(), change);
+                    if let Some(old) = &old {
                         q.bytes -= old.bytes();
-                    } else if !q.in_flight.contains_key(&key) {
-                        q.order.push_back(key);
+                    }
+                    let queued = old.is_some_and(|o| o.lane() == lane);
+                    if !queued && !q.in_flight.contains_key(&key) {
+                        q.order[lane].push_back(key);
                     }
                     drop(q);
                     self.work.notify_waiters();
@@ -79,19 +91,20 @@ impl Backlog {
         }
     }
 
-    /// The next workflow whose latest change `mine` accepts, and that change; it is in flight
-    /// until [`Self::done`]. Indexers of different kinds take different changes, so that slow
-    /// ones (big Workflows) never hold up the others.
-    pub async fn take(&self, mine: impl Fn(&Change) -> bool) -> (String, Change) {
+    /// The next workflow whose latest change is in `lane` (see [`Change::lane`]), and that
+    /// change; it is in flight until [`Self::done`]. Each lane has its own indexers, so that
+    /// slow ones (big Workflows) never hold up the others.
+    pub async fn take(&self, lane: usize) -> (String, Change) {
         loop {
             let work = self.work.notified();
             {
                 let mut q = self.inner.lock().expect("lock");
                 let q = &mut *q;
-                q.order.retain(|k| q.latest.contains_key(k));
-                let at = q.order.iter().position(|k| mine(&q.latest[k]));
-                if let Some(i) = at {
-                    let key = q.order.remove(i).expect("found");
+                while let Some(key) = q.order[lane].pop_front() {
+                    let mine = q.latest.get(&key).is_some_and(|c| c.lane() == lane);
+                    if !mine || q.in_flight.contains_key(&key) {
+                        continue;
+                    }
                     let change = q.latest.remove(&key).expect("pending");
                     q.in_flight.insert(key.clone(), change.bytes());
                     return (key, change);
@@ -107,8 +120,8 @@ impl Backlog {
         if let Some(bytes) = q.in_flight.remove(key) {
             q.bytes -= bytes;
         }
-        if q.latest.contains_key(key) {
-            q.order.push_back(key.to_string());
+        if let Some(lane) = q.latest.get(key).map(Change::lane) {
+            q.order[lane].push_back(key.to_string());
             self.work.notify_waiters();
         }
         drop(q);
@@ -142,15 +155,11 @@ impl Backlog {
         }
     }
 
-    /// Workflows waiting or being read.
-    pub fn len(&self) -> usize {
+    /// Nothing waiting or being read.
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         let q = self.inner.lock().expect("lock");
-        let waiting: HashSet<&String> = q.latest.keys().collect();
-        waiting.len() + q.in_flight.keys().filter(|k| !waiting.contains(k)).count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        q.latest.is_empty() && q.in_flight.is_empty()
     }
 }
 
@@ -182,7 +191,7 @@ mod tests {
         b.push("ns/a".into(), wf("a1", 0)).await;
         b.push("ns/b".into(), wf("b1", 0)).await;
         b.push("ns/a".into(), wf("a2", 0)).await;
-        let (k, c) = b.take(|_| true).await;
+        let (k, c) = b.take(0).await;
         assert_eq!(
             (k.as_str(), name(&c).as_str()),
             ("ns/a", "a2"),
@@ -190,12 +199,12 @@ mod tests {
         );
         // a changes while it is read: not handed out again until done.
         b.push("ns/a".into(), Change::Delete).await;
-        let (k, _) = b.take(|_| true).await;
+        let (k, _) = b.take(0).await;
         assert_eq!(k, "ns/b");
-        let again = tokio::time::timeout(Duration::from_millis(50), b.take(|_| true)).await;
+        let again = tokio::time::timeout(Duration::from_millis(50), b.take(0)).await;
         assert!(again.is_err(), "a is in flight");
         b.done("ns/a");
-        let (k, c) = b.take(|_| true).await;
+        let (k, c) = b.take(0).await;
         assert_eq!((k.as_str(), name(&c).as_str()), ("ns/a", "deleted"));
         b.done("ns/a");
         b.done("ns/b");
@@ -203,13 +212,20 @@ mod tests {
         // An indexer takes only what it handles; the rest waits for its own.
         b.push("ns/big".into(), Change::Reread).await;
         b.push("ns/small".into(), wf("small", 0)).await;
-        let small = |c: &Change| !matches!(c, Change::Reread);
-        let (k, _) = b.take(small).await;
+        let (k, _) = b.take(0).await;
         assert_eq!(k, "ns/small");
-        let none = tokio::time::timeout(Duration::from_millis(50), b.take(small)).await;
+        let none = tokio::time::timeout(Duration::from_millis(50), b.take(0)).await;
         assert!(none.is_err());
-        let (k, _) = b.take(|c| matches!(c, Change::Reread)).await;
+        let (k, _) = b.take(1).await;
         assert_eq!(k, "ns/big");
+        // A change that moves to the other lane is read there, once.
+        b.push("ns/c".into(), Change::Reread).await;
+        b.push("ns/c".into(), wf("c2", 0)).await;
+        let (k, c) = b.take(0).await;
+        assert_eq!((k.as_str(), name(&c).as_str()), ("ns/c", "c2"));
+        let none = tokio::time::timeout(Duration::from_millis(50), b.take(1)).await;
+        assert!(none.is_err(), "its old place in the big lane is skipped");
+        b.done("ns/c");
         b.done("ns/small");
         b.done("ns/big");
         tokio::time::timeout(Duration::from_millis(50), b.idle())
@@ -227,7 +243,7 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!pusher.is_finished(), "over budget: the push waits");
-        let (k, _) = b.take(|_| true).await;
+        let (k, _) = b.take(0).await;
         assert_eq!(k, "ns/big");
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!pusher.is_finished(), "still held while it is read");

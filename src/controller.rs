@@ -510,7 +510,7 @@ impl WatchState<'_> {
 /// too big to wait in the backlog, the others the rest.
 async fn index(shared: &Shared, backlog: &Backlog, big: bool) {
     loop {
-        let (key, change) = backlog.take(|c| matches!(c, Change::Reread) == big).await;
+        let (key, change) = backlog.take(usize::from(big)).await;
         let read = match change {
             Change::Apply(wf) => Some(*wf),
             Change::Reread => {

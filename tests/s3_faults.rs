@@ -166,10 +166,9 @@ async fn batch_deletes_carry_the_content_md5_of_their_body() {
     assert_eq!(header, Some(expected));
 }
 
-/// A store whose listing never ends (always "more", never a key) is cut off after a bounded
-/// number of pages: the artifact fails, the pass ends.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endless_listing_is_cut_off() {
+/// One due directory artifact, reached through a proxy whose listings never end (always
+/// "more", never a key).
+async fn endless_directory() -> (S3Server, FaultProxy, GcPlan) {
     let srv = S3Server::start().await;
     let proxy = FaultProxy::start(&srv.endpoint).await;
     let b = srv.bucket("endless").await;
@@ -183,6 +182,14 @@ async fn an_endless_listing_is_cut_off() {
         vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)],
     );
     proxy.add_rule(FaultRule::endless_listing(usize::MAX));
+    (srv, proxy, plan)
+}
+
+/// A store whose listing never ends (always "more", never a key) is cut off after a bounded
+/// number of pages: the artifact fails, the pass ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_listing_is_cut_off() {
+    let (_srv, proxy, plan) = endless_directory().await;
     let opts = StoreOptions {
         max_objects_per_artifact: 5_000,
         ..Default::default()
@@ -204,19 +211,7 @@ async fn a_long_listing_stops_at_the_next_page_when_the_pass_is_stopped() {
             self.0.log().iter().filter(|r| r.method == "GET").count() >= self.1
         }
     }
-    let srv = S3Server::start().await;
-    let proxy = FaultProxy::start(&srv.endpoint).await;
-    let b = srv.bucket("stopped").await;
-    let w = workflow("ns", "w").node(
-        "n1",
-        "t",
-        vec![on_server(&srv, &proxy.endpoint, "dir", &b, "w/dir/", "s3")],
-    );
-    let plan = plan_due(
-        vec![w],
-        vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)],
-    );
-    proxy.add_rule(FaultRule::endless_listing(usize::MAX));
+    let (_srv, proxy, plan) = endless_directory().await;
     let opts = StoreOptions {
         max_objects_per_artifact: 100_000,
         ..Default::default()

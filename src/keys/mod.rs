@@ -120,6 +120,7 @@ impl OverlapIndex {
     }
 
     /// Every use whose key overlaps what `target` may touch.
+    #[cfg(test)]
     pub fn overlapping(&self, target: &S3Target, out: &mut Vec<u32>) {
         let Some(map) = self.buckets.get(&Self::bucket_of(target)) else {
             return;
@@ -207,7 +208,8 @@ struct Slot {
     workflow: Option<Arc<str>>,
     /// Entries in the runs and the overlay that carry this slot.
     refs: u32,
-    /// Hash of the uses, to skip re-indexing a workflow whose keys did not change.
+    /// Hash of the uses, to skip re-indexing a workflow whose keys did not change (keyed per
+    /// process, so no Workflow can be written to collide with another state of itself).
     fingerprint: u64,
 }
 
@@ -229,6 +231,7 @@ pub struct KeyIndex {
     by_workflow: HashMap<Arc<str>, u32>,
     live: usize,
     retired: usize,
+    hasher: std::hash::RandomState,
 }
 
 /// The sort key of a base: store and bucket, length-prefixed so that no two spell the same
@@ -282,12 +285,7 @@ impl KeyIndex {
                 false
             }
         });
-        let fingerprint = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            entries.hash(&mut h);
-            h.finish()
-        };
+        let fingerprint = std::hash::BuildHasher::hash_one(&self.hasher, &entries);
         if let Some(&slot) = self.by_workflow.get(workflow)
             && self.slots[slot as usize].fingerprint == fingerprint
         {
@@ -364,11 +362,6 @@ impl KeyIndex {
 
     pub fn is_empty(&self) -> bool {
         self.live == 0
-    }
-
-    /// Workflows indexed.
-    pub fn workflows(&self) -> usize {
-        self.by_workflow.len()
     }
 
     /// Bytes the index holds in its runs (the bulk of it), for a gauge.

@@ -94,7 +94,7 @@ fn partition_point(n: usize, mut below: impl FnMut(usize) -> bool) -> usize {
 }
 
 /// Reads a run forward from a position; `key` holds the key of the entry before `next`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Cursor<'r> {
     run: &'r Run,
     next: usize,
