@@ -322,7 +322,11 @@ async fn delete_batch<'a>(
         return (chunk, vec![Err(StoreError::cancelled()); names.len()]);
     }
     let results = match store.client(conn).await {
-        Ok(client) => store.delete_keys(&client, bucket, &names).await,
+        Ok(client) => {
+            store
+                .delete_keys(&client, bucket, &names, &|| progress.stopped())
+                .await
+        }
         Err(e) => vec![Err(e); names.len()],
     };
     progress.deleted(results.iter().filter(|r| r.is_ok()).count() as u64);

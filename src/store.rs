@@ -524,13 +524,14 @@ impl ObjectStore {
         client: &StoreClient,
         bucket: &str,
         keys: &[String],
+        stopped: &(dyn Fn() -> bool + Sync),
     ) -> Vec<Result<(), StoreError>> {
         let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); keys.len()];
         let mut fallback = false;
         for (chunk_no, chunk) in keys.chunks(MAX_BATCH).enumerate() {
             let base = chunk_no * MAX_BATCH;
             if !fallback {
-                match self.delete_batch(client, bucket, chunk).await {
+                match self.delete_batch(client, bucket, chunk, stopped).await {
                     Ok(per_key) => {
                         for (i, r) in per_key.into_iter().enumerate() {
                             results[base + i] = r;
@@ -553,7 +554,7 @@ impl ObjectStore {
                 }
             }
             for (i, key) in chunk.iter().enumerate() {
-                results[base + i] = self.delete_one(client, bucket, key).await;
+                results[base + i] = self.delete_one(client, bucket, key, stopped).await;
             }
         }
         results
@@ -564,6 +565,7 @@ impl ObjectStore {
         client: &StoreClient,
         bucket: &str,
         keys: &[String],
+        stopped: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); keys.len()];
         let position: HashMap<&str, usize> = keys
@@ -591,6 +593,11 @@ impl ObjectStore {
                 .map_err(|e| StoreError::new(StoreErrorKind::Request, e.to_string()))?;
             let out = {
                 let _permit = self.permit(client).await;
+                // Checked again once the permit is ours: the wait for it may outlast the
+                // leadership (or the process) the pass started with.
+                if stopped() {
+                    return Err(StoreError::cancelled());
+                }
                 client
                     .delete_objects()
                     .bucket(bucket)
@@ -653,8 +660,12 @@ impl ObjectStore {
         client: &StoreClient,
         bucket: &str,
         key: &str,
+        stopped: &(dyn Fn() -> bool + Sync),
     ) -> Result<(), StoreError> {
         let _permit = self.permit(client).await;
+        if stopped() {
+            return Err(StoreError::cancelled());
+        }
         match client.delete_object().bucket(bucket).key(key).send().await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("NoSuchKey") => Ok(()),
