@@ -130,6 +130,20 @@ impl Controller {
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }
 
+    /// CPU time used so far (user + system), seconds.
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime and stime are the 12th
+        // and 13th, in clock ticks (100 a second on Linux).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+    }
+
     /// (VmRSS, VmHWM) in MiB.
     fn rss(&self) -> (f64, f64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -296,6 +310,10 @@ struct Adversaries {
     slow_ms: u64,
     huge: usize,
     huge_nodes: usize,
+    /// Huge node status as plain `status.nodes` (`--huge-plain`): larger than any API server
+    /// admits (etcd takes 1.5 MiB), so by default it is what Argo writes for an oversized
+    /// status, gzipped `status.compressedNodes`.
+    huge_plain: bool,
 }
 
 async fn latency(
@@ -334,14 +352,32 @@ async fn latency(
             // Its objects are absent: the pass still plans, checks and deletes every key.
             let name = format!("huge-{i:03}");
             let n = nodes(&name, a.huge_nodes, "OnWorkflowCompletion");
-            kube.seed(workflow_in("huge", &name, &direct, n, false));
+            let w = if a.huge_plain {
+                workflow_in("huge", &name, &direct, n, false)
+            } else {
+                let json = serde_json::to_vec(&n).expect("nodes");
+                let packed =
+                    artgc::nodes::compress(&json, artgc::nodes::NodeEncoding::Gzip).expect("gzip");
+                let mut w = workflow_in("huge", &name, &direct, Value::Null, false);
+                w["status"]["compressedNodes"] = json!(packed);
+                w
+            };
+            kube.seed(w);
             others.push(("huge".into(), name));
         }
         s3.put_many(&bucket, objects, 32).await;
         slow.set_latency(Duration::from_millis(a.slow_ms));
         println!(
-            "adversaries: {} workflows x {artifacts} artifacts behind a store answering after {} ms; {} workflows x {} artifacts",
-            a.slow, a.slow_ms, a.huge, a.huge_nodes
+            "adversaries: {} workflows x {artifacts} artifacts behind a store answering after {} ms; {} workflows x {} artifacts ({})",
+            a.slow,
+            a.slow_ms,
+            a.huge,
+            a.huge_nodes,
+            if a.huge_plain {
+                "plain status.nodes"
+            } else {
+                "gzipped status.compressedNodes"
+            }
         );
         proxy = Some(slow);
     }
@@ -442,6 +478,7 @@ async fn latency(
         );
     }
     let (rss, peak) = ctl.rss();
+    let cpu = ctl.cpu_secs();
     let remaining = s3
         .keys(&bucket)
         .await
@@ -471,7 +508,9 @@ async fn latency(
         percentile(&lat, 0.99) * 1e3,
         lat.last().copied().unwrap_or(f64::NAN) * 1e3
     );
-    println!("  controller RSS {rss:.1} MiB (peak {peak:.1} MiB); exit on SIGTERM: {code:?}");
+    println!(
+        "  controller RSS {rss:.1} MiB (peak {peak:.1} MiB), CPU {cpu:.1} s; exit on SIGTERM: {code:?}"
+    );
     if lat.len() < workflows || remaining > 0 || code != Some(0) {
         eprintln!("error: not every workflow was collected and recorded, or no clean exit");
         std::process::exit(1);
@@ -575,6 +614,7 @@ async fn main() {
                 slow_ms: flag("--slow-ms", 2000) as u64,
                 huge: flag("--huge", 4),
                 huge_nodes: flag("--huge-nodes", 20_000),
+                huge_plain: std::env::args().any(|a| a == "--huge-plain"),
             }),
         )
         .await;

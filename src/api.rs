@@ -96,6 +96,22 @@ impl kube::Resource for WatchedWorkflow {
 }
 
 /// Names of every Secret a location in `value` refers to.
+/// Every Secret a workflow's own fields name (spec, status, compressed nodes): a walk of its
+/// whole tree, so for a big one it runs off the runtime's workers.
+pub fn named_secrets(wf: &Workflow) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    if let Ok(v) = serde_json::to_value(wf) {
+        secret_names(&v, &mut names);
+    }
+    if let Ok(nodes) = workflow_nodes(wf)
+        && wf.status.nodes.as_ref().is_none_or(|n| n.is_empty())
+        && let Ok(v) = serde_json::to_value(&nodes.nodes)
+    {
+        secret_names(&v, &mut names);
+    }
+    names
+}
+
 fn secret_names(value: &Value, out: &mut BTreeSet<String>) {
     match value {
         Value::Object(map) => {
@@ -181,11 +197,12 @@ impl ClusterReader {
     }
 
     /// What planning `wf` needs: the repository ConfigMaps when its status has no resolved
-    /// repository, and, with `secrets`, every Secret its locations name.
+    /// repository, and, with `secrets` (the workflow's own, see [`named_secrets`]), those
+    /// Secrets and the ones its repository names.
     pub async fn state_for(
         &self,
         wf: &Workflow,
-        secrets: bool,
+        secrets: Option<BTreeSet<String>>,
     ) -> Result<ClusterState, kube::Error> {
         let mut state =
             ClusterState::new(self.controller_config.clone()).with_policy(self.policy.clone());
@@ -233,17 +250,7 @@ impl ClusterReader {
         {
             state.insert_namespace_labels(&ns, n.metadata.labels.unwrap_or_default());
         }
-        if secrets {
-            let mut names = BTreeSet::new();
-            if let Ok(v) = serde_json::to_value(wf) {
-                secret_names(&v, &mut names);
-            }
-            if let Ok(nodes) = workflow_nodes(wf)
-                && wf.status.nodes.as_ref().is_none_or(|n| n.is_empty())
-                && let Ok(v) = serde_json::to_value(&nodes.nodes)
-            {
-                secret_names(&v, &mut names);
-            }
+        if let Some(mut names) = secrets {
             if let Ok(repo) = state.repository_for(wf)
                 && let Ok(v) = serde_json::to_value(&repo)
             {

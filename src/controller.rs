@@ -120,6 +120,8 @@ pub enum ControllerError {
     Admin(std::io::Error),
     #[error("leader election: {0}")]
     Lease(String),
+    #[error("starting the big-workflow thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Why a reconcile ended in error; its category labels metrics.
@@ -175,6 +177,8 @@ struct Shared {
     /// One big Workflow (see [`is_big`]) is read and planned at a time, by a pass or an
     /// indexer: parsed, one takes tens of times its text in memory, and seconds of CPU.
     big: tokio::sync::Semaphore,
+    /// Where a big Workflow's CPU work runs (see [`crate::low_priority`]).
+    low: crate::low_priority::LowPriority,
 }
 
 /// Workflow text above which reading and planning it is serialized (see `Shared::big`).
@@ -189,6 +193,12 @@ fn is_big(text: &str) -> bool {
 impl Shared {
     fn metrics(&self) -> &Metrics {
         &self.health.metrics
+    }
+
+    /// CPU work of a pass or an indexer: a big Workflow's on the low-priority thread, any
+    /// other's in place.
+    async fn cpu<T: Send + 'static>(&self, big: bool, f: impl FnOnce() -> T + Send + 'static) -> T {
+        if big { self.low.run(f).await } else { f() }
     }
 }
 
@@ -252,6 +262,8 @@ pub async fn start(
         lease_valid_until: std::sync::Mutex::new(None),
         stopping: stop.clone(),
         big: tokio::sync::Semaphore::new(1),
+        low: crate::low_priority::LowPriority::start("artgc-big")
+            .map_err(ControllerError::Thread)?,
         reader: ClusterReader::new(
             client.clone(),
             config.controller_config.clone(),
@@ -586,16 +598,22 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
     let name = wf.metadata.name.clone().unwrap_or_default();
     let key = key_of(&ns, &name);
     let holds = has_finalizer(&wf.metadata, &shared.config.finalizer);
-    let _big = if is_big(wf.raw.get()) {
+    let big = is_big(wf.raw.get());
+    let _big = if big {
         Some(shared.big.acquire().await.expect("never closed"))
     } else {
         None
     };
-    let input = wf.input();
-    drop(wf.raw);
-    let queue = match &input {
+    let WatchedWorkflow { metadata, raw } = wf;
+    let input = {
+        let ns = ns.clone();
+        shared
+            .cpu(big, move || WorkflowInput::from_json(raw.get(), &ns))
+            .await
+    };
+    let queue = match input {
         WorkflowInput::Valid(w) => {
-            let state = match shared.reader.state_for(w, false).await {
+            let state = match shared.reader.state_for(&w, None).await {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(workflow = %key, error = %e, "reading repository ConfigMaps");
@@ -605,9 +623,13 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
                     return;
                 }
             };
-            let (wp, uses) = plan_alone(w, &state);
-            let wants = wants_pass(w, &wp, holds);
-            drop(wp);
+            // The workflow and its plan are also dropped there: freeing a big tree takes a while.
+            let (wants, uses) = shared
+                .cpu(big, move || {
+                    let (wp, uses) = plan_alone(&w, &state);
+                    (wants_pass(&w, &wp, holds), uses)
+                })
+                .await;
             let mut index = shared.index.lock().await;
             index.set_workflow(&key, uses);
             index_gauges(shared, &index);
@@ -616,13 +638,12 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
         // Unreadable: reported (condition, event) once it finished or is being deleted with our
         // finalizer (the force rule applies); it keeps its old index entries, to be safe.
         WorkflowInput::Invalid { .. } => {
-            let completed = wf
-                .metadata
+            let completed = metadata
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(crate::model::LABEL_COMPLETED))
                 .is_some_and(|v| v == "true");
-            (holds && wf.metadata.deletion_timestamp.is_some()) || completed
+            (holds && metadata.deletion_timestamp.is_some()) || completed
         }
     };
     {
@@ -754,7 +775,8 @@ async fn report_internal(shared: &Shared, key: &str, what: &str) {
     let mut update = crate::outcome::StatusUpdate::none();
     update.condition = crate::outcome::ConditionChange::Set(message.clone());
     let reference = object_ref(&raw);
-    if let Err(e) = record::apply(&api, raw, &update, &shared.config.finalizer, "artgc").await {
+    if let Err(e) = record::apply(&api, raw, &update, &shared.config.finalizer, "artgc", None).await
+    {
         warn!(workflow = %key, error = %e, "recording an internal error");
     }
     let ev = KubeEvent {
@@ -870,22 +892,27 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
         shared.index.lock().await.remove_workflow(key);
         return Ok(());
     };
-    let _big = if is_big(obj.raw.get()) {
+    let big = is_big(obj.raw.get());
+    let _big = if big {
         Some(shared.big.acquire().await.expect("never closed"))
     } else {
         None
     };
-    let mut raw: Value =
-        serde_json::from_str(obj.raw.get()).map_err(|e| RecordError::Build(e.to_string()))?;
-    let input = obj.input();
-    drop(obj);
+    let (raw, input) = shared
+        .cpu(big, move || {
+            (serde_json::from_str::<Value>(obj.raw.get()), obj.input())
+        })
+        .await;
+    let mut raw = raw.map_err(|e| RecordError::Build(e.to_string()))?;
+    let input = Arc::new(input);
+    let low = big.then_some(&shared.low);
     let finalizer = shared.config.finalizer.as_str();
     let holds = raw["metadata"]["finalizers"]
         .as_array()
         .is_some_and(|a| a.iter().any(|f| f == finalizer));
     let budget = shared.config.retry_budget;
 
-    let (plan, execution, ctx) = match &input {
+    let (plan, execution, ctx) = match &*input {
         WorkflowInput::Valid(wf) if !wf.is_finished() => {
             // Running, or never started: the finalizer is the only thing to decide.
             let ctx = PassContext::of(wf, &raw, holds, budget);
@@ -894,22 +921,36 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
                 let mut update = crate::outcome::StatusUpdate::none();
                 update.finalizer = change;
                 fence.check()?;
-                record::apply(&api, raw, &update, finalizer, "artgc").await?;
+                record::apply(&api, raw, &update, finalizer, "artgc", low).await?;
                 debug!(workflow = %key, ?change, "finalizer");
             }
             return Ok(());
         }
         WorkflowInput::Valid(wf) => {
             let ctx = PassContext::of(wf, &raw, holds, budget);
-            let plan = match shared.reader.state_for(wf, true).await {
+            let names = {
+                let input = input.clone();
+                shared
+                    .cpu(big, move || match &*input {
+                        WorkflowInput::Valid(wf) => crate::api::named_secrets(wf),
+                        WorkflowInput::Invalid { .. } => Default::default(),
+                    })
+                    .await
+            };
+            let plan = match shared.reader.state_for(wf, Some(names)).await {
                 Ok(state) => {
                     // Planning a big workflow takes a while: only the shared-key check holds
                     // the index.
-                    let draft = crate::plan::draft(
-                        std::slice::from_ref(&input),
-                        &state,
-                        &PlanOptions::default(),
-                    );
+                    let input = input.clone();
+                    let draft = shared
+                        .cpu(big, move || {
+                            crate::plan::draft(
+                                std::slice::from_ref(&*input),
+                                &state,
+                                &PlanOptions::default(),
+                            )
+                        })
+                        .await;
                     draft.check_shared(Some(&*shared.index.lock().await))
                 }
                 // A failed pass like any other: reported, and counted toward the budget.
@@ -938,7 +979,7 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
                     // Before deleting: a crash after the delete must not let a later pass
                     // mistake the gone file for a directory.
                     fence.check()?;
-                    match record::mark_probed_files(&api, raw, &files, "artgc").await? {
+                    match record::mark_probed_files(&api, raw, &files, "artgc", low).await? {
                         Some(v) => raw = v,
                         None => return Ok(()),
                     }
@@ -980,7 +1021,7 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
     let finished_at = parse_time(&raw["status"]["finishedAt"]);
     let deleted_at = parse_time(&raw["metadata"]["deletionTimestamp"]);
     fence.check()?;
-    record::apply(&api, raw, &outcome.update, finalizer, "artgc").await?;
+    record::apply(&api, raw, &outcome.update, finalizer, "artgc", low).await?;
     report(
         shared,
         ns,

@@ -17,6 +17,7 @@ pub mod execute;
 pub mod identity;
 pub mod keys;
 pub mod location;
+pub mod low_priority;
 pub mod manifests;
 pub mod metrics;
 pub mod model;

@@ -66,7 +66,7 @@ async fn index_pages(
         for o in page.items {
             let v = serde_json::to_value(o).unwrap_or(Value::Null);
             if let WorkflowInput::Valid(wf) = WorkflowInput::from_value(v, default_ns) {
-                let s = reader.state_for(&wf, false).await?;
+                let s = reader.state_for(&wf, None).await?;
                 let key = KeyIndex::workflow_key(wf.namespace(), wf.name());
                 index.set_workflow(&key, workflow_key_uses(&wf, &s));
             }
@@ -134,7 +134,7 @@ pub async fn load_from_cluster(
     for w in &inputs {
         if let WorkflowInput::Valid(wf) = w {
             let s = reader
-                .state_for(wf, true)
+                .state_for(wf, Some(crate::api::named_secrets(wf)))
                 .await
                 .map_err(|e| cluster_error("reading ConfigMaps and Secrets", e))?;
             state.absorb(s);
@@ -185,7 +185,7 @@ pub async fn mark_files(
     for (w, files) in by_workflow {
         let wp = &plan.workflows[w];
         let api = workflows(client, Some(&wp.namespace));
-        match record::mark_probed_files(&api, raws[w].clone(), &files, "artgc-purge").await {
+        match record::mark_probed_files(&api, raws[w].clone(), &files, "artgc-purge", None).await {
             Ok(Some(v)) => raws[w] = v,
             Ok(None) => {
                 return Err(format!(
@@ -226,7 +226,9 @@ pub async fn record_all(
             outcome.update.finalizer = FinalizerChange::Keep;
         }
         let api = workflows(client, Some(&wp.namespace));
-        if let Err(e) = record::apply(&api, raw, &outcome.update, finalizer, "artgc-purge").await {
+        if let Err(e) =
+            record::apply(&api, raw, &outcome.update, finalizer, "artgc-purge", None).await
+        {
             failed += 1;
             tracing::error!(workflow = %format!("{}/{}", wp.namespace, wp.name), error = %e, "recording the outcome");
         }

@@ -11,6 +11,7 @@ use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams};
 
 use crate::api::WatchedWorkflow;
+use crate::low_priority::LowPriority;
 use serde_json::{Map, Value, json};
 
 use crate::model::{ANNOTATION_DELETION_ATTEMPTS, ANNOTATION_PROBED_FILES};
@@ -253,16 +254,18 @@ const MAX_CONFLICTS: u32 = 8;
 
 /// Applies `update` to the Workflow, starting from `raw` (as read for the pass) and re-reading
 /// on conflict. A Workflow that is gone, or was re-created under the same name, needs nothing
-/// more.
+/// more. With `low`, the patch is built there (a big Workflow's takes a while).
 pub async fn apply(
     api: &Api<DynamicObject>,
     raw: Value,
     update: &StatusUpdate,
     finalizer: &str,
     field_manager: &str,
+    low: Option<&LowPriority>,
 ) -> Result<(), RecordError> {
-    patch_fresh(api, raw, field_manager, false, |cur| {
-        merge_patch(cur, update, finalizer)
+    let (update, finalizer) = (update.clone(), finalizer.to_string());
+    patch_fresh(api, raw, field_manager, false, low, move |cur| {
+        merge_patch(cur, &update, &finalizer)
     })
     .await
     .map(|_| ())
@@ -275,11 +278,24 @@ pub async fn mark_probed_files(
     raw: Value,
     files: &[String],
     field_manager: &str,
+    low: Option<&LowPriority>,
 ) -> Result<Option<Value>, RecordError> {
-    patch_fresh(api, raw, field_manager, true, |cur| {
-        probed_files_patch(cur, files)
+    let files = files.to_vec();
+    patch_fresh(api, raw, field_manager, true, low, move |cur| {
+        probed_files_patch(cur, &files)
     })
     .await
+}
+
+/// `f` on the low-priority thread when there is one, else in place.
+async fn on<T: Send + 'static>(
+    low: Option<&LowPriority>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    match low {
+        Some(low) => low.run(f).await,
+        None => f(),
+    }
 }
 
 /// Builds a patch from the object, applies it, and on 409 rebuilds it from a fresh read of the
@@ -291,8 +307,10 @@ async fn patch_fresh(
     raw: Value,
     field_manager: &str,
     want: bool,
-    build: impl Fn(&Value) -> Result<Option<Value>, String>,
+    low: Option<&LowPriority>,
+    build: impl Fn(&Value) -> Result<Option<Value>, String> + Send + Sync + 'static,
 ) -> Result<Option<Value>, RecordError> {
+    let build = std::sync::Arc::new(build);
     // The answers as text; parsed only where needed.
     let text_api: Api<WatchedWorkflow> = match api.namespace() {
         Some(ns) => Api::namespaced(api.clone().into_client(), ns),
@@ -305,7 +323,14 @@ async fn patch_fresh(
     let uid = raw["metadata"]["uid"].clone();
     let mut current = raw;
     for _ in 0..MAX_CONFLICTS {
-        let Some(patch) = build(&current).map_err(RecordError::Build)? else {
+        let b = build.clone();
+        let (cur, patch) = on(low, move || {
+            let patch = b(&current);
+            (current, patch)
+        })
+        .await;
+        current = cur;
+        let Some(patch) = patch.map_err(RecordError::Build)? else {
             return Ok(Some(current));
         };
         let params = PatchParams {
@@ -315,13 +340,15 @@ async fn patch_fresh(
         match text_api.patch(&name, &params, &Patch::Merge(&patch)).await {
             Ok(_) if !want => return Ok(Some(Value::Null)),
             Ok(obj) => {
-                return serde_json::from_str(obj.raw.get())
+                return on(low, move || serde_json::from_str(obj.raw.get()))
+                    .await
                     .map(Some)
                     .map_err(|e| RecordError::Build(e.to_string()));
             }
             Err(kube::Error::Api(s)) if s.code == 409 => match text_api.get_opt(&name).await? {
                 Some(obj) => {
-                    current = serde_json::from_str(obj.raw.get())
+                    current = on(low, move || serde_json::from_str(obj.raw.get()))
+                        .await
                         .map_err(|e| RecordError::Build(e.to_string()))?;
                     if !uid.is_null() && current["metadata"]["uid"] != uid {
                         tracing::info!(workflow = %name, "the Workflow was re-created under the same name; nothing recorded on the new one");

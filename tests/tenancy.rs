@@ -576,7 +576,7 @@ async fn a_recreated_workflow_never_receives_anothers_record() {
     update
         .processed
         .push(artgc::plan::Strategy::OnWorkflowCompletion);
-    artgc::record::apply(&api, first.clone(), &update, "f", "artgc")
+    artgc::record::apply(&api, first.clone(), &update, "f", "artgc", None)
         .await
         .unwrap();
     let now = kube
