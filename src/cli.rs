@@ -339,6 +339,10 @@ pub struct StoreArgs {
     /// cannot take every place.
     #[arg(long, default_value_t = 8, env = "ARTGC_ENDPOINT_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub endpoint_concurrency: u16,
+    /// DeleteObjects requests (up to 1,000 keys each) in flight to one endpoint, beneath
+    /// --endpoint-concurrency: stores delete fastest with a few batches at once.
+    #[arg(long, default_value_t = 4, env = "ARTGC_DELETE_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub delete_concurrency: u16,
     /// Attempts per S3 request (and per key reported failed by DeleteObjects) on throttling,
     /// 5xx and network errors.
     #[arg(long, default_value_t = 5, env = "ARTGC_MAX_ATTEMPTS")]
@@ -364,6 +368,7 @@ impl StoreArgs {
         StoreOptions {
             concurrency: self.concurrency.into(),
             endpoint_concurrency: self.endpoint_concurrency.into(),
+            delete_concurrency: self.delete_concurrency.into(),
             max_attempts: self.max_attempts,
             max_objects_per_artifact: self.max_objects_per_artifact,
             request_timeout: Duration::from_secs(self.request_timeout),

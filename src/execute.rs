@@ -263,6 +263,10 @@ pub async fn delete(
             }
         })
         .collect();
+    // In key order: a store deletes neighbouring keys of its index faster, as when it lists.
+    for keys in groups.values_mut() {
+        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    }
     let mut batches = Vec::new();
     for ((conn, bucket), keys) in &groups {
         for chunk in keys.chunks(MAX_BATCH) {

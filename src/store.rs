@@ -178,6 +178,8 @@ pub struct StoreOptions {
     pub concurrency: usize,
     /// S3 requests in flight to one endpoint (`host:port`), beneath `concurrency`.
     pub endpoint_concurrency: usize,
+    /// DeleteObjects batches in flight per endpoint, beneath `endpoint_concurrency`.
+    pub delete_concurrency: usize,
     /// Attempts per request for throttling, 5xx and network errors (SDK retries), and per key
     /// for errors reported inside a DeleteObjects response.
     pub max_attempts: u32,
@@ -194,6 +196,7 @@ impl Default for StoreOptions {
         Self {
             concurrency: 16,
             endpoint_concurrency: 8,
+            delete_concurrency: 4,
             max_attempts: 5,
             max_objects_per_artifact: 100_000,
             request_timeout: Duration::from_secs(30),
@@ -220,7 +223,16 @@ fn timestamp(t: Option<&aws_smithy_types::DateTime>) -> Option<jiff::Timestamp> 
 #[derive(Clone)]
 pub struct StoreClient {
     client: Client,
-    endpoint: Arc<Semaphore>,
+    endpoint: Arc<EndpointLimits>,
+}
+
+/// What one endpoint (host:port) takes at once, across every client of it.
+struct EndpointLimits {
+    requests: Semaphore,
+    /// A batch of 1,000 deletions is the heaviest request a store serves: stores run them one
+    /// key at a time under their index's locks, and past a few at once (garage: 4) the
+    /// deletions per second fall instead of rising.
+    deletes: Semaphore,
 }
 
 impl std::ops::Deref for StoreClient {
@@ -232,7 +244,7 @@ impl std::ops::Deref for StoreClient {
 
 /// Both places a request holds: its endpoint's and the global one.
 pub struct Permit<'a> {
-    _endpoint: tokio::sync::OwnedSemaphorePermit,
+    _endpoint: tokio::sync::SemaphorePermit<'a>,
     _global: tokio::sync::SemaphorePermit<'a>,
 }
 
@@ -244,7 +256,7 @@ const MAX_CLIENTS: usize = 256;
 pub struct ObjectStore {
     opts: StoreOptions,
     clients: Mutex<HashMap<S3Connection, StoreClient>>,
-    endpoints: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+    endpoints: std::sync::Mutex<HashMap<String, Arc<EndpointLimits>>>,
     ambient: OnceCell<aws_config::SdkConfig>,
     web_identity: Option<WebIdentityConfig>,
     identities: IdentityCache,
@@ -277,11 +289,11 @@ impl ObjectStore {
 
     /// A place among the requests in flight, held for one request: first the endpoint's, so
     /// a request waiting on a slow endpoint holds no global place.
-    async fn permit(&self, client: &StoreClient) -> Permit<'_> {
+    async fn permit<'a>(&'a self, client: &'a StoreClient) -> Permit<'a> {
         let endpoint = client
             .endpoint
-            .clone()
-            .acquire_owned()
+            .requests
+            .acquire()
             .await
             .expect("semaphore never closed");
         let global = self
@@ -295,14 +307,19 @@ impl ObjectStore {
         }
     }
 
-    fn endpoint_limit(&self, url: &str) -> Arc<Semaphore> {
+    fn endpoint_limit(&self, url: &str) -> Arc<EndpointLimits> {
         let mut map = self.endpoints.lock().expect("lock");
         if map.len() >= MAX_CLIENTS && !map.contains_key(url) {
             // Idle ones only: a semaphore in use stays shared with its requests.
             map.retain(|_, s| Arc::strong_count(s) > 1);
         }
         map.entry(url.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.opts.endpoint_concurrency.max(1))))
+            .or_insert_with(|| {
+                Arc::new(EndpointLimits {
+                    requests: Semaphore::new(self.opts.endpoint_concurrency.max(1)),
+                    deletes: Semaphore::new(self.opts.delete_concurrency.max(1)),
+                })
+            })
             .clone()
     }
 
@@ -592,6 +609,12 @@ impl ObjectStore {
                 .build()
                 .map_err(|e| StoreError::new(StoreErrorKind::Request, e.to_string()))?;
             let out = {
+                let _delete = client
+                    .endpoint
+                    .deletes
+                    .acquire()
+                    .await
+                    .expect("semaphore never closed");
                 let _permit = self.permit(client).await;
                 // Checked again once the permit is ours: the wait for it may outlast the
                 // leadership (or the process) the pass started with.

@@ -273,3 +273,41 @@ async fn a_slow_endpoint_does_not_hold_the_fast_ones_places() {
     assert!(slow_exec.outcomes.values().all(|o| o.error.is_none()));
     assert!(srv.keys(&b).await.is_empty());
 }
+
+/// DeleteObjects batches to one endpoint stay within `delete_concurrency`, whatever the other
+/// limits allow: a store deletes fastest with a few at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_batches_to_one_endpoint_stay_within_their_own_limit() {
+    let srv = S3Server::start().await;
+    let proxy = FaultProxy::start(&srv.endpoint).await;
+    // One batch per bucket: six batches that the request limits alone would send at once.
+    let mut wfs = Vec::new();
+    let mut buckets = Vec::new();
+    for i in 0..6 {
+        let b = srv.bucket("delconc").await;
+        srv.put(&b, "k/a", "x").await;
+        wfs.push(workflow("ns", &format!("w{i}")).node(
+            "n1",
+            "t",
+            vec![on_server(&srv, &proxy.endpoint, "a", &b, "k/a", "s3")],
+        ));
+        buckets.push(b);
+    }
+    let plan = plan_due(
+        wfs,
+        vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)],
+    );
+    let store = ObjectStore::new(StoreOptions {
+        concurrency: 16,
+        endpoint_concurrency: 8,
+        delete_concurrency: 2,
+        ..Default::default()
+    });
+    proxy.set_latency(std::time::Duration::from_millis(300));
+    let exec = execute(&plan, &store, false, &Quiet).await;
+    assert!(exec.outcomes.values().all(|o| o.error.is_none()));
+    for b in &buckets {
+        assert!(srv.keys(b).await.is_empty(), "{b} not emptied");
+    }
+    assert_eq!(proxy.peak_deletes_in_flight(), 2);
+}

@@ -95,6 +95,9 @@ struct State {
     log: Vec<SeenRequest>,
     /// Added to every request before it is answered (a slow store, a long round trip).
     latency: std::time::Duration,
+    /// DeleteObjects requests being served now, and the most at once.
+    deletes_in_flight: usize,
+    peak_deletes_in_flight: usize,
 }
 
 pub struct FaultProxy {
@@ -145,9 +148,37 @@ impl FaultProxy {
     pub fn log(&self) -> Vec<SeenRequest> {
         self.state.lock().unwrap().log.clone()
     }
+
+    /// The most DeleteObjects requests it served at once.
+    pub fn peak_deletes_in_flight(&self) -> usize {
+        self.state.lock().unwrap().peak_deletes_in_flight
+    }
 }
 
 async fn handle(
+    req: Request<Incoming>,
+    state: &Mutex<State>,
+    client: &Client<HttpConnector, Full<Bytes>>,
+    upstream: &str,
+) -> Response<Full<Bytes>> {
+    let is_delete = req.method() == hyper::Method::POST
+        && req.uri().query().is_some_and(|q| {
+            q.split('&')
+                .any(|p| p == "delete" || p.starts_with("delete="))
+        });
+    if is_delete {
+        let mut st = state.lock().unwrap();
+        st.deletes_in_flight += 1;
+        st.peak_deletes_in_flight = st.peak_deletes_in_flight.max(st.deletes_in_flight);
+    }
+    let response = forward(req, state, client, upstream).await;
+    if is_delete {
+        state.lock().unwrap().deletes_in_flight -= 1;
+    }
+    response
+}
+
+async fn forward(
     req: Request<Incoming>,
     state: &Mutex<State>,
     client: &Client<HttpConnector, Full<Bytes>>,
