@@ -369,7 +369,9 @@ async fn the_controller_binary_serves_probes_and_stops_on_sigterm_releasing_its_
         .port();
     let admin = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_artgc"))
-        .args(["controller", "--leader-elect", "--lease-duration", "3"])
+        // Long enough that a loaded machine never lets it lapse between renewals: the
+        // release checked below must be the step-down's, not an expiry's.
+        .args(["controller", "--leader-elect", "--lease-duration", "15"])
         .env("KUBECONFIG", &kc)
         .env("ARTGC_ADMIN_ADDR", &admin)
         .env("POD_NAME", "replica-1")
