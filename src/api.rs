@@ -95,7 +95,6 @@ impl kube::Resource for WatchedWorkflow {
     }
 }
 
-/// Names of every Secret a location in `value` refers to.
 /// Every Secret a workflow's own fields name (spec, status, compressed nodes): a walk of its
 /// whole tree, so for a big one it runs off the runtime's workers.
 pub fn named_secrets(wf: &Workflow) -> BTreeSet<String> {
@@ -112,6 +111,7 @@ pub fn named_secrets(wf: &Workflow) -> BTreeSet<String> {
     names
 }
 
+/// Names of every Secret a location in `value` refers to.
 fn secret_names(value: &Value, out: &mut BTreeSet<String>) {
     match value {
         Value::Object(map) => {

@@ -198,7 +198,15 @@ impl Shared {
     /// CPU work of a pass or an indexer: a big Workflow's on the low-priority thread, any
     /// other's in place.
     async fn cpu<T: Send + 'static>(&self, big: bool, f: impl FnOnce() -> T + Send + 'static) -> T {
-        if big { self.low.run(f).await } else { f() }
+        crate::low_priority::run_on(big.then_some(&self.low), f).await
+    }
+
+    /// The big-workflow place (see `big`), for a big Workflow; nothing to wait for otherwise.
+    async fn big_turn(&self, big: bool) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        match big {
+            true => Some(self.big.acquire().await.expect("never closed")),
+            false => None,
+        }
     }
 }
 
@@ -599,11 +607,7 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
     let key = key_of(&ns, &name);
     let holds = has_finalizer(&wf.metadata, &shared.config.finalizer);
     let big = is_big(wf.raw.get());
-    let _big = if big {
-        Some(shared.big.acquire().await.expect("never closed"))
-    } else {
-        None
-    };
+    let _big = shared.big_turn(big).await;
     let WatchedWorkflow { metadata, raw } = wf;
     let input = {
         let ns = ns.clone();
@@ -893,11 +897,7 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
         return Ok(());
     };
     let big = is_big(obj.raw.get());
-    let _big = if big {
-        Some(shared.big.acquire().await.expect("never closed"))
-    } else {
-        None
-    };
+    let _big = shared.big_turn(big).await;
     let (raw, input) = shared
         .cpu(big, move || {
             (serde_json::from_str::<Value>(obj.raw.get()), obj.input())

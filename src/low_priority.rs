@@ -48,6 +48,17 @@ impl LowPriority {
     }
 }
 
+/// `f` on `low` when given, else in place.
+pub async fn run_on<T: Send + 'static>(
+    low: Option<&LowPriority>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    match low {
+        Some(low) => low.run(f).await,
+        None => f(),
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn lower_priority() {
     // On Linux the niceness is per thread: `who = 0` is the calling thread. Raising it needs no

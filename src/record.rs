@@ -11,7 +11,7 @@ use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams};
 
 use crate::api::WatchedWorkflow;
-use crate::low_priority::LowPriority;
+use crate::low_priority::{LowPriority, run_on as on};
 use serde_json::{Map, Value, json};
 
 use crate::model::{ANNOTATION_DELETION_ATTEMPTS, ANNOTATION_PROBED_FILES};
@@ -285,17 +285,6 @@ pub async fn mark_probed_files(
         probed_files_patch(cur, &files)
     })
     .await
-}
-
-/// `f` on the low-priority thread when there is one, else in place.
-async fn on<T: Send + 'static>(
-    low: Option<&LowPriority>,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    match low {
-        Some(low) => low.run(f).await,
-        None => f(),
-    }
 }
 
 /// Builds a patch from the object, applies it, and on 409 rebuilds it from a fresh read of the

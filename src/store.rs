@@ -617,9 +617,13 @@ impl ObjectStore {
                     .expect("semaphore never closed");
                 let _permit = self.permit(client).await;
                 // Checked again once the permit is ours: the wait for it may outlast the
-                // leadership (or the process) the pass started with.
+                // leadership (or the process) the pass started with. Keys an earlier attempt
+                // deleted stay counted.
                 if stopped() {
-                    return Err(StoreError::cancelled());
+                    for &i in &pending {
+                        results[i] = Err(StoreError::cancelled());
+                    }
+                    return Ok(results);
                 }
                 client
                     .delete_objects()
