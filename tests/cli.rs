@@ -416,7 +416,17 @@ async fn the_controller_binary_serves_probes_and_stops_on_sigterm_releasing_its_
         )
         .unwrap()
     };
-    assert_eq!(lease()["spec"]["holderIdentity"], "replica-1");
+    // Polled: on a loaded CI machine the Lease was once read without a holder right after the
+    // controller reported leading (not reproduced alone; see issue 10's note).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lease()["spec"]["holderIdentity"] != "replica-1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Lease is not held by the leading replica: {}",
+            lease()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
