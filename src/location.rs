@@ -161,6 +161,7 @@ pub fn resolve(
     art: &Artifact,
     template: TemplateLookup<'_>,
     field: &str,
+    vars: &Variables,
     repository: impl FnOnce() -> Result<ArtifactLocation, ResolveError>,
 ) -> Result<Resolved, ResolveError> {
     if let Some(driver) = location_driver(&art.location) {
@@ -172,7 +173,7 @@ pub fn resolve(
         )));
     };
     if own.is_complete() {
-        return finish(own.clone(), field);
+        return finish(own.clone(), field, vars);
     }
     let key = own.key.clone().unwrap_or_default();
     let base = match template {
@@ -198,10 +199,15 @@ pub fn resolve(
         )));
     };
     merged.key = Some(key);
-    finish(merged, field)
+    finish(merged, field, vars)
 }
 
-fn finish(location: S3Location, field: &str) -> Result<Resolved, ResolveError> {
+fn finish(
+    mut location: S3Location,
+    field: &str,
+    vars: &Variables,
+) -> Result<Resolved, ResolveError> {
+    vars.substitute_location(&mut location, field)?;
     let get = |v: &Option<String>, name: &str| {
         v.clone()
             .filter(|s| !s.is_empty())
@@ -210,13 +216,130 @@ fn finish(location: S3Location, field: &str) -> Result<Resolved, ResolveError> {
     let target = S3Target {
         endpoint: get(&location.endpoint, "endpoint")?,
         bucket: get(&location.bucket, "bucket")?,
-        key: location.key.clone().unwrap_or_default(),
+        key: clean_directory_key(location.key.as_deref().unwrap_or_default()),
         store: String::new(),
     };
     Ok(Resolved::S3 {
         target,
         location: Box::new(location),
     })
+}
+
+/// The workflow variables Argo substitutes into a pod's template (`substitutePodParams`), so
+/// into an `archiveLocation` too: status keeps the raw text. Only what the Workflow itself says
+/// is known here; anything else is refused rather than used literally.
+#[derive(Debug, Clone, Default)]
+pub struct Variables {
+    values: std::collections::HashMap<String, String>,
+}
+
+impl Variables {
+    pub fn of(wf: &crate::model::Workflow) -> Self {
+        let mut values = std::collections::HashMap::new();
+        let meta = &wf.metadata;
+        let mut put = |k: String, v: &str| {
+            values.insert(k, v.to_string());
+        };
+        put("workflow.name".into(), wf.name());
+        put("workflow.namespace".into(), wf.namespace());
+        if let Some(uid) = &meta.uid {
+            put("workflow.uid".into(), uid);
+        }
+        for (k, v) in meta.labels.iter().flatten() {
+            put(format!("workflow.labels.{k}"), v);
+        }
+        for (k, v) in meta.annotations.iter().flatten() {
+            put(format!("workflow.annotations.{k}"), v);
+        }
+        // The stored WorkflowTemplate's arguments, then the workflow's own over them.
+        let stored = wf.stored_spec().and_then(|s| s.arguments.as_ref());
+        for args in stored.into_iter().chain(wf.spec.arguments.as_ref()) {
+            for p in &args.parameters {
+                let value = match &p.value {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(serde_json::Value::Null) | None => continue,
+                    Some(other) => other.to_string(),
+                };
+                values.insert(format!("workflow.parameters.{}", p.name), value);
+            }
+        }
+        Self { values }
+    }
+
+    /// `text` with every `{{ name }}` replaced, or the first tag that cannot be.
+    fn substitute(&self, text: &str) -> Result<String, String> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let Some(len) = rest[start..].find("}}") else {
+                return Err(rest[start..].to_string());
+            };
+            let tag = &rest[start..start + len + 2];
+            match self.values.get(tag[2..tag.len() - 2].trim()) {
+                Some(v) => out.push_str(v),
+                None => return Err(tag.to_string()),
+            }
+            rest = &rest[start + len + 2..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn substitute_location(&self, loc: &mut S3Location, field: &str) -> Result<(), ResolveError> {
+        let err = |name: &str, tag: String| {
+            ResolveError::Location(format!(
+                "{field}: s3.{name} uses {tag}, which artgc cannot resolve from the Workflow (only workflow.name, .namespace, .uid, .labels.*, .annotations.* and literal workflow.parameters.*); refused rather than used as written"
+            ))
+        };
+        let fields = [
+            ("endpoint", &mut loc.endpoint),
+            ("bucket", &mut loc.bucket),
+            ("region", &mut loc.region),
+            ("key", &mut loc.key),
+            ("roleARN", &mut loc.role_arn),
+        ];
+        for (name, value) in fields {
+            if let Some(v) = value.as_mut().filter(|v| v.contains("{{")) {
+                *v = self.substitute(v).map_err(|t| err(name, t))?;
+            }
+        }
+        let secrets = [
+            ("accessKeySecret", &mut loc.access_key_secret),
+            ("secretKeySecret", &mut loc.secret_key_secret),
+            ("sessionTokenSecret", &mut loc.session_token_secret),
+            ("caSecret", &mut loc.ca_secret),
+        ];
+        for (name, sel) in secrets {
+            if let Some(sel) = sel.as_mut() {
+                for v in [&mut sel.name, &mut sel.key] {
+                    if v.contains("{{") {
+                        *v = self.substitute(v).map_err(|t| err(name, t))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A directory key as Argo uses it: its uploader joins file names to the key with `path.Join`
+/// and its GC lists `Clean(key) + "/"`, so empty and `.` segments are not part of any object's
+/// key. `..` is left in place (and refused later): resolving it could leave the artifact. A file
+/// key is Argo's object name as is.
+pub fn clean_directory_key(key: &str) -> String {
+    if !key.ends_with('/') {
+        return key.to_string();
+    }
+    let lead = if key.starts_with('/') { "/" } else { "" };
+    let body: Vec<&str> = key
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    match body.is_empty() {
+        true => "/".to_string(),
+        false => format!("{lead}{}/", body.join("/")),
+    }
 }
 
 /// Sets `target.store` to the canonical form of its endpoint as seen from `namespace`.
@@ -400,5 +523,58 @@ fn credentials(
         (None, None) => Err(ResolveError::Identity(format!(
             "{field}.s3: no accessKeySecret/secretKeySecret, and the policy lets namespace {namespace} use neither its GC service account nor artgc's own identity"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workflow_variables_are_substituted_and_unknown_ones_refused() {
+        let wf: crate::model::Workflow = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w", "namespace": "ns", "uid": "u1", "labels": {"team": "a"}},
+            "spec": {"arguments": {"parameters": [
+                {"name": "bucket", "value": "data"}, {"name": "n", "value": 7},
+                {"name": "from", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]}},
+        }))
+        .unwrap();
+        let vars = Variables::of(&wf);
+        for (text, out) in [
+            ("{{workflow.parameters.bucket}}", "data"),
+            (
+                "{{ workflow.name }}/{{workflow.uid}}-{{workflow.parameters.n}}",
+                "w/u1-7",
+            ),
+            ("{{workflow.labels.team}}-{{workflow.namespace}}", "a-ns"),
+            ("plain", "plain"),
+        ] {
+            assert_eq!(vars.substitute(text).as_deref(), Ok(out), "{text}");
+        }
+        for text in [
+            "{{workflow.parameters.from}}",
+            "{{workflow.parameters.missing}}",
+            "{{inputs.parameters.x}}",
+            "{{=sprig.trim(workflow.name)}}",
+            "a-{{workflow.name",
+        ] {
+            assert!(vars.substitute(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn directory_keys_are_cleaned_as_argo_uploads_them() {
+        for (key, clean) in [
+            ("results//run-7/", "results/run-7/"),
+            ("a/./b/", "a/b/"),
+            ("./a/", "a/"),
+            ("a/../b/", "a/../b/"),
+            ("/a//b/", "/a/b/"),
+            ("//", "/"),
+            ("a//b", "a//b"),
+            ("a/b.tgz", "a/b.tgz"),
+        ] {
+            assert_eq!(clean_directory_key(key), clean, "{key:?}");
+        }
     }
 }

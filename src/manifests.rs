@@ -34,6 +34,7 @@ impl WorkflowInput {
         match serde_path_to_error::deserialize::<_, Workflow>(value) {
             Ok(mut wf) => {
                 wf.metadata.namespace.get_or_insert(namespace);
+                wf.apply_template_defaults();
                 Self::Valid(Box::new(wf))
             }
             Err(e) => Self::Invalid {
@@ -56,6 +57,7 @@ impl WorkflowInput {
                 wf.metadata
                     .namespace
                     .get_or_insert_with(|| default_namespace.to_string());
+                wf.apply_template_defaults();
                 Self::Valid(Box::new(wf))
             }
             // The error path: read it again as a tree, for the name and the same message.
@@ -214,7 +216,9 @@ pub fn parse_documents(origin: &str, text: &str) -> Result<Vec<Value>, InputErro
 }
 
 /// Lifts serde-saphyr's limits, which are sized for config files, to what `kubectl get -A -o
-/// yaml` prints for a busy cluster; the guards against alias bombs stay.
+/// yaml` prints for a busy cluster; the guards against alias bombs stay. YAML 1.2 booleans only:
+/// a plain `n`, `y`, `no` or `on` is text, as `kubectl` reads it into a string field (the objects
+/// are read untyped first, so YAML 1.1's booleans would turn `name: n` into `false`).
 fn yaml_options() -> serde_saphyr::Options {
     let mut budget = serde_saphyr::Budget::default();
     budget.max_reader_input_bytes = Some(8 << 30);
@@ -225,12 +229,34 @@ fn yaml_options() -> serde_saphyr::Options {
     budget.max_depth = 256;
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
+    options.strict_booleans = true;
     options
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_1_1_boolean_words_in_string_fields_stay_text() {
+        let text = "apiVersion: argoproj.io/v1alpha1\nkind: Workflow\nmetadata: {name: n, namespace: y}\n\
+            spec:\n  templates: [{name: no, outputs: {artifacts: [{name: on, s3: {key: off}}]}}]\n\
+            status: {phase: Succeeded}\n";
+        let mut inv = Inventory::default();
+        inv.add_text("w.yaml", text, "default").unwrap();
+        let WorkflowInput::Valid(wf) = &inv.workflows[0] else {
+            panic!("{:?}", inv.workflows[0]);
+        };
+        assert_eq!((wf.name(), wf.namespace()), ("n", "y"));
+        let t = &wf.spec.templates[0];
+        assert_eq!(t.name.as_deref(), Some("no"));
+        let art = &t.outputs.as_ref().unwrap().artifacts[0];
+        assert_eq!(art.name, "on");
+        assert_eq!(
+            art.location.s3.as_ref().unwrap().key.as_deref(),
+            Some("off")
+        );
+    }
 
     #[test]
     fn yaml_error_names_file_and_position() {

@@ -57,6 +57,9 @@ pub struct WorkflowSpec {
     pub workflow_template_ref: Option<serde_json::Value>,
     #[serde(default)]
     pub arguments: Option<Arguments>,
+    /// Merged by Argo into every template it runs (`mergedTemplateDefaultsInto`).
+    #[serde(default)]
+    pub template_defaults: Option<Template>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -84,6 +87,18 @@ pub struct ArtifactRepositoryRef {
 pub struct Arguments {
     #[serde(default, deserialize_with = "null_default")]
     pub artifacts: Vec<Artifact>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub parameters: Vec<Parameter>,
+}
+
+/// A workflow argument; only a literal `value` can be known here (not `valueFrom`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Parameter {
+    #[serde(default, deserialize_with = "null_default")]
+    pub name: String,
+    /// Argo's `AnyString`: text, or a number or boolean written without quotes.
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -347,6 +362,10 @@ pub struct NodeStatus {
     pub template_name: Option<String>,
     #[serde(default)]
     pub template_ref: Option<TemplateRef>,
+    /// Where `template_name` is defined: empty or `local/...` for the workflow's own templates,
+    /// `namespaced/<wt>` or `cluster/<cwt>` for a WorkflowTemplate's (a bare `<wt>` is namespaced).
+    #[serde(default)]
+    pub template_scope: Option<String>,
     #[serde(default)]
     pub phase: Option<String>,
     #[serde(default)]
@@ -407,13 +426,66 @@ impl Workflow {
         self.metadata.deletion_timestamp.is_some()
     }
 
-    /// Finished in Argo's terms: a final phase and the `completed` label.
+    /// Finished in Argo's terms (`artifactGCStrategiesReady`): a final phase, and the
+    /// `completed` label or a deletion under way (a deleted workflow may never get the label).
     pub fn is_finished(&self) -> bool {
         let final_phase = matches!(
             self.status.phase.as_deref(),
             Some("Succeeded" | "Failed" | "Error")
         );
-        final_phase && self.label(LABEL_COMPLETED) == Some("true")
+        final_phase && (self.label(LABEL_COMPLETED) == Some("true") || self.is_being_deleted())
+    }
+
+    /// Applies `templateDefaults` as Argo does before running a template: the workflow's own,
+    /// over the stored WorkflowTemplate spec's, merged under each template's `archiveLocation`
+    /// (the only part of a template that says where its outputs went). Argo's own GC reads the
+    /// raw templates and misses a default archive location.
+    pub fn apply_template_defaults(&mut self) {
+        let own = self
+            .spec
+            .template_defaults
+            .as_ref()
+            .and_then(|d| d.archive_location.as_ref());
+        let stored = self
+            .stored_spec()
+            .and_then(|s| s.template_defaults.as_ref())
+            .and_then(|d| d.archive_location.as_ref());
+        let defaults = match (stored, own) {
+            (None, None) => return,
+            (Some(d), None) | (None, Some(d)) => serde_json::to_value(d),
+            (Some(s), Some(o)) => serde_json::to_value(s).and_then(|mut s| {
+                merge_json(&mut s, serde_json::to_value(o)?);
+                Ok(s)
+            }),
+        };
+        let Ok(defaults) = defaults else { return };
+        let apply = |t: &mut Template| {
+            let mut merged = defaults.clone();
+            if let Some(own) = &t.archive_location
+                && let Ok(v) = serde_json::to_value(own)
+            {
+                merge_json(&mut merged, v);
+            }
+            if let Ok(loc) = serde_json::from_value(merged) {
+                t.archive_location = Some(loc);
+            }
+        };
+        let stored_spec = self.status.stored_workflow_template_spec.as_mut();
+        let tops = self
+            .spec
+            .templates
+            .iter_mut()
+            .chain(stored_spec.into_iter().flat_map(|s| s.templates.iter_mut()))
+            .chain(self.status.stored_templates.values_mut());
+        for t in tops {
+            let mut stack = vec![t];
+            while let Some(t) = stack.pop() {
+                apply(t);
+                let steps = t.steps.iter_mut().flatten().flatten();
+                let tasks = t.dag.iter_mut().flat_map(|d| d.tasks.iter_mut());
+                stack.extend(steps.chain(tasks).filter_map(|s| s.inline.as_deref_mut()));
+            }
+        }
     }
 
     /// Argo's controller has started it: phase `Running` or a `startedAt`. A workflow Argo never
@@ -509,31 +581,69 @@ impl Workflow {
         out
     }
 
-    /// The template a Pod node ran, as Argo finds it for GC: `templateName` in the workflow
-    /// (own templates, then the stored WorkflowTemplate spec), else `templateRef` in
-    /// `status.storedTemplates`.
+    /// The template a Pod node ran: a `templateRef`'s in `status.storedTemplates`; else
+    /// `templateName` in its `templateScope`: a WorkflowTemplate's local template is stored as
+    /// `storedTemplates["namespaced/<wt>/<name>"]` (Argo's GC looks the name up in the workflow
+    /// only, and can pick a same-named template there); local names are the workflow's own
+    /// templates, then the stored WorkflowTemplate spec's.
     pub fn template_of(&self, node: &NodeStatus) -> Option<&Template> {
-        if let Some(name) = node.template_name.as_deref().filter(|n| !n.is_empty()) {
-            let by_name = |ts: &'_ [Template]| -> Option<usize> {
-                ts.iter().position(|t| t.name.as_deref() == Some(name))
+        if let Some(tref) = &node.template_ref
+            && let (Some(wt), Some(t)) = (tref.name.as_deref(), tref.template.as_deref())
+        {
+            let scope = if tref.cluster_scope == Some(true) {
+                "cluster"
+            } else {
+                "namespaced"
             };
-            if let Some(i) = by_name(&self.spec.templates) {
-                return Some(&self.spec.templates[i]);
-            }
-            if let Some(spec) = self.stored_spec()
-                && let Some(i) = by_name(&spec.templates)
-            {
-                return Some(&spec.templates[i]);
+            return self
+                .status
+                .stored_templates
+                .get(&format!("{scope}/{wt}/{t}"));
+        }
+        let name = node.template_name.as_deref().filter(|n| !n.is_empty())?;
+        if let Some((scope, resource)) = template_scope(node.template_scope.as_deref()) {
+            return self
+                .status
+                .stored_templates
+                .get(&format!("{scope}/{resource}/{name}"));
+        }
+        let named = |ts: &'_ [Template]| -> Option<usize> {
+            ts.iter().position(|t| t.name.as_deref() == Some(name))
+        };
+        if let Some(i) = named(&self.spec.templates) {
+            return Some(&self.spec.templates[i]);
+        }
+        let spec = self.stored_spec()?;
+        named(&spec.templates).map(|i| &spec.templates[i])
+    }
+}
+
+/// A node's `templateScope` as Argo's `GetTemplateScope` reads it: `None` for the workflow's
+/// own (empty, or `local/...`), else (`namespaced` or `cluster`, resource name); a bare name is
+/// namespaced.
+fn template_scope(scope: Option<&str>) -> Option<(&str, &str)> {
+    let scope = scope.filter(|s| !s.is_empty())?;
+    match scope.split_once('/') {
+        None => Some(("namespaced", scope)),
+        Some(("local", _)) => None,
+        Some((kind, rest)) => Some((kind, rest.split('/').next().unwrap_or(rest))),
+    }
+}
+
+/// A strategic merge of two objects as Kubernetes does it for structs: `patch`'s fields win,
+/// objects merge field by field, anything else is replaced.
+fn merge_json(base: &mut serde_json::Value, patch: serde_json::Value) {
+    match (base, patch) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                match b.get_mut(&k) {
+                    Some(slot) => merge_json(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
             }
         }
-        let tref = node.template_ref.as_ref()?;
-        let (wt, t) = (tref.name.as_deref()?, tref.template.as_deref()?);
-        let scope = if tref.cluster_scope == Some(true) {
-            "cluster"
-        } else {
-            "namespaced"
-        };
-        let key = format!("{scope}/{wt}/{t}");
-        self.status.stored_templates.get(&key)
+        (slot, v) => *slot = v,
     }
 }

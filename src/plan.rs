@@ -324,6 +324,7 @@ fn plan_workflow(
     let configured = OnceCell::new();
     let repo = OnceCell::new();
     let repository = || repo.get_or_init(|| state.repository_for(wf)).clone();
+    let vars = location::Variables::of(wf);
     let any_archive_location = wf.all_templates().iter().any(|t| {
         t.archive_location
             .as_ref()
@@ -351,6 +352,7 @@ fn plan_workflow(
                 live_use(
                     state,
                     wf.namespace(),
+                    &vars,
                     art,
                     lookup,
                     &field,
@@ -374,7 +376,7 @@ fn plan_workflow(
                     .clone()
                     .map_err(|e| format!("spec.artifactGC.strategy: {e}")),
             };
-            let mut resolved = location::resolve(art, lookup, &field, repository);
+            let mut resolved = location::resolve(art, lookup, &field, &vars, repository);
             if let Ok(r) = resolved.as_mut() {
                 location::canonicalize_store(r, state, wf.namespace());
             }
@@ -485,6 +487,7 @@ fn plan_workflow(
                 live_use(
                     state,
                     wf.namespace(),
+                    &vars,
                     art,
                     TemplateLookup::Found(t),
                     &field,
@@ -503,6 +506,7 @@ fn plan_workflow(
             live_use(
                 state,
                 wf.namespace(),
+                &vars,
                 art,
                 lookup,
                 "spec.arguments",
@@ -524,6 +528,7 @@ fn parse_time(t: Option<&str>) -> Option<jiff::Timestamp> {
 fn live_use(
     state: &ClusterState,
     namespace: &str,
+    vars: &location::Variables,
     art: &Artifact,
     lookup: TemplateLookup<'_>,
     field: &str,
@@ -540,7 +545,7 @@ fn live_use(
     if !literal {
         return;
     }
-    if let Ok(mut resolved) = location::resolve(art, lookup, field, repository) {
+    if let Ok(mut resolved) = location::resolve(art, lookup, field, vars, repository) {
         location::canonicalize_store(&mut resolved, state, namespace);
         let Resolved::S3 { target, .. } = resolved else {
             return;

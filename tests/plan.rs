@@ -913,3 +913,170 @@ fn a_decompression_bomb_is_an_error_and_memory_stays_flat() {
     let grown = peak_rss().saturating_sub(before);
     assert!(grown < 96 << 20, "peak RSS grew by {} MiB", grown >> 20);
 }
+
+// ---- Argo conformance: templateDefaults, templateScope, deletion without the label ----
+
+/// Argo merges `spec.templateDefaults` into every template it runs
+/// (`mergedTemplateDefaultsInto`): a default archiveLocation is where outputs went. Argo's own
+/// GC reads the raw template and looks in the repository instead.
+#[test]
+fn template_defaults_archive_location_is_where_outputs_went() {
+    let mut archive = s3_repo("defaults:9000", "defaults-bucket", "cred");
+    archive["s3"]["key"] = json!("x");
+    let w = wf("w")
+        .strategy("OnWorkflowCompletion")
+        .set(
+            &["spec", "templateDefaults"],
+            json!({"archiveLocation": archive}),
+        )
+        .template(json!({"name": "t"}))
+        // A template's own fields win, field by field (a strategic merge).
+        .template(json!({"name": "own", "archiveLocation": {"s3": {"bucket": "own-bucket"}}}))
+        .node("n1", "t", vec![key_only("a", "w/a.tgz")])
+        .node("n2", "own", vec![key_only("b", "w/b.tgz")]);
+    let plan = plan_due(vec![w], creds());
+    let a = art(&plan, "w", "a").target.clone().unwrap();
+    assert_eq!(
+        (a.endpoint.as_str(), a.bucket.as_str(), a.key.as_str()),
+        ("defaults:9000", "defaults-bucket", "w/a.tgz")
+    );
+    let b = art(&plan, "w", "b").target.clone().unwrap();
+    assert_eq!(
+        (b.endpoint.as_str(), b.bucket.as_str()),
+        ("defaults:9000", "own-bucket")
+    );
+
+    // The stored WorkflowTemplate spec's defaults apply too; the workflow's own win over them.
+    let mut stored = s3_repo("stored:9000", "stored-bucket", "cred");
+    stored["s3"]["key"] = json!("x");
+    let w = wf("w2")
+        .strategy("OnWorkflowCompletion")
+        .set(&["spec", "workflowTemplateRef"], json!({"name": "wt"}))
+        .set(
+            &["status", "storedWorkflowTemplateSpec"],
+            json!({"templateDefaults": {"archiveLocation": stored}, "templates": [{"name": "t"}]}),
+        )
+        .node("n1", "t", vec![key_only("a", "w2/a.tgz")]);
+    let plan = plan_due(vec![w.clone()], creds());
+    assert_eq!(
+        art(&plan, "w2", "a").target.as_ref().unwrap().bucket,
+        "stored-bucket"
+    );
+    let w = w.set(
+        &["spec", "templateDefaults"],
+        json!({"archiveLocation": {"s3": {"bucket": "mine"}}}),
+    );
+    let plan = plan_due(vec![w], creds());
+    let t = art(&plan, "w2", "a").target.clone().unwrap();
+    assert_eq!(
+        (t.endpoint.as_str(), t.bucket.as_str()),
+        ("stored:9000", "mine")
+    );
+}
+
+/// A WorkflowTemplate's local template runs with `templateScope: namespaced/<wt>` and is stored
+/// as `storedTemplates["namespaced/<wt>/<name>"]`; a same-named template of the Workflow is not
+/// it (Argo's GC looks up the name in the Workflow only).
+#[test]
+fn template_scope_finds_the_workflow_template_s_own_template() {
+    let mut archive = s3_repo("wt:9000", "wt-bucket", "cred");
+    archive["s3"]["key"] = json!("x");
+    let node = |id: &str, scope: &str, art: Value| {
+        json!({"id": id, "type": "Pod", "phase": "Succeeded", "templateName": "build",
+               "templateScope": scope, "outputs": {"artifacts": [art]}})
+    };
+    let w = wf("w")
+        .strategy("OnWorkflowCompletion")
+        .template(json!({"name": "build"}))
+        .set(
+            &["status", "storedTemplates", "namespaced/my-wt/build"],
+            json!({"name": "build", "archiveLocation": archive}),
+        )
+        .set(
+            &["status", "nodes", "n1"],
+            node("n1", "namespaced/my-wt", key_only("scoped", "w/a.tgz")),
+        )
+        .set(
+            &["status", "nodes", "n2"],
+            node("n2", "local/w", key_only("local", "w/b.tgz")),
+        )
+        .set(
+            &["status", "nodes", "n3"],
+            node("n3", "my-wt", key_only("bare", "w/c.tgz")),
+        );
+    let plan = plan_due(vec![w], creds());
+    let bucket = |a: &str| art(&plan, "w", a).target.as_ref().unwrap().bucket.clone();
+    assert_eq!(bucket("scoped"), "wt-bucket");
+    assert_eq!(bucket("local"), "repo-bucket");
+    // A bare scope is namespaced (Argo's GetTemplateScope).
+    assert_eq!(bucket("bare"), "wt-bucket");
+}
+
+/// Argo's `artifactGCStrategiesReady`: a finished workflow being deleted is due even when the
+/// `completed` label never came; one still running is not.
+#[test]
+fn a_deleted_workflow_in_a_final_phase_is_due_without_the_completed_label() {
+    let unlabelled = |w: Wf| w.set(&["metadata", "labels"], json!({}));
+    let plan = plan_due(
+        vec![unlabelled(two_strategies(wf("w"))).deleting()],
+        creds(),
+    );
+    assert_eq!(art(&plan, "w", "comp").decision, Decision::Delete);
+    assert_eq!(art(&plan, "w", "del").decision, Decision::Delete);
+
+    let plan = plan_due(vec![unlabelled(two_strategies(wf("w")))], creds());
+    assert!(matches!(
+        art(&plan, "w", "comp").decision,
+        Decision::Skip(SkipReason::NotFinished(_))
+    ));
+    let running = unlabelled(two_strategies(wf("w")))
+        .set(&["status", "phase"], json!("Running"))
+        .deleting();
+    let plan = plan_due(vec![running], creds());
+    assert!(matches!(
+        art(&plan, "w", "comp").decision,
+        Decision::Skip(SkipReason::NotFinished(_))
+    ));
+}
+
+/// Argo substitutes workflow variables into a pod's template, archiveLocation included, and
+/// keeps the raw text in status: resolve what the Workflow says, refuse the rest.
+#[test]
+fn workflow_parameters_in_an_archive_location_are_resolved_or_refused() {
+    let mut archive = s3_repo("archive:9000", "{{workflow.parameters.bucket}}", "cred");
+    archive["s3"]["key"] = json!("x");
+    let w = |name: &str, args: Value| {
+        wf(name)
+            .strategy("OnWorkflowCompletion")
+            .set(&["spec", "arguments"], args)
+            .template(json!({"name": "t", "archiveLocation": archive.clone()}))
+            .node("n1", "t", vec![key_only("a", &format!("{name}/a.tgz"))])
+    };
+    let plan = plan_due(
+        vec![
+            w(
+                "known",
+                json!({"parameters": [{"name": "bucket", "value": "team-data"}]}),
+            ),
+            w(
+                "unknown",
+                json!({"parameters": [{"name": "bucket",
+                "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]}),
+            ),
+        ],
+        creds(),
+    );
+    let known = art(&plan, "known", "a");
+    assert_eq!(known.decision, Decision::Delete);
+    assert_eq!(known.target.as_ref().unwrap().bucket, "team-data");
+    let unknown = art(&plan, "unknown", "a");
+    let Decision::Error(e) = &unknown.decision else {
+        panic!("{:?}", unknown.decision);
+    };
+    assert!(
+        e.to_string()
+            .contains("s3.bucket uses {{workflow.parameters.bucket}}"),
+        "{e}"
+    );
+    assert!(unknown.connection.is_none());
+}

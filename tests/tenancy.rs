@@ -423,6 +423,35 @@ async fn keys_that_could_escape_are_refused() {
     assert_eq!(srv.keys(&b).await, ["other/secret.csv"]);
 }
 
+/// Argo uploads a directory under `path.Join(key, file)` and lists `Clean(key) + "/"`: a
+/// directory key with empty or `.` segments names the cleaned folder, which is what is deleted
+/// (listing the raw key would find nothing and report the artifact deleted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_keys_that_are_not_path_clean_reach_what_argo_wrote() {
+    let srv = S3Server::start().await;
+    let b = srv.bucket("clean").await;
+    for k in [
+        "w/run-7/a.csv",
+        "w/run-7/b.csv",
+        "w/run-70/c.csv",
+        "w/d/e.csv",
+    ] {
+        srv.put(&b, k, "x").await;
+    }
+    let arts = vec![
+        on_server(&srv, &srv.endpoint, "double", &b, "w//run-7/", "s3"),
+        on_server(&srv, &srv.endpoint, "dot", &b, "w/./d/", "s3"),
+    ];
+    let plan = plan_due(vec![workflow("ns", "w").node("n1", "t", arts)], creds(&srv));
+    assert_eq!(
+        art(&plan, "w", "double").target.as_ref().unwrap().key,
+        "w/run-7/"
+    );
+    assert_eq!(art(&plan, "w", "dot").target.as_ref().unwrap().key, "w/d/");
+    run(&plan).await;
+    assert_eq!(srv.keys(&b).await, ["w/run-70/c.csv"]);
+}
+
 /// One store spelt two ways (`minio:9000` and its FQDN) is one store for the shared-key check;
 /// a use of a whole bucket makes no key of it shared.
 #[test]
