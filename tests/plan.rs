@@ -877,6 +877,32 @@ fn the_planned_workflows_own_index_entries_are_ignored() {
     assert_eq!(art(&plan, "a", "out").decision, Decision::Delete);
 }
 
+/// A running workflow named like a top-level folder keeps only what it uses: the controller's
+/// index (folded by pod folder) and `plan -f` (every key as it is) decide alike.
+#[test]
+fn a_workflow_named_like_a_folder_does_not_keep_other_keys_in_it() {
+    let reports = fixed("reports", "Never", "reports/reports-1/out.tgz").running();
+    let team = fixed("team", "OnWorkflowCompletion", "reports/summary.csv");
+    let index = index_of(vec![reports.clone()]);
+    let cluster = plan_against(team.clone(), &index);
+    assert_eq!(art(&cluster, "team", "out").decision, Decision::Delete);
+    let files = plan_due(vec![reports.clone(), team], creds());
+    assert_eq!(art(&files, "team", "out").decision, Decision::Delete);
+
+    // Its own pods' folders stay covered, on both paths.
+    let inside = fixed("other", "OnWorkflowCompletion", "reports/reports-1/out.tgz");
+    let cluster = plan_against(inside.clone(), &index);
+    assert!(matches!(
+        art(&cluster, "other", "out").decision,
+        Decision::Keep(KeepReason::Shared(_))
+    ));
+    let files = plan_due(vec![reports, inside], creds());
+    assert!(matches!(
+        art(&files, "other", "out").decision,
+        Decision::Keep(KeepReason::Shared(_))
+    ));
+}
+
 /// The process's peak resident memory, in bytes (Linux).
 fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

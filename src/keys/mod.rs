@@ -155,19 +155,28 @@ impl OverlapIndex {
     }
 }
 
-/// The workflow's own folder in `key`: the path up to a segment equal to its name.
+/// The folder of one of the workflow's pods in `key`, as Argo's default key format
+/// `{{workflow.name}}/{{pod.name}}` lays it out (after any prefix): a segment equal to the
+/// workflow's name, then a pod name starting with `<name>-`, with the key going on below it.
+/// Anything else is indexed as it is: a workflow named `reports` does not own all of `reports/`.
 fn own_folder<'k>(key: &'k str, name: &str) -> Option<&'k str> {
     if name.is_empty() {
         return None;
     }
     let mut end = 0;
-    for seg in key.split('/') {
-        end += seg.len();
-        if seg == name {
+    let mut segments = key.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        end += seg.len() + 1;
+        if seg == name
+            && let Some(pod) = segments.peek()
+            && pod.len() > name.len() + 1
+            && pod.starts_with(name)
+            && pod.as_bytes()[name.len()] == b'-'
+        {
+            let folder = end + pod.len();
             // Only a folder: the key must go on below it.
-            return (key.len() > end + 1).then(|| &key[..end]);
+            return (key.len() > folder + 1).then(|| &key[..folder]);
         }
-        end += 1;
     }
     None
 }
@@ -602,12 +611,18 @@ mod tests {
     }
 
     #[test]
-    fn a_workflows_own_folder_is_one_entry_live_if_any_use_is() {
-        assert_eq!(own_folder("wf/wf-1/out.tgz", "wf"), Some("wf"));
-        assert_eq!(own_folder("a/2026/wf/x", "wf"), Some("a/2026/wf"));
-        assert_eq!(own_folder("wf", "wf"), None);
-        assert_eq!(own_folder("wf/", "wf"), None);
-        assert_eq!(own_folder("wfx/a", "wf"), None);
+    fn a_pods_folder_is_one_entry_live_if_any_use_is() {
+        assert_eq!(own_folder("wf/wf-1/out.tgz", "wf"), Some("wf/wf-1"));
+        assert_eq!(
+            own_folder("a/2026/wf/wf-x/y/z", "wf"),
+            Some("a/2026/wf/wf-x")
+        );
+        assert_eq!(own_folder("a/2026/wf/x", "wf"), None, "not one of its pods");
+        assert_eq!(own_folder("wf/wfx-1/a", "wf"), None);
+        assert_eq!(own_folder("wf/wf-/a", "wf"), None);
+        assert_eq!(own_folder("wf/wf-1", "wf"), None);
+        assert_eq!(own_folder("wf/wf-1/", "wf"), None);
+        assert_eq!(own_folder("wfx/wfx-1/a", "wf"), None);
         let mut idx = KeyIndex::default();
         let u = |k: &str, due: bool| WorkflowKeyUse {
             target: t(k),
@@ -618,17 +633,38 @@ mod tests {
             "ns/wf",
             vec![
                 u("wf/wf-1/a.tgz", true),
-                u("wf/wf-2/b.tgz", false),
+                u("wf/wf-1/b.tgz", false),
+                u("wf/wf-2/c.tgz", true),
                 u("fixed", true),
             ],
         );
-        assert_eq!(idx.len(), 2);
-        assert_eq!(bases(&idx, "wf/wf-9/other"), ["wf"], "the folder covers it");
-        let folder = idx.uses_at(&t("x"), "wf");
+        assert_eq!(idx.len(), 3);
+        assert_eq!(
+            bases(&idx, "wf/wf-1/other"),
+            ["wf/wf-1"],
+            "the folder covers it"
+        );
+        let folder = idx.uses_at(&t("x"), "wf/wf-1");
         assert_eq!(folder.len(), 1);
         assert!(!folder[0].due, "live: one of its uses is");
-        assert_eq!(folder[0].label("wf"), "ns/wf (key wf)");
+        assert_eq!(folder[0].label("wf/wf-1"), "ns/wf (key wf/wf-1)");
         assert!(bases(&idx, "wfx/a").is_empty());
+    }
+
+    /// A workflow named like a top-level folder (`reports`) does not claim other workflows'
+    /// keys in it: only its pods' folders are folded.
+    #[test]
+    fn a_workflow_named_like_a_folder_claims_only_its_pods_folders() {
+        let mut idx = KeyIndex::default();
+        let u = |k: &str| WorkflowKeyUse {
+            target: t(k),
+            due: false,
+            label: k.into(),
+        };
+        idx.set_workflow("ns/reports", vec![u("reports/reports-1/out.tgz")]);
+        assert!(bases(&idx, "reports/summary.csv").is_empty());
+        assert!(bases(&idx, "reports/team-b-7/out.tgz").is_empty());
+        assert_eq!(bases(&idx, "reports/reports-1/x"), ["reports/reports-1"]);
     }
 
     fn bases(idx: &KeyIndex, key: &str) -> Vec<String> {
