@@ -215,6 +215,10 @@ pub struct ControllerArgs {
     /// Longest retry delay.
     #[arg(long, default_value = "5m", env = "ARTGC_BACKOFF_MAX", value_parser = parse_duration)]
     pub backoff_max: Duration,
+    /// How soon a workflow is looked at again while some of its artifacts are kept only for
+    /// running workflows that read them.
+    #[arg(long, default_value = "30s", env = "ARTGC_READER_RECHECK", value_parser = parse_duration)]
+    pub reader_recheck: Duration,
     /// Address of the admin server (/metrics, /live, /ready).
     #[arg(long, default_value = "0.0.0.0:9090", env = "ARTGC_ADMIN_ADDR")]
     pub admin_addr: std::net::SocketAddr,
@@ -268,6 +272,7 @@ impl ControllerArgs {
             retry_budget: self.retry_budget,
             backoff_base: self.backoff_base,
             backoff_max: self.backoff_max,
+            reader_recheck: self.reader_recheck,
             store: self.store.options(),
             admin_addr: self.admin_addr,
             leader_election: self

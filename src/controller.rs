@@ -70,6 +70,8 @@ pub struct ControllerConfig {
     pub retry_budget: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// How soon a workflow whose artifacts wait for running readers is looked at again.
+    pub reader_recheck: Duration,
     pub store: StoreOptions,
     pub admin_addr: SocketAddr,
     pub leader_election: Option<LeaderElection>,
@@ -93,6 +95,7 @@ impl Default for ControllerConfig {
             retry_budget: 5,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            reader_recheck: Duration::from_secs(30),
             store: StoreOptions::default(),
             admin_addr: ([0, 0, 0, 0], 9090).into(),
             leader_election: None,
@@ -719,11 +722,11 @@ async fn worker(shared: Arc<Shared>, mut leader: watch::Receiver<bool>, stop: Ca
             .get_or_create(&label)
             .observe(started.elapsed().as_secs_f64());
         let retry = match result {
-            Ok(()) => {
+            Ok(recheck) => {
                 if let Some(a) = shared.attempts.lock().expect("lock").get_mut(&key) {
                     *a = 0;
                 }
-                None
+                recheck.map(|d| Instant::now() + d)
             }
             Err(e) => {
                 let n = {
@@ -883,7 +886,9 @@ impl crate::execute::Progress for Fence<'_> {
     }
 }
 
-async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
+/// One pass over one workflow; `Ok(Some(d))` asks for another pass after `d` (artifacts kept
+/// only for running workflows that read them: deleted once those finish).
+async fn reconcile(shared: &Shared, key: &str) -> Result<Option<Duration>, ReconcileError> {
     let (ns, name) = split_key(key);
     let api = workflows(&shared.client, Some(ns));
     let fence = Fence(shared);
@@ -894,7 +899,7 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
         .await?
     else {
         shared.index.lock().await.remove_workflow(key);
-        return Ok(());
+        return Ok(None);
     };
     let big = is_big(obj.raw.get());
     let _big = shared.big_turn(big).await;
@@ -924,7 +929,7 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
                 record::apply(&api, raw, &update, finalizer, "artgc", low).await?;
                 debug!(workflow = %key, ?change, "finalizer");
             }
-            return Ok(());
+            return Ok(None);
         }
         WorkflowInput::Valid(wf) => {
             let ctx = PassContext::of(wf, &raw, holds, budget);
@@ -981,7 +986,7 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
                     fence.check()?;
                     match record::mark_probed_files(&api, raw, &files, "artgc", low).await? {
                         Some(v) => raw = v,
-                        None => return Ok(()),
+                        None => return Ok(None),
                     }
                 }
                 Some(delete(&plan, probed, &shared.store, false, &fence).await)
@@ -1037,7 +1042,8 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<(), ReconcileError> {
         None if outcome.pending && execution_stopped(execution.as_ref()) => {
             Err(ReconcileError::Fenced)
         }
-        None => Ok(()),
+        None if outcome.waiting_on_readers => Ok(Some(shared.config.reader_recheck)),
+        None => Ok(None),
     }
 }
 

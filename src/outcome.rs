@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::execute::Execution;
 use crate::model::Workflow;
-use crate::plan::{Decision, SkipReason, Strategy, WorkflowPlan};
+use crate::plan::{Decision, KeepReason, SkipReason, Strategy, WorkflowPlan};
 
 /// Argo's condition type for GC failures.
 pub const CONDITION_GC_ERROR: &str = "ArtifactGCError";
@@ -144,6 +144,8 @@ pub struct PassOutcome {
     pub kept: Vec<&'static str>,
     /// Work remains for later (OnWorkflowDeletion artifacts of a live workflow, or failures).
     pub pending: bool,
+    /// Some artifact waits for running workflows that read it: check again later.
+    pub waiting_on_readers: bool,
 }
 
 impl PassOutcome {
@@ -201,6 +203,7 @@ pub fn assess(
         reclaimed: BTreeMap::new(),
         kept: Vec::new(),
         pending: false,
+        waiting_on_readers: false,
     };
     let mut failed_strategies: Vec<Strategy> = Vec::new();
     let mut pending_strategies: Vec<Strategy> = Vec::new();
@@ -257,6 +260,13 @@ pub fn assess(
                         pending_strategies.push(art.strategy);
                     }
                 }
+            }
+            // Readers never delete their inputs: kept now, deleted once they finish, so the
+            // strategy is not done and the finalizer stays.
+            d @ Decision::Keep(KeepReason::ReadByRunning(_)) => {
+                pending_strategies.push(art.strategy);
+                out.waiting_on_readers = true;
+                kept.push((art.strategy, d.category()));
             }
             d @ Decision::Keep(_) => kept.push((art.strategy, d.category())),
             Decision::Skip(SkipReason::AlreadyDeleted) => {}

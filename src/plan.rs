@@ -90,6 +90,9 @@ pub enum KeepReason {
     Never,
     /// Another artifact that is not being deleted uses this key; names it.
     Shared(String),
+    /// Only running workflows that read the key still use it; names one. They never delete
+    /// their inputs, so this is pending: deleted once they finish, not settled.
+    ReadByRunning(String),
     BucketRoot,
     /// A memoization cache hit: the outputs are another workflow's.
     Memoized,
@@ -128,6 +131,7 @@ impl Decision {
             Self::Delete => "due",
             Self::Keep(KeepReason::Never) => "never",
             Self::Keep(KeepReason::Shared(_)) => "shared",
+            Self::Keep(KeepReason::ReadByRunning(_)) => "read_by_running",
             Self::Keep(KeepReason::BucketRoot) => "bucket_root",
             Self::Keep(KeepReason::Memoized) => "memoized",
             Self::Skip(SkipReason::AlreadyDeleted) => "already_deleted",
@@ -143,6 +147,9 @@ impl Decision {
             Self::Delete => "due".into(),
             Self::Keep(KeepReason::Never) => "strategy Never".into(),
             Self::Keep(KeepReason::Shared(by)) => format!("shared: key also used by {by}"),
+            Self::Keep(KeepReason::ReadByRunning(by)) => {
+                format!("read by running {by}: deleted once it finishes")
+            }
             Self::Keep(KeepReason::BucketRoot) => {
                 "refused: key is empty or covers the whole bucket".into()
             }
@@ -239,6 +246,8 @@ struct KeyUse {
     /// whatever this run decides (an unfinished workflow's inputs and templates).
     owner: Option<(usize, usize)>,
     label: String,
+    /// An unfinished workflow only reads the key (an input): it will never delete it.
+    reads: bool,
 }
 
 /// Builds the plan for every workflow of the input.
@@ -357,7 +366,7 @@ fn plan_workflow(
                     lookup,
                     &field,
                     &repository,
-                    label(id, &art.name),
+                    (label(id, &art.name), true),
                     uses,
                 );
             }
@@ -457,6 +466,7 @@ fn plan_workflow(
                     target: t.clone(),
                     owner,
                     label: label(id, &art.name),
+                    reads: false,
                 });
             }
             wp.artifacts.push(ArtifactPlan {
@@ -478,7 +488,10 @@ fn plan_workflow(
         // A running workflow will read and write what its templates name.
         for t in wf.all_templates() {
             let tname = t.name.as_deref().unwrap_or("(inline)");
-            for art in t.artifacts() {
+            let inputs = t.inputs.iter().flat_map(|i| &i.artifacts);
+            let outputs = t.outputs.iter().flat_map(|o| &o.artifacts);
+            let all = inputs.map(|a| (a, true)).chain(outputs.map(|a| (a, false)));
+            for (art, reads) in all {
                 let field = format!("template {tname} artifact {}", art.name);
                 let l = format!(
                     "{}/{} template {tname} artifact {}",
@@ -492,7 +505,7 @@ fn plan_workflow(
                     TemplateLookup::Found(t),
                     &field,
                     &repository,
-                    l,
+                    (l, reads),
                     uses,
                 );
             }
@@ -511,7 +524,7 @@ fn plan_workflow(
                 lookup,
                 "spec.arguments",
                 &repository,
-                l,
+                (l, true),
                 uses,
             );
         }
@@ -533,7 +546,7 @@ fn live_use(
     lookup: TemplateLookup<'_>,
     field: &str,
     repository: &dyn Fn() -> Result<crate::model::ArtifactLocation, ResolveError>,
-    label: String,
+    (label, reads): (String, bool),
     uses: &mut Vec<KeyUse>,
 ) {
     let literal = art
@@ -554,6 +567,7 @@ fn live_use(
             target,
             owner: None,
             label,
+            reads,
         });
     }
 }
@@ -592,7 +606,7 @@ fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse], external: Option<&KeyInd
         planned: &planned,
     };
     let mut seen: HashSet<(String, String, BaseNode)> = HashSet::new();
-    let mut kept: Vec<((usize, usize), String)> = Vec::new();
+    let mut kept: Vec<((usize, usize), KeepReason)> = Vec::new();
     for (i, u) in uses.iter().enumerate() {
         let Some(owner) = u.owner else { continue };
         if !graph.deleting(owner) {
@@ -609,9 +623,9 @@ fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse], external: Option<&KeyInd
         }
         kept.extend(graph.kept_in(&uses[i].target, &component));
     }
-    for ((w, a), label) in kept {
+    for ((w, a), reason) in kept {
         let art = &mut plan.workflows[w].artifacts[a];
-        art.decision = Decision::Keep(KeepReason::Shared(label));
+        art.decision = Decision::Keep(reason);
         art.connection = None;
     }
 }
@@ -628,6 +642,8 @@ struct OverlapGraph<'a> {
 struct Component {
     nodes: Vec<BaseNode>,
     live: Vec<usize>,
+    /// Every live use only reads (running workflows' inputs): a keep for them is pending.
+    only_reads: bool,
 }
 
 impl OverlapGraph<'_> {
@@ -647,27 +663,37 @@ impl OverlapGraph<'_> {
         !self.planned.contains(workflow)
     }
 
-    /// A use naming the base, a live one when there is one: what a kept artifact names.
-    fn label(&self, side: Side, probe: &S3Target, base: &str) -> Option<(bool, String)> {
+    /// A use naming the base, a live one when there is one: what a kept artifact names; and
+    /// whether a live use of it does more than read it.
+    fn label(&self, side: Side, probe: &S3Target, base: &str) -> Option<(bool, String, bool)> {
         match side {
             Side::Local => {
                 let ids = self.local.uses_at(probe, base);
-                let live = ids.iter().find(|&&i| self.local_live(i));
-                let any = live.or(ids.first())?;
-                Some((live.is_some(), self.uses[*any as usize].label.clone()))
+                let mut live = ids.iter().filter(|&&i| self.local_live(i));
+                let first_live = live.clone().next();
+                let writes = live.any(|&i| !self.uses[i as usize].reads);
+                let any = first_live.or(ids.first())?;
+                let label = self.uses[*any as usize].label.clone();
+                Some((first_live.is_some(), label, writes))
             }
             Side::External => {
                 let mut any = None;
+                let mut live: Option<String> = None;
+                let mut writes = false;
                 for u in self.external?.uses_at(probe, base) {
                     if !self.counts(&u.workflow) {
                         continue;
                     }
                     if !u.due {
-                        return Some((true, u.label(base)));
+                        writes |= !u.reads;
+                        live.get_or_insert_with(|| u.label(base));
                     }
                     any.get_or_insert_with(|| u.label(base));
                 }
-                any.map(|l| (false, l))
+                match live {
+                    Some(l) => Some((true, l, writes)),
+                    None => any.map(|l| (false, l, false)),
+                }
             }
         }
     }
@@ -692,12 +718,14 @@ impl OverlapGraph<'_> {
         let mut index: HashMap<BaseNode, usize> = HashMap::from([(start.clone(), 0)]);
         let mut nodes = vec![start];
         let mut live = Vec::new();
+        let mut writes = false;
         let mut next = Vec::new();
         let mut i = 0;
         while i < nodes.len() {
             let (side, base) = nodes[i].clone();
-            if self.label(side, probe, &base).is_some_and(|(l, _)| l) {
+            if let Some((true, _, w)) = self.label(side, probe, &base) {
                 live.push(i);
+                writes |= w;
             }
             next.clear();
             self.neighbours(probe, &base, &mut next);
@@ -709,12 +737,16 @@ impl OverlapGraph<'_> {
             }
             i += 1;
         }
-        Component { nodes, live }
+        Component {
+            only_reads: !writes,
+            nodes,
+            live,
+        }
     }
 
     /// The artifacts of a component that a live use reaches, each with the use it names: the
     /// live use of its own base, else the base through which liveness reached it.
-    fn kept_in(&self, probe: &S3Target, c: &Component) -> Vec<((usize, usize), String)> {
+    fn kept_in(&self, probe: &S3Target, c: &Component) -> Vec<((usize, usize), KeepReason)> {
         if c.live.is_empty() {
             return Vec::new();
         }
@@ -744,7 +776,7 @@ impl OverlapGraph<'_> {
                 continue;
             }
             let ids = self.local.uses_at(probe, base);
-            let own_live = self.label(Side::Local, probe, base).filter(|(l, _)| *l);
+            let own_live = self.label(Side::Local, probe, base).filter(|(l, _, _)| *l);
             for &id in ids {
                 let Some(owner) = self.uses[id as usize].owner else {
                     continue;
@@ -753,17 +785,21 @@ impl OverlapGraph<'_> {
                     continue;
                 }
                 let label = match (&own_live, from[i]) {
-                    (Some((_, l)), _) => l.clone(),
+                    (Some((_, l, _)), _) => l.clone(),
                     (None, Some(p)) => {
                         let (pside, pbase) = &c.nodes[p];
                         match self.label(*pside, probe, pbase) {
-                            Some((_, l)) => l,
+                            Some((_, l, _)) => l,
                             None => continue,
                         }
                     }
                     (None, None) => continue,
                 };
-                out.push((owner, label));
+                let reason = match c.only_reads {
+                    true => KeepReason::ReadByRunning(label),
+                    false => KeepReason::Shared(label),
+                };
+                out.push((owner, reason));
             }
         }
         out
@@ -788,6 +824,7 @@ pub fn plan_alone(wf: &Workflow, state: &ClusterState) -> (WorkflowPlan, Vec<Wor
             due: u.owner.is_some_and(|(_, a)| wp.artifacts[a].due),
             target: u.target,
             label: u.label,
+            reads: u.reads,
         })
         .collect();
     (wp, uses)

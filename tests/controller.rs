@@ -579,6 +579,48 @@ async fn a_shared_key_is_kept_until_the_last_user_goes() {
     ctl.shutdown().await;
 }
 
+/// A running workflow that reads another's output never deletes it: the owner, being deleted,
+/// holds its finalizer while the reader runs, and is collected and released once it finishes.
+#[tokio::test]
+async fn an_output_read_by_a_running_workflow_is_collected_when_the_reader_finishes() {
+    let e = env().await;
+    let key = "owner/owner-1/out.tgz";
+    e.put(&[key]).await;
+    e.create(
+        e.one("owner", key, DELETION)
+            .set(&["metadata", "finalizers"], json!([FINALIZER])),
+    );
+    e.create(e.wf("reader").running().set(
+        &["status", "nodes", "reader-1"],
+        json!({"id": "reader-1", "type": "Pod", "phase": "Running", "templateName": "main",
+               "inputs": {"artifacts": [key_only("in", key)]}}),
+    ));
+    let ctl = e
+        .start(|c| c.reader_recheck = Duration::from_millis(200))
+        .await;
+    e.delete("owner").await;
+    // Several deletion passes later: still held, the object still there.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let w = e.get("owner").expect("held by its finalizer");
+    assert_eq!(finalizers(&w), [FINALIZER]);
+    assert!(!processed(&w, DELETION));
+    assert_eq!(e.keys().await, [key]);
+
+    e.patch(
+        "reader",
+        json!({"metadata": {"labels": {"workflows.argoproj.io/completed": "true"}},
+               "status": {"phase": "Succeeded"}}),
+    )
+    .await;
+    // No event on the owner: its recheck finds the reader done.
+    until("owner collected and released", async || {
+        e.get("owner").is_none()
+    })
+    .await;
+    assert!(e.keys().await.is_empty());
+    ctl.shutdown().await;
+}
+
 #[tokio::test]
 async fn conflicts_and_server_errors_on_updates_lose_nothing() {
     let e = env().await;

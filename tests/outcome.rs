@@ -294,3 +294,63 @@ fn a_cancelled_pass_keeps_the_condition() {
     assert_eq!(out.update.condition, ConditionChange::Keep);
     assert!(out.update.deleted.is_empty() && out.failures.is_empty() && out.pending);
 }
+
+/// A key kept only because a running workflow reads it (an input) is pending: the reader never
+/// deletes its inputs, so settling now would orphan it. The finalizer stays and the strategy is
+/// not processed until the reader finishes. A running writer of the key will own it (its own GC
+/// deletes it), so that keep settles.
+#[test]
+fn a_key_read_by_a_running_workflow_is_pending_not_settled() {
+    use artgc::plan::{Decision, KeepReason};
+    use serde_json::json;
+    let owner = workflow("ns", "owner")
+        .status_repo(s3_repo("minio:9000", "b", "cred"))
+        .node(
+            "n1",
+            "t",
+            vec![with_strategy(
+                key_only("out", "owner/n1/out.tgz"),
+                "OnWorkflowDeletion",
+            )],
+        )
+        .deleting();
+    let reader = workflow("ns", "reader")
+        .status_repo(s3_repo("minio:9000", "b", "cred"))
+        .running()
+        .set(
+            &["status", "nodes", "r1"],
+            json!({"id": "r1", "type": "Pod", "phase": "Running", "templateName": "t",
+                   "inputs": {"artifacts": [key_only("in", "owner/n1/out.tgz")]}}),
+        );
+    let plan = plan_due(vec![owner.clone(), reader], creds());
+    let art = &plan.workflows[0].artifacts[0];
+    assert!(
+        matches!(&art.decision, Decision::Keep(KeepReason::ReadByRunning(by)) if by.contains("ns/reader")),
+        "{:?}",
+        art.decision
+    );
+    let out = assess(&plan.workflows[0], 0, None, &ctx(true, true, false, 1));
+    assert!(out.pending && out.waiting_on_readers);
+    assert_eq!(out.update.finalizer, FinalizerChange::Keep);
+    assert!(!out.update.processed.contains(&Strategy::OnWorkflowDeletion));
+
+    // A running workflow that writes the key (a template output) settles it.
+    let writer = workflow("ns", "writer")
+        .running()
+        .template(json!({"name": "t",
+        "outputs": {"artifacts": [{"name": "o", "s3": {"key": "owner/n1/out.tgz"}}]}}));
+    let writer = writer.status_repo(s3_repo("minio:9000", "b", "cred"));
+    let plan = plan_due(vec![owner, writer], creds());
+    let art = &plan.workflows[0].artifacts[0];
+    assert!(
+        matches!(&art.decision, Decision::Keep(KeepReason::Shared(_))),
+        "{:?}",
+        art.decision
+    );
+    let out = assess(&plan.workflows[0], 0, None, &ctx(true, true, false, 1));
+    assert!(!out.waiting_on_readers);
+    assert_eq!(
+        out.update.finalizer,
+        FinalizerChange::Remove { forced: false }
+    );
+}

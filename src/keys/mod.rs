@@ -190,6 +190,8 @@ pub struct WorkflowKeyUse {
     pub due: bool,
     /// Names the use, e.g. `ns/wf artifact out (node n1)`.
     pub label: String,
+    /// A running workflow only reads the key (an input): it will never delete it.
+    pub reads: bool,
 }
 
 /// A use found in the index: whose it is, and whether that workflow wants it deleted now.
@@ -197,6 +199,8 @@ pub struct WorkflowKeyUse {
 pub struct IndexedUse {
     pub workflow: Arc<str>,
     pub due: bool,
+    /// Only reads the key (see [`WorkflowKeyUse::reads`]).
+    pub reads: bool,
 }
 
 impl IndexedUse {
@@ -210,6 +214,10 @@ impl IndexedUse {
 const OVERLAY_ENTRIES: usize = 4096;
 /// The tag's bit for a due use; the rest is the slot.
 const DUE: u32 = 1 << 31;
+/// The tag's bit for a use that only reads the key (a running workflow's input).
+const READ: u32 = 1 << 30;
+/// The tag's flag bits; the rest is the slot.
+const FLAGS: u32 = DUE | READ;
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -272,7 +280,7 @@ impl KeyIndex {
     /// [`OverlapIndex::insert`]), nor a key longer than S3 allows many times over.
     pub fn set_workflow(&mut self, workflow: &str, uses: Vec<WorkflowKeyUse>) {
         let name = workflow.rsplit_once('/').map_or(workflow, |(_, n)| n);
-        let mut entries: Vec<(Vec<u8>, bool)> = Vec::with_capacity(uses.len());
+        let mut entries: Vec<(Vec<u8>, bool, bool)> = Vec::with_capacity(uses.len());
         for u in &uses {
             let b = base(&u.target.key);
             if b.is_empty() {
@@ -281,14 +289,15 @@ impl KeyIndex {
             let b = own_folder(b, name).unwrap_or(b);
             let k = sort_key(&u.target, b);
             if k.len() <= runs::MAX_KEY {
-                entries.push((k, u.due));
+                entries.push((k, u.due, u.reads));
             }
         }
-        // One entry per base, live if any use of it is.
+        // One entry per base, live if any use of it is, a read only if all of them are.
         entries.sort();
         entries.dedup_by(|next, kept| {
             if next.0 == kept.0 {
                 kept.1 &= next.1;
+                kept.2 &= next.2;
                 true
             } else {
                 false
@@ -311,8 +320,8 @@ impl KeyIndex {
                 self.slots.push(Slot::default());
                 u32::try_from(self.slots.len() - 1)
                     .ok()
-                    .filter(|s| s & DUE == 0)
-                    .expect("fewer than 2^31 workflows indexed")
+                    .filter(|s| s & FLAGS == 0)
+                    .expect("fewer than 2^30 workflows indexed")
             }
         };
         self.slots[slot as usize] = Slot {
@@ -322,8 +331,8 @@ impl KeyIndex {
         };
         self.live += entries.len();
         self.overlay_entries += entries.len();
-        for (k, due) in entries {
-            let tag = slot | if due { DUE } else { 0 };
+        for (k, due, reads) in entries {
+            let tag = slot | if due { DUE } else { 0 } | if reads { READ } else { 0 };
             self.overlay
                 .entry(k.into_boxed_slice())
                 .or_default()
@@ -379,16 +388,16 @@ impl KeyIndex {
     }
 
     fn alive(&self, tag: u32) -> bool {
-        self.slots[(tag & !DUE) as usize].workflow.is_some()
+        self.slots[(tag & !FLAGS) as usize].workflow.is_some()
     }
 
     /// Drops a retired entry: its slot is free once none is left.
     fn drop_entry(slots: &mut [Slot], free: &mut Vec<u32>, retired: &mut usize, tag: u32) {
-        let s = &mut slots[(tag & !DUE) as usize];
+        let s = &mut slots[(tag & !FLAGS) as usize];
         s.refs -= 1;
         *retired -= 1;
         if s.refs == 0 {
-            free.push(tag & !DUE);
+            free.push(tag & !FLAGS);
         }
     }
 
@@ -409,7 +418,7 @@ impl KeyIndex {
         let mut b = runs::Builder::default();
         for (k, tags) in &overlay {
             for &t in tags {
-                if slots[(t & !DUE) as usize].workflow.is_some() {
+                if slots[(t & !FLAGS) as usize].workflow.is_some() {
                     b.push(k, t);
                 } else {
                     Self::drop_entry(slots, free, retired, t);
@@ -437,7 +446,7 @@ impl KeyIndex {
             ..
         } = self;
         runs::merge(parts, |t| {
-            if slots[(t & !DUE) as usize].workflow.is_some() {
+            if slots[(t & !FLAGS) as usize].workflow.is_some() {
                 true
             } else {
                 Self::drop_entry(slots, free, retired, t);
@@ -479,11 +488,12 @@ impl KeyIndex {
 
     fn use_of(&self, tag: u32) -> IndexedUse {
         IndexedUse {
-            workflow: self.slots[(tag & !DUE) as usize]
+            workflow: self.slots[(tag & !FLAGS) as usize]
                 .workflow
                 .clone()
                 .expect("alive"),
             due: tag & DUE != 0,
+            reads: tag & READ != 0,
         }
     }
 
@@ -510,7 +520,7 @@ impl KeyIndex {
             return;
         }
         let counted = |t: u32| {
-            self.slots[(t & !DUE) as usize]
+            self.slots[(t & !FLAGS) as usize]
                 .workflow
                 .as_deref()
                 .is_some_and(&counts)
@@ -628,6 +638,7 @@ mod tests {
             target: t(k),
             due,
             label: k.into(),
+            reads: false,
         };
         idx.set_workflow(
             "ns/wf",
@@ -660,6 +671,7 @@ mod tests {
             target: t(k),
             due: false,
             label: k.into(),
+            reads: false,
         };
         idx.set_workflow("ns/reports", vec![u("reports/reports-1/out.tgz")]);
         assert!(bases(&idx, "reports/summary.csv").is_empty());
@@ -692,6 +704,7 @@ mod tests {
             target: t(k),
             due: false,
             label: k.into(),
+            reads: false,
         };
         idx.set_workflow("ns/a", vec![u("a/1"), u("shared")]);
         idx.set_workflow("ns/b", vec![u("shared/x")]);
@@ -739,6 +752,7 @@ mod tests {
                         target: t(k),
                         due: *due,
                         label: String::new(),
+                        reads: false,
                     })
                     .collect(),
             );
