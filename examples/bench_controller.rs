@@ -11,7 +11,8 @@
 //! (2) Scale: `--scale-workflows` completed workflows with `--nodes` Pod nodes (one artifact each,
 //!     OnWorkflowDeletion, so all are pending and indexed) exist before the controller starts.
 //!     Prints time to /ready, and the controller's RSS (current and peak) once it settled.
-//!     `--layout outside` puts every key outside its workflow's folder: one index entry each.
+//!     Keys are in their pods' folders (one index entry per pod); `--layout outside` puts every
+//!     key outside them (one index entry per key, front-coded less well).
 //! (3) Adversarial: as (1), while other tenants' workflows complete beside them: `--slow` (16)
 //!     whose store answers every request after `--slow-ms` (2000), `--huge` (4) with
 //!     `--huge-nodes` (20,000) artifacts each. The p99 is the measured (normal) workflows'.
@@ -203,8 +204,8 @@ fn repositories_in(ns: &str, repo: &Value) -> Value {
            "data": {"default": serde_json::to_string(repo).unwrap()}})
 }
 
-/// Where artifact keys go: under the workflow's own folder (Argo's default key format) or
-/// outside it (`out/<pod>/out.tgz`, one index entry per key: the index's worst case).
+/// Where artifact keys go: under their pod's folder (Argo's default key format, one index entry
+/// per pod) or outside it (`out/<pod>/out.tgz`, one index entry per key).
 #[derive(Clone, Copy, PartialEq)]
 enum Layout {
     Folder,
@@ -540,15 +541,13 @@ async fn scale(workflows: usize, node_count: usize, layout: Layout) {
         bytes += serde_json::to_vec(&wf).unwrap().len();
         kube.seed(wf);
     }
-    let entries = match layout {
-        Layout::Folder => workflows,
-        Layout::Outside => workflows * node_count,
-    };
+    // One entry per pod folder (one artifact each) or per key: the same count.
+    let entries = workflows * node_count;
     println!(
         "scale: {workflows} completed workflows x {node_count} Pod nodes ({:.0} MB of JSON), every artifact pending (indexed), keys {}: {entries} index entries",
         bytes as f64 / 1e6,
         match layout {
-            Layout::Folder => "in each workflow's own folder",
+            Layout::Folder => "in each pod's own folder",
             Layout::Outside => "outside the workflows' folders",
         }
     );
