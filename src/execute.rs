@@ -70,6 +70,25 @@ struct Job<'a> {
     written_by: Option<jiff::Timestamp>,
     /// With widening: objects written before this are not the workflow's.
     written_from: Option<jiff::Timestamp>,
+    /// How a file at the key is looked for.
+    find_file: FindFile,
+}
+
+/// How a probe looks for a file at a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FindFile {
+    /// HEAD the key: one request.
+    Head,
+    /// List from the key and take it if it is there: an SSE-C object answers HEAD only with its
+    /// customer key, which artgc does not send (a delete needs none).
+    Listing,
+}
+
+fn find_file(customer_key: bool) -> FindFile {
+    match customer_key {
+        true => FindFile::Listing,
+        false => FindFile::Head,
+    }
 }
 
 /// A key without a trailing `/` names a directory only with positive evidence: the artifact
@@ -135,6 +154,7 @@ pub async fn probe<'a>(
                         widen: may_widen(ap.archive_none, ap.file_seen),
                         written_by: wp.finished_at.and_then(|t| t.checked_add(skew).ok()),
                         written_from: wp.started_at.and_then(|t| t.checked_sub(skew).ok()),
+                        find_file: find_file(ap.customer_key),
                     }),
                     _ => None,
                 }
@@ -543,7 +563,15 @@ async fn probe_one(
             .await?;
         return Ok((ObjectKind::Directory, objects));
     }
-    if let Some(obj) = store.head(&client, &target.bucket, &target.key).await? {
+    let found = match job.find_file {
+        FindFile::Head => store.head(&client, &target.bucket, &target.key).await?,
+        FindFile::Listing => store
+            .list(&client, &target.bucket, &target.key, limit, &stop)
+            .await?
+            .into_iter()
+            .find(|o| o.key == target.key),
+    };
+    if let Some(obj) = found {
         return Ok((ObjectKind::File, vec![obj]));
     }
     if !job.widen {
@@ -577,6 +605,12 @@ mod tests {
             common_prefix(["w/a/x", "w/a/y", "w/b"].iter().copied()),
             "w/"
         );
+    }
+
+    #[test]
+    fn an_sse_c_object_is_found_by_listing_never_by_head() {
+        assert_eq!(find_file(true), FindFile::Listing);
+        assert_eq!(find_file(false), FindFile::Head);
     }
 
     #[test]

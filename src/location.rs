@@ -455,6 +455,40 @@ pub fn authorize(
     })
 }
 
+/// Whether the artifact was uploaded with SSE-C (a customer key), checked as Argo's S3 client
+/// checks `encryptionOptions` before it does anything: the key's Secret must exist in the
+/// workflow's namespace, SSE-C needs TLS, and it excludes a KMS key. Deleting needs no key, but
+/// such an object cannot be HEADed without it, so its probe lists instead.
+pub fn customer_key_encrypted(
+    auth: &Authority<'_>,
+    loc: &S3Location,
+    field: &str,
+) -> Result<bool, ResolveError> {
+    let Some(enc) = &loc.encryption_options else {
+        return Ok(false);
+    };
+    let Some(sel) = &enc.server_side_customer_key_secret else {
+        return Ok(false);
+    };
+    let name = format!("{field}.s3.encryptionOptions.serverSideCustomerKeySecret");
+    let key = auth.state.secret_value(auth.namespace, sel, &name)?;
+    if key.iter().all(u8::is_ascii_whitespace) {
+        // Argo reads an empty key as no SSE-C.
+        return Ok(false);
+    }
+    if enc.kms_key_id.as_deref().is_some_and(|k| !k.is_empty()) {
+        return Err(ResolveError::Location(format!(
+            "{field}.s3.encryptionOptions: kmsKeyId and serverSideCustomerKeySecret cannot be set together"
+        )));
+    }
+    if loc.insecure == Some(true) {
+        return Err(ResolveError::Location(format!(
+            "{field}.s3.encryptionOptions: serverSideCustomerKeySecret needs TLS (insecure: true)"
+        )));
+    }
+    Ok(true)
+}
+
 /// Argo's order (static keys, then roleARN, then the SDK chain), with the chain being the
 /// workflow's GC service account's, never artgc's own unless the policy grants it.
 fn credentials(

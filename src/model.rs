@@ -271,6 +271,23 @@ pub struct S3Location {
     pub use_sdk_creds: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addressing_style: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_options: Option<EncryptionOptions>,
+}
+
+/// Argo's `S3EncryptionOptions`: how the executor encrypted what it uploaded.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_encryption_context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_encryption: Option<bool>,
+    /// SSE-C: the customer key. Such an object cannot even be HEADed without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_side_customer_key_secret: Option<SecretKeySelector>,
 }
 
 /// Treats an explicit `null` like a missing field, as Go's JSON decoding does.

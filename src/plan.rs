@@ -192,6 +192,8 @@ pub struct ArtifactPlan {
     pub file_seen: bool,
     /// Present exactly when the decision is `Delete`.
     pub connection: Option<S3Connection>,
+    /// Uploaded with SSE-C: probed by listing, never HEAD (which needs the customer key).
+    pub customer_key: bool,
     pub decision: Decision,
 }
 
@@ -411,6 +413,7 @@ fn plan_workflow(
             };
             let due = finished && selected && strategy.is_ok();
             let mut connection = None;
+            let mut customer_key = false;
             let decision = if art.deleted {
                 Decision::Skip(SkipReason::AlreadyDeleted)
             } else if cache_hit {
@@ -446,9 +449,16 @@ fn plan_workflow(
                                 configured: configured
                                     .get_or_init(|| state.configured_endpoints(wf.namespace())),
                             };
-                            match location::authorize(&auth, &target, &location, &field) {
-                                Ok(c) => {
+                            let authorized = location::authorize(&auth, &target, &location, &field)
+                                .and_then(|c| {
+                                    let sse =
+                                        location::customer_key_encrypted(&auth, &location, &field)?;
+                                    Ok((c, sse))
+                                });
+                            match authorized {
+                                Ok((c, sse)) => {
                                     connection = Some(c);
+                                    customer_key = sse;
                                     Decision::Delete
                                 }
                                 Err(e) => Decision::Error(e),
@@ -480,6 +490,7 @@ fn plan_workflow(
                 archive_none: art.archive_none(),
                 file_seen: file_seen.contains(&(id.as_str(), art.name.as_str())),
                 connection,
+                customer_key,
                 decision,
             });
         }

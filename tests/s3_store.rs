@@ -365,3 +365,87 @@ async fn ca_secret_makes_a_private_ca_trusted() {
     );
     assert_eq!(srv.keys(&b).await, vec!["w/b"]);
 }
+
+/// SSE-C (a customer key in `encryptionOptions`): found by listing (HEAD would need the key),
+/// deleted without it. Argo's client rules hold first: the key's Secret must exist, TLS is
+/// required, and a KMS key cannot be set with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_c_artifacts_are_probed_by_listing_and_argo_s_rules_hold() {
+    use artgc::plan::Decision;
+    use serde_json::json;
+    let (srv, ca_pem) = S3Server::start_local_tls().await;
+    let b = srv.bucket("ssec").await;
+    for k in [
+        "w/a.tgz",
+        "w/a.tgz.bak",
+        "w/d/x.csv",
+        "w/d/y.csv",
+        "solo/a.tgz",
+        "solo/a.tgz.1",
+    ] {
+        srv.put(&b, k, "x").await;
+    }
+    let sse = |name: &str, key: &str, enc: serde_json::Value, insecure: bool| {
+        let mut a = on(&srv, name, &b, key, "s3");
+        a["s3"]["insecure"] = json!(insecure);
+        a["s3"]["caSecret"] = json!({"name": "ca", "key": "ca.crt"});
+        a["s3"]["encryptionOptions"] = enc;
+        a
+    };
+    let key = json!({"serverSideCustomerKeySecret": {"name": "ssec", "key": "key"}});
+    let w = workflow("ns", "w").node(
+        "n1",
+        "t",
+        vec![
+            sse("file", "w/a.tgz", key.clone(), false),
+            archive_none(sse("dir", "w/d", key.clone(), false)),
+            sse("plain-http", "w/e1.tgz", key.clone(), true),
+            sse(
+                "with-kms",
+                "w/e2.tgz",
+                json!({"kmsKeyId": "k1", "serverSideCustomerKeySecret": {"name": "ssec", "key": "key"}}),
+                false,
+            ),
+            sse(
+                "no-secret",
+                "w/e3.tgz",
+                json!({"serverSideCustomerKeySecret": {"name": "missing", "key": "key"}}),
+                false,
+            ),
+        ],
+    );
+    let secret = |name: &str, key: &str, value: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "ns"},
+               "stringData": {key: value}})
+    };
+    // Alone in its bucket: probed on its own (a listing from the key, not a HEAD).
+    let solo = workflow("ns", "solo").node(
+        "n1",
+        "t",
+        vec![sse("file", "solo/a.tgz", key.clone(), false)],
+    );
+    let plan = plan_due(
+        vec![w, solo],
+        vec![
+            good_secret(&srv),
+            secret("ca", "ca.crt", &ca_pem),
+            secret("ssec", "key", "0123456789abcdef0123456789abcdef"),
+        ],
+    );
+    let decision = |name: &str| art(&plan, "w", name).decision.clone();
+    let error = |name: &str| match decision(name) {
+        Decision::Error(e) => e.to_string(),
+        d => panic!("{name}: {d:?}"),
+    };
+    assert!(error("plain-http").contains("needs TLS"));
+    assert!(error("with-kms").contains("cannot be set together"));
+    assert!(error("no-secret").contains("serverSideCustomerKeySecret"));
+    assert!(art(&plan, "w", "file").customer_key);
+    let exec = run(&plan, false).await;
+    let file = outcome(&plan, &exec, "w", "file");
+    assert!(file.error.is_none(), "{:?}", file.error);
+    assert_eq!(file.objects, 1);
+    assert_eq!(outcome(&plan, &exec, "w", "dir").objects, 2);
+    assert_eq!(outcome(&plan, &exec, "solo", "file").objects, 1);
+    assert_eq!(srv.keys(&b).await, ["solo/a.tgz.1", "w/a.tgz.bak"]);
+}
