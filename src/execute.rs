@@ -345,7 +345,7 @@ async fn delete_batch<'a>(
     if progress.stopped() {
         return (chunk, vec![Err(StoreError::cancelled()); names.len()]);
     }
-    let results = match store.client(conn).await {
+    let results = match store.client_for(conn, bucket).await {
         Ok(client) => {
             store
                 .delete_keys(&client, bucket, &names, &|| progress.stopped())
@@ -441,7 +441,7 @@ async fn probe_many(
     }
     let prefix = common_prefix(jobs.iter().map(|j| j.target.key.as_str()));
     let limit = jobs.len() * LISTED_PER_ARTIFACT;
-    let listed = match store.client(conn).await {
+    let listed = match store.client_for(conn, &jobs[0].target.bucket).await {
         Ok(client) => {
             store
                 .list(&client, &jobs[0].target.bucket, prefix, limit, &|| {
@@ -555,7 +555,7 @@ async fn probe_one(
 ) -> ProbeResult {
     let stop = || progress.stopped();
     let target = job.target;
-    let client = store.client(conn).await?;
+    let client = store.client_for(conn, &job.target.bucket).await?;
     let limit = store.options().max_objects_per_artifact;
     if target.is_directory_key() {
         let objects = store

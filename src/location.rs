@@ -48,6 +48,9 @@ pub struct S3Connection {
     /// `http(s)://host[:port]`.
     pub url: String,
     pub region: String,
+    /// No `region` was set: the bucket's region is asked of the store (as minio-go does for
+    /// Argo), `region` being only the first guess.
+    pub discover_region: bool,
     pub path_style: bool,
     pub credentials: Credentials,
     /// Extra trusted CA (PEM) from `caSecret`.
@@ -442,17 +445,34 @@ pub fn authorize(
     } else {
         format!("{}://{}", endpoint.scheme, target.endpoint)
     };
+    let region = loc.region.clone().filter(|r| !r.is_empty());
     Ok(S3Connection {
         url,
-        region: loc
-            .region
-            .clone()
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| "us-east-1".into()),
-        path_style: loc.addressing_style.as_deref() != Some("virtual-hosted"),
+        discover_region: region.is_none(),
+        region: region.unwrap_or_else(|| "us-east-1".into()),
+        path_style: path_style(
+            loc.addressing_style.as_deref(),
+            &endpoint.host,
+            &target.bucket,
+        ),
         credentials,
         ca_pem,
     })
+}
+
+/// Argo's `addressingStyle`: `path`, `virtual-hosted`, or anything else for auto, which (as
+/// minio-go) means virtual-hosted on AWS for a bucket name that can be a host name label, and
+/// path style everywhere else.
+fn path_style(style: Option<&str>, host: &str, bucket: &str) -> bool {
+    match style {
+        Some("path") => true,
+        Some("virtual-hosted") => false,
+        _ => {
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
+            let aws = host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn");
+            !aws || bucket.contains('.')
+        }
+    }
 }
 
 /// Whether the artifact was uploaded with SSE-C (a customer key), checked as Argo's S3 client
@@ -593,6 +613,25 @@ mod tests {
             "a-{{workflow.name",
         ] {
             assert!(vars.substitute(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn addressing_style_auto_is_virtual_hosted_only_on_aws() {
+        for (style, host, bucket, path) in [
+            (None, "s3.amazonaws.com", "data", false),
+            (Some(""), "s3.eu-west-2.amazonaws.com", "data", false),
+            (None, "s3.cn-north-1.amazonaws.com.cn", "data", false),
+            (None, "s3.amazonaws.com", "my.data", true),
+            (None, "minio.argo.svc.cluster.local", "data", true),
+            (Some("path"), "s3.amazonaws.com", "data", true),
+            (Some("virtual-hosted"), "minio", "data", false),
+        ] {
+            assert_eq!(
+                path_style(style, host, bucket),
+                path,
+                "{style:?} {host} {bucket}"
+            );
         }
     }
 

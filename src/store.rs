@@ -159,6 +159,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
 }
 
+/// AWS's global endpoint serves us-east-1; another region's bucket is reached at its regional
+/// endpoint. Any other endpoint is the store's own and stays.
+fn regional_url(url: &str, region: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, "s3.amazonaws.com" | "s3.amazonaws.com/")) => {
+            format!("{scheme}://s3.{region}.amazonaws.com")
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Adds `Content-MD5` of the body. The SDK sends only a CRC32 checksum on DeleteObjects; some
 /// S3-compatible stores refuse the request without an MD5 (awslabs/aws-sdk-rust#1240).
 fn add_content_md5(req: &mut aws_smithy_runtime_api::http::Request) {
@@ -261,6 +272,8 @@ pub struct ObjectStore {
     web_identity: Option<WebIdentityConfig>,
     identities: IdentityCache,
     permits: Arc<Semaphore>,
+    /// Regions found for (endpoint URL, bucket), for connections that set none.
+    regions: std::sync::Mutex<HashMap<(String, String), String>>,
 }
 
 impl ObjectStore {
@@ -274,6 +287,7 @@ impl ObjectStore {
             web_identity: None,
             identities: IdentityCache::default(),
             permits,
+            regions: Default::default(),
         }
     }
 
@@ -344,6 +358,66 @@ impl ObjectStore {
         }
         clients.entry(conn.clone()).or_insert(client.clone());
         Ok(client)
+    }
+
+    /// The client for a bucket of a connection: where the artifact set no region, the bucket's
+    /// region is found first (once per endpoint and bucket) and signed for, as minio-go does
+    /// for Argo. The SDK does not follow S3's 301 to the right region, so without this every
+    /// AWS bucket outside the guessed region fails for ever.
+    pub async fn client_for(
+        &self,
+        conn: &S3Connection,
+        bucket: &str,
+    ) -> Result<StoreClient, StoreError> {
+        if !conn.discover_region {
+            return self.client(conn).await;
+        }
+        let cache_key = (conn.url.clone(), bucket.to_string());
+        let known = self.regions.lock().expect("lock").get(&cache_key).cloned();
+        let region = match known {
+            Some(r) => r,
+            None => {
+                let guess = self.client(conn).await?;
+                match self.bucket_region(&guess, bucket).await {
+                    // The store answered: its region, or (none given) the guess stands.
+                    Some(found) => {
+                        let region = found.unwrap_or_else(|| conn.region.clone());
+                        let mut regions = self.regions.lock().expect("lock");
+                        if regions.len() >= MAX_CLIENTS * 4 {
+                            regions.clear();
+                        }
+                        regions.insert(cache_key, region.clone());
+                        region
+                    }
+                    // No answer: the guess, and the question again next time.
+                    None => conn.region.clone(),
+                }
+            }
+        };
+        if region == conn.region {
+            return self.client(conn).await;
+        }
+        let mut at = conn.clone();
+        at.url = regional_url(&conn.url, &region);
+        at.region = region;
+        at.discover_region = false;
+        self.client(&at).await
+    }
+
+    /// The bucket's region as the store tells it: `x-amz-bucket-region` on a HEAD of the bucket,
+    /// whether it answered 200, 301 (another region) or 403. `Some(None)`: it answered without
+    /// saying (not AWS); `None`: no answer at all.
+    async fn bucket_region(&self, client: &StoreClient, bucket: &str) -> Option<Option<String>> {
+        let _permit = self.permit(client).await;
+        let header = |h: &aws_smithy_runtime_api::http::Headers| {
+            h.get("x-amz-bucket-region")
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+        };
+        match client.head_bucket().bucket(bucket).send().await {
+            Ok(out) => Some(out.bucket_region().map(str::to_string)),
+            Err(e) => e.raw_response().map(|r| header(r.headers())),
+        }
     }
 
     async fn build_client(&self, conn: &S3Connection) -> Result<Client, StoreError> {

@@ -311,3 +311,53 @@ async fn delete_batches_to_one_endpoint_stay_within_their_own_limit() {
     }
     assert_eq!(proxy.peak_deletes_in_flight(), 2);
 }
+
+/// With no `region` set, artgc asks the store where the bucket lives (HEAD bucket,
+/// `x-amz-bucket-region`, once per endpoint and bucket) and signs for it: a store that answers
+/// S3's `301 PermanentRedirect` to requests signed for any other region is still collected. An
+/// explicit region is the user's word and is not second-guessed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_in_another_region_is_found_and_collected() {
+    let srv = S3Server::start().await;
+    let proxy = FaultProxy::start(&srv.endpoint).await;
+    proxy.set_bucket_region("eu-west-2");
+    let b = srv.bucket("regions").await;
+    for k in ["w/a", "w/b", "w/c"] {
+        srv.put(&b, k, "x").await;
+    }
+    let art = |name: &str, key: &str, region: Option<&str>| {
+        let mut a = on_server(&srv, &proxy.endpoint, name, &b, key, "s3");
+        match region {
+            Some(r) => a["s3"]["region"] = serde_json::json!(r),
+            None => {
+                a["s3"].as_object_mut().unwrap().remove("region");
+            }
+        }
+        a
+    };
+    let w = workflow("ns", "w").node(
+        "n1",
+        "t",
+        vec![art("a", "w/a", None), art("b", "w/b", None)],
+    );
+    let explicit = workflow("ns", "x").node("n1", "t", vec![art("c", "w/c", Some("us-east-1"))]);
+    let plan = plan_due(
+        vec![w, explicit],
+        vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)],
+    );
+    let exec = execute(&plan, &store(), false, &Quiet).await;
+    for (w, a) in [(0, 0), (0, 1)] {
+        let o = exec.get(w, a).expect("outcome");
+        assert!(o.error.is_none(), "{:?}", o.error);
+        assert_eq!(o.objects, 1);
+    }
+    let c = exec.get(1, 0).expect("outcome");
+    assert!(c.error.is_some(), "signed for us-east-1 as told: {c:?}");
+    assert_eq!(srv.keys(&b).await, ["w/c"]);
+    let bucket_heads = proxy
+        .log()
+        .iter()
+        .filter(|r| r.method == "HEAD" && r.path_and_query.trim_end_matches('/') == format!("/{b}"))
+        .count();
+    assert_eq!(bucket_heads, 1, "the region is asked once");
+}

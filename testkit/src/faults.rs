@@ -98,6 +98,9 @@ struct State {
     /// DeleteObjects requests being served now, and the most at once.
     deletes_in_flight: usize,
     peak_deletes_in_flight: usize,
+    /// The region the buckets live in: a request signed for another is answered as AWS does,
+    /// `301 PermanentRedirect` with `x-amz-bucket-region`.
+    bucket_region: Option<String>,
 }
 
 pub struct FaultProxy {
@@ -143,6 +146,11 @@ impl FaultProxy {
     /// Delays every request by `latency` from now on.
     pub fn set_latency(&self, latency: std::time::Duration) {
         self.state.lock().unwrap().latency = latency;
+    }
+
+    /// Puts every bucket in `region`, as AWS answers a client that signs for another.
+    pub fn set_bucket_region(&self, region: &str) {
+        self.state.lock().unwrap().bucket_region = Some(region.to_string());
     }
 
     pub fn log(&self) -> Vec<SeenRequest> {
@@ -207,9 +215,41 @@ async fn forward(
             )
         })
         .collect();
-    let latency = state.lock().unwrap().latency;
+    let (latency, bucket_region) = {
+        let st = state.lock().unwrap();
+        (st.latency, st.bucket_region.clone())
+    };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
+    }
+    // The region of the SigV4 credential scope: `Credential=AK/date/region/s3/aws4_request`.
+    let signed_region = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split('/').nth(2))
+        .map(str::to_string);
+    if let Some(region) = bucket_region
+        && signed_region.as_deref() != Some(region.as_str())
+    {
+        state.lock().unwrap().log.push(SeenRequest {
+            method: method.clone(),
+            path_and_query: pq.clone(),
+            headers,
+            body: body.clone(),
+            injected: true,
+        });
+        let body = match method.as_str() {
+            "HEAD" => String::new(),
+            _ => "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>PermanentRedirect</Code><Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message></Error>".to_string(),
+        };
+        return Response::builder()
+            .status(301)
+            .header("x-amz-bucket-region", region)
+            .header("content-type", "application/xml")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
     }
     let fault = {
         let mut st = state.lock().unwrap();
