@@ -209,13 +209,21 @@ impl ClusterReader {
         let ns = wf.namespace().to_string();
         // Read whether or not the status froze a repository: they say which endpoints are
         // configured for the namespace.
+        let cns = self.controller_config.namespace.clone();
         let mut wanted = vec![
             (ns.clone(), REPOSITORIES_CONFIGMAP.to_string()),
-            (
-                self.controller_config.namespace.clone(),
-                self.controller_config.name.clone(),
-            ),
+            // A ref naming no ConfigMap falls back to the controller namespace's default one.
+            (cns.clone(), REPOSITORIES_CONFIGMAP.to_string()),
+            (cns.clone(), self.controller_config.name.clone()),
         ];
+        // A recorded ref (Argo before 3.1) names its namespace.
+        if let Some(r) = &wf.status.artifact_repository_ref
+            && r.artifact_repository.is_none()
+            && let Some(at) = r.namespace.clone().filter(|n| !n.is_empty())
+        {
+            let name = r.config_map.clone().filter(|n| !n.is_empty());
+            wanted.push((at, name.unwrap_or_else(|| REPOSITORIES_CONFIGMAP.into())));
+        }
         let spec_ref = wf.spec.artifact_repository_ref.as_ref().or_else(|| {
             wf.stored_spec()
                 .and_then(|s| s.artifact_repository_ref.as_ref())

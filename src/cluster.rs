@@ -194,40 +194,61 @@ impl ClusterState {
     /// The artifact repository a workflow uses for artifacts without a complete location:
     /// the one frozen into its status when it started, else resolved as Argo resolves it.
     pub fn repository_for(&self, wf: &Workflow) -> Result<ArtifactLocation, ResolveError> {
-        if let Some(repo) = wf
-            .status
-            .artifact_repository_ref
-            .as_ref()
-            .and_then(|r| r.artifact_repository.as_ref())
-        {
-            return Ok(repo.clone());
-        }
         let ns = wf.namespace();
+        let cns = self.controller_config.namespace.as_str();
+        let set = |s: &Option<String>| s.as_deref().filter(|s| !s.is_empty()).map(str::to_string);
+        if let Some(r) = &wf.status.artifact_repository_ref {
+            if let Some(repo) = &r.artifact_repository {
+                return Ok(repo.clone());
+            }
+            // A ref recorded without the repository itself (Argo before 3.1): Argo's `Get`
+            // reads exactly that one, no fallback.
+            if r.default == Some(true) {
+                return self.controller_repository();
+            }
+            if r.config_map.is_some() || r.key.is_some() || r.namespace.is_some() {
+                let field = "status.artifactRepositoryRef";
+                let at = set(&r.namespace).unwrap_or_else(|| ns.to_string());
+                let name = set(&r.config_map).unwrap_or_else(|| REPOSITORIES_CONFIGMAP.into());
+                let cm = self.config_map(&at, &name).ok_or_else(|| {
+                    ResolveError::Repository(format!("{field}: ConfigMap {at}/{name} not found"))
+                })?;
+                return repository_in(cm, set(&r.key).as_deref(), field)?.ok_or_else(|| {
+                    ResolveError::Repository(format!(
+                        "{field}: ConfigMap {at}/{name} has no key {:?} (nor a default-key annotation naming one it has)",
+                        set(&r.key).unwrap_or_default()
+                    ))
+                });
+            }
+        }
+        // Argo's `Resolve`: each candidate in turn, moving on when its ConfigMap or key is
+        // missing; a candidate that exists but does not parse is an error.
         let spec_ref = wf.spec.artifact_repository_ref.as_ref().or_else(|| {
             wf.stored_spec()
                 .and_then(|s| s.artifact_repository_ref.as_ref())
         });
         match spec_ref {
             Some(r) => {
-                let cm_name = r
-                    .config_map
-                    .as_deref()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or(REPOSITORIES_CONFIGMAP);
-                let key = r.key.as_deref().filter(|s| !s.is_empty());
-                for lookup_ns in [ns, self.controller_config.namespace.as_str()] {
-                    if let Some(cm) = self.config_map(lookup_ns, cm_name) {
-                        return repository_in(cm, key, "spec.artifactRepositoryRef");
+                let field = "spec.artifactRepositoryRef";
+                let name = set(&r.config_map).unwrap_or_else(|| REPOSITORIES_CONFIGMAP.into());
+                let key = set(&r.key);
+                for at in [ns, cns] {
+                    if let Some(cm) = self.config_map(at, &name)
+                        && let Some(repo) = repository_in(cm, key.as_deref(), field)?
+                    {
+                        return Ok(repo);
                     }
                 }
                 Err(ResolveError::Repository(format!(
-                    "spec.artifactRepositoryRef: ConfigMap {cm_name:?} not found in namespace {ns} or {}",
-                    self.controller_config.namespace
+                    "{field}: no ConfigMap {name:?} with key {:?} in namespace {ns} or {cns}",
+                    key.unwrap_or_else(|| "(its default-key annotation)".into())
                 )))
             }
             None => {
-                if let Some(cm) = self.config_map(ns, REPOSITORIES_CONFIGMAP) {
-                    return repository_in(cm, None, "namespace default repository");
+                if let Some(cm) = self.config_map(ns, REPOSITORIES_CONFIGMAP)
+                    && let Some(repo) = repository_in(cm, None, "namespace default repository")?
+                {
+                    return Ok(repo);
                 }
                 self.controller_repository()
             }
@@ -262,12 +283,12 @@ impl ClusterState {
 }
 
 /// The repository under `key` (or the annotated default key) of an `artifact-repositories`
-/// style ConfigMap.
+/// style ConfigMap; `None` when it has no such key (Argo moves on to the next candidate).
 fn repository_in(
     cm: &ConfigMap,
     key: Option<&str>,
     field: &str,
-) -> Result<ArtifactLocation, ResolveError> {
+) -> Result<Option<ArtifactLocation>, ResolveError> {
     let (ns, name) = key_of(&cm.metadata);
     let default_key = cm
         .metadata
@@ -275,15 +296,15 @@ fn repository_in(
         .as_ref()
         .and_then(|a| a.get(ANNOTATION_DEFAULT_REPOSITORY))
         .map(String::as_str);
-    let key = key.or(default_key).ok_or_else(|| {
-        ResolveError::Repository(format!(
-            "{field}: ConfigMap {ns}/{name} names no key and has no {ANNOTATION_DEFAULT_REPOSITORY} annotation"
-        ))
-    })?;
-    let text = cm.data.as_ref().and_then(|d| d.get(key)).ok_or_else(|| {
-        ResolveError::Repository(format!("{field}: ConfigMap {ns}/{name} has no key {key:?}"))
-    })?;
-    serde_saphyr::from_str::<ArtifactLocation>(text).map_err(|e| {
-        ResolveError::Repository(format!("{field}: ConfigMap {ns}/{name} key {key:?}: {e}"))
-    })
+    let Some(key) = key.or(default_key) else {
+        return Ok(None);
+    };
+    let Some(text) = cm.data.as_ref().and_then(|d| d.get(key)) else {
+        return Ok(None);
+    };
+    serde_saphyr::from_str::<ArtifactLocation>(text)
+        .map(Some)
+        .map_err(|e| {
+            ResolveError::Repository(format!("{field}: ConfigMap {ns}/{name} key {key:?}: {e}"))
+        })
 }

@@ -351,6 +351,9 @@ pub struct ArtifactRepositoryRefStatus {
     pub key: Option<String>,
     #[serde(default)]
     pub namespace: Option<String>,
+    /// Argo's controller-wide default repository was used.
+    #[serde(default)]
+    pub default: Option<bool>,
     #[serde(default)]
     pub artifact_repository: Option<ArtifactLocation>,
 }

@@ -394,19 +394,103 @@ fn repository_errors_name_what_is_missing() {
     let err = bucket_of(&plan_due(vec![bare("w")], creds()), "w").unwrap_err();
     assert!(err.contains("no artifact repository"), "{err}");
 
-    let objs = vec![repo_cm("ns", "artifact-repositories", None, &[("x", "b")])];
-    let err = bucket_of(&plan_due(vec![bare("w")], objs), "w").unwrap_err();
-    assert!(
-        err.contains("no workflows.argoproj.io/default-artifact-repository annotation"),
-        "{err}"
-    );
-
     let w = bare("w").set(
         &["spec", "artifactRepositoryRef"],
         json!({"configMap": "nope", "key": "k"}),
     );
     let err = bucket_of(&plan_due(vec![w], vec![]), "w").unwrap_err();
-    assert!(err.contains("ConfigMap \"nope\" not found"), "{err}");
+    assert!(
+        err.contains("no ConfigMap \"nope\" with key \"k\" in namespace ns or argo"),
+        "{err}"
+    );
+
+    // A candidate that exists but does not parse stops the search (Argo's `Resolve`).
+    let mut bad = repo_cm("ns", "artifact-repositories", Some("k"), &[]);
+    bad["data"] = json!({"k": "s3: [not, a, location"});
+    let ctrl = controller_cm(
+        "artifactRepository",
+        &format!("s3:\n  endpoint: {EP}\n  bucket: global\n"),
+    );
+    let err = bucket_of(&plan_due(vec![bare("w")], vec![bad, ctrl]), "w").unwrap_err();
+    assert!(
+        err.contains("ConfigMap ns/artifact-repositories key \"k\""),
+        "{err}"
+    );
+}
+
+/// Argo's `Resolve` moves to the next candidate when a ConfigMap or its key is missing: the
+/// namespace's ConfigMap without a default-key annotation (or without that key) falls back to
+/// the controller's repository, and a ref's key missing in the workflow's namespace is looked
+/// up in the controller's namespace.
+#[test]
+fn repository_candidates_fall_through_on_a_missing_key() {
+    let ctrl = controller_cm(
+        "artifactRepository",
+        &format!("s3:\n  endpoint: {EP}\n  bucket: global\n"),
+    );
+    for ns_cm in [
+        repo_cm("ns", "artifact-repositories", None, &[("x", "b")]),
+        repo_cm("ns", "artifact-repositories", Some("gone"), &[("x", "b")]),
+    ] {
+        let objs = vec![ns_cm, ctrl.clone()];
+        assert_eq!(
+            bucket_of(&plan_due(vec![bare("w")], objs), "w").unwrap(),
+            "global"
+        );
+    }
+    let objs = vec![
+        repo_cm("ns", "repos", None, &[("other", "ns-other")]),
+        repo_cm("argo", "repos", None, &[("team", "argo-team")]),
+    ];
+    let w = bare("w").set(
+        &["spec", "artifactRepositoryRef"],
+        json!({"configMap": "repos", "key": "team"}),
+    );
+    assert_eq!(
+        bucket_of(&plan_due(vec![w], objs), "w").unwrap(),
+        "argo-team"
+    );
+}
+
+/// A ref recorded in status without the repository itself (Argo before 3.1) is read exactly,
+/// as Argo's `Get` reads it: its namespace, ConfigMap and key, or the controller's default.
+#[test]
+fn a_recorded_repository_ref_without_the_repository_is_honoured() {
+    let objs = vec![
+        repo_cm(
+            "argo",
+            "artifact-repositories",
+            Some("a"),
+            &[("a", "argo-a"), ("b", "argo-b")],
+        ),
+        repo_cm("ns", "artifact-repositories", Some("a"), &[("a", "ns-a")]),
+        controller_cm(
+            "artifactRepository",
+            &format!("s3:\n  endpoint: {EP}\n  bucket: global\n"),
+        ),
+    ];
+    let recorded = |r: Value| bare("w").set(&["status", "artifactRepositoryRef"], r);
+    let cases = [
+        (
+            json!({"namespace": "argo", "configMap": "artifact-repositories", "key": "b"}),
+            "argo-b",
+        ),
+        (
+            json!({"namespace": "ns", "configMap": "artifact-repositories", "key": "a"}),
+            "ns-a",
+        ),
+        (json!({"default": true}), "global"),
+    ];
+    for (r, bucket) in cases {
+        let plan = plan_due(vec![recorded(r.clone())], objs.clone());
+        assert_eq!(bucket_of(&plan, "w").unwrap(), bucket, "{r}");
+    }
+    let plan = plan_due(
+        vec![recorded(json!({"namespace": "argo", "key": "missing"}))],
+        objs,
+    );
+    let err = bucket_of(&plan, "w").unwrap_err();
+    assert!(err.contains("status.artifactRepositoryRef"), "{err}");
 }
 
 // ---- credentials ----
