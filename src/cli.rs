@@ -36,7 +36,7 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain, env = "ARTGC_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Log level or filter, RUST_LOG style (e.g. `info`, `artgc=debug,aws=warn`).
-    #[arg(long, global = true, default_value = "warn", env = "RUST_LOG")]
+    #[arg(long, global = true, default_value = "warn", env = "RUST_LOG", value_parser = crate::telemetry::parse_filter)]
     pub log_level: String,
     /// The most decompressed node status (`status.compressedNodes`) read per Workflow; a
     /// larger one is an error for that Workflow (a decompression bomb must not take the

@@ -888,6 +888,7 @@ impl crate::execute::Progress for Fence<'_> {
 
 /// One pass over one workflow; `Ok(Some(d))` asks for another pass after `d` (artifacts kept
 /// only for running workflows that read them: deleted once those finish).
+#[tracing::instrument(name = "reconcile", skip(shared), fields(workflow = %key))]
 async fn reconcile(shared: &Shared, key: &str) -> Result<Option<Duration>, ReconcileError> {
     let (ns, name) = split_key(key);
     let api = workflows(&shared.client, Some(ns));

@@ -28,9 +28,10 @@ pub fn finished_before(finished_at: Option<&str>, age: Duration) -> bool {
     jiff::Timestamp::now().duration_since(t) >= age
 }
 
+/// What `plan`/`purge` over a live cluster could not read from it: a cluster error, not a file's.
 fn cluster_error(what: &str, e: impl std::fmt::Display) -> InputError {
-    InputError::Io {
-        path: what.into(),
+    InputError::Cluster {
+        what: what.into(),
         message: e.to_string(),
     }
 }
@@ -84,7 +85,10 @@ pub async fn load_from_cluster(
 ) -> Result<Loaded, InputError> {
     let client = kube::Client::try_default()
         .await
-        .map_err(|e| cluster_error("kubeconfig", e))?;
+        .map_err(|e| InputError::Io {
+            path: "kubeconfig".into(),
+            message: e.to_string(),
+        })?;
     let ns = (!source.all_namespaces).then_some(source.namespace.as_str());
     let api = workflows(&client, ns);
     let mut lp = ListParams::default();
@@ -125,10 +129,10 @@ pub async fn load_from_cluster(
         raws.retain(|_| *it.next().expect("same length"));
     }
 
-    let policy = source
-        .tenancy
-        .policy()
-        .map_err(|e| cluster_error("--policy", e))?;
+    let policy = source.tenancy.policy().map_err(|e| InputError::Io {
+        path: "--policy".into(),
+        message: e.to_string(),
+    })?;
     let reader = ClusterReader::new(client.clone(), source.argo.config_ref(), policy.clone());
     let mut state = crate::cluster::ClusterState::new(source.argo.config_ref()).with_policy(policy);
     for w in &inputs {

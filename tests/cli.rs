@@ -69,6 +69,25 @@ fn plan_over_the_examples_prints_a_table_and_json() {
     assert_eq!(doc["totals"]["kept"], 2);
 }
 
+/// A typo in the log filter is a usage error, not a silent fallback to another level.
+#[test]
+fn an_invalid_log_level_is_a_usage_error() {
+    let out = artgc(&["--log-level", "artgc=loud", "plan", "-f", "examples"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--log-level") && err.contains("not a log level"),
+        "{err}"
+    );
+    assert_ok(&artgc(&[
+        "--log-level",
+        "artgc=debug,warn",
+        "plan",
+        "-f",
+        "examples",
+    ]));
+}
+
 #[test]
 fn unparseable_input_exits_2_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
