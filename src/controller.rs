@@ -1015,6 +1015,7 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<Option<Duration>, Recon
                 attempt: 1,
                 budget,
                 may_need_gc: false,
+                may_add_finalizer: false,
                 processed: Default::default(),
                 has_condition: crate::outcome::has_gc_condition(&raw),
             };

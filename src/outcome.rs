@@ -92,6 +92,9 @@ pub struct PassContext {
     pub budget: u32,
     /// While running: whether any artifact may need GC later (see [`needs_finalizer`]).
     pub may_need_gc: bool,
+    /// Whether this pass may add the finalizer: the controller's may, a one-off `purge` may
+    /// not (nobody would be there to remove it).
+    pub may_add_finalizer: bool,
     /// `status.artifactGCStatus.strategiesProcessed` as found.
     pub processed: BTreeMap<String, bool>,
     pub has_condition: bool,
@@ -114,6 +117,7 @@ impl PassContext {
             attempt,
             budget,
             may_need_gc: needs_finalizer(wf),
+            may_add_finalizer: true,
             processed: wf
                 .status
                 .artifact_gc_status
@@ -362,7 +366,9 @@ pub fn finalizer_change(ctx: &PassContext, pending: bool, failed: bool) -> Final
         (true, true, true) if failed && c.force_finalizer_removal && c.attempt >= c.budget => {
             FinalizerChange::Remove { forced: true }
         }
-        (false, false, false) if c.started && c.may_need_gc => FinalizerChange::Add,
+        (false, false, false) if c.may_add_finalizer && c.started && c.may_need_gc => {
+            FinalizerChange::Add
+        }
         (false, true, true) if !pending => FinalizerChange::Remove { forced: false },
         _ => FinalizerChange::Keep,
     }

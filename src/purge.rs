@@ -13,7 +13,7 @@ use crate::error::InputError;
 use crate::execute::Execution;
 use crate::keys::KeyIndex;
 use crate::manifests::WorkflowInput;
-use crate::outcome::{FinalizerChange, PassContext, assess};
+use crate::outcome::{PassContext, assess};
 use crate::plan::{GcPlan, PlanOptions, plan_with_index, workflow_key_uses};
 use crate::record;
 
@@ -224,11 +224,11 @@ pub async fn record_all(
             .iter()
             .flatten()
             .any(|f| f == finalizer);
-        let ctx = PassContext::of(&wf, &raw, holds, u32::MAX);
-        let mut outcome = assess(wp, w, Some(execution), &ctx);
-        if outcome.update.finalizer == FinalizerChange::Add {
-            outcome.update.finalizer = FinalizerChange::Keep;
-        }
+        let ctx = PassContext {
+            may_add_finalizer: false,
+            ..PassContext::of(&wf, &raw, holds, u32::MAX)
+        };
+        let outcome = assess(wp, w, Some(execution), &ctx);
         let api = workflows(client, Some(&wp.namespace));
         if let Err(e) =
             record::apply(&api, raw, &outcome.update, finalizer, "artgc-purge", None).await

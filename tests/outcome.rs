@@ -36,6 +36,7 @@ fn ctx(plan_deleting: bool, has_finalizer: bool, force: bool, attempt: u32) -> P
         attempt,
         budget: 3,
         may_need_gc: true,
+        may_add_finalizer: true,
         processed: Default::default(),
         has_condition: false,
     }
@@ -212,10 +213,22 @@ fn the_finalizer_rule_table() {
             attempt,
             budget: 3,
             may_need_gc: need,
+            may_add_finalizer: true,
             processed: Default::default(),
             has_condition: false,
         };
         assert_eq!(finalizer_change(&c, pending, failed), want, "row {i}");
+        // A one-off purge never adds it, and otherwise decides the same.
+        let purge = PassContext {
+            may_add_finalizer: false,
+            ..c
+        };
+        let want = if want == Add { Keep } else { want };
+        assert_eq!(
+            finalizer_change(&purge, pending, failed),
+            want,
+            "row {i}, purge"
+        );
     }
 }
 

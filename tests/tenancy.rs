@@ -530,6 +530,7 @@ async fn objects_written_after_the_workflow_are_kept() {
         attempt: 1,
         budget: 5,
         may_need_gc: true,
+        may_add_finalizer: true,
         processed: Default::default(),
         has_condition: false,
     };
