@@ -103,8 +103,8 @@ pub struct SourceArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub older_than: Option<Duration>,
     /// Which strategies to act on. `due`: what the workflow's state makes due now.
-    #[arg(long, value_enum, default_value_t = StrategyFilter::Due)]
-    pub strategy: StrategyFilter,
+    #[arg(long, value_enum, default_value_t = StrategyArg::Due)]
+    pub strategy: StrategyArg,
     #[command(flatten)]
     pub argo: ArgoConfigArgs,
     #[command(flatten)]
@@ -413,7 +413,7 @@ pub struct Loaded {
 /// Reads the manifests or the cluster and builds the plan.
 pub async fn load_plan(source: &SourceArgs) -> Result<Loaded, InputError> {
     let opts = PlanOptions {
-        filter: source.strategy,
+        filter: source.strategy.into(),
     };
     if source.files.is_empty() {
         return crate::purge::load_from_cluster(source, &opts).await;
@@ -606,6 +606,32 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// `--strategy`: the planner's [`StrategyFilter`] as the command line spells it (the planner
+/// knows nothing of clap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StrategyArg {
+    /// What the workflow's state makes due now: completed -> OnWorkflowCompletion; being
+    /// deleted -> both.
+    Due,
+    /// OnWorkflowCompletion artifacts of finished workflows.
+    Completion,
+    /// OnWorkflowDeletion artifacts of finished workflows, deleted or not.
+    Deletion,
+    /// Both, for finished workflows.
+    All,
+}
+
+impl From<StrategyArg> for StrategyFilter {
+    fn from(a: StrategyArg) -> Self {
+        match a {
+            StrategyArg::Due => Self::Due,
+            StrategyArg::Completion => Self::Completion,
+            StrategyArg::Deletion => Self::Deletion,
+            StrategyArg::All => Self::All,
+        }
     }
 }
 

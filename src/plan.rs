@@ -48,7 +48,7 @@ impl Strategy {
 }
 
 /// Which strategies a run acts on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StrategyFilter {
     /// What the workflow's state makes due now: completed -> OnWorkflowCompletion; being
     /// deleted -> both.

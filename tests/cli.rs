@@ -69,6 +69,22 @@ fn plan_over_the_examples_prints_a_table_and_json() {
     assert_eq!(doc["totals"]["kept"], 2);
 }
 
+/// `--strategy` takes the planner's filters by name; anything else is a usage error.
+#[test]
+fn strategy_filters_are_named_on_the_command_line() {
+    for s in ["due", "completion", "deletion", "all"] {
+        assert_ok(&artgc(&["plan", "-f", "examples", "--strategy", s]));
+    }
+    let out = artgc(&["plan", "-f", "examples", "--strategy", "sometimes"]);
+    assert_eq!(out.status.code(), Some(2));
+    let help = artgc(&["plan", "--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("completion") && text.contains("deletion"),
+        "{text}"
+    );
+}
+
 /// A typo in the log filter is a usage error, not a silent fallback to another level.
 #[test]
 fn an_invalid_log_level_is_a_usage_error() {
