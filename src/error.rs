@@ -81,3 +81,65 @@ impl ResolveError {
         }
     }
 }
+
+/// What kind of S3 failure a [`StoreError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    AccessDenied,
+    NoSuchBucket,
+    Throttled,
+    Server,
+    Network,
+    NotImplemented,
+    TooManyObjects,
+    Credentials,
+    Request,
+    /// Not sent: the pass was stopped (shutdown, leadership lost).
+    Cancelled,
+    /// A listing that would not end.
+    EndlessListing,
+}
+
+/// A failed S3 operation, with a stable category.
+#[derive(Debug, Clone, Error)]
+#[error("{message}")]
+pub struct StoreError {
+    pub kind: StoreErrorKind,
+    pub message: String,
+}
+
+impl StoreError {
+    pub(crate) fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn category(&self) -> &'static str {
+        match self.kind {
+            StoreErrorKind::AccessDenied => "access_denied",
+            StoreErrorKind::NoSuchBucket => "no_such_bucket",
+            StoreErrorKind::Throttled => "throttled",
+            StoreErrorKind::Server => "server_error",
+            StoreErrorKind::Network => "network",
+            StoreErrorKind::NotImplemented => "not_implemented",
+            StoreErrorKind::TooManyObjects => "too_many_objects",
+            StoreErrorKind::Credentials => "credentials",
+            StoreErrorKind::Request => "request",
+            StoreErrorKind::Cancelled => "cancelled",
+            StoreErrorKind::EndlessListing => "endless_listing",
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.kind == StoreErrorKind::Cancelled
+    }
+
+    pub fn cancelled() -> Self {
+        Self::new(
+            StoreErrorKind::Cancelled,
+            "not sent: the pass was stopped (shutdown or leadership lost)",
+        )
+    }
+}

@@ -13,32 +13,7 @@ use crate::location::{S3Connection, S3Target};
 use crate::plan::{Decision, GcPlan, ObjectKind};
 use crate::store::{MAX_BATCH, ObjectStore, StoreError, StoreErrorKind, StoredObject};
 
-/// What happened to one artifact the plan said to delete.
-#[derive(Debug, Clone, Default)]
-pub struct ArtifactOutcome {
-    /// What the store showed: a file, a directory, or `None` when the probe failed.
-    pub kind: Option<ObjectKind>,
-    /// Objects deleted (or, in a dry run, that would be).
-    pub objects: u64,
-    pub bytes: u64,
-    /// Nothing was there to delete.
-    pub absent: bool,
-    /// Objects kept because they were written after the workflow finished: not its outputs.
-    pub written_after: u64,
-    pub error: Option<StoreError>,
-}
-
-/// Outcomes by (workflow index, artifact index) in the plan.
-#[derive(Debug, Default)]
-pub struct Execution {
-    pub outcomes: HashMap<(usize, usize), ArtifactOutcome>,
-}
-
-impl Execution {
-    pub fn get(&self, w: usize, a: usize) -> Option<&ArtifactOutcome> {
-        self.outcomes.get(&(w, a))
-    }
-}
+pub use crate::execution::{ArtifactOutcome, Execution};
 
 /// Progress of a run, for a progress bar, and whether it may go on.
 pub trait Progress: Sync {

@@ -14,6 +14,7 @@ pub mod controller;
 pub mod demo;
 pub mod error;
 pub mod execute;
+pub mod execution;
 pub mod identity;
 pub mod keys;
 pub mod location;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::execute::Execution;
+use crate::execution::Execution;
 use crate::model::Workflow;
 use crate::plan::{Decision, KeepReason, SkipReason, Strategy, WorkflowPlan};
 

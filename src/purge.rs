@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::api::{ClusterReader, workflows};
 use crate::cli::{Loaded, SourceArgs};
 use crate::error::InputError;
-use crate::execute::Execution;
+use crate::execution::Execution;
 use crate::keys::KeyIndex;
 use crate::manifests::WorkflowInput;
 use crate::outcome::{PassContext, assess};

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::execute::Execution;
+use crate::execution::Execution;
 use crate::plan::{Decision, GcPlan};
 
 /// Index of ACTION in the table.

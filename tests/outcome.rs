@@ -3,10 +3,10 @@
 
 mod support;
 
-use artgc::execute::{ArtifactOutcome, Execution};
+use artgc::error::{StoreError, StoreErrorKind};
+use artgc::execution::{ArtifactOutcome, Execution};
 use artgc::outcome::{ConditionChange, FinalizerChange, PassContext, assess};
 use artgc::plan::{GcPlan, Strategy};
-use artgc::store::{StoreError, StoreErrorKind};
 use support::*;
 
 fn creds() -> Vec<serde_json::Value> {

@@ -1,0 +1,35 @@
+//! What carrying out a plan did, per artifact: the executor's result, read by the judge
+//! ([`crate::outcome`]) and the report. Plain data, no IO: the executor ([`crate::execute`])
+//! fills it.
+
+use std::collections::HashMap;
+
+use crate::error::StoreError;
+use crate::plan::ObjectKind;
+
+/// What happened to one artifact the plan said to delete.
+#[derive(Debug, Clone, Default)]
+pub struct ArtifactOutcome {
+    /// What the store showed: a file, a directory, or `None` when the probe failed.
+    pub kind: Option<ObjectKind>,
+    /// Objects deleted (or, in a dry run, that would be).
+    pub objects: u64,
+    pub bytes: u64,
+    /// Nothing was there to delete.
+    pub absent: bool,
+    /// Objects kept because they were written after the workflow finished: not its outputs.
+    pub written_after: u64,
+    pub error: Option<StoreError>,
+}
+
+/// Outcomes by (workflow index, artifact index) in the plan.
+#[derive(Debug, Default)]
+pub struct Execution {
+    pub outcomes: HashMap<(usize, usize), ArtifactOutcome>,
+}
+
+impl Execution {
+    pub fn get(&self, w: usize, a: usize) -> Option<&ArtifactOutcome> {
+        self.outcomes.get(&(w, a))
+    }
+}
