@@ -16,7 +16,7 @@
 
 use std::time::Instant;
 
-use artgc::cluster::{ClusterState, ControllerConfigRef};
+use artgc::cluster::{ArgoConfigMapRef, ClusterState};
 use artgc::execute::execute;
 use artgc::manifests::Inventory;
 use artgc::plan::{Decision, PlanOptions, plan};
@@ -190,7 +190,7 @@ async fn artgc_purge(
     let started = Instant::now();
     let mut inv = Inventory::default();
     inv.add_text("bench", &text, "bench").unwrap();
-    let mut state = ClusterState::new(ControllerConfigRef::default());
+    let mut state = ClusterState::new(ArgoConfigMapRef::default());
     inv.secrets.into_iter().for_each(|s| state.insert_secret(s));
     inv.config_maps
         .into_iter()

@@ -15,7 +15,7 @@ use kube::{Api, Client};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use crate::cluster::{ClusterState, ControllerConfigRef, REPOSITORIES_CONFIGMAP};
+use crate::cluster::{ArgoConfigMapRef, ClusterState, REPOSITORIES_CONFIGMAP};
 use crate::manifests::WorkflowInput;
 use crate::model::Workflow;
 use crate::nodes::workflow_nodes;
@@ -138,7 +138,7 @@ type ConfigMapCache = HashMap<(String, String), (Instant, Option<ConfigMap>)>;
 /// workflows share one repository); Secrets are read fresh for each pass.
 pub struct ClusterReader {
     client: Client,
-    controller_config: ControllerConfigRef,
+    controller_config: ArgoConfigMapRef,
     policy: Arc<Policy>,
     config_maps: Mutex<ConfigMapCache>,
     ttl: Duration,
@@ -158,11 +158,7 @@ fn absent_if_denied<T>(r: Result<Option<T>, kube::Error>) -> Result<Option<T>, k
 }
 
 impl ClusterReader {
-    pub fn new(
-        client: Client,
-        controller_config: ControllerConfigRef,
-        policy: Arc<Policy>,
-    ) -> Self {
+    pub fn new(client: Client, controller_config: ArgoConfigMapRef, policy: Arc<Policy>) -> Self {
         Self {
             client,
             controller_config,

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::cluster::{ClusterState, ControllerConfigRef};
+use crate::cluster::{ArgoConfigMapRef, ClusterState};
 use crate::error::InputError;
 use crate::execute::{self, Progress};
 use crate::identity::StsSettings;
 use crate::manifests::Inventory;
-use crate::plan::{self, Decision, GcPlan, PlanOptions, StrategyFilter};
+use crate::plan::{self, Decision, PlanOptions, StrategyFilter};
 use crate::policy::Policy;
+use crate::purge::Loaded;
 use crate::report::Report;
 use crate::store::{ObjectStore, StoreOptions};
 use crate::telemetry::LogFormat;
@@ -130,8 +131,8 @@ pub struct ArgoConfigArgs {
 }
 
 impl ArgoConfigArgs {
-    pub fn config_ref(&self) -> ControllerConfigRef {
-        ControllerConfigRef {
+    pub fn config_ref(&self) -> ArgoConfigMapRef {
+        ArgoConfigMapRef {
             namespace: self.controller_namespace.clone(),
             name: self.controller_configmap.clone(),
         }
@@ -404,24 +405,27 @@ pub fn run(cli: Cli) -> u8 {
     }
 }
 
-/// A plan and, for the cluster source, what recording it needs.
-pub struct Loaded {
-    pub plan: GcPlan,
-    pub cluster: Option<(kube::Client, Vec<serde_json::Value>)>,
-}
-
 /// Reads the manifests or the cluster and builds the plan.
 pub async fn load_plan(source: &SourceArgs) -> Result<Loaded, InputError> {
     let opts = PlanOptions {
         filter: source.strategy.into(),
     };
-    if source.files.is_empty() {
-        return crate::purge::load_from_cluster(source, &opts).await;
-    }
     let policy = source.tenancy.policy().map_err(|message| InputError::Io {
         path: "--policy".into(),
         message,
     })?;
+    if source.files.is_empty() {
+        let selection = crate::purge::ClusterSelection {
+            namespace: source.namespace.clone(),
+            all_namespaces: source.all_namespaces,
+            selector: source.selector.clone(),
+            names: source.names.clone(),
+            older_than: source.older_than,
+            argo: source.argo.config_ref(),
+            policy,
+        };
+        return crate::purge::load_from_cluster(&selection, &opts).await;
+    }
     let inventory = Inventory::read_paths(&source.files, &source.namespace)?;
     let mut state = ClusterState::new(source.argo.config_ref()).with_policy(policy);
     for cm in inventory.config_maps {

@@ -20,12 +20,12 @@ pub const REPOSITORIES_CONFIGMAP: &str = "artifact-repositories";
 
 /// Where Argo's workflow-controller keeps its config (the global artifact repository).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControllerConfigRef {
+pub struct ArgoConfigMapRef {
     pub namespace: String,
     pub name: String,
 }
 
-impl Default for ControllerConfigRef {
+impl Default for ArgoConfigMapRef {
     fn default() -> Self {
         Self {
             namespace: "argo".into(),
@@ -41,7 +41,7 @@ pub struct ClusterState {
     secrets: HashMap<(String, String), Secret>,
     service_accounts: HashMap<(String, String), ServiceAccount>,
     namespace_labels: HashMap<String, BTreeMap<String, String>>,
-    pub controller_config: ControllerConfigRef,
+    pub controller_config: ArgoConfigMapRef,
     pub policy: Arc<Policy>,
 }
 
@@ -60,7 +60,7 @@ struct ControllerConfig {
 }
 
 impl ClusterState {
-    pub fn new(controller_config: ControllerConfigRef) -> Self {
+    pub fn new(controller_config: ArgoConfigMapRef) -> Self {
         Self {
             controller_config,
             ..Default::default()
@@ -258,7 +258,7 @@ impl ClusterState {
     /// `artifactRepository` from the workflow-controller ConfigMap, either as its own data key
     /// or inside the older single `config` key.
     pub fn controller_repository(&self) -> Result<ArtifactLocation, ResolveError> {
-        let ControllerConfigRef { namespace, name } = &self.controller_config;
+        let ArgoConfigMapRef { namespace, name } = &self.controller_config;
         let missing = || {
             ResolveError::Repository(format!(
                 "no artifact repository: no artifactRepositoryRef, no {REPOSITORIES_CONFIGMAP} ConfigMap in the workflow's namespace, and no artifactRepository in ConfigMap {namespace}/{name}"

@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 use crate::admin::{self, Health};
 use crate::api::{ClusterReader, WatchedWorkflow, workflows};
 use crate::backlog::{Backlog, Change};
-use crate::cluster::ControllerConfigRef;
+use crate::cluster::ArgoConfigMapRef;
 use crate::execute::{delete, probe};
 use crate::identity::WebIdentityConfig;
 use crate::keys::KeyIndex;
@@ -60,7 +60,7 @@ pub struct ControllerConfig {
     /// Argo instance id; `None` handles workflows without the instance label.
     pub instance_id: Option<String>,
     pub finalizer: String,
-    pub controller_config: ControllerConfigRef,
+    pub controller_config: ArgoConfigMapRef,
     /// Workflows reconciled at once.
     pub concurrency: usize,
     /// Workflows of one namespace reconciled at once; `None`: half of `concurrency`, or all of
@@ -89,7 +89,7 @@ impl Default for ControllerConfig {
             namespaces: Vec::new(),
             instance_id: None,
             finalizer: FINALIZER_ARTIFACT_GC.into(),
-            controller_config: ControllerConfigRef::default(),
+            controller_config: ArgoConfigMapRef::default(),
             concurrency: 16,
             namespace_concurrency: None,
             retry_budget: 5,

@@ -8,7 +8,6 @@ use kube::api::ListParams;
 use serde_json::Value;
 
 use crate::api::{ClusterReader, workflows};
-use crate::cli::{Loaded, SourceArgs};
 use crate::error::InputError;
 use crate::execution::Execution;
 use crate::keys::KeyIndex;
@@ -79,8 +78,26 @@ async fn index_pages(
     }
 }
 
+/// A plan and, for the cluster source, what recording it needs.
+pub struct Loaded {
+    pub plan: GcPlan,
+    pub cluster: Option<(kube::Client, Vec<serde_json::Value>)>,
+}
+
+/// Which Workflows of a live cluster a run covers, as plain values (the command line builds it).
+pub struct ClusterSelection {
+    pub namespace: String,
+    pub all_namespaces: bool,
+    pub selector: Option<String>,
+    /// Exactly these Workflows of `namespace`; empty: every one the rest selects.
+    pub names: Vec<String>,
+    pub older_than: Option<std::time::Duration>,
+    pub argo: crate::cluster::ArgoConfigMapRef,
+    pub policy: std::sync::Arc<crate::policy::Policy>,
+}
+
 pub async fn load_from_cluster(
-    source: &SourceArgs,
+    source: &ClusterSelection,
     opts: &PlanOptions,
 ) -> Result<Loaded, InputError> {
     let client = kube::Client::try_default()
@@ -129,12 +146,9 @@ pub async fn load_from_cluster(
         raws.retain(|_| *it.next().expect("same length"));
     }
 
-    let policy = source.tenancy.policy().map_err(|e| InputError::Io {
-        path: "--policy".into(),
-        message: e.to_string(),
-    })?;
-    let reader = ClusterReader::new(client.clone(), source.argo.config_ref(), policy.clone());
-    let mut state = crate::cluster::ClusterState::new(source.argo.config_ref()).with_policy(policy);
+    let policy = source.policy.clone();
+    let reader = ClusterReader::new(client.clone(), source.argo.clone(), policy.clone());
+    let mut state = crate::cluster::ClusterState::new(source.argo.clone()).with_policy(policy);
     for w in &inputs {
         if let WorkflowInput::Valid(wf) = w {
             let s = reader

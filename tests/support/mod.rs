@@ -2,7 +2,7 @@
 //! ../shared/fixtures/argo for real ones), written here so each test states what matters.
 #![allow(dead_code)]
 
-use artgc::cluster::{ClusterState, ControllerConfigRef};
+use artgc::cluster::{ArgoConfigMapRef, ClusterState};
 use artgc::manifests::{Inventory, WorkflowInput};
 use artgc::plan::{ArtifactPlan, GcPlan, PlanOptions, StrategyFilter, WorkflowPlan};
 use serde_json::{Value, json};
@@ -187,7 +187,7 @@ pub fn plan_with_policy(
         serde_json::to_string(&json!({"kind": "List", "apiVersion": "v1", "items": objects}))
             .unwrap();
     inv.add_text("objects.json", &text, "default").unwrap();
-    let mut state = ClusterState::new(ControllerConfigRef::default()).with_policy(policy);
+    let mut state = ClusterState::new(ArgoConfigMapRef::default()).with_policy(policy);
     inv.config_maps
         .into_iter()
         .for_each(|c| state.insert_config_map(c));
