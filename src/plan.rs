@@ -3,7 +3,7 @@
 //! CLI both build and execute this same type.
 
 use std::cell::OnceCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -248,8 +248,9 @@ struct KeyUse {
     /// whatever this run decides (an unfinished workflow's inputs and templates).
     owner: Option<(usize, usize)>,
     label: String,
-    /// An unfinished workflow only reads the key (an input): it will never delete it.
-    reads: bool,
+    /// The namespace of an unfinished workflow that only reads the key (an input): it will
+    /// never delete it.
+    reader: Option<String>,
 }
 
 /// Builds the plan for every workflow of the input.
@@ -476,7 +477,7 @@ fn plan_workflow(
                     target: t.clone(),
                     owner,
                     label: label(id, &art.name),
-                    reads: false,
+                    reader: None,
                 });
             }
             wp.artifacts.push(ArtifactPlan {
@@ -578,7 +579,7 @@ fn live_use(
             target,
             owner: None,
             label,
-            reads,
+            reader: reads.then(|| namespace.to_string()),
         });
     }
 }
@@ -653,8 +654,42 @@ struct OverlapGraph<'a> {
 struct Component {
     nodes: Vec<BaseNode>,
     live: Vec<usize>,
-    /// Every live use only reads (running workflows' inputs): a keep for them is pending.
-    only_reads: bool,
+    /// Who keeps it live.
+    liveness: Liveness,
+}
+
+/// Who keeps key bases live: whether some live use does more than read them (it will own the
+/// keys), and the namespaces of the running workflows that only read them.
+#[derive(Debug, Default)]
+struct Liveness {
+    writes: bool,
+    readers: BTreeSet<String>,
+}
+
+impl Liveness {
+    fn add(&mut self, reader: Option<&str>) {
+        match reader {
+            Some(ns) => {
+                self.readers.insert(ns.to_string());
+            }
+            None => self.writes = true,
+        }
+    }
+
+    fn absorb(&mut self, other: Liveness) {
+        self.writes |= other.writes;
+        self.readers.extend(other.readers);
+    }
+
+    /// Why an artifact of `namespace` reached by this liveness is kept. Only readers: pending
+    /// (they never delete their inputs), but only for readers of its own namespace, so that no
+    /// tenant can hold another's workflow by reading its keys; anyone else settles it.
+    fn keep(&self, namespace: &str, label: String) -> KeepReason {
+        match !self.writes && self.readers.iter().all(|n| n == namespace) {
+            true => KeepReason::ReadByRunning(label),
+            false => KeepReason::Shared(label),
+        }
+    }
 }
 
 impl OverlapGraph<'_> {
@@ -675,35 +710,38 @@ impl OverlapGraph<'_> {
     }
 
     /// A use naming the base, a live one when there is one: what a kept artifact names; and
-    /// whether a live use of it does more than read it.
-    fn label(&self, side: Side, probe: &S3Target, base: &str) -> Option<(bool, String, bool)> {
+    /// who keeps it live (empty when no use is live).
+    fn label(&self, side: Side, probe: &S3Target, base: &str) -> Option<(bool, String, Liveness)> {
+        let mut liveness = Liveness::default();
         match side {
             Side::Local => {
                 let ids = self.local.uses_at(probe, base);
-                let mut live = ids.iter().filter(|&&i| self.local_live(i));
-                let first_live = live.clone().next();
-                let writes = live.any(|&i| !self.uses[i as usize].reads);
-                let any = first_live.or(ids.first())?;
-                let label = self.uses[*any as usize].label.clone();
-                Some((first_live.is_some(), label, writes))
+                let mut first_live = None;
+                for &i in ids.iter().filter(|&&i| self.local_live(i)) {
+                    first_live.get_or_insert(i);
+                    liveness.add(self.uses[i as usize].reader.as_deref());
+                }
+                let any = first_live.or(ids.first().copied())?;
+                let label = self.uses[any as usize].label.clone();
+                Some((first_live.is_some(), label, liveness))
             }
             Side::External => {
                 let mut any = None;
                 let mut live: Option<String> = None;
-                let mut writes = false;
                 for u in self.external?.uses_at(probe, base) {
                     if !self.counts(&u.workflow) {
                         continue;
                     }
                     if !u.due {
-                        writes |= !u.reads;
+                        let ns = u.workflow.split_once('/').map_or("", |(ns, _)| ns);
+                        liveness.add(u.reads.then_some(ns));
                         live.get_or_insert_with(|| u.label(base));
                     }
                     any.get_or_insert_with(|| u.label(base));
                 }
                 match live {
-                    Some(l) => Some((true, l, writes)),
-                    None => any.map(|l| (false, l, false)),
+                    Some(l) => Some((true, l, liveness)),
+                    None => any.map(|l| (false, l, liveness)),
                 }
             }
         }
@@ -729,14 +767,14 @@ impl OverlapGraph<'_> {
         let mut index: HashMap<BaseNode, usize> = HashMap::from([(start.clone(), 0)]);
         let mut nodes = vec![start];
         let mut live = Vec::new();
-        let mut writes = false;
+        let mut liveness = Liveness::default();
         let mut next = Vec::new();
         let mut i = 0;
         while i < nodes.len() {
             let (side, base) = nodes[i].clone();
-            if let Some((true, _, w)) = self.label(side, probe, &base) {
+            if let Some((true, _, l)) = self.label(side, probe, &base) {
                 live.push(i);
-                writes |= w;
+                liveness.absorb(l);
             }
             next.clear();
             self.neighbours(probe, &base, &mut next);
@@ -749,9 +787,9 @@ impl OverlapGraph<'_> {
             i += 1;
         }
         Component {
-            only_reads: !writes,
             nodes,
             live,
+            liveness,
         }
     }
 
@@ -806,11 +844,8 @@ impl OverlapGraph<'_> {
                     }
                     (None, None) => continue,
                 };
-                let reason = match c.only_reads {
-                    true => KeepReason::ReadByRunning(label),
-                    false => KeepReason::Shared(label),
-                };
-                out.push((owner, reason));
+                let namespace = &self.plan.workflows[owner.0].namespace;
+                out.push((owner, c.liveness.keep(namespace, label)));
             }
         }
         out
@@ -835,7 +870,7 @@ pub fn plan_alone(wf: &Workflow, state: &ClusterState) -> (WorkflowPlan, Vec<Wor
             due: u.owner.is_some_and(|(_, a)| wp.artifacts[a].due),
             target: u.target,
             label: u.label,
-            reads: u.reads,
+            reads: u.reader.is_some(),
         })
         .collect();
     (wp, uses)

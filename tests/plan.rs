@@ -987,6 +987,45 @@ fn a_workflow_named_like_a_folder_does_not_keep_other_keys_in_it() {
     ));
 }
 
+/// A running reader holds the owner's deletion (`read_by_running`, pending) only within its own
+/// namespace: a tenant whose Workflow reads another namespace's key, forever `Running` by its
+/// own hand if it likes, makes that key kept but settles the owner, so it cannot hold another
+/// tenant's Workflow. Both paths, `plan -f` and the controller's index, decide alike.
+#[test]
+fn only_a_reader_of_the_owner_s_namespace_holds_it() {
+    let owner = fixed("owner", "OnWorkflowDeletion", "owner/owner-1/out.tgz").deleting();
+    // The owner's store (`minio:9000` in namespace ns), as seen from any namespace.
+    let repo = s3_repo("minio.ns:9000", "repo-bucket", "cred");
+    let reader = |ns: &str| {
+        workflow(ns, "reader")
+            .status_repo(repo.clone())
+            .running()
+            .set(
+                &["status", "nodes", "r1"],
+                json!({"id": "r1", "type": "Pod", "phase": "Running", "templateName": "t",
+                       "inputs": {"artifacts": [key_only("in", "owner/owner-1/out.tgz")]}}),
+            )
+    };
+    for (ns, pending) in [("ns", true), ("other-tenant", false)] {
+        let files = plan_due(vec![owner.clone(), reader(ns)], creds());
+        let index = index_of(vec![reader(ns)]);
+        let cluster = plan_against(owner.clone(), &index);
+        for plan in [&files, &cluster] {
+            let d = &art(plan, "owner", "out").decision;
+            match pending {
+                true => assert!(
+                    matches!(d, Decision::Keep(KeepReason::ReadByRunning(_))),
+                    "{ns}: {d:?}"
+                ),
+                false => assert!(
+                    matches!(d, Decision::Keep(KeepReason::Shared(_))),
+                    "{ns}: {d:?}"
+                ),
+            }
+        }
+    }
+}
+
 /// The process's peak resident memory, in bytes (Linux).
 fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
