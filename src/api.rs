@@ -108,7 +108,15 @@ pub fn named_secrets(wf: &Workflow) -> BTreeSet<String> {
     {
         secret_names(&v, &mut names);
     }
+    // A name with workflow variables is read as the planner will resolve it.
+    let vars = crate::location::Variables::of(wf);
     names
+        .into_iter()
+        .filter_map(|n| match n.contains("{{") {
+            true => vars.substitute(&n).ok(),
+            false => Some(n),
+        })
+        .collect()
 }
 
 /// Names of every Secret a location in `value` refers to.
@@ -118,7 +126,11 @@ fn secret_names(value: &Value, out: &mut BTreeSet<String>) {
             for (k, v) in map {
                 if matches!(
                     k.as_str(),
-                    "accessKeySecret" | "secretKeySecret" | "sessionTokenSecret" | "caSecret"
+                    "accessKeySecret"
+                        | "secretKeySecret"
+                        | "sessionTokenSecret"
+                        | "caSecret"
+                        | "serverSideCustomerKeySecret"
                 ) && let Some(name) = v["name"].as_str()
                 {
                     out.insert(name.to_string());
@@ -300,13 +312,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn secret_names_with_workflow_variables_are_read_as_they_resolve() {
+        let wf: Workflow = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w", "namespace": "ns"},
+            "spec": {"arguments": {"parameters": [{"name": "s", "value": "team-creds"}]},
+                "templates": [{"name": "t", "archiveLocation": {"s3": {
+                    "accessKeySecret": {"name": "{{workflow.parameters.s}}", "key": "a"},
+                    "secretKeySecret": {"name": "{{workflow.parameters.nope}}", "key": "b"}}}}]},
+        }))
+        .unwrap();
+        assert_eq!(
+            named_secrets(&wf).into_iter().collect::<Vec<_>>(),
+            ["team-creds"]
+        );
+    }
+
+    #[test]
     fn secret_names_are_found_anywhere() {
         let v = serde_json::json!({"spec": {"templates": [{"archiveLocation": {"s3": {
             "accessKeySecret": {"name": "a", "key": "k"}, "caSecret": {"name": "ca", "key": "c"}}}}]},
-            "x": [{"secretKeySecret": {"name": "b", "key": "k"}}]});
+            "x": [{"secretKeySecret": {"name": "b", "key": "k"}},
+                  {"encryptionOptions": {"serverSideCustomerKeySecret": {"name": "ssec", "key": "k"}}}]});
         let mut out = BTreeSet::new();
         secret_names(&v, &mut out);
-        assert_eq!(out.into_iter().collect::<Vec<_>>(), ["a", "b", "ca"]);
+        assert_eq!(
+            out.into_iter().collect::<Vec<_>>(),
+            ["a", "b", "ca", "ssec"]
+        );
     }
 
     #[test]

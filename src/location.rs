@@ -270,7 +270,7 @@ impl Variables {
     }
 
     /// `text` with every `{{ name }}` replaced, or the first tag that cannot be.
-    fn substitute(&self, text: &str) -> Result<String, String> {
+    pub fn substitute(&self, text: &str) -> Result<String, String> {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
         while let Some(start) = rest.find("{{") {
