@@ -99,6 +99,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
 }
 
+/// A bucket's region, asked of its store once.
+type BucketRegion = Arc<OnceCell<String>>;
+
+/// A region name as stores give them: lower-case letters, digits and dashes.
+fn is_region_name(r: &str) -> bool {
+    (1..=64).contains(&r.len())
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// AWS's global endpoint serves us-east-1; another region's bucket is reached at its regional
 /// endpoint. Any other endpoint is the store's own and stays.
 fn regional_url(url: &str, region: &str) -> String {
@@ -213,7 +223,7 @@ pub struct ObjectStore {
     identities: IdentityCache,
     permits: Arc<Semaphore>,
     /// Regions found for (endpoint URL, bucket), for connections that set none.
-    regions: std::sync::Mutex<HashMap<(String, String), String>>,
+    regions: std::sync::Mutex<HashMap<(String, String), BucketRegion>>,
 }
 
 impl ObjectStore {
@@ -312,27 +322,34 @@ impl ObjectStore {
         if !conn.discover_region {
             return self.client(conn).await;
         }
-        let cache_key = (conn.url.clone(), bucket.to_string());
-        let known = self.regions.lock().expect("lock").get(&cache_key).cloned();
-        let region = match known {
-            Some(r) => r,
-            None => {
-                let guess = self.client(conn).await?;
-                match self.bucket_region(&guess, bucket).await {
-                    // The store answered: its region, or (none given) the guess stands.
-                    Some(found) => {
-                        let region = found.unwrap_or_else(|| conn.region.clone());
-                        let mut regions = self.regions.lock().expect("lock");
-                        if regions.len() >= MAX_CLIENTS * 4 {
-                            regions.clear();
-                        }
-                        regions.insert(cache_key, region.clone());
-                        region
-                    }
-                    // No answer: the guess, and the question again next time.
-                    None => conn.region.clone(),
+        // One question per endpoint and bucket, however many passes start on it at once.
+        let cell = {
+            let mut regions = self.regions.lock().expect("lock");
+            if regions.len() >= MAX_CLIENTS * 4 {
+                regions.retain(|_, c| c.initialized());
+                if regions.len() >= MAX_CLIENTS * 4 {
+                    regions.clear();
                 }
             }
+            regions
+                .entry((conn.url.clone(), bucket.to_string()))
+                .or_default()
+                .clone()
+        };
+        let guess = self.client(conn).await?;
+        let asked = cell
+            .get_or_try_init(|| async {
+                // The store answered: its region, or (none given) the guess stands. No
+                // answer: the guess for now, and the question again next time.
+                match self.bucket_region(&guess, bucket).await {
+                    Some(found) => Ok(found.unwrap_or_else(|| conn.region.clone())),
+                    None => Err(()),
+                }
+            })
+            .await;
+        let region = match asked {
+            Ok(r) => r.clone(),
+            Err(()) => conn.region.clone(),
         };
         if region == conn.region {
             return self.client(conn).await;
@@ -349,13 +366,19 @@ impl ObjectStore {
     /// saying (not AWS); `None`: no answer at all.
     async fn bucket_region(&self, client: &StoreClient, bucket: &str) -> Option<Option<String>> {
         let _permit = self.permit(client).await;
+        // A region is a name (`eu-west-2`, `garage`): anything else is not used, as it would
+        // go into the host name of AWS's regional endpoint.
         let header = |h: &aws_smithy_runtime_api::http::Headers| {
             h.get("x-amz-bucket-region")
-                .filter(|r| !r.is_empty())
+                .filter(|r| is_region_name(r))
                 .map(str::to_string)
         };
         match client.head_bucket().bucket(bucket).send().await {
-            Ok(out) => Some(out.bucket_region().map(str::to_string)),
+            Ok(out) => Some(
+                out.bucket_region()
+                    .filter(|r| is_region_name(r))
+                    .map(str::to_string),
+            ),
             Err(e) => e.raw_response().map(|r| header(r.headers())),
         }
     }
@@ -715,6 +738,28 @@ impl ObjectStore {
                 &format!("s3://{bucket}/{key}"),
                 e,
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_region_name_goes_into_aws_s_regional_host() {
+        for ok in ["eu-west-2", "us-gov-west-1", "garage"] {
+            assert!(is_region_name(ok), "{ok}");
+        }
+        for bad in ["", "EU-WEST-2", "evil.com/x", "a b", "eu_west"] {
+            assert!(!is_region_name(bad), "{bad:?}");
+        }
+        assert_eq!(
+            regional_url("https://s3.amazonaws.com", "eu-west-2"),
+            "https://s3.eu-west-2.amazonaws.com"
+        );
+        for other in ["https://s3.eu-west-1.amazonaws.com", "http://minio:9000"] {
+            assert_eq!(regional_url(other, "eu-west-2"), other);
         }
     }
 }

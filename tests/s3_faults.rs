@@ -327,7 +327,7 @@ async fn a_bucket_in_another_region_is_found_and_collected() {
     };
     proxy.set_bucket_region(region);
     let b = srv.bucket("regions").await;
-    for k in ["w/a", "w/b", "w/c"] {
+    for k in ["w/a", "w/b", "w/c", "v0/a", "v1/a", "v2/a", "v3/a"] {
         srv.put(&b, k, "x").await;
     }
     let art = |name: &str, key: &str, region: Option<&str>| {
@@ -346,8 +346,12 @@ async fn a_bucket_in_another_region_is_found_and_collected() {
         vec![art("a", "w/a", None), art("b", "w/b", None)],
     );
     let explicit = workflow("ns", "x").node("n1", "t", vec![art("c", "w/c", Some("us-east-1"))]);
+    // More workflows of the bucket, probed at once: still one question.
+    let more = (0..4).map(|i| {
+        workflow("ns", &format!("v{i}")).node("n1", "t", vec![art("a", &format!("v{i}/a"), None)])
+    });
     let plan = plan_due(
-        vec![w, explicit],
+        [w, explicit].into_iter().chain(more).collect(),
         vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)],
     );
     let exec = execute(&plan, &store(), false, &Quiet).await;
