@@ -299,6 +299,14 @@ fn controller_cm(text_key: &str, text: &str) -> Value {
            "data": {text_key: text}})
 }
 
+/// Argo's controller ConfigMap with a repository in bucket `global`.
+fn global_repository() -> Value {
+    controller_cm(
+        "artifactRepository",
+        &format!("s3:\n  endpoint: {EP}\n  bucket: global\n"),
+    )
+}
+
 /// A finished workflow with no repository in its status (older or hand-made objects).
 fn bare(name: &str) -> Wf {
     workflow("ns", name).strategy("OnWorkflowCompletion").node(
@@ -325,10 +333,7 @@ fn repository_sources_in_argo_priority() {
         Some("default-v1"),
         &[("default-v1", "ns-default"), ("other", "ns-other")],
     );
-    let ctrl = controller_cm(
-        "artifactRepository",
-        &format!("s3:\n  endpoint: {EP}\n  bucket: global\n"),
-    );
+    let ctrl = global_repository();
     let mut objs = creds();
     objs.push(ctrl.clone());
 
@@ -407,10 +412,7 @@ fn repository_errors_name_what_is_missing() {
     // A candidate that exists but does not parse stops the search (Argo's `Resolve`).
     let mut bad = repo_cm("ns", "artifact-repositories", Some("k"), &[]);
     bad["data"] = json!({"k": "s3: [not, a, location"});
-    let ctrl = controller_cm(
-        "artifactRepository",
-        &format!("s3:\n  endpoint: {EP}\n  bucket: global\n"),
-    );
+    let ctrl = global_repository();
     let err = bucket_of(&plan_due(vec![bare("w")], vec![bad, ctrl]), "w").unwrap_err();
     assert!(
         err.contains("ConfigMap ns/artifact-repositories key \"k\""),
@@ -424,10 +426,7 @@ fn repository_errors_name_what_is_missing() {
 /// up in the controller's namespace.
 #[test]
 fn repository_candidates_fall_through_on_a_missing_key() {
-    let ctrl = controller_cm(
-        "artifactRepository",
-        &format!("s3:\n  endpoint: {EP}\n  bucket: global\n"),
-    );
+    let ctrl = global_repository();
     for ns_cm in [
         repo_cm("ns", "artifact-repositories", None, &[("x", "b")]),
         repo_cm("ns", "artifact-repositories", Some("gone"), &[("x", "b")]),
@@ -464,10 +463,7 @@ fn a_recorded_repository_ref_without_the_repository_is_honoured() {
             &[("a", "argo-a"), ("b", "argo-b")],
         ),
         repo_cm("ns", "artifact-repositories", Some("a"), &[("a", "ns-a")]),
-        controller_cm(
-            "artifactRepository",
-            &format!("s3:\n  endpoint: {EP}\n  bucket: global\n"),
-        ),
+        global_repository(),
     ];
     let recorded = |r: Value| bare("w").set(&["status", "artifactRepositoryRef"], r);
     let cases = [

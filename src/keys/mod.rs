@@ -634,12 +634,7 @@ mod tests {
         assert_eq!(own_folder("wf/wf-1/", "wf"), None);
         assert_eq!(own_folder("wfx/wfx-1/a", "wf"), None);
         let mut idx = KeyIndex::default();
-        let u = |k: &str, due: bool| WorkflowKeyUse {
-            target: t(k),
-            due,
-            label: k.into(),
-            reads: false,
-        };
+        let u = key_use;
         idx.set_workflow(
             "ns/wf",
             vec![
@@ -667,16 +662,21 @@ mod tests {
     #[test]
     fn a_workflow_named_like_a_folder_claims_only_its_pods_folders() {
         let mut idx = KeyIndex::default();
-        let u = |k: &str| WorkflowKeyUse {
-            target: t(k),
-            due: false,
-            label: k.into(),
-            reads: false,
-        };
+        let u = |k: &str| key_use(k, false);
         idx.set_workflow("ns/reports", vec![u("reports/reports-1/out.tgz")]);
         assert!(bases(&idx, "reports/summary.csv").is_empty());
         assert!(bases(&idx, "reports/team-b-7/out.tgz").is_empty());
         assert_eq!(bases(&idx, "reports/reports-1/x"), ["reports/reports-1"]);
+    }
+
+    /// A workflow's use of `key`, due or live, that does more than read it.
+    fn key_use(key: &str, due: bool) -> WorkflowKeyUse {
+        WorkflowKeyUse {
+            target: t(key),
+            due,
+            label: key.into(),
+            reads: false,
+        }
     }
 
     fn bases(idx: &KeyIndex, key: &str) -> Vec<String> {
@@ -700,12 +700,7 @@ mod tests {
     #[test]
     fn key_index_replaces_and_removes_a_workflows_uses() {
         let mut idx = KeyIndex::default();
-        let u = |k: &str| WorkflowKeyUse {
-            target: t(k),
-            due: false,
-            label: k.into(),
-            reads: false,
-        };
+        let u = |k: &str| key_use(k, false);
         idx.set_workflow("ns/a", vec![u("a/1"), u("shared")]);
         idx.set_workflow("ns/b", vec![u("shared/x")]);
         assert_eq!(users(&idx, "shared"), vec!["ns/a", "ns/b"]);

@@ -230,16 +230,30 @@ async fn forward(
         .and_then(|a| a.split("Credential=").nth(1))
         .and_then(|c| c.split('/').nth(2))
         .map(str::to_string);
-    if let Some(region) = bucket_region
-        && signed_region.as_deref() != Some(region.as_str())
-    {
-        state.lock().unwrap().log.push(SeenRequest {
+    let redirect = bucket_region.filter(|r| signed_region.as_deref() != Some(r.as_str()));
+    let fault = {
+        let mut st = state.lock().unwrap();
+        let hit = match redirect {
+            Some(_) => None,
+            None => st
+                .rules
+                .iter_mut()
+                .find(|r| r.times > 0 && r.method == method && query.contains(r.query)),
+        };
+        let fault = hit.map(|r| {
+            r.times -= 1;
+            r.clone()
+        });
+        st.log.push(SeenRequest {
             method: method.clone(),
             path_and_query: pq.clone(),
             headers,
             body: body.clone(),
-            injected: true,
+            injected: fault.is_some() || redirect.is_some(),
         });
+        fault
+    };
+    if let Some(region) = redirect {
         let body = match method.as_str() {
             "HEAD" => String::new(),
             _ => "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>PermanentRedirect</Code><Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message></Error>".to_string(),
@@ -251,25 +265,6 @@ async fn forward(
             .body(Full::new(Bytes::from(body)))
             .unwrap();
     }
-    let fault = {
-        let mut st = state.lock().unwrap();
-        let hit = st
-            .rules
-            .iter_mut()
-            .find(|r| r.times > 0 && r.method == method && query.contains(r.query));
-        let fault = hit.map(|r| {
-            r.times -= 1;
-            r.clone()
-        });
-        st.log.push(SeenRequest {
-            method: method.clone(),
-            path_and_query: pq.clone(),
-            headers,
-            body: body.clone(),
-            injected: fault.is_some(),
-        });
-        fault
-    };
     if let Some(rule) = fault {
         let body = if rule.endless_list {
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>b</Name><Prefix></Prefix><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated><NextContinuationToken>again</NextContinuationToken></ListBucketResult>".to_string()
