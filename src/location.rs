@@ -231,13 +231,26 @@ fn finish(
 /// The workflow variables Argo substitutes into a pod's template (`substitutePodParams`), so
 /// into an `archiveLocation` too: status keeps the raw text. Only what the Workflow itself says
 /// is known here; anything else is refused rather than used literally.
-#[derive(Debug, Clone, Default)]
-pub struct Variables {
-    values: std::collections::HashMap<String, String>,
+/// Built only when some text names a variable: most locations name none, and every watch event
+/// plans a workflow.
+pub struct Variables<'w> {
+    wf: &'w crate::model::Workflow,
+    values: std::cell::OnceCell<std::collections::HashMap<String, String>>,
 }
 
-impl Variables {
-    pub fn of(wf: &crate::model::Workflow) -> Self {
+impl<'w> Variables<'w> {
+    pub fn of(wf: &'w crate::model::Workflow) -> Self {
+        Self {
+            wf,
+            values: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn values(&self) -> &std::collections::HashMap<String, String> {
+        self.values.get_or_init(|| Self::collect(self.wf))
+    }
+
+    fn collect(wf: &crate::model::Workflow) -> std::collections::HashMap<String, String> {
         let mut values = std::collections::HashMap::new();
         let meta = &wf.metadata;
         let mut put = |k: String, v: &str| {
@@ -266,7 +279,7 @@ impl Variables {
                 values.insert(format!("workflow.parameters.{}", p.name), value);
             }
         }
-        Self { values }
+        values
     }
 
     /// `text` with every `{{ name }}` replaced, or the first tag that cannot be.
@@ -279,7 +292,7 @@ impl Variables {
                 return Err(rest[start..].to_string());
             };
             let tag = &rest[start..start + len + 2];
-            match self.values.get(tag[2..tag.len() - 2].trim()) {
+            match self.values().get(tag[2..tag.len() - 2].trim()) {
                 Some(v) => out.push_str(v),
                 None => return Err(tag.to_string()),
             }

@@ -1224,4 +1224,21 @@ fn workflow_parameters_in_an_archive_location_are_resolved_or_refused() {
         "{e}"
     );
     assert!(unknown.connection.is_none());
+
+    // A substituted endpoint passes the same gate as a written one: a tenant's parameter
+    // cannot point artgc at a store not configured for its namespace.
+    let mut to = s3_repo("{{workflow.parameters.ep}}", "b", "cred");
+    to["s3"]["key"] = json!("x");
+    let w = wf("steer")
+        .strategy("OnWorkflowCompletion")
+        .set(
+            &["spec", "arguments"],
+            json!({"parameters": [{"name": "ep", "value": "169.254.169.254:80"}]}),
+        )
+        .template(json!({"name": "t", "archiveLocation": to}))
+        .node("n1", "t", vec![key_only("a", "steer/a.tgz")]);
+    let plan = plan_due(vec![w], creds());
+    let steered = art(&plan, "steer", "a");
+    assert_eq!(steered.decision.category(), "endpoint_not_allowed");
+    assert!(steered.connection.is_none());
 }
