@@ -358,7 +358,8 @@ async fn latency(
             } else {
                 let json = serde_json::to_vec(&n).expect("nodes");
                 let packed =
-                    artgc::nodes::compress(&json, artgc::nodes::NodeEncoding::Gzip).expect("gzip");
+                    artgc_core::nodes::compress(&json, artgc_core::nodes::NodeEncoding::Gzip)
+                        .expect("gzip");
                 let mut w = workflow_in("huge", &name, &direct, Value::Null, false);
                 w["status"]["compressedNodes"] = json!(packed);
                 w

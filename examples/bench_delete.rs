@@ -16,11 +16,11 @@
 
 use std::time::Instant;
 
-use artgc::cluster::{ArgoConfigMapRef, ClusterState};
 use artgc::execute::execute;
-use artgc::manifests::Inventory;
-use artgc::plan::{Decision, PlanOptions, plan};
 use artgc::store::{ObjectStore, StoreOptions};
+use artgc_core::cluster::{ArgoConfigMapRef, ClusterState};
+use artgc_core::inventory::Inventory;
+use artgc_core::plan::{Decision, PlanOptions, plan};
 use artgc_testkit::S3Server;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::StreamExt;

@@ -15,11 +15,11 @@ use kube::{Api, Client};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use crate::cluster::{ArgoConfigMapRef, ClusterState, REPOSITORIES_CONFIGMAP};
-use crate::manifests::WorkflowInput;
-use crate::model::Workflow;
-use crate::nodes::workflow_nodes;
-use crate::policy::Policy;
+use artgc_core::cluster::{ArgoConfigMapRef, ClusterState, REPOSITORIES_CONFIGMAP};
+use artgc_core::inventory::WorkflowInput;
+use artgc_core::model::Workflow;
+use artgc_core::nodes::workflow_nodes;
+use artgc_core::policy::Policy;
 
 pub fn workflow_resource() -> ApiResource {
     ApiResource {
@@ -109,7 +109,7 @@ pub fn named_secrets(wf: &Workflow) -> BTreeSet<String> {
         secret_names(&v, &mut names);
     }
     // A name with workflow variables is read as the planner will resolve it.
-    let vars = crate::location::Variables::of(wf);
+    let vars = artgc_core::location::Variables::of(wf);
     names
         .into_iter()
         .filter_map(|n| match n.contains("{{") {

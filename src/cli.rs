@@ -7,17 +7,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::cluster::{ArgoConfigMapRef, ClusterState};
-use crate::error::InputError;
 use crate::execute::{self, Progress};
 use crate::identity::StsSettings;
-use crate::manifests::Inventory;
-use crate::plan::{self, Decision, PlanOptions, StrategyFilter};
-use crate::policy::Policy;
-use crate::purge::Loaded;
 use crate::report::Report;
+use crate::source::{ClusterSelection, LoadedPlan, Source};
 use crate::store::{ObjectStore, StoreOptions};
 use crate::telemetry::LogFormat;
+use artgc_core::cluster::ArgoConfigMapRef;
+use artgc_core::error::InputError;
+use artgc_core::plan::{Decision, PlanOptions, StrategyFilter};
+use artgc_core::policy::Policy;
 
 /// Exit codes.
 pub const EXIT_OK: u8 = 0;
@@ -42,7 +41,7 @@ pub struct Cli {
     /// The most decompressed node status (`status.compressedNodes`) read per Workflow; a
     /// larger one is an error for that Workflow (a decompression bomb must not take the
     /// process down).
-    #[arg(long, global = true, default_value_t = crate::nodes::DEFAULT_MAX_DECOMPRESSED, env = "ARTGC_MAX_NODE_STATUS_BYTES")]
+    #[arg(long, global = true, default_value_t = artgc_core::nodes::DEFAULT_MAX_DECOMPRESSED, env = "ARTGC_MAX_NODE_STATUS_BYTES")]
     pub max_node_status_bytes: u64,
     #[command(subcommand)]
     pub command: Command,
@@ -172,7 +171,7 @@ pub struct PurgeArgs {
     #[arg(long)]
     pub no_record: bool,
     /// The finalizer artgc owns (cluster source; released when the rules allow).
-    #[arg(long, default_value = crate::model::FINALIZER_ARTIFACT_GC, env = "ARTGC_FINALIZER")]
+    #[arg(long, default_value = artgc_core::model::FINALIZER_ARTIFACT_GC, env = "ARTGC_FINALIZER")]
     pub finalizer: String,
     #[command(flatten)]
     pub store: StoreArgs,
@@ -194,7 +193,7 @@ pub struct ControllerArgs {
     pub instance_id: Option<String>,
     /// The finalizer artgc adds and releases. Keep Argo's name with Argo's own GC switched off
     /// (ARGO_ARTIFACT_GC_ENABLED=false); use another to run beside it.
-    #[arg(long, default_value = crate::model::FINALIZER_ARTIFACT_GC, env = "ARTGC_FINALIZER")]
+    #[arg(long, default_value = artgc_core::model::FINALIZER_ARTIFACT_GC, env = "ARTGC_FINALIZER")]
     pub finalizer: String,
     #[command(flatten)]
     pub argo: ArgoConfigArgs,
@@ -385,7 +384,7 @@ impl StoreArgs {
 
 /// Runs a command; returns the exit code.
 pub fn run(cli: Cli) -> u8 {
-    crate::nodes::set_max_decompressed(cli.max_node_status_bytes);
+    artgc_core::nodes::set_max_decompressed(cli.max_node_status_bytes);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -406,7 +405,7 @@ pub fn run(cli: Cli) -> u8 {
 }
 
 /// Reads the manifests or the cluster and builds the plan.
-pub async fn load_plan(source: &SourceArgs) -> Result<Loaded, InputError> {
+pub async fn load_plan(source: &SourceArgs) -> Result<LoadedPlan, InputError> {
     let opts = PlanOptions {
         filter: source.strategy.into(),
     };
@@ -414,8 +413,8 @@ pub async fn load_plan(source: &SourceArgs) -> Result<Loaded, InputError> {
         path: "--policy".into(),
         message,
     })?;
-    if source.files.is_empty() {
-        let selection = crate::purge::ClusterSelection {
+    let source = if source.files.is_empty() {
+        Source::Cluster(ClusterSelection {
             namespace: source.namespace.clone(),
             all_namespaces: source.all_namespaces,
             selector: source.selector.clone(),
@@ -423,30 +422,17 @@ pub async fn load_plan(source: &SourceArgs) -> Result<Loaded, InputError> {
             older_than: source.older_than,
             argo: source.argo.config_ref(),
             policy,
-        };
-        return crate::purge::load_from_cluster(&selection, &opts).await;
-    }
-    let inventory = Inventory::read_paths(&source.files, &source.namespace)?;
-    let mut state = ClusterState::new(source.argo.config_ref()).with_policy(policy);
-    for cm in inventory.config_maps {
-        state.insert_config_map(cm);
-    }
-    for s in inventory.secrets {
-        state.insert_secret(s);
-    }
-    let mut workflows = inventory.workflows;
-    if let Some(age) = source.older_than {
-        workflows.retain(|w| match w {
-            crate::manifests::WorkflowInput::Valid(wf) => {
-                crate::purge::finished_before(wf.status.finished_at.as_deref(), age)
-            }
-            crate::manifests::WorkflowInput::Invalid { .. } => true,
-        });
-    }
-    Ok(Loaded {
-        plan: plan::plan(&workflows, &state, &opts),
-        cluster: None,
-    })
+        })
+    } else {
+        Source::Files {
+            paths: source.files.clone(),
+            namespace: source.namespace.clone(),
+            older_than: source.older_than,
+            argo: source.argo.config_ref(),
+            policy,
+        }
+    };
+    crate::source::load(&source, &opts).await
 }
 
 fn print(report: &Report, format: OutputFormat) -> u8 {
@@ -493,7 +479,7 @@ async fn purge_command(args: &PurgeArgs) -> u8 {
         );
         return EXIT_USAGE;
     }
-    let Loaded { plan, cluster } = match load_plan(&args.source).await {
+    let LoadedPlan { plan, cluster } = match load_plan(&args.source).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");

@@ -11,8 +11,8 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::controller::{self, ControllerConfig};
-use crate::nodes::{NodeEncoding, compress};
-use crate::report::human_bytes;
+use artgc_core::nodes::{NodeEncoding, compress};
+use artgc_core::units::human_bytes;
 
 const NS: &str = "argo-demo";
 const ALL_STRATEGIES: [&str; 2] = ["OnWorkflowCompletion", "OnWorkflowDeletion"];

@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures::StreamExt;
 
-use crate::location::{S3Connection, S3Target};
-use crate::plan::{Decision, GcPlan, ObjectKind};
 use crate::store::{MAX_BATCH, ObjectStore, StoreError, StoreErrorKind, StoredObject};
+use artgc_core::location::{S3Connection, S3Target};
+use artgc_core::plan::{Decision, GcPlan, ObjectKind};
 
-pub use crate::execution::{ArtifactOutcome, Execution};
+pub use artgc_core::execution::{ArtifactOutcome, Execution};
 
 /// Progress of a run, for a progress bar, and whether it may go on.
 pub trait Progress: Sync {

@@ -1,34 +1,28 @@
-//! artgc: garbage collection of Argo Workflows artifacts.
+//! artgc: garbage collection of Argo Workflows artifacts. This crate is the IO around the
+//! deciding core, [`artgc_core`]: the front ends and the edges.
 //!
-//! The pure core decides ([`plan`], fed by [`model`], [`nodes`], [`cluster`], [`location`]);
-//! the edges do IO ([`manifests`] reads files, [`store`] talks S3, [`execute`] carries a plan
-//! out); [`cli`] is a thin front end over both.
+//! - Front ends: [`cli`] (`artgc plan|purge|controller|demo`), [`controller`] (the watch
+//!   driver, queue and leader election), [`purge`] (what the CLI records after deleting).
+//! - Inputs: [`source`] (manifest files or a live cluster, for the CLI), [`api`] (the Kubernetes
+//!   API: typed reads, the watch's text objects, ConfigMaps and Secrets per workflow).
+//! - Effects: [`identity`] (acting as a workflow's GC service account: TokenRequest, STS),
+//!   [`store`] (S3), [`execute`] (carries a plan out against the store), [`record`] (writes the
+//!   outcome onto the Workflow).
+//! - Telling: [`report`] (the CLI's table and JSON), [`metrics`] and [`admin`] (Prometheus and
+//!   health endpoints), [`telemetry`] (logs).
 
 pub mod admin;
 pub mod api;
-pub mod backlog;
 pub mod cli;
-pub mod cluster;
 pub mod controller;
 #[cfg(feature = "demo")]
 pub mod demo;
-pub mod error;
 pub mod execute;
-pub mod execution;
 pub mod identity;
-pub mod keys;
-pub mod location;
-pub mod low_priority;
-pub mod manifests;
 pub mod metrics;
-pub mod model;
-pub mod nodes;
-pub mod outcome;
-pub mod plan;
-pub mod policy;
 pub mod purge;
-pub mod queue;
 pub mod record;
 pub mod report;
+pub mod source;
 pub mod store;
 pub mod telemetry;

@@ -5,8 +5,9 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::execution::Execution;
-use crate::plan::{Decision, GcPlan};
+use artgc_core::execution::Execution;
+use artgc_core::plan::{Decision, GcPlan};
+use artgc_core::units::human_bytes;
 
 /// Index of ACTION in the table.
 const ACTION_COLUMN: usize = 9;
@@ -225,21 +226,5 @@ impl Report {
                 t.artifacts_deleted, t.failed, t.kept
             ),
         }
-    }
-}
-
-/// Bytes in binary units, e.g. `1.5 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }

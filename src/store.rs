@@ -17,12 +17,12 @@ use backon::BackoffBuilder;
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 
 use crate::identity::{IdentityCache, IdentityKey, WebIdentityConfig};
-use crate::location::{Credentials, S3Connection};
+use artgc_core::location::{Credentials, S3Connection};
 
 /// S3 caps DeleteObjects at 1,000 keys.
 pub const MAX_BATCH: usize = 1000;
 
-pub use crate::error::{StoreError, StoreErrorKind};
+pub use artgc_core::error::{StoreError, StoreErrorKind};
 
 /// `host:port` of a connection URL: the unit of the per-endpoint bound.
 fn endpoint_of(url: &str) -> String {

@@ -1,6 +1,7 @@
 //! The `artgc` binary as users run it: exit codes, output formats, confirmation, and a real
 //! purge against a real S3 server.
 
+#[path = "../core/tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
@@ -149,7 +150,7 @@ fn write_manifests(dir: &Path, mut items: Vec<Value>) {
 }
 
 fn s3_art(srv: &S3Server, name: &str, bucket: &str, key: &str, secret: &str) -> Value {
-    on_server(srv, &srv.endpoint, name, bucket, key, secret)
+    on_server(&srv.region, &srv.endpoint, name, bucket, key, secret)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

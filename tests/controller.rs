@@ -2,12 +2,13 @@
 //! HTTP, the controller's own tasks in this process. Each test asserts S3 contents, the
 //! Workflow's status and finalizers, and Events.
 
+#[path = "../core/tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;
 
 use artgc::controller::{ControllerConfig, ControllerHandle, LeaderElection};
-use artgc::nodes::{NodeEncoding, compress, decompress};
+use artgc_core::nodes::{NodeEncoding, compress, decompress};
 use artgc_testkit::{KubeApiServer, KubeFault, S3Server};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};

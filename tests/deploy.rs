@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use artgc::manifests::parse_documents;
+use artgc_core::inventory::parse_documents;
 use clap::CommandFactory;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
@@ -83,7 +83,7 @@ fn plain_manifests_are_valid_api_objects_and_listed_in_the_kustomization() {
                 strict::<k8s_openapi::api::core::v1::ConfigMap>(file, doc);
                 // The shipped policy is one artgc reads.
                 let text = doc["data"]["policy.yaml"].as_str().expect("policy.yaml");
-                artgc::policy::Policy::parse(text).unwrap_or_else(|e| panic!("{file}: {e}"));
+                artgc_core::policy::Policy::parse(text).unwrap_or_else(|e| panic!("{file}: {e}"));
             }
             other => panic!("{file}: unexpected kind {other}"),
         }
@@ -300,19 +300,19 @@ fn helm_template(args: &[&str]) -> Option<Vec<Value>> {
     Some(parse_documents("render", &String::from_utf8_lossy(&out.stdout)).unwrap())
 }
 
-fn rendered_policy(docs: &[Value]) -> artgc::policy::Policy {
+fn rendered_policy(docs: &[Value]) -> artgc_core::policy::Policy {
     let cm = docs
         .iter()
         .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "artgc-policy")
         .expect("policy ConfigMap");
-    artgc::policy::Policy::parse(cm["data"]["policy.yaml"].as_str().unwrap()).unwrap()
+    artgc_core::policy::Policy::parse(cm["data"]["policy.yaml"].as_str().unwrap()).unwrap()
 }
 
 /// The chart's policy is one artgc reads, and enabling the service-account identity for named
 /// namespaces grants exactly those namespaces and accounts, in the policy and in RBAC.
 #[test]
 fn the_rendered_policy_and_service_account_rbac_agree() {
-    use artgc::policy::IdentityKind;
+    use artgc_core::policy::IdentityKind;
     let Some(docs) = helm_template(&[]) else {
         return;
     };

@@ -1,11 +1,12 @@
 //! Store failures, injected by a proxy in front of a real S3 server: throttling is retried,
 //! permanent errors are not, and a store without DeleteObjects gets single deletes.
 
+#[path = "../core/tests/support/mod.rs"]
 mod support;
 
 use artgc::execute::{Quiet, execute};
-use artgc::plan::GcPlan;
 use artgc::store::{ObjectStore, StoreOptions};
+use artgc_core::plan::GcPlan;
 use artgc_testkit::{FaultProxy, FaultRule, S3Server};
 use support::*;
 
@@ -14,7 +15,7 @@ async fn setup(srv: &S3Server, endpoint: &str) -> (String, GcPlan) {
     let b = srv.bucket("faults").await;
     srv.put(&b, "w/a", "aa").await;
     srv.put(&b, "w/b", "bbb").await;
-    let art = |name: &str, key: &str| on_server(srv, endpoint, name, &b, key, "s3");
+    let art = |name: &str, key: &str| on_server(&srv.region, endpoint, name, &b, key, "s3");
     let w = workflow("ns", "w").node("n1", "t", vec![art("a", "w/a"), art("b", "w/b")]);
     let plan = plan_due(
         vec![w],
@@ -175,7 +176,14 @@ async fn endless_directory() -> (S3Server, FaultProxy, GcPlan) {
     let w = workflow("ns", "w").node(
         "n1",
         "t",
-        vec![on_server(&srv, &proxy.endpoint, "dir", &b, "w/dir/", "s3")],
+        vec![on_server(
+            &srv.region,
+            &proxy.endpoint,
+            "dir",
+            &b,
+            "w/dir/",
+            "s3",
+        )],
     );
     let plan = plan_due(
         vec![w],
@@ -237,14 +245,21 @@ async fn a_slow_endpoint_does_not_hold_the_fast_ones_places() {
         slow_wfs.push(workflow("ns", &format!("s{i}")).node(
             "n1",
             "t",
-            vec![on_server(&srv, &slow.endpoint, "a", &b, &key, "s3")],
+            vec![on_server(&srv.region, &slow.endpoint, "a", &b, &key, "s3")],
         ));
     }
     srv.put(&b, "fast/a", "x").await;
     let fast_wf = workflow("ns", "fast").node(
         "n1",
         "t",
-        vec![on_server(&srv, &srv.endpoint, "a", &b, "fast/a", "s3")],
+        vec![on_server(
+            &srv.region,
+            &srv.endpoint,
+            "a",
+            &b,
+            "fast/a",
+            "s3",
+        )],
     );
     let creds = vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)];
     let slow_plan = plan_due(slow_wfs, creds.clone());
@@ -289,7 +304,14 @@ async fn delete_batches_to_one_endpoint_stay_within_their_own_limit() {
         wfs.push(workflow("ns", &format!("w{i}")).node(
             "n1",
             "t",
-            vec![on_server(&srv, &proxy.endpoint, "a", &b, "k/a", "s3")],
+            vec![on_server(
+                &srv.region,
+                &proxy.endpoint,
+                "a",
+                &b,
+                "k/a",
+                "s3",
+            )],
         ));
         buckets.push(b);
     }
@@ -331,7 +353,7 @@ async fn a_bucket_in_another_region_is_found_and_collected() {
         srv.put(&b, k, "x").await;
     }
     let art = |name: &str, key: &str, region: Option<&str>| {
-        let mut a = on_server(&srv, &proxy.endpoint, name, &b, key, "s3");
+        let mut a = on_server(&srv.region, &proxy.endpoint, name, &b, key, "s3");
         match region {
             Some(r) => a["s3"]["region"] = serde_json::json!(r),
             None => {

@@ -1,18 +1,19 @@
 //! Deleting for real: plans executed against a real S3 server over HTTP (s3s-fs in this process
 //! with SigV4 checks, or the store named by ARTGC_TEST_S3_ENDPOINT, garage in CI).
 
+#[path = "../core/tests/support/mod.rs"]
 mod support;
 
 use artgc::execute::{ArtifactOutcome, Execution, Quiet, execute};
-use artgc::plan::{Decision, GcPlan, ObjectKind};
 use artgc::store::{ObjectStore, StoreOptions};
+use artgc_core::plan::{Decision, GcPlan, ObjectKind};
 use artgc_testkit::S3Server;
 use serde_json::Value;
 use support::*;
 
 /// An artifact with its own complete location on the test server.
 fn on(srv: &S3Server, name: &str, bucket: &str, key: &str, secret: &str) -> Value {
-    on_server(srv, &srv.endpoint, name, bucket, key, secret)
+    on_server(&srv.region, &srv.endpoint, name, bucket, key, secret)
 }
 
 fn good_secret(srv: &S3Server) -> Value {
@@ -284,7 +285,7 @@ async fn a_crowded_common_folder_is_split_instead_of_listed_whole() {
     srv.put_many(&b, crowd, 32).await;
     srv.put(&b, "w/a/file.tgz", "abc").await;
     srv.put(&b, "w/b/1", "12").await;
-    let art = |name: &str, key: &str| on_server(&srv, &proxy.endpoint, name, &b, key, "s3");
+    let art = |name: &str, key: &str| on_server(&srv.region, &proxy.endpoint, name, &b, key, "s3");
     let w = workflow("ns", "w").node(
         "n1",
         "t",
@@ -371,7 +372,7 @@ async fn ca_secret_makes_a_private_ca_trusted() {
 /// required, and a KMS key cannot be set with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_c_artifacts_are_probed_by_listing_and_argo_s_rules_hold() {
-    use artgc::plan::Decision;
+    use artgc_core::plan::Decision;
     use serde_json::json;
     let (srv, ca_pem) = S3Server::start_local_tls().await;
     let b = srv.bucket("ssec").await;

@@ -4,6 +4,7 @@
 //! Every rule of the README's Security model has a test here; a second "sink" endpoint counts
 //! the connections it receives, which must be none.
 
+#[path = "../core/tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;
@@ -11,9 +12,9 @@ use std::time::Duration;
 use artgc::controller::{ControllerConfig, ControllerHandle};
 use artgc::execute::{Execution, Quiet, execute};
 use artgc::identity::StsSettings;
-use artgc::plan::{Decision, GcPlan, KeepReason, StrategyFilter};
-use artgc::policy::Policy;
 use artgc::store::{ObjectStore, StoreOptions};
+use artgc_core::plan::{Decision, GcPlan, KeepReason, StrategyFilter};
+use artgc_core::policy::Policy;
 use artgc_testkit::{KubeApiServer, S3Server, Sink, StsRole, StsServer};
 use serde_json::{Value, json};
 use support::*;
@@ -149,7 +150,7 @@ async fn unconfigured_endpoints_receive_nothing() {
             full("gcp", "metadata.google.internal", &b, "k/d", "s3"),
             COMPLETION,
         ),
-        on_server(&srv, &srv.endpoint, "ok", &b, "k/ok", "s3"),
+        on_server(&srv.region, &srv.endpoint, "ok", &b, "k/ok", "s3"),
         // The configured store over another scheme is another endpoint.
         with_strategy(
             full(
@@ -274,7 +275,7 @@ async fn memoized_outputs_belong_to_their_producer() {
     srv.put(&b, "producer/p-1/out.tgz", "cached").await;
     let hit = json!({"id": "c-1", "name": "c-1", "type": "Pod", "phase": "Succeeded",
         "templateName": "t", "memoizationStatus": {"hit": true, "key": "k", "cacheName": "c"},
-        "outputs": {"artifacts": [on_server(&srv, &srv.endpoint, "out", &b, "producer/p-1/out.tgz", "s3")]}});
+        "outputs": {"artifacts": [on_server(&srv.region, &srv.endpoint, "out", &b, "producer/p-1/out.tgz", "s3")]}});
     let consumer = workflow("ns", "consumer").set(&["status", "nodes", "c-1"], hit);
     let creds = secret("ns", "s3", &srv.access_key, &srv.secret_key);
     let plan = plan_due(vec![consumer.clone()], vec![creds.clone()]);
@@ -290,7 +291,7 @@ async fn memoized_outputs_belong_to_their_producer() {
         "p-1",
         "t",
         vec![on_server(
-            &srv,
+            &srv.region,
             &srv.endpoint,
             "out",
             &b,
@@ -313,7 +314,7 @@ async fn a_repeat_pass_never_deletes_more_than_the_first() {
     let b = srv.bucket("widen").await;
     srv.put(&b, "w/out", "the file").await;
     srv.put(&b, "w/tgz/unrelated", "someone else's").await;
-    let art = |name: &str, key: &str| on_server(&srv, &srv.endpoint, name, &b, key, "s3");
+    let art = |name: &str, key: &str| on_server(&srv.region, &srv.endpoint, name, &b, key, "s3");
     let wf = || {
         workflow("ns", "w").node(
             "n1",
@@ -348,7 +349,7 @@ async fn a_repeat_pass_never_deletes_more_than_the_first() {
         &[
             "metadata",
             "annotations",
-            artgc::model::ANNOTATION_PROBED_FILES,
+            artgc_core::model::ANNOTATION_PROBED_FILES,
         ],
         json!("n1/out"),
     );
@@ -383,7 +384,7 @@ async fn a_failed_probe_never_widens() {
         "n1",
         "t",
         vec![archive_none(on_server(
-            &srv,
+            &srv.region,
             &proxy.endpoint,
             "dir",
             &b,
@@ -413,7 +414,7 @@ async fn keys_that_could_escape_are_refused() {
         ("ctl", "w/\u{1b}[2Jx"),
     ]
     .iter()
-    .map(|(n, k)| on_server(&srv, &srv.endpoint, n, &b, k, "s3"))
+    .map(|(n, k)| on_server(&srv.region, &srv.endpoint, n, &b, k, "s3"))
     .collect();
     let plan = plan_due(vec![workflow("ns", "w").node("n1", "t", arts)], creds(&srv));
     for art in ["dotdot", "dot", "empty", "lead", "ctl"] {
@@ -439,8 +440,8 @@ async fn directory_keys_that_are_not_path_clean_reach_what_argo_wrote() {
         srv.put(&b, k, "x").await;
     }
     let arts = vec![
-        on_server(&srv, &srv.endpoint, "double", &b, "w//run-7/", "s3"),
-        on_server(&srv, &srv.endpoint, "dot", &b, "w/./d/", "s3"),
+        on_server(&srv.region, &srv.endpoint, "double", &b, "w//run-7/", "s3"),
+        on_server(&srv.region, &srv.endpoint, "dot", &b, "w/./d/", "s3"),
     ];
     let plan = plan_due(vec![workflow("ns", "w").node("n1", "t", arts)], creds(&srv));
     assert_eq!(
@@ -512,8 +513,15 @@ async fn objects_written_after_the_workflow_are_kept() {
             "n1",
             "t",
             vec![
-                on_server(&srv, &srv.endpoint, "fixed", &b, "fixed/report.csv", "s3"),
-                on_server(&srv, &srv.endpoint, "dir", &b, "w/dir/", "s3"),
+                on_server(
+                    &srv.region,
+                    &srv.endpoint,
+                    "fixed",
+                    &b,
+                    "fixed/report.csv",
+                    "s3",
+                ),
+                on_server(&srv.region, &srv.endpoint, "dir", &b, "w/dir/", "s3"),
             ],
         );
     let plan = plan_due(vec![w], creds(&srv));
@@ -521,7 +529,7 @@ async fn objects_written_after_the_workflow_are_kept() {
     let written_after: u64 = exec.outcomes.values().map(|o| o.written_after).sum();
     assert_eq!(written_after, 2);
     assert_eq!(srv.keys(&b).await, ["fixed/report.csv", "w/dir/old"]);
-    let ctx = artgc::outcome::PassContext {
+    let ctx = artgc_core::outcome::PassContext {
         finished: true,
         started: true,
         deleting: false,
@@ -534,7 +542,7 @@ async fn objects_written_after_the_workflow_are_kept() {
         processed: Default::default(),
         has_condition: false,
     };
-    let outcome = artgc::outcome::assess(&plan.workflows[0], 0, Some(&exec), &ctx);
+    let outcome = artgc_core::outcome::assess(&plan.workflows[0], 0, Some(&exec), &ctx);
     assert_eq!(
         outcome.kept,
         ["written_after_workflow", "written_after_workflow"]
@@ -553,8 +561,8 @@ async fn the_object_bound_holds_per_artifact_in_a_shared_listing() {
         "n1",
         "t",
         vec![
-            on_server(&srv, &srv.endpoint, "a", &b, "w/a/", "s3"),
-            on_server(&srv, &srv.endpoint, "b", &b, "w/b/", "s3"),
+            on_server(&srv.region, &srv.endpoint, "a", &b, "w/a/", "s3"),
+            on_server(&srv.region, &srv.endpoint, "b", &b, "w/b/", "s3"),
         ],
     );
     let plan = plan_due(vec![w], creds(&srv));
@@ -597,15 +605,15 @@ async fn a_recreated_workflow_never_receives_anothers_record() {
             )
             .0,
     );
-    let mut update = artgc::outcome::StatusUpdate::none();
-    update.deleted.push(artgc::outcome::DeletedArtifact {
+    let mut update = artgc_core::outcome::StatusUpdate::none();
+    update.deleted.push(artgc_core::outcome::DeletedArtifact {
         node: "n1".into(),
         index: 0,
         name: "a".into(),
     });
     update
         .processed
-        .push(artgc::plan::Strategy::OnWorkflowCompletion);
+        .push(artgc_core::plan::Strategy::OnWorkflowCompletion);
     artgc::record::apply(&api, first.clone(), &update, "f", "artgc", None)
         .await
         .unwrap();
@@ -871,8 +879,8 @@ async fn every_delete_request_is_audited() {
         "n1",
         "t",
         vec![
-            on_server(&srv, &srv.endpoint, "file", &b, "w/a.tgz", "s3"),
-            on_server(&srv, &srv.endpoint, "dir", &b, "w/dir/", "s3"),
+            on_server(&srv.region, &srv.endpoint, "file", &b, "w/a.tgz", "s3"),
+            on_server(&srv.region, &srv.endpoint, "dir", &b, "w/dir/", "s3"),
         ],
     );
     let items = vec![

@@ -1,5 +1,5 @@
 //! What carrying out a plan did, per artifact: the executor's result, read by the judge
-//! ([`crate::outcome`]) and the report. Plain data, no IO: the executor ([`crate::execute`])
+//! ([`crate::outcome`]) and the report. Plain data, no IO: the executor (`artgc::execute`)
 //! fills it.
 
 use std::collections::HashMap;

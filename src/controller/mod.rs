@@ -5,6 +5,10 @@
 //! The watch keeps no Workflow objects: each event is reduced to the workflow's S3 key uses (the
 //! shared-key index) and a yes/no on queueing it. A reconcile reads the object fresh.
 
+mod backlog;
+pub mod low_priority;
+mod queue;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,19 +33,19 @@ use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, Health};
 use crate::api::{ClusterReader, WatchedWorkflow, workflows};
-use crate::backlog::{Backlog, Change};
-use crate::cluster::ArgoConfigMapRef;
 use crate::execute::{delete, probe};
 use crate::identity::WebIdentityConfig;
-use crate::keys::KeyIndex;
-use crate::manifests::WorkflowInput;
 use crate::metrics::{self, Metrics};
-use crate::model::{FINALIZER_ARTIFACT_GC, LABEL_INSTANCE_ID};
-use crate::outcome::{FinalizerChange, PassContext, PassOutcome, assess, wants_pass};
-use crate::plan::{GcPlan, PlanOptions, Strategy, WorkflowPlan, plan_alone};
-use crate::queue::WorkQueue;
 use crate::record::{self, RecordError};
 use crate::store::{ObjectStore, StoreOptions};
+use artgc_core::cluster::ArgoConfigMapRef;
+use artgc_core::inventory::WorkflowInput;
+use artgc_core::keys::KeyIndex;
+use artgc_core::model::{FINALIZER_ARTIFACT_GC, LABEL_INSTANCE_ID};
+use artgc_core::outcome::{FinalizerChange, PassContext, PassOutcome, assess, wants_pass};
+use artgc_core::plan::{GcPlan, PlanOptions, Strategy, WorkflowPlan, plan_alone};
+use backlog::{Backlog, Change};
+use queue::WorkQueue;
 
 /// Leader election with a Lease.
 #[derive(Debug, Clone)]
@@ -78,7 +82,7 @@ pub struct ControllerConfig {
     /// Time allowed for in-flight reconciles on shutdown.
     pub shutdown_grace: Duration,
     /// The operator's tenancy policy.
-    pub policy: Arc<crate::policy::Policy>,
+    pub policy: Arc<artgc_core::policy::Policy>,
     /// STS for workflows' GC service accounts.
     pub sts: crate::identity::StsSettings,
 }
@@ -181,7 +185,7 @@ struct Shared {
     /// indexer: parsed, one takes tens of times its text in memory, and seconds of CPU.
     big: tokio::sync::Semaphore,
     /// Where a big Workflow's CPU work runs (see [`crate::low_priority`]).
-    low: crate::low_priority::LowPriority,
+    low: crate::controller::low_priority::LowPriority,
 }
 
 /// Workflow text above which reading and planning it is serialized (see `Shared::big`).
@@ -201,7 +205,7 @@ impl Shared {
     /// CPU work of a pass or an indexer: a big Workflow's on the low-priority thread, any
     /// other's in place.
     async fn cpu<T: Send + 'static>(&self, big: bool, f: impl FnOnce() -> T + Send + 'static) -> T {
-        crate::low_priority::run_on(big.then_some(&self.low), f).await
+        crate::controller::low_priority::run_on(big.then_some(&self.low), f).await
     }
 
     /// The big-workflow place (see `big`), for a big Workflow; nothing to wait for otherwise.
@@ -273,7 +277,7 @@ pub async fn start(
         lease_valid_until: std::sync::Mutex::new(None),
         stopping: stop.clone(),
         big: tokio::sync::Semaphore::new(1),
-        low: crate::low_priority::LowPriority::start("artgc-big")
+        low: crate::controller::low_priority::LowPriority::start("artgc-big")
             .map_err(ControllerError::Thread)?,
         reader: ClusterReader::new(
             client.clone(),
@@ -648,7 +652,7 @@ async fn observe(shared: &Shared, wf: WatchedWorkflow) {
             let completed = metadata
                 .labels
                 .as_ref()
-                .and_then(|l| l.get(crate::model::LABEL_COMPLETED))
+                .and_then(|l| l.get(artgc_core::model::LABEL_COMPLETED))
                 .is_some_and(|v| v == "true");
             (holds && metadata.deletion_timestamp.is_some()) || completed
         }
@@ -774,13 +778,13 @@ async fn report_internal(shared: &Shared, key: &str, what: &str) {
     let Ok(raw) = serde_json::to_value(&obj) else {
         return;
     };
-    let message = crate::outcome::condition_message(&[crate::outcome::Failure {
+    let message = artgc_core::outcome::condition_message(&[artgc_core::outcome::Failure {
         what: "workflow".into(),
         category: "internal",
         reason: format!("artgc failed internally ({what}); this is a bug"),
     }]);
-    let mut update = crate::outcome::StatusUpdate::none();
-    update.condition = crate::outcome::ConditionChange::Set(message.clone());
+    let mut update = artgc_core::outcome::StatusUpdate::none();
+    update.condition = artgc_core::outcome::ConditionChange::Set(message.clone());
     let reference = object_ref(&raw);
     if let Err(e) = record::apply(&api, raw, &update, &shared.config.finalizer, "artgc", None).await
     {
@@ -922,9 +926,9 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<Option<Duration>, Recon
         WorkflowInput::Valid(wf) if !wf.is_finished() => {
             // Running, or never started: the finalizer is the only thing to decide.
             let ctx = PassContext::of(wf, &raw, holds, budget);
-            let change = crate::outcome::finalizer_change(&ctx, true, false);
+            let change = artgc_core::outcome::finalizer_change(&ctx, true, false);
             if change != FinalizerChange::Keep {
-                let mut update = crate::outcome::StatusUpdate::none();
+                let mut update = artgc_core::outcome::StatusUpdate::none();
                 update.finalizer = change;
                 fence.check()?;
                 record::apply(&api, raw, &update, finalizer, "artgc", low).await?;
@@ -950,7 +954,7 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<Option<Duration>, Recon
                     let input = input.clone();
                     let draft = shared
                         .cpu(big, move || {
-                            crate::plan::draft(
+                            artgc_core::plan::draft(
                                 std::slice::from_ref(&*input),
                                 &state,
                                 &PlanOptions::default(),
@@ -964,7 +968,7 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<Option<Duration>, Recon
                     workflows: vec![WorkflowPlan::unplannable(
                         ns,
                         name,
-                        crate::error::InputError::Cluster {
+                        artgc_core::error::InputError::Cluster {
                             what: "the workflow's ConfigMaps, Secrets and ServiceAccounts".into(),
                             message: e.to_string(),
                         },
@@ -1017,7 +1021,7 @@ async fn reconcile(shared: &Shared, key: &str) -> Result<Option<Duration>, Recon
                 may_need_gc: false,
                 may_add_finalizer: false,
                 processed: Default::default(),
-                has_condition: crate::outcome::has_gc_condition(&raw),
+                has_condition: artgc_core::outcome::has_gc_condition(&raw),
             };
             (plan, None, ctx)
         }
@@ -1137,7 +1141,7 @@ async fn report(
         events.push(KubeEvent {
             type_: EventType::Warning,
             reason: "ArtifactGCFailed".into(),
-            note: Some(crate::outcome::condition_message(&reported)),
+            note: Some(artgc_core::outcome::condition_message(&reported)),
             action: action.into(),
             secondary: None,
         });
@@ -1149,7 +1153,7 @@ async fn report(
                 "deleted {} artifact(s): {} object(s), {} reclaimed",
                 outcome.artifacts_deleted(),
                 outcome.objects_deleted(),
-                crate::report::human_bytes(outcome.bytes_reclaimed())
+                artgc_core::units::human_bytes(outcome.bytes_reclaimed())
             )),
             action: action.into(),
             secondary: None,
@@ -1164,7 +1168,7 @@ async fn report(
             reason: "ArtifactGCFinalizerForced".into(),
             note: Some(format!(
                 "finalizer removed by forceFinalizerRemoval after the retry budget; left in the store: {}",
-                crate::outcome::condition_message(&outcome.failures)
+                artgc_core::outcome::condition_message(&outcome.failures)
             )),
             action: "RemoveFinalizer".into(),
             secondary: None,

@@ -204,6 +204,7 @@ impl<K: Clone + Eq + Hash + Ord> WorkQueue<K> {
         q.at.len() + q.running.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

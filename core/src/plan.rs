@@ -10,9 +10,9 @@ use serde::Serialize;
 
 use crate::cluster::ClusterState;
 use crate::error::{InputError, ResolveError};
+use crate::inventory::WorkflowInput;
 use crate::keys::{KeyIndex, OverlapIndex, WorkflowKeyUse};
 use crate::location::{self, Resolved, S3Connection, S3Target, TemplateLookup};
-use crate::manifests::WorkflowInput;
 use crate::model::{Artifact, Workflow};
 use crate::nodes::{NodeEncoding, workflow_nodes};
 

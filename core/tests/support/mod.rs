@@ -2,9 +2,9 @@
 //! ../shared/fixtures/argo for real ones), written here so each test states what matters.
 #![allow(dead_code)]
 
-use artgc::cluster::{ArgoConfigMapRef, ClusterState};
-use artgc::manifests::{Inventory, WorkflowInput};
-use artgc::plan::{ArtifactPlan, GcPlan, PlanOptions, StrategyFilter, WorkflowPlan};
+use artgc_core::cluster::{ArgoConfigMapRef, ClusterState};
+use artgc_core::inventory::{Inventory, WorkflowInput};
+use artgc_core::plan::{ArtifactPlan, GcPlan, PlanOptions, StrategyFilter, WorkflowPlan};
 use serde_json::{Value, json};
 
 /// Sets `value` at a dotted path, creating objects on the way.
@@ -109,10 +109,11 @@ pub fn full(name: &str, endpoint: &str, bucket: &str, key: &str, secret: &str) -
     loc
 }
 
-/// A due (OnWorkflowCompletion) artifact with its own location on a test S3 server, reached at
-/// `endpoint` (the server itself or a proxy in front of it), credentials from Secret `secret`.
+/// A due (OnWorkflowCompletion) artifact with its own location on a test S3 server of
+/// `region`, reached at `endpoint` (the server itself or a proxy in front of it), credentials
+/// from Secret `secret`.
 pub fn on_server(
-    srv: &artgc_testkit::S3Server,
+    region: &str,
     endpoint: &str,
     name: &str,
     bucket: &str,
@@ -120,7 +121,7 @@ pub fn on_server(
     secret: &str,
 ) -> Value {
     let mut a = full(name, endpoint, bucket, key, secret);
-    a["s3"]["region"] = json!(srv.region);
+    a["s3"]["region"] = json!(region);
     with_strategy(a, "OnWorkflowCompletion")
 }
 
@@ -159,10 +160,10 @@ pub fn endpoints_in(v: &Value, out: &mut Vec<String>) {
 /// A policy that lets every namespace reach `endpoints` (with its own Secrets, as by default).
 /// Tests of other rules use it so that their test servers count as configured stores; the
 /// endpoint rules themselves are tested in tests/tenancy.rs.
-pub fn endpoints_policy(endpoints: &[String]) -> std::sync::Arc<artgc::policy::Policy> {
+pub fn endpoints_policy(endpoints: &[String]) -> std::sync::Arc<artgc_core::policy::Policy> {
     let list: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
     let text = format!("defaults:\n  endpoints: [{}]\n", list.join(", "));
-    std::sync::Arc::new(artgc::policy::Policy::parse(&text).expect("policy"))
+    std::sync::Arc::new(artgc_core::policy::Policy::parse(&text).expect("policy"))
 }
 
 /// Plans workflows against ConfigMaps and Secrets given as JSON objects; the endpoints the
@@ -180,7 +181,7 @@ pub fn plan_with_policy(
     workflows: Vec<Wf>,
     objects: Vec<Value>,
     filter: StrategyFilter,
-    policy: std::sync::Arc<artgc::policy::Policy>,
+    policy: std::sync::Arc<artgc_core::policy::Policy>,
 ) -> GcPlan {
     let mut inv = Inventory::default();
     let text =
@@ -193,7 +194,7 @@ pub fn plan_with_policy(
         .for_each(|c| state.insert_config_map(c));
     inv.secrets.into_iter().for_each(|s| state.insert_secret(s));
     let inputs: Vec<WorkflowInput> = workflows.into_iter().map(Wf::input).collect();
-    artgc::plan::plan(&inputs, &state, &PlanOptions { filter })
+    artgc_core::plan::plan(&inputs, &state, &PlanOptions { filter })
 }
 
 pub fn plan_due(workflows: Vec<Wf>, objects: Vec<Value>) -> GcPlan {

@@ -3,12 +3,12 @@
 
 mod support;
 
-use artgc::cluster::ClusterState;
-use artgc::keys::KeyIndex;
-use artgc::location::Credentials;
-use artgc::manifests::WorkflowInput;
-use artgc::nodes::{NodeEncoding, compress};
-use artgc::plan::{Decision, KeepReason, ObjectKind, SkipReason, Strategy, StrategyFilter};
+use artgc_core::cluster::ClusterState;
+use artgc_core::inventory::WorkflowInput;
+use artgc_core::keys::KeyIndex;
+use artgc_core::location::Credentials;
+use artgc_core::nodes::{NodeEncoding, compress};
+use artgc_core::plan::{Decision, KeepReason, ObjectKind, SkipReason, Strategy, StrategyFilter};
 use serde_json::{Value, json};
 use support::*;
 
@@ -316,7 +316,7 @@ fn bare(name: &str) -> Wf {
     )
 }
 
-fn bucket_of(plan: &artgc::plan::GcPlan, wf: &str) -> Result<String, String> {
+fn bucket_of(plan: &artgc_core::plan::GcPlan, wf: &str) -> Result<String, String> {
     let a = art(plan, wf, "a");
     match (&a.target, &a.decision) {
         (Some(t), _) => Ok(t.bucket.clone()),
@@ -544,7 +544,7 @@ fn sdk_credentials_role_and_tls_options() {
         panic!("{:?}", art(&plan, "w", "a").decision)
     };
     assert_eq!(e.category(), "identity");
-    let policy = artgc::policy::Policy::parse(
+    let policy = artgc_core::policy::Policy::parse(
         "defaults:\n  identities: [secret, controller]\n  endpoints: [s3.amazonaws.com]\n",
     )
     .unwrap();
@@ -849,17 +849,17 @@ fn argo_test_workflow_plans_as_argo_documents() {
         eprintln!("skipped: {} not present", path.display());
         return;
     };
-    let mut inv = artgc::manifests::Inventory::default();
+    let mut inv = artgc_core::inventory::Inventory::default();
     inv.add_text("artgcWorkflow", &text, "default").unwrap();
     for ns_secret in ["my-minio-cred", "my-minio-cred-1", "my-minio-cred-2"] {
         let s = secret("argo", ns_secret, "AK", "SK");
         inv.add_text("s", &s.to_string(), "default").unwrap();
     }
     // Argo's e2e store, as the operator allows it.
-    let mut state = artgc::cluster::ClusterState::default()
+    let mut state = artgc_core::cluster::ClusterState::default()
         .with_policy(endpoints_policy(&["minio:9000".into()]));
     inv.secrets.into_iter().for_each(|s| state.insert_secret(s));
-    let plan = artgc::plan::plan(&inv.workflows, &state, &Default::default());
+    let plan = artgc_core::plan::plan(&inv.workflows, &state, &Default::default());
     let wf = &plan.workflows[0].name;
     // The on-deletion artifact is key-only and its template has an archiveLocation.
     let on_del = art(&plan, wf, "on-deletion");
@@ -889,7 +889,7 @@ fn argo_test_workflow_plans_as_argo_documents() {
 // ---- shared keys against the controller's index of other workflows ----
 
 fn state() -> ClusterState {
-    let mut inv = artgc::manifests::Inventory::default();
+    let mut inv = artgc_core::inventory::Inventory::default();
     let text =
         serde_json::to_string(&json!({"kind": "List", "apiVersion": "v1", "items": creds()}))
             .unwrap();
@@ -908,13 +908,13 @@ fn index_of(others: Vec<Wf>) -> KeyIndex {
             panic!("valid")
         };
         let key = KeyIndex::workflow_key(wf.namespace(), wf.name());
-        index.set_workflow(&key, artgc::plan::workflow_key_uses(&wf, &state));
+        index.set_workflow(&key, artgc_core::plan::workflow_key_uses(&wf, &state));
     }
     index
 }
 
-fn plan_against(w: Wf, index: &KeyIndex) -> artgc::plan::GcPlan {
-    artgc::plan::plan_with_index(&[w.input()], &state(), &Default::default(), Some(index))
+fn plan_against(w: Wf, index: &KeyIndex) -> artgc_core::plan::GcPlan {
+    artgc_core::plan::plan_with_index(&[w.input()], &state(), &Default::default(), Some(index))
 }
 
 #[test]

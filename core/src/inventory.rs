@@ -1,8 +1,6 @@
-//! Reads Kubernetes manifests from files and directories: YAML (multi-document) or JSON, single
-//! objects or `kind: List` / `WorkflowList` as `kubectl get -o yaml|json` prints them.
-//! Workflows, ConfigMaps and Secrets are kept; other kinds are ignored.
-
-use std::path::{Path, PathBuf};
+//! Kubernetes manifests as text: YAML (multi-document) or JSON, single objects or `kind: List` /
+//! `WorkflowList` as `kubectl get -o yaml|json` prints them. Workflows, ConfigMaps and Secrets
+//! are kept; other kinds are ignored. Reading files is the IO crate's (`artgc::source`).
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -85,21 +83,6 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Reads files and directories (recursively: `.yaml`, `.yml`, `.json`).
-    pub fn read_paths(paths: &[PathBuf], default_namespace: &str) -> Result<Self, InputError> {
-        let mut inv = Inventory::default();
-        for path in paths {
-            for file in expand(path)? {
-                let text = std::fs::read_to_string(&file).map_err(|e| InputError::Io {
-                    path: file.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                inv.add_text(&file.display().to_string(), &text, default_namespace)?;
-            }
-        }
-        Ok(inv)
-    }
-
     /// Adds the objects of one file's text; `origin` names it in errors.
     pub fn add_text(
         &mut self,
@@ -163,35 +146,6 @@ impl Inventory {
         }
         Ok(())
     }
-}
-
-fn expand(path: &Path) -> Result<Vec<PathBuf>, InputError> {
-    let io = |e: std::io::Error| InputError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if !meta.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(path)
-        .map_err(io)?
-        .collect::<Result<_, _>>()
-        .map_err(io)?;
-    entries.sort_by_key(|e| e.path());
-    for entry in entries {
-        let p = entry.path();
-        if p.is_dir() {
-            files.extend(expand(&p)?);
-        } else if matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        ) {
-            files.push(p);
-        }
-    }
-    Ok(files)
 }
 
 /// Parses a file's text as JSON (when it looks like JSON) or multi-document YAML.

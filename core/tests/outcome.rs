@@ -3,10 +3,10 @@
 
 mod support;
 
-use artgc::error::{StoreError, StoreErrorKind};
-use artgc::execution::{ArtifactOutcome, Execution};
-use artgc::outcome::{ConditionChange, FinalizerChange, PassContext, assess};
-use artgc::plan::{GcPlan, Strategy};
+use artgc_core::error::{StoreError, StoreErrorKind};
+use artgc_core::execution::{ArtifactOutcome, Execution};
+use artgc_core::outcome::{ConditionChange, FinalizerChange, PassContext, assess};
+use artgc_core::plan::{GcPlan, Strategy};
 use support::*;
 
 fn creds() -> Vec<serde_json::Value> {
@@ -166,7 +166,7 @@ fn nothing_carried_out_is_never_recorded_as_done() {
 #[test]
 fn the_finalizer_rule_table() {
     use FinalizerChange::*;
-    use artgc::outcome::finalizer_change;
+    use artgc_core::outcome::finalizer_change;
     // deleting, finished, started, holds, may_need_gc, force, attempt, pending, failed -> change
     type Row = (
         bool,
@@ -253,10 +253,10 @@ fn what_artgc_cannot_collect_is_reported_and_settled() {
     );
     assert!(out.kept.contains(&"unsupported"));
 
-    let broken = artgc::plan::WorkflowPlan::unplannable(
+    let broken = artgc_core::plan::WorkflowPlan::unplannable(
         "ns",
         "w",
-        artgc::error::InputError::Field {
+        artgc_core::error::InputError::Field {
             field: "status.nodes".into(),
             reason: "not a map".into(),
         },
@@ -314,7 +314,7 @@ fn a_cancelled_pass_keeps_the_condition() {
 /// deletes it), so that keep settles.
 #[test]
 fn a_key_read_by_a_running_workflow_is_pending_not_settled() {
-    use artgc::plan::{Decision, KeepReason};
+    use artgc_core::plan::{Decision, KeepReason};
     use serde_json::json;
     let owner = workflow("ns", "owner")
         .status_repo(s3_repo("minio:9000", "b", "cred"))
