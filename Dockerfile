@@ -5,6 +5,7 @@ FROM rust:1.95-alpine AS build
 RUN apk add --no-cache musl-dev cmake make perl clang
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY core core
 COPY src src
 COPY testkit testkit
 COPY examples examples

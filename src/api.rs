@@ -150,7 +150,7 @@ type ConfigMapCache = HashMap<(String, String), (Instant, Option<ConfigMap>)>;
 /// workflows share one repository); Secrets are read fresh for each pass.
 pub struct ClusterReader {
     client: Client,
-    controller_config: ArgoConfigMapRef,
+    argo_config_map: ArgoConfigMapRef,
     policy: Arc<Policy>,
     config_maps: Mutex<ConfigMapCache>,
     ttl: Duration,
@@ -170,10 +170,10 @@ fn absent_if_denied<T>(r: Result<Option<T>, kube::Error>) -> Result<Option<T>, k
 }
 
 impl ClusterReader {
-    pub fn new(client: Client, controller_config: ArgoConfigMapRef, policy: Arc<Policy>) -> Self {
+    pub fn new(client: Client, argo_config_map: ArgoConfigMapRef, policy: Arc<Policy>) -> Self {
         Self {
             client,
-            controller_config,
+            argo_config_map,
             policy,
             config_maps: Mutex::new(HashMap::new()),
             ttl: Duration::from_secs(30),
@@ -213,16 +213,16 @@ impl ClusterReader {
         secrets: Option<BTreeSet<String>>,
     ) -> Result<ClusterState, kube::Error> {
         let mut state =
-            ClusterState::new(self.controller_config.clone()).with_policy(self.policy.clone());
+            ClusterState::new(self.argo_config_map.clone()).with_policy(self.policy.clone());
         let ns = wf.namespace().to_string();
         // Read whether or not the status froze a repository: they say which endpoints are
         // configured for the namespace.
-        let cns = self.controller_config.namespace.clone();
+        let cns = self.argo_config_map.namespace.clone();
         let mut wanted = vec![
             (ns.clone(), REPOSITORIES_CONFIGMAP.to_string()),
             // A ref naming no ConfigMap falls back to the controller namespace's default one.
             (cns.clone(), REPOSITORIES_CONFIGMAP.to_string()),
-            (cns.clone(), self.controller_config.name.clone()),
+            (cns.clone(), self.argo_config_map.name.clone()),
         ];
         // A recorded ref (Argo before 3.1) names its namespace.
         if let Some(r) = &wf.status.artifact_repository_ref
@@ -248,7 +248,7 @@ impl ClusterReader {
             .filter(|n| !n.is_empty())
         {
             wanted.push((ns.clone(), name.clone()));
-            wanted.push((self.controller_config.namespace.clone(), name));
+            wanted.push((self.argo_config_map.namespace.clone(), name));
         }
         wanted.sort();
         wanted.dedup();

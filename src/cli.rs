@@ -266,7 +266,7 @@ impl ControllerArgs {
                 .collect(),
             instance_id: self.instance_id.clone().filter(|i| !i.is_empty()),
             finalizer: self.finalizer.clone(),
-            controller_config: self.argo.config_ref(),
+            argo_config_map: self.argo.config_ref(),
             concurrency: self.workers.into(),
             namespace_concurrency: self.namespace_workers.map(usize::from),
             retry_budget: self.retry_budget,
@@ -409,10 +409,13 @@ pub async fn load_plan(source: &SourceArgs) -> Result<LoadedPlan, InputError> {
     let opts = PlanOptions {
         filter: source.strategy.into(),
     };
-    let policy = source.tenancy.policy().map_err(|message| InputError::Io {
-        path: "--policy".into(),
-        message,
-    })?;
+    let policy = source
+        .tenancy
+        .policy()
+        .map_err(|message| InputError::Config {
+            setting: "--policy".into(),
+            source: std::sync::Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(message)),
+        })?;
     let source = if source.files.is_empty() {
         Source::Cluster(ClusterSelection {
             namespace: source.namespace.clone(),

@@ -11,7 +11,7 @@ use futures::StreamExt;
 
 use crate::store::{MAX_BATCH, ObjectStore, StoreError, StoreErrorKind, StoredObject};
 use artgc_core::location::{S3Connection, S3Target};
-use artgc_core::plan::{Decision, GcPlan, ObjectKind};
+use artgc_core::plan::{ArtifactRef, Decision, GcPlan, ObjectKind};
 
 pub use artgc_core::execution::{ArtifactOutcome, Execution};
 
@@ -36,7 +36,7 @@ type ProbeResult = Result<(ObjectKind, Vec<StoredObject>), StoreError>;
 
 /// One artifact the plan says to delete, with what its probe may conclude.
 struct Job<'a> {
-    id: (usize, usize),
+    id: ArtifactRef,
     conn: &'a S3Connection,
     target: &'a S3Target,
     /// May be widened to `key/` (see [`may_widen`]).
@@ -82,8 +82,8 @@ pub struct Probed<'a> {
 
 impl Probed<'_> {
     /// Artifacts that could be widened on a later pass and whose probe found a file now: record
-    /// them (workflow index, artifact index) before deleting, so no later pass widens them.
-    pub fn files_to_mark(&self) -> Vec<(usize, usize)> {
+    /// them before deleting, so no later pass widens them.
+    pub fn files_to_mark(&self) -> Vec<ArtifactRef> {
         self.jobs
             .iter()
             .zip(&self.results)
@@ -123,7 +123,7 @@ pub async fn probe<'a>(
             wp.artifacts.iter().enumerate().filter_map(move |(a, ap)| {
                 match (&ap.decision, &ap.connection, &ap.target) {
                     (Decision::Delete, Some(conn), Some(target)) => Some(Job {
-                        id: (w, a),
+                        id: ArtifactRef::new(w, a),
                         conn,
                         target,
                         widen: may_widen(ap.archive_none, ap.file_seen),
@@ -144,7 +144,7 @@ pub async fn probe<'a>(
     let mut probe_groups: HashMap<(usize, &S3Connection, &str), Vec<usize>> = HashMap::new();
     for (j, job) in jobs.iter().enumerate() {
         probe_groups
-            .entry((job.id.0, job.conn, job.target.bucket.as_str()))
+            .entry((job.id.workflow, job.conn, job.target.bucket.as_str()))
             .or_default()
             .push(j);
     }
@@ -248,8 +248,8 @@ pub async fn delete(
     let owners: Vec<AuditOwner> = jobs
         .iter()
         .map(|job| {
-            let wp = &plan.workflows[job.id.0];
-            let ap = &wp.artifacts[job.id.1];
+            let wp = &plan.workflows[job.id.workflow];
+            let ap = plan.artifact(job.id);
             AuditOwner {
                 namespace: wp.namespace.clone(),
                 workflow: wp.name.clone(),

@@ -1,47 +1,153 @@
 //! The controller's Prometheus metrics, prefix `artgc_`, in its own registry (no global one).
 //! Labels are of low cardinality: namespace, strategy, category, reason; never a workflow name.
+//! Every label but the namespace is a `&'static str` taken from a closed set (an enum's
+//! `as_str`, an error's `category`), so no free text can become a series.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::{Arc, OnceLock, Weak};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NamespaceStrategy {
     pub namespace: String,
-    pub strategy: String,
+    pub strategy: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Category {
-    pub category: String,
+    pub category: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StrategyLabel {
-    pub strategy: String,
+    pub strategy: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    pub result: String,
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Forced {
-    pub forced: String,
+    pub forced: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildInfo {
     pub version: String,
+}
+
+/// Times a reconcile into `reconcile_duration` when dropped, labelled with how it ended; one
+/// that never says (abandoned on shutdown) is not observed.
+pub struct ReconcileTimer<'a> {
+    histogram: &'a Family<ResultLabel, Histogram>,
+    started: std::time::Instant,
+    result: Option<&'static str>,
+}
+
+impl<'a> ReconcileTimer<'a> {
+    pub fn start(metrics: &'a Metrics) -> Self {
+        Self {
+            histogram: &metrics.reconcile_duration,
+            started: std::time::Instant::now(),
+            result: None,
+        }
+    }
+
+    pub fn ended(&mut self, ok: bool) {
+        self.result = Some(if ok { "ok" } else { "error" });
+    }
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        if let Some(result) = self.result {
+            self.histogram
+                .get_or_create(&ResultLabel { result })
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// The controller's state as the gauges show it, read at scrape time: nothing sets a gauge as
+/// the state changes, so no change can be missed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StateSnapshot {
+    pub workflows_pending: usize,
+    pub workflows_watched: usize,
+    pub keys_indexed: usize,
+    pub key_index_bytes: usize,
+    pub leader: bool,
+}
+
+/// What the state gauges are read from.
+pub trait StateSource: Send + Sync {
+    fn snapshot(&self) -> StateSnapshot;
+}
+
+/// The state gauges' names and help, in exposition order.
+const STATE_GAUGES: [(&str, &str); 5] = [
+    ("workflows_pending", "Workflows queued for a reconcile"),
+    ("workflows_watched", "Workflows known from the watch"),
+    (
+        "keys_indexed",
+        "S3 keys of live workflows in the shared-key index",
+    ),
+    (
+        "key_index_bytes",
+        "Bytes held by the shared-key index's sorted runs (its bulk)",
+    ),
+    (
+        "leader",
+        "1 while this replica leads (or runs without leader election)",
+    ),
+];
+
+#[derive(Clone, Default)]
+struct StateCollector {
+    source: Arc<OnceLock<Weak<dyn StateSource>>>,
+}
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateCollector")
+    }
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self
+            .source
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|s| s.snapshot())
+            .unwrap_or_default();
+        let values = [
+            s.workflows_pending,
+            s.workflows_watched,
+            s.keys_indexed,
+            s.key_index_bytes,
+            usize::from(s.leader),
+        ];
+        for ((name, help), value) in STATE_GAUGES.into_iter().zip(values) {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -112,11 +218,8 @@ pub struct Metrics {
     pub gc_latency: Family<StrategyLabel, Histogram>,
     pub reconcile_duration: Family<ResultLabel, Histogram>,
     pub reconcile_errors: Family<Category, Counter>,
-    pub workflows_pending: Gauge,
-    pub workflows_watched: Gauge,
-    pub keys_indexed: Gauge,
-    pub key_index_bytes: Gauge,
-    pub leader: Gauge,
+    /// The controller's state gauges, read when scraped.
+    state: StateCollector,
 }
 
 impl Default for Metrics {
@@ -140,11 +243,7 @@ impl Metrics {
                 duration_histogram as fn() -> Histogram,
             ),
             reconcile_errors: Family::default(),
-            workflows_pending: Gauge::default(),
-            workflows_watched: Gauge::default(),
-            keys_indexed: Gauge::default(),
-            key_index_bytes: Gauge::default(),
-            leader: Gauge::default(),
+            state: StateCollector::default(),
             registry: Registry::default(),
             series: Vec::new(),
         };
@@ -204,31 +303,10 @@ impl Metrics {
             None,
             m.reconcile_errors.clone(),
         );
-        r.gauge(
-            "workflows_pending",
-            "Workflows queued for a reconcile",
-            m.workflows_pending.clone(),
-        );
-        r.gauge(
-            "workflows_watched",
-            "Workflows known from the watch",
-            m.workflows_watched.clone(),
-        );
-        r.gauge(
-            "keys_indexed",
-            "S3 keys of live workflows in the shared-key index",
-            m.keys_indexed.clone(),
-        );
-        r.gauge(
-            "key_index_bytes",
-            "Bytes held by the shared-key index's sorted runs (its bulk)",
-            m.key_index_bytes.clone(),
-        );
-        r.gauge(
-            "leader",
-            "1 while this replica leads (or runs without leader election)",
-            m.leader.clone(),
-        );
+        for (name, _) in STATE_GAUGES {
+            r.series.push(format!("artgc_{name}"));
+        }
+        r.registry.register_collector(Box::new(m.state.clone()));
         let build = Family::<BuildInfo, Gauge>::default();
         build
             .get_or_create(&BuildInfo {
@@ -242,6 +320,12 @@ impl Metrics {
             series,
             ..m
         }
+    }
+
+    /// Where the state gauges are read from from now on (the controller, once started); they
+    /// read 0 before and after it.
+    pub fn observe_state(&self, source: Weak<dyn StateSource>) {
+        let _ = self.state.source.set(source);
     }
 
     /// The OpenMetrics text.
@@ -262,12 +346,12 @@ mod tests {
         let m = Metrics::new();
         let l = NamespaceStrategy {
             namespace: "ns".into(),
-            strategy: "OnWorkflowCompletion".into(),
+            strategy: "OnWorkflowCompletion",
         };
         m.bytes_reclaimed.get_or_create(&l).inc_by(10);
         m.gc_latency
             .get_or_create(&StrategyLabel {
-                strategy: "OnWorkflowCompletion".into(),
+                strategy: "OnWorkflowCompletion",
             })
             .observe(0.2);
         let text = m.encode();
@@ -290,5 +374,44 @@ mod tests {
                 assert!(text.contains(series.as_str()), "{series} not in\n{text}");
             }
         }
+    }
+
+    struct Fixed(StateSnapshot);
+
+    impl StateSource for Fixed {
+        fn snapshot(&self) -> StateSnapshot {
+            self.0
+        }
+    }
+
+    /// The state gauges show the source as it is at the scrape, and 0 once it is gone.
+    #[test]
+    fn state_gauges_are_read_from_the_source_when_scraped() {
+        let m = Metrics::new();
+        let source: Arc<dyn StateSource> = Arc::new(Fixed(StateSnapshot {
+            workflows_pending: 3,
+            workflows_watched: 7,
+            keys_indexed: 11,
+            key_index_bytes: 64,
+            leader: true,
+        }));
+        m.observe_state(Arc::downgrade(&source));
+        let text = m.encode();
+        for line in [
+            "artgc_workflows_pending 3",
+            "artgc_workflows_watched 7",
+            "artgc_keys_indexed 11",
+            "artgc_key_index_bytes 64",
+            "artgc_leader 1",
+            "# HELP artgc_leader 1 while this replica leads",
+            "# TYPE artgc_workflows_pending gauge",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        for series in ["artgc_workflows_pending", "artgc_leader"] {
+            assert!(m.series.iter().any(|s| s == series), "{series}");
+        }
+        drop(source);
+        assert!(m.encode().contains("artgc_workflows_watched 0"));
     }
 }

@@ -23,12 +23,11 @@ pub async fn mark_files(
     raws: &mut [Value],
 ) -> Result<(), String> {
     let mut by_workflow: std::collections::BTreeMap<usize, Vec<String>> = Default::default();
-    for (w, a) in probed.files_to_mark() {
-        let ap = &plan.workflows[w].artifacts[a];
+    for r in probed.files_to_mark() {
         by_workflow
-            .entry(w)
+            .entry(r.workflow)
             .or_default()
-            .push(format!("{}/{}", ap.node, ap.name));
+            .push(plan.artifact(r).node_and_name());
     }
     for (w, files) in by_workflow {
         let wp = &plan.workflows[w];

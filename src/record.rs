@@ -18,6 +18,9 @@ use crate::controller::low_priority::{LowPriority, run_on as on};
 pub enum RecordError {
     #[error("{0}")]
     Build(String),
+    /// The Workflow as the API server returned it is not JSON.
+    #[error("reading the Workflow: {0}")]
+    Parse(#[source] serde_json::Error),
     #[error("updating the Workflow: {0}")]
     Api(#[from] kube::Error),
     #[error("the Workflow kept changing: {0} conflicting updates in a row")]
@@ -27,7 +30,7 @@ pub enum RecordError {
 impl RecordError {
     pub fn category(&self) -> &'static str {
         match self {
-            Self::Build(_) => "record_build",
+            Self::Build(_) | Self::Parse(_) => "record_build",
             Self::Api(_) => "kube_api",
             Self::Conflicts(_) => "kube_conflict",
         }
@@ -117,13 +120,13 @@ async fn patch_fresh(
                 return on(low, move || serde_json::from_str(obj.raw.get()))
                     .await
                     .map(Some)
-                    .map_err(|e| RecordError::Build(e.to_string()));
+                    .map_err(RecordError::Parse);
             }
             Err(kube::Error::Api(s)) if s.code == 409 => match text_api.get_opt(&name).await? {
                 Some(obj) => {
                     current = on(low, move || serde_json::from_str(obj.raw.get()))
                         .await
-                        .map_err(|e| RecordError::Build(e.to_string()))?;
+                        .map_err(RecordError::Parse)?;
                     if !uid.is_null() && current["metadata"]["uid"] != uid {
                         tracing::info!(workflow = %name, "the Workflow was re-created under the same name; nothing recorded on the new one");
                         return Ok(None);

@@ -6,7 +6,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use artgc_core::execution::Execution;
-use artgc_core::plan::{Decision, GcPlan};
+use artgc_core::plan::{ArtifactRef, Decision, GcPlan};
 use artgc_core::units::human_bytes;
 
 /// Index of ACTION in the table.
@@ -75,7 +75,7 @@ impl Report {
             }
             let mut artifacts = Vec::with_capacity(wp.artifacts.len());
             for (a, ap) in wp.artifacts.iter().enumerate() {
-                let outcome = execution.and_then(|e| e.get(w, a));
+                let outcome = execution.and_then(|e| e.get(ArtifactRef::new(w, a)));
                 let mut row = ArtifactReport {
                     node: ap.node.clone(),
                     name: ap.name.clone(),

@@ -83,7 +83,7 @@ pub fn read_paths(paths: &[PathBuf], default_namespace: &str) -> Result<Inventor
         for file in expand(path)? {
             let text = std::fs::read_to_string(&file).map_err(|e| InputError::Io {
                 path: file.display().to_string(),
-                message: e.to_string(),
+                source: Arc::new(e),
             })?;
             inv.add_text(&file.display().to_string(), &text, default_namespace)?;
         }
@@ -94,7 +94,7 @@ pub fn read_paths(paths: &[PathBuf], default_namespace: &str) -> Result<Inventor
 fn expand(path: &Path) -> Result<Vec<PathBuf>, InputError> {
     let io = |e: std::io::Error| InputError::Io {
         path: path.display().to_string(),
-        message: e.to_string(),
+        source: Arc::new(e),
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     if !meta.is_dir() {
@@ -132,10 +132,10 @@ pub fn finished_before(finished_at: Option<&str>, age: Duration) -> bool {
 }
 
 /// What `plan`/`purge` over a live cluster could not read from it: a cluster error, not a file's.
-fn cluster_error(what: &str, e: impl std::fmt::Display) -> InputError {
+fn cluster_error(what: &str, e: kube::Error) -> InputError {
     InputError::Cluster {
         what: what.into(),
-        message: e.to_string(),
+        source: Arc::new(e),
     }
 }
 
@@ -200,9 +200,9 @@ async fn load_from_cluster(
 ) -> Result<LoadedPlan, InputError> {
     let client = kube::Client::try_default()
         .await
-        .map_err(|e| InputError::Io {
-            path: "kubeconfig".into(),
-            message: e.to_string(),
+        .map_err(|e| InputError::Config {
+            setting: "kubeconfig".into(),
+            source: Arc::new(e),
         })?;
     let ns = (!source.all_namespaces).then_some(source.namespace.as_str());
     let api = workflows(&client, ns);

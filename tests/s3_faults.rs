@@ -203,7 +203,12 @@ async fn an_endless_listing_is_cut_off() {
         ..Default::default()
     };
     let exec = execute(&plan, &ObjectStore::new(opts), false, &Quiet).await;
-    let e = exec.get(0, 0).unwrap().error.clone().expect("cut off");
+    let e = exec
+        .get(artgc_core::plan::ArtifactRef::new(0, 0))
+        .unwrap()
+        .error
+        .clone()
+        .expect("cut off");
     assert_eq!(e.category(), "endless_listing", "{e}");
     let lists = proxy.log().iter().filter(|r| r.method == "GET").count();
     assert_eq!(lists, 5_000 / 1000 + 3, "pages asked for");
@@ -225,7 +230,12 @@ async fn a_long_listing_stops_at_the_next_page_when_the_pass_is_stopped() {
         ..Default::default()
     };
     let exec = execute(&plan, &ObjectStore::new(opts), false, &StopAfter(&proxy, 3)).await;
-    let e = exec.get(0, 0).unwrap().error.clone().expect("stopped");
+    let e = exec
+        .get(artgc_core::plan::ArtifactRef::new(0, 0))
+        .unwrap()
+        .error
+        .clone()
+        .expect("stopped");
     assert_eq!(e.category(), "cancelled", "{e}");
     let lists = proxy.log().iter().filter(|r| r.method == "GET").count();
     assert_eq!(lists, 3, "pages asked for before the stop was seen");
@@ -280,7 +290,13 @@ async fn a_slow_endpoint_does_not_hold_the_fast_ones_places() {
         (exec, started.elapsed())
     };
     let (slow_exec, (fast_exec, fast_done)) = tokio::join!(slow_run, fast_run);
-    assert!(fast_exec.get(0, 0).unwrap().error.is_none());
+    assert!(
+        fast_exec
+            .get(artgc_core::plan::ArtifactRef::new(0, 0))
+            .unwrap()
+            .error
+            .is_none()
+    );
     assert!(
         fast_done < delay,
         "the fast endpoint waited behind the slow one: {fast_done:?}"
@@ -378,11 +394,15 @@ async fn a_bucket_in_another_region_is_found_and_collected() {
     );
     let exec = execute(&plan, &store(), false, &Quiet).await;
     for (w, a) in [(0, 0), (0, 1)] {
-        let o = exec.get(w, a).expect("outcome");
+        let o = exec
+            .get(artgc_core::plan::ArtifactRef::new(w, a))
+            .expect("outcome");
         assert!(o.error.is_none(), "{:?}", o.error);
         assert_eq!(o.objects, 1);
     }
-    let c = exec.get(1, 0).expect("outcome");
+    let c = exec
+        .get(artgc_core::plan::ArtifactRef::new(1, 0))
+        .expect("outcome");
     assert!(c.error.is_some(), "signed for us-east-1 as told: {c:?}");
     assert_eq!(srv.keys(&b).await, ["w/c"]);
     let bucket_heads = proxy

@@ -39,7 +39,7 @@ fn outcome<'a>(plan: &GcPlan, exec: &'a Execution, wf: &str, name: &str) -> &'a 
         .iter()
         .position(|a| a.name == name)
         .unwrap();
-    exec.get(w, a)
+    exec.get(artgc_core::plan::ArtifactRef::new(w, a))
         .unwrap_or_else(|| panic!("no outcome for {wf}/{name}"))
 }
 

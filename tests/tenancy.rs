@@ -545,7 +545,7 @@ async fn objects_written_after_the_workflow_are_kept() {
     let outcome = artgc_core::outcome::assess(&plan.workflows[0], 0, Some(&exec), &ctx);
     assert_eq!(
         outcome.kept,
-        ["written_after_workflow", "written_after_workflow"]
+        [artgc_core::outcome::KeptReason::WrittenAfterWorkflow; 2]
     );
 }
 

@@ -1,15 +1,32 @@
 //! Error types, one per layer, each with a short stable `category()` for metric labels, Event
 //! reasons and scripts. Messages name the object and field; categories never do.
 
+use std::sync::Arc;
+
 use thiserror::Error;
+
+/// The error beneath another, kept (not flattened into text) so that logs and callers can walk
+/// the chain; shared, so the error stays `Clone`.
+pub type Source = Arc<dyn std::error::Error + Send + Sync>;
 
 /// Input that could not be read or understood.
 #[derive(Debug, Error, Clone)]
 pub enum InputError {
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
-    #[error("{path}: {message}")]
-    Io { path: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// artgc's own settings (a flag, the policy file) are invalid.
+    #[error("{setting}: {source}")]
+    Config {
+        setting: String,
+        #[source]
+        source: Source,
+    },
     #[error("{field}: {reason}")]
     Field { field: String, reason: String },
     #[error(
@@ -17,8 +34,12 @@ pub enum InputError {
     )]
     Offloaded { version: String },
     /// What the plan needs could not be read from the API server (retried).
-    #[error("reading {what} from the API server: {message}")]
-    Cluster { what: String, message: String },
+    #[error("reading {what} from the API server: {source}")]
+    Cluster {
+        what: String,
+        #[source]
+        source: Source,
+    },
 }
 
 impl InputError {
@@ -26,6 +47,7 @@ impl InputError {
         match self {
             Self::Parse { .. } => "parse",
             Self::Io { .. } => "io",
+            Self::Config { .. } => "config",
             Self::Field { .. } => "invalid_field",
             Self::Offloaded { .. } => "offloaded",
             Self::Cluster { .. } => "kube_api",

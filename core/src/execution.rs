@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::error::StoreError;
-use crate::plan::ObjectKind;
+use crate::plan::{ArtifactRef, ObjectKind};
 
 /// What happened to one artifact the plan said to delete.
 #[derive(Debug, Clone, Default)]
@@ -22,14 +22,14 @@ pub struct ArtifactOutcome {
     pub error: Option<StoreError>,
 }
 
-/// Outcomes by (workflow index, artifact index) in the plan.
+/// Outcomes by the artifact of the plan they are for.
 #[derive(Debug, Default)]
 pub struct Execution {
-    pub outcomes: HashMap<(usize, usize), ArtifactOutcome>,
+    pub outcomes: HashMap<ArtifactRef, ArtifactOutcome>,
 }
 
 impl Execution {
-    pub fn get(&self, w: usize, a: usize) -> Option<&ArtifactOutcome> {
-        self.outcomes.get(&(w, a))
+    pub fn get(&self, r: ArtifactRef) -> Option<&ArtifactOutcome> {
+        self.outcomes.get(&r)
     }
 }

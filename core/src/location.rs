@@ -394,10 +394,7 @@ pub fn authorize(
     field: &str,
 ) -> Result<S3Connection, ResolveError> {
     let Authority {
-        state,
-        namespace,
-        configured,
-        ..
+        state, namespace, ..
     } = auth;
     if let Some(why) = crate::policy::unsafe_key(&target.key) {
         return Err(ResolveError::UnsafeKey(format!(
@@ -405,48 +402,9 @@ pub fn authorize(
             target.key
         )));
     }
-    let insecure = loc.insecure == Some(true);
-    let policy = &state.policy;
-    let endpoint = policy
-        .canonical(&target.endpoint, insecure, namespace)
-        .map_err(|e| ResolveError::EndpointNotAllowed(format!("{field}.s3.endpoint: {e}")))?;
-    if endpoint.is_forbidden() {
-        return Err(ResolveError::EndpointNotAllowed(format!(
-            "{field}.s3.endpoint: {endpoint} is a link-local or metadata address; artgc never contacts it"
-        )));
-    }
+    let endpoint = allowed_endpoint(auth, target, loc.insecure == Some(true), field)?;
     let grant = state.grant_for(namespace);
-    let granted = grant
-        .endpoints
-        .iter()
-        .filter_map(|e| policy.canonical(e, insecure, namespace).ok());
-    if !configured
-        .iter()
-        .cloned()
-        .chain(granted)
-        .any(|c| c == endpoint)
-    {
-        return Err(ResolveError::EndpointNotAllowed(format!(
-            "{field}.s3.endpoint: {endpoint} is not a repository configured for namespace {namespace} and the policy does not allow it"
-        )));
-    }
-    if !grant.buckets.is_empty() && !grant.buckets.contains(&target.bucket) {
-        return Err(ResolveError::BucketNotAllowed(format!(
-            "{field}.s3.bucket: the policy does not allow namespace {namespace} bucket {:?}",
-            target.bucket
-        )));
-    }
-    if !grant.key_prefixes.is_empty()
-        && !grant
-            .key_prefixes
-            .iter()
-            .any(|p| target.key.starts_with(p.as_str()))
-    {
-        return Err(ResolveError::BucketNotAllowed(format!(
-            "{field}.s3.key: {:?} is outside the key prefixes the policy allows namespace {namespace}",
-            target.key
-        )));
-    }
+    allowed_place(grant, target, namespace, field)?;
     let credentials = credentials(auth, grant, loc, field)?;
     let ca_pem = loc
         .ca_secret
@@ -471,6 +429,71 @@ pub fn authorize(
         credentials,
         ca_pem,
     })
+}
+
+/// The endpoint as the policy names it, if artgc may contact it for this namespace: never a
+/// link-local or metadata address, and only a repository configured for the namespace or an
+/// endpoint the policy grants it.
+fn allowed_endpoint(
+    auth: &Authority<'_>,
+    target: &S3Target,
+    insecure: bool,
+    field: &str,
+) -> Result<crate::policy::Endpoint, ResolveError> {
+    let Authority {
+        state,
+        namespace,
+        configured,
+        ..
+    } = auth;
+    let policy = &state.policy;
+    let endpoint = policy
+        .canonical(&target.endpoint, insecure, namespace)
+        .map_err(|e| ResolveError::EndpointNotAllowed(format!("{field}.s3.endpoint: {e}")))?;
+    if endpoint.is_forbidden() {
+        return Err(ResolveError::EndpointNotAllowed(format!(
+            "{field}.s3.endpoint: {endpoint} is a link-local or metadata address; artgc never contacts it"
+        )));
+    }
+    let granted = state
+        .grant_for(namespace)
+        .endpoints
+        .iter()
+        .filter_map(|e| policy.canonical(e, insecure, namespace).ok());
+    if !configured
+        .iter()
+        .cloned()
+        .chain(granted)
+        .any(|c| c == endpoint)
+    {
+        return Err(ResolveError::EndpointNotAllowed(format!(
+            "{field}.s3.endpoint: {endpoint} is not a repository configured for namespace {namespace} and the policy does not allow it"
+        )));
+    }
+    Ok(endpoint)
+}
+
+/// The bucket and key lie where the policy confines the namespace (when it does).
+fn allowed_place(
+    grant: &crate::policy::Grant,
+    target: &S3Target,
+    namespace: &str,
+    field: &str,
+) -> Result<(), ResolveError> {
+    if !grant.buckets.is_empty() && !grant.buckets.contains(&target.bucket) {
+        return Err(ResolveError::BucketNotAllowed(format!(
+            "{field}.s3.bucket: the policy does not allow namespace {namespace} bucket {:?}",
+            target.bucket
+        )));
+    }
+    let in_prefix = |p: &String| target.key.starts_with(p.as_str());
+    if !grant.key_prefixes.is_empty() && !grant.key_prefixes.iter().any(in_prefix) {
+        return Err(ResolveError::BucketNotAllowed(format!(
+            "{field}.s3.key: {:?} is outside the key prefixes the policy allows namespace {namespace}",
+            target.key
+        )));
+    }
+    Ok(())
 }
 
 /// Argo's `addressingStyle`: `path`, `virtual-hosted`, or anything else for auto, which (as

@@ -2,11 +2,13 @@
 //! mark deleted, strategies processed, the `ArtifactGCError` condition, and the finalizer. Pure;
 //! the controller and `artgc purge` record the same thing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::execution::Execution;
+use crate::execution::{ArtifactOutcome, Execution};
 use crate::model::Workflow;
-use crate::plan::{Decision, KeepReason, SkipReason, Strategy, WorkflowPlan};
+use crate::plan::{
+    ArtifactPlan, ArtifactRef, Decision, KeepReason, SkipReason, Strategy, WorkflowPlan,
+};
 
 /// Argo's condition type for GC failures.
 pub const CONDITION_GC_ERROR: &str = "ArtifactGCError";
@@ -129,6 +131,26 @@ impl PassContext {
     }
 }
 
+impl PassContext {
+    /// The context of a workflow that cannot be read: nothing can be pending, so its failure
+    /// is reported and any finalizer of ours released; never added.
+    pub fn unreadable(raw: &serde_json::Value, has_finalizer: bool, budget: u32) -> Self {
+        Self {
+            finished: true,
+            started: true,
+            deleting: !raw["metadata"]["deletionTimestamp"].is_null(),
+            has_finalizer,
+            force_finalizer_removal: false,
+            attempt: 1,
+            budget,
+            may_need_gc: false,
+            may_add_finalizer: false,
+            processed: Default::default(),
+            has_condition: has_gc_condition(raw),
+        }
+    }
+}
+
 /// Whether the object carries the `ArtifactGCError` condition.
 pub fn has_gc_condition(raw: &serde_json::Value) -> bool {
     raw["status"]["conditions"]
@@ -144,8 +166,8 @@ pub struct PassOutcome {
     /// reported like failures, but settled, so they hold no finalizer.
     pub notes: Vec<Failure>,
     pub reclaimed: BTreeMap<Strategy, Reclaimed>,
-    /// Keep reasons (stable categories) of artifacts settled by this pass.
-    pub kept: Vec<&'static str>,
+    /// Why artifacts settled by this pass were kept.
+    pub kept: Vec<KeptReason>,
     /// Work remains for later (OnWorkflowDeletion artifacts of a live workflow, or failures).
     pub pending: bool,
     /// Some artifact waits for running workflows that read it: check again later.
@@ -193,7 +215,170 @@ pub fn needs_finalizer(wf: &Workflow) -> bool {
         .any(|t| t.artifacts().any(declared))
 }
 
-/// Judges one workflow's pass from its plan and what the store did.
+/// Why an artifact settled by a pass was kept: the closed set of the kept metric's reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeptReason {
+    Never,
+    Shared,
+    ReadByRunning,
+    BucketRoot,
+    Memoized,
+    /// Deleted, but objects written after the workflow finished were left.
+    WrittenAfterWorkflow,
+    /// A driver artgc cannot delete.
+    Unsupported,
+}
+
+impl KeptReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Never => "never",
+            Self::Shared => "shared",
+            Self::ReadByRunning => "read_by_running",
+            Self::BucketRoot => "bucket_root",
+            Self::Memoized => "memoized",
+            Self::WrittenAfterWorkflow => "written_after_workflow",
+            Self::Unsupported => "unsupported",
+        }
+    }
+
+    fn of(reason: &KeepReason) -> Self {
+        match reason {
+            KeepReason::Never => Self::Never,
+            KeepReason::Shared(_) => Self::Shared,
+            KeepReason::ReadByRunning(_) => Self::ReadByRunning,
+            KeepReason::BucketRoot => Self::BucketRoot,
+            KeepReason::Memoized => Self::Memoized,
+        }
+    }
+}
+
+/// What one planned artifact came to in a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactVerdict {
+    /// Deleted; `written_after`: objects written after the workflow finished were left.
+    Deleted {
+        objects: u64,
+        bytes: u64,
+        written_after: bool,
+    },
+    /// Kept on purpose. `pending`: only for now (running readers), deleted once they finish.
+    Kept {
+        reason: KeptReason,
+        pending: bool,
+    },
+    /// Work left for a later pass: not due yet, not carried out (a dry run), stopped between
+    /// batches (`cancelled`: shutdown or lost leadership), or not resolvable while running.
+    Pending {
+        cancelled: bool,
+    },
+    Failed(Failure),
+    /// Never collectable by artgc (a driver it does not support): reported, but settled.
+    Noted(Failure),
+    /// Nothing to do: already deleted, or `Never` and not due.
+    Settled,
+}
+
+/// The rule for one artifact: its plan decision, what the executor did with it (`None` when
+/// it did nothing), and whether the workflow finished.
+pub fn decide_artifact(
+    art: &ArtifactPlan,
+    done: Option<&ArtifactOutcome>,
+    finished: bool,
+) -> ArtifactVerdict {
+    let failure = |category: &'static str, reason: String| Failure {
+        what: art.node_and_name(),
+        category,
+        reason,
+    };
+    match &art.decision {
+        Decision::Delete => match done {
+            Some(o) => match &o.error {
+                None => ArtifactVerdict::Deleted {
+                    objects: o.objects,
+                    bytes: o.bytes,
+                    written_after: o.written_after > 0,
+                },
+                // Stopped between batches: not a failure, and no proof earlier ones are over.
+                Some(e) if e.is_cancelled() => ArtifactVerdict::Pending { cancelled: true },
+                Some(e) => ArtifactVerdict::Failed(failure(e.category(), e.to_string())),
+            },
+            // Planned but not carried out (a dry run).
+            None => ArtifactVerdict::Pending { cancelled: false },
+        },
+        // Readers never delete their inputs: kept now, deleted once they finish.
+        Decision::Keep(reason) => ArtifactVerdict::Kept {
+            reason: KeptReason::of(reason),
+            pending: matches!(reason, KeepReason::ReadByRunning(_)),
+        },
+        Decision::Skip(SkipReason::AlreadyDeleted) => ArtifactVerdict::Settled,
+        Decision::Skip(SkipReason::NotFinished(_) | SkipReason::NotSelected { .. }) => {
+            match art.strategy {
+                Strategy::Never => ArtifactVerdict::Settled,
+                _ => ArtifactVerdict::Pending { cancelled: false },
+            }
+        }
+        d @ Decision::Unsupported(_) if finished => {
+            ArtifactVerdict::Noted(failure(d.category(), d.reason()))
+        }
+        Decision::Unsupported(_) => ArtifactVerdict::Settled,
+        d @ Decision::Error(_) if finished => {
+            ArtifactVerdict::Failed(failure(d.category(), d.reason()))
+        }
+        Decision::Error(_) => ArtifactVerdict::Pending { cancelled: false },
+    }
+}
+
+/// The verdicts of a pass, by strategy.
+#[derive(Debug, Default)]
+struct Tally {
+    failed: BTreeSet<Strategy>,
+    pending: BTreeSet<Strategy>,
+    kept: Vec<(Strategy, KeptReason)>,
+    cancelled: bool,
+}
+
+impl Tally {
+    fn add(&mut self, strategy: Strategy, verdict: ArtifactVerdict, out: &mut PassOutcome) {
+        match verdict {
+            ArtifactVerdict::Deleted {
+                objects,
+                bytes,
+                written_after,
+            } => {
+                if written_after {
+                    self.kept.push((strategy, KeptReason::WrittenAfterWorkflow));
+                }
+                let r = out.reclaimed.entry(strategy).or_default();
+                r.artifacts += 1;
+                r.objects += objects;
+                r.bytes += bytes;
+            }
+            ArtifactVerdict::Kept { reason, pending } => {
+                if pending {
+                    self.pending.insert(strategy);
+                    out.waiting_on_readers = true;
+                }
+                self.kept.push((strategy, reason));
+            }
+            ArtifactVerdict::Pending { cancelled } => {
+                self.pending.insert(strategy);
+                self.cancelled |= cancelled;
+            }
+            ArtifactVerdict::Failed(f) => {
+                self.failed.insert(strategy);
+                out.failures.push(f);
+            }
+            ArtifactVerdict::Noted(f) => {
+                out.notes.push(f);
+                self.kept.push((strategy, KeptReason::Unsupported));
+            }
+            ArtifactVerdict::Settled => {}
+        }
+    }
+}
+
+/// Judges one workflow's pass (workflow `w` of the plan) from its plan and what the store did.
 pub fn assess(
     wp: &WorkflowPlan,
     w: usize,
@@ -209,8 +394,6 @@ pub fn assess(
         pending: false,
         waiting_on_readers: false,
     };
-    let mut failed_strategies: Vec<Strategy> = Vec::new();
-    let mut pending_strategies: Vec<Strategy> = Vec::new();
     if let Some(e) = &wp.error {
         let f = Failure {
             what: "workflow".into(),
@@ -222,133 +405,90 @@ pub fn assess(
             false => out.failures.push(f),
         }
     }
-    let mut kept = Vec::new();
-    let mut cancelled = false;
+    let mut tally = Tally::default();
     for (a, art) in wp.artifacts.iter().enumerate() {
-        let what = format!("{}/{}", art.node, art.name);
-        match &art.decision {
-            Decision::Delete => {
-                let outcome = execution.and_then(|e| e.get(w, a));
-                match outcome {
-                    Some(o) if o.error.is_none() => {
-                        if o.written_after > 0 {
-                            kept.push((art.strategy, "written_after_workflow"));
-                        }
-                        let r = out.reclaimed.entry(art.strategy).or_default();
-                        r.artifacts += 1;
-                        r.objects += o.objects;
-                        r.bytes += o.bytes;
-                        out.update.deleted.push(DeletedArtifact {
-                            node: art.node.clone(),
-                            index: art.index,
-                            name: art.name.clone(),
-                        });
-                    }
-                    Some(o) if o.error.as_ref().is_some_and(|e| e.is_cancelled()) => {
-                        // Stopped between batches (shutdown, leadership lost): not a failure,
-                        // and no proof that earlier failures are over.
-                        pending_strategies.push(art.strategy);
-                        cancelled = true;
-                    }
-                    Some(o) => {
-                        let e = o.error.as_ref().expect("error");
-                        failed_strategies.push(art.strategy);
-                        out.failures.push(Failure {
-                            what,
-                            category: e.category(),
-                            reason: e.to_string(),
-                        });
-                    }
-                    None => {
-                        // Planned but not carried out (a dry run): still pending.
-                        pending_strategies.push(art.strategy);
-                    }
-                }
-            }
-            // Readers never delete their inputs: kept now, deleted once they finish, so the
-            // strategy is not done and the finalizer stays.
-            d @ Decision::Keep(KeepReason::ReadByRunning(_)) => {
-                pending_strategies.push(art.strategy);
-                out.waiting_on_readers = true;
-                kept.push((art.strategy, d.category()));
-            }
-            d @ Decision::Keep(_) => kept.push((art.strategy, d.category())),
-            Decision::Skip(SkipReason::AlreadyDeleted) => {}
-            Decision::Skip(SkipReason::NotFinished(_) | SkipReason::NotSelected { .. }) => {
-                if art.strategy != Strategy::Never {
-                    pending_strategies.push(art.strategy);
-                }
-            }
-            d @ Decision::Unsupported(_) => {
-                if ctx.finished {
-                    out.notes.push(Failure {
-                        what,
-                        category: d.category(),
-                        reason: d.reason(),
-                    });
-                    kept.push((art.strategy, "unsupported"));
-                }
-            }
-            d @ Decision::Error(_) => {
-                if ctx.finished {
-                    failed_strategies.push(art.strategy);
-                    out.failures.push(Failure {
-                        what,
-                        category: d.category(),
-                        reason: d.reason(),
-                    });
-                } else {
-                    pending_strategies.push(art.strategy);
-                }
-            }
+        let done = execution.and_then(|e| e.get(ArtifactRef::new(w, a)));
+        let verdict = decide_artifact(art, done, ctx.finished);
+        if let ArtifactVerdict::Deleted { .. } = verdict {
+            out.update.deleted.push(DeletedArtifact {
+                node: art.node.clone(),
+                index: art.index,
+                name: art.name.clone(),
+            });
         }
+        tally.add(art.strategy, verdict, &mut out);
     }
     let whole_failed = wp.error.as_ref().is_some_and(|e| !e.is_unreadable());
     let failed = !out.failures.is_empty();
-    out.pending = failed || !pending_strategies.is_empty() || (!ctx.finished && ctx.may_need_gc);
-
-    // Strategies whose work is truly finished by this pass.
-    if ctx.finished && !whole_failed {
-        let done =
-            |s: Strategy| !failed_strategies.contains(&s) && !pending_strategies.contains(&s);
-        let mut due = vec![Strategy::OnWorkflowCompletion];
-        if ctx.deleting {
-            due.push(Strategy::OnWorkflowDeletion);
-        }
-        for s in due {
-            if done(s) && ctx.processed.get(s.as_str()) != Some(&true) {
-                out.update.processed.push(s);
-            }
-        }
-    }
-    if !out.update.processed.is_empty() {
-        let first_settlement = !ctx.processed.values().any(|v| *v);
-        out.kept = kept
-            .into_iter()
-            .filter(|(s, reason)| {
-                if *reason == "never" {
-                    first_settlement
-                } else {
-                    out.update.processed.contains(s)
-                }
-            })
-            .map(|(_, r)| r)
-            .collect();
-    }
-
+    out.pending = failed || !tally.pending.is_empty() || (!ctx.finished && ctx.may_need_gc);
+    out.update.processed = processed_strategies(ctx, whole_failed, &tally.failed, &tally.pending);
+    out.kept = settled_keeps(ctx, &out.update.processed, tally.kept);
     let reported: Vec<Failure> = out.failures.iter().chain(&out.notes).cloned().collect();
-    out.update.condition = if !reported.is_empty() {
-        ConditionChange::Set(condition_message(&reported))
-    } else if ctx.has_condition && ctx.finished && !cancelled {
-        ConditionChange::Clear
-    } else {
-        ConditionChange::Keep
-    };
+    out.update.condition = condition_change(ctx, &reported, tally.cancelled);
     if failed && ctx.deleting && ctx.finished {
         out.update.deletion_attempts = Some(ctx.attempt);
     }
     out.update.finalizer = finalizer_change(ctx, out.pending, failed);
     out
+}
+
+/// The strategies this pass finished, to add to `strategiesProcessed`: those due (completion
+/// once finished, deletion too once deleted) with no artifact failed or pending, and not
+/// recorded already. None while the workflow could not be planned.
+pub fn processed_strategies(
+    ctx: &PassContext,
+    whole_failed: bool,
+    failed: &BTreeSet<Strategy>,
+    pending: &BTreeSet<Strategy>,
+) -> Vec<Strategy> {
+    if !ctx.finished || whole_failed {
+        return Vec::new();
+    }
+    let due: &[Strategy] = match ctx.deleting {
+        true => &[Strategy::OnWorkflowCompletion, Strategy::OnWorkflowDeletion],
+        false => &[Strategy::OnWorkflowCompletion],
+    };
+    due.iter()
+        .copied()
+        .filter(|s| !failed.contains(s) && !pending.contains(s))
+        .filter(|s| ctx.processed.get(s.as_str()) != Some(&true))
+        .collect()
+}
+
+/// The keep reasons to count for this pass: those of the strategies it settled; `Never` ones
+/// once, with the workflow's first settled strategy.
+fn settled_keeps(
+    ctx: &PassContext,
+    processed: &[Strategy],
+    kept: Vec<(Strategy, KeptReason)>,
+) -> Vec<KeptReason> {
+    if processed.is_empty() {
+        return Vec::new();
+    }
+    let first_settlement = !ctx.processed.values().any(|v| *v);
+    kept.into_iter()
+        .filter(|(s, reason)| match reason {
+            KeptReason::Never => first_settlement,
+            _ => processed.contains(s),
+        })
+        .map(|(_, r)| r)
+        .collect()
+}
+
+/// The `ArtifactGCError` condition: set to what failed or was noted; cleared once a finished
+/// workflow's pass ran through with nothing to report (a stopped pass proves nothing).
+pub fn condition_change(
+    ctx: &PassContext,
+    reported: &[Failure],
+    cancelled: bool,
+) -> ConditionChange {
+    if !reported.is_empty() {
+        ConditionChange::Set(condition_message(reported))
+    } else if ctx.has_condition && ctx.finished && !cancelled {
+        ConditionChange::Clear
+    } else {
+        ConditionChange::Keep
+    }
 }
 
 /// The one rule for artgc's finalizer. Added only while Argo runs a workflow that declares GC

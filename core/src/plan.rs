@@ -197,6 +197,13 @@ pub struct ArtifactPlan {
     pub decision: Decision,
 }
 
+impl ArtifactPlan {
+    /// `node/artifact`: how reports, failures and the probed-files annotation name it.
+    pub fn node_and_name(&self) -> String {
+        format!("{}/{}", self.node, self.name)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkflowPlan {
     pub namespace: String,
@@ -232,11 +239,34 @@ pub struct GcPlan {
     pub workflows: Vec<WorkflowPlan>,
 }
 
+/// One artifact of a [`GcPlan`]: its workflow's position in the plan and its own in that
+/// workflow's. What the executor's results and the judge's verdicts are keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ArtifactRef {
+    pub workflow: usize,
+    pub artifact: usize,
+}
+
+impl ArtifactRef {
+    pub fn new(workflow: usize, artifact: usize) -> Self {
+        Self { workflow, artifact }
+    }
+}
+
 impl GcPlan {
     pub fn artifacts(&self) -> impl Iterator<Item = (&WorkflowPlan, &ArtifactPlan)> {
         self.workflows
             .iter()
             .flat_map(|w| w.artifacts.iter().map(move |a| (w, a)))
+    }
+
+    /// The artifact `r` names.
+    pub fn artifact(&self, r: ArtifactRef) -> &ArtifactPlan {
+        &self.workflows[r.workflow].artifacts[r.artifact]
+    }
+
+    fn artifact_mut(&mut self, r: ArtifactRef) -> &mut ArtifactPlan {
+        &mut self.workflows[r.workflow].artifacts[r.artifact]
     }
 }
 
@@ -246,7 +276,7 @@ struct KeyUse {
     target: S3Target,
     /// The planned artifact behind it (workflow, artifact); `None` for a use that is live
     /// whatever this run decides (an unfinished workflow's inputs and templates).
-    owner: Option<(usize, usize)>,
+    owner: Option<ArtifactRef>,
     label: String,
     /// The namespace of an unfinished workflow that only reads the key (an input): it will
     /// never delete it.
@@ -333,45 +363,13 @@ fn plan_workflow(
         }
     };
     wp.node_encoding = Some(nodes.encoding);
-    let configured = OnceCell::new();
-    let repo = OnceCell::new();
-    let repository = || repo.get_or_init(|| state.repository_for(wf)).clone();
-    let vars = location::Variables::of(wf);
-    let any_archive_location = wf.all_templates().iter().any(|t| {
-        t.archive_location
-            .as_ref()
-            .is_some_and(|a| a.has_complete_s3() || a.other_driver().is_some())
-    });
-    let finished = wf.is_finished();
-    let deleting = wf.is_being_deleted();
-    let seen_text = wf.annotation(crate::model::ANNOTATION_PROBED_FILES);
-    let file_seen = crate::model::parse_probed_files(seen_text.unwrap_or_default());
-    let wf_strategy = Strategy::parse(wf.workflow_strategy());
-    let label = |node: &str, art: &str| {
-        format!("{}/{} artifact {art} (node {node})", wp.namespace, wp.name)
-    };
-
+    let scope = WorkflowScope::new(wf, state, opts);
     for (id, node) in &nodes.nodes {
-        let lookup = match wf.template_of(node) {
-            Some(t) => TemplateLookup::Found(t),
-            None => TemplateLookup::Unknown {
-                any_archive_location,
-            },
-        };
-        if !finished {
+        let lookup = scope.lookup(node);
+        if !scope.finished {
             for art in node.inputs.iter().flat_map(|i| &i.artifacts) {
                 let field = format!("status.nodes[{id}].inputs.artifacts[{}]", art.name);
-                live_use(
-                    state,
-                    wf.namespace(),
-                    &vars,
-                    art,
-                    lookup,
-                    &field,
-                    &repository,
-                    (label(id, &art.name), true),
-                    uses,
-                );
+                scope.live_use(art, lookup, &field, scope.label(id, &art.name), true, uses);
             }
         }
         if node.node_type.as_deref() != Some("Pod") {
@@ -379,209 +377,306 @@ fn plan_workflow(
         }
         let cache_hit = node.is_cache_hit();
         for (index, art) in node.outputs.iter().flat_map(|o| &o.artifacts).enumerate() {
-            let field = format!("status.nodes[{id}].outputs.artifacts[{}]", art.name);
-            let own = art.artifact_gc.as_ref().and_then(|g| g.strategy.as_deref());
-            let strategy = match own.filter(|s| !s.is_empty()) {
-                Some(s) => Strategy::parse(Some(s))
-                    .map_err(|e| format!("{field}.artifactGC.strategy: {e}")),
-                None => wf_strategy
-                    .clone()
-                    .map_err(|e| format!("spec.artifactGC.strategy: {e}")),
-            };
-            let mut resolved = location::resolve(art, lookup, &field, &vars, repository);
-            if let Ok(r) = resolved.as_mut() {
-                location::canonicalize_store(r, state, wf.namespace());
-            }
-            let target = match &resolved {
-                Ok(Resolved::S3 { target, .. }) => Some(target.clone()),
-                _ => None,
-            };
-            let kind = target.as_ref().map(|t| {
-                if t.is_directory_key() {
-                    ObjectKind::Directory
-                } else {
-                    ObjectKind::File
-                }
-            });
-            let strategy_value = strategy.clone().ok().flatten().unwrap_or(Strategy::Never);
-            let selected = match (opts.filter, strategy_value) {
-                (_, Strategy::Never) => false,
-                (StrategyFilter::Due, Strategy::OnWorkflowCompletion) => true,
-                (StrategyFilter::Due, Strategy::OnWorkflowDeletion) => deleting,
-                (StrategyFilter::Completion, s) => s == Strategy::OnWorkflowCompletion,
-                (StrategyFilter::Deletion, s) => s == Strategy::OnWorkflowDeletion,
-                (StrategyFilter::All, _) => true,
-            };
-            let due = finished && selected && strategy.is_ok();
-            let mut connection = None;
-            let mut customer_key = false;
-            let decision = if art.deleted {
-                Decision::Skip(SkipReason::AlreadyDeleted)
-            } else if cache_hit {
-                Decision::Keep(KeepReason::Memoized)
-            } else if let Err(e) = &strategy {
-                Decision::Error(ResolveError::Strategy(e.clone()))
-            } else if strategy_value == Strategy::Never {
-                Decision::Keep(KeepReason::Never)
-            } else if !finished {
-                let phase = wf.status.phase.clone().unwrap_or_else(|| "unknown".into());
-                Decision::Skip(SkipReason::NotFinished(phase))
-            } else if !selected {
-                Decision::Skip(SkipReason::NotSelected {
-                    strategy: strategy_value,
-                })
-            } else {
-                match resolved {
-                    Err(e) => Decision::Error(e),
-                    Ok(Resolved::Unsupported(d)) => Decision::Unsupported(d),
-                    Ok(Resolved::S3 { target, location }) => {
-                        if target.is_bucket_root() {
-                            Decision::Keep(KeepReason::BucketRoot)
-                        } else {
-                            let auth = location::Authority {
-                                state,
-                                namespace: wf.namespace(),
-                                service_account: art
-                                    .artifact_gc
-                                    .as_ref()
-                                    .and_then(|g| g.service_account_name.as_deref())
-                                    .filter(|s| !s.is_empty())
-                                    .or_else(|| wf.gc_service_account()),
-                                configured: configured
-                                    .get_or_init(|| state.configured_endpoints(wf.namespace())),
-                            };
-                            let authorized = location::authorize(&auth, &target, &location, &field)
-                                .and_then(|c| {
-                                    let sse =
-                                        location::customer_key_encrypted(&auth, &location, &field)?;
-                                    Ok((c, sse))
-                                });
-                            match authorized {
-                                Ok((c, sse)) => {
-                                    connection = Some(c);
-                                    customer_key = sse;
-                                    Decision::Delete
-                                }
-                                Err(e) => Decision::Error(e),
-                            }
-                        }
-                    }
-                }
-            };
-            if let Some(t) = &target
+            let planned = scope.plan_output(id, index, art, lookup, cache_hit);
+            if let Some(t) = &planned.target
                 && !art.deleted
             {
                 // A cache hit's keys are the producer's, live for as long as this workflow is.
-                let owner = (!cache_hit).then_some((w, wp.artifacts.len()));
+                let owner = (!cache_hit).then_some(ArtifactRef::new(w, wp.artifacts.len()));
                 uses.push(KeyUse {
                     target: t.clone(),
                     owner,
-                    label: label(id, &art.name),
+                    label: scope.label(id, &art.name),
                     reader: None,
                 });
             }
-            wp.artifacts.push(ArtifactPlan {
-                node: id.clone(),
-                index,
-                name: art.name.clone(),
-                strategy: strategy_value,
-                due,
+            wp.artifacts.push(planned);
+        }
+    }
+    if !scope.finished {
+        scope.running_uses(uses);
+    }
+    wp
+}
+
+/// Whether a run's strategy filter selects an artifact of `strategy` (`deleting`: the
+/// workflow is being deleted).
+pub fn selected_by_filter(filter: StrategyFilter, strategy: Strategy, deleting: bool) -> bool {
+    match (filter, strategy) {
+        (_, Strategy::Never) => false,
+        (StrategyFilter::Due, Strategy::OnWorkflowCompletion) => true,
+        (StrategyFilter::Due, Strategy::OnWorkflowDeletion) => deleting,
+        (StrategyFilter::Completion, s) => s == Strategy::OnWorkflowCompletion,
+        (StrategyFilter::Deletion, s) => s == Strategy::OnWorkflowDeletion,
+        (StrategyFilter::All, _) => true,
+    }
+}
+
+/// What decides an output artifact before its location is looked at.
+#[derive(Debug, Clone)]
+pub struct OutputFacts<'a> {
+    /// Argo (or an earlier pass) marked it `deleted`.
+    pub deleted: bool,
+    /// Its node is a memoization cache hit.
+    pub cache_hit: bool,
+    /// Its strategy: own, else the workflow's; an error for a value Argo does not know.
+    pub strategy: &'a Result<Option<Strategy>, String>,
+    pub finished: bool,
+    /// The workflow's phase, for the report of an unfinished one.
+    pub phase: Option<&'a str>,
+    /// The run's filter selects its strategy.
+    pub selected: bool,
+}
+
+/// The rule for an output artifact, in order: already deleted, a cache hit's (the producer's
+/// keys), an unknown strategy, `Never`, not finished, not selected. `None`: it is due, and
+/// its location decides.
+pub fn output_decision(f: &OutputFacts) -> Option<Decision> {
+    let strategy = match f.strategy {
+        _ if f.deleted => return Some(Decision::Skip(SkipReason::AlreadyDeleted)),
+        _ if f.cache_hit => return Some(Decision::Keep(KeepReason::Memoized)),
+        Err(e) => return Some(Decision::Error(ResolveError::Strategy(e.clone()))),
+        Ok(s) => s.unwrap_or(Strategy::Never),
+    };
+    if strategy == Strategy::Never {
+        Some(Decision::Keep(KeepReason::Never))
+    } else if !f.finished {
+        let phase = f.phase.unwrap_or("unknown").to_string();
+        Some(Decision::Skip(SkipReason::NotFinished(phase)))
+    } else if !f.selected {
+        Some(Decision::Skip(SkipReason::NotSelected { strategy }))
+    } else {
+        None
+    }
+}
+
+/// One workflow as the planner sees it: what every artifact of it shares (its repository, the
+/// endpoints its namespace may reach, its variables), each read at most once.
+struct WorkflowScope<'a> {
+    wf: &'a Workflow,
+    state: &'a ClusterState,
+    opts: &'a PlanOptions,
+    vars: location::Variables<'a>,
+    repository: OnceCell<Result<crate::model::ArtifactLocation, ResolveError>>,
+    configured: OnceCell<Vec<crate::policy::Endpoint>>,
+    /// Some template has an archiveLocation: where a node's template is unknown, its
+    /// artifacts may have been archived there.
+    any_archive_location: bool,
+    finished: bool,
+    deleting: bool,
+    /// `node/artifact` pairs an earlier pass's probe found a file at.
+    file_seen: HashSet<(&'a str, &'a str)>,
+    strategy: Result<Option<Strategy>, String>,
+}
+
+impl<'a> WorkflowScope<'a> {
+    fn new(wf: &'a Workflow, state: &'a ClusterState, opts: &'a PlanOptions) -> Self {
+        Self {
+            wf,
+            state,
+            opts,
+            vars: location::Variables::of(wf),
+            repository: OnceCell::new(),
+            configured: OnceCell::new(),
+            any_archive_location: wf.all_templates().iter().any(|t| {
+                t.archive_location
+                    .as_ref()
+                    .is_some_and(|a| a.has_complete_s3() || a.other_driver().is_some())
+            }),
+            finished: wf.is_finished(),
+            deleting: wf.is_being_deleted(),
+            file_seen: crate::model::parse_probed_files(
+                wf.annotation(crate::model::ANNOTATION_PROBED_FILES)
+                    .unwrap_or_default(),
+            ),
+            strategy: Strategy::parse(wf.workflow_strategy())
+                .map_err(|e| format!("spec.artifactGC.strategy: {e}")),
+        }
+    }
+
+    fn repository(&self) -> Result<crate::model::ArtifactLocation, ResolveError> {
+        self.repository
+            .get_or_init(|| self.state.repository_for(self.wf))
+            .clone()
+    }
+
+    fn lookup(&self, node: &'a crate::model::NodeStatus) -> TemplateLookup<'a> {
+        match self.wf.template_of(node) {
+            Some(t) => TemplateLookup::Found(t),
+            None => TemplateLookup::Unknown {
+                any_archive_location: self.any_archive_location,
+            },
+        }
+    }
+
+    fn label(&self, node: &str, art: &str) -> String {
+        format!(
+            "{}/{} artifact {art} (node {node})",
+            self.wf.namespace(),
+            self.wf.name()
+        )
+    }
+
+    /// One output artifact of Pod node `id`, at `index` in its outputs.
+    fn plan_output(
+        &self,
+        id: &str,
+        index: usize,
+        art: &Artifact,
+        lookup: TemplateLookup<'_>,
+        cache_hit: bool,
+    ) -> ArtifactPlan {
+        let field = format!("status.nodes[{id}].outputs.artifacts[{}]", art.name);
+        let own = art.artifact_gc.as_ref().and_then(|g| g.strategy.as_deref());
+        let strategy = match own.filter(|s| !s.is_empty()) {
+            Some(s) => {
+                Strategy::parse(Some(s)).map_err(|e| format!("{field}.artifactGC.strategy: {e}"))
+            }
+            None => self.strategy.clone(),
+        };
+        let mut resolved = location::resolve(art, lookup, &field, &self.vars, || self.repository());
+        if let Ok(r) = resolved.as_mut() {
+            location::canonicalize_store(r, self.state, self.wf.namespace());
+        }
+        let target = match &resolved {
+            Ok(Resolved::S3 { target, .. }) => Some(target.clone()),
+            _ => None,
+        };
+        let kind = target.as_ref().map(|t| match t.is_directory_key() {
+            true => ObjectKind::Directory,
+            false => ObjectKind::File,
+        });
+        let strategy_value = strategy.clone().ok().flatten().unwrap_or(Strategy::Never);
+        let selected = selected_by_filter(self.opts.filter, strategy_value, self.deleting);
+        let facts = OutputFacts {
+            deleted: art.deleted,
+            cache_hit,
+            strategy: &strategy,
+            finished: self.finished,
+            phase: self.wf.status.phase.as_deref(),
+            selected,
+        };
+        let (decision, connection, customer_key) = match output_decision(&facts) {
+            Some(d) => (d, None, false),
+            None => self.location_decision(art, resolved, &field),
+        };
+        ArtifactPlan {
+            node: id.to_string(),
+            index,
+            name: art.name.clone(),
+            strategy: strategy_value,
+            due: self.finished && selected && strategy.is_ok(),
+            target,
+            kind,
+            archive_none: art.archive_none(),
+            file_seen: self.file_seen.contains(&(id, art.name.as_str())),
+            connection,
+            customer_key,
+            decision,
+        }
+    }
+
+    /// A due artifact: deleted where its location resolves to a key below the bucket root that
+    /// the namespace may reach with an identity it may use.
+    fn location_decision(
+        &self,
+        art: &Artifact,
+        resolved: Result<Resolved, ResolveError>,
+        field: &str,
+    ) -> (Decision, Option<S3Connection>, bool) {
+        let (target, location) = match resolved {
+            Err(e) => return (Decision::Error(e), None, false),
+            Ok(Resolved::Unsupported(d)) => return (Decision::Unsupported(d), None, false),
+            Ok(Resolved::S3 { target, location }) => (target, location),
+        };
+        if target.is_bucket_root() {
+            return (Decision::Keep(KeepReason::BucketRoot), None, false);
+        }
+        let namespace = self.wf.namespace();
+        let auth = location::Authority {
+            state: self.state,
+            namespace,
+            service_account: art
+                .artifact_gc
+                .as_ref()
+                .and_then(|g| g.service_account_name.as_deref())
+                .filter(|s| !s.is_empty())
+                .or_else(|| self.wf.gc_service_account()),
+            configured: self
+                .configured
+                .get_or_init(|| self.state.configured_endpoints(namespace)),
+        };
+        let authorized = location::authorize(&auth, &target, &location, field).and_then(|c| {
+            let sse = location::customer_key_encrypted(&auth, &location, field)?;
+            Ok((c, sse))
+        });
+        match authorized {
+            Ok((c, sse)) => (Decision::Delete, Some(c), sse),
+            Err(e) => (Decision::Error(e), None, false),
+        }
+    }
+
+    /// Records a use by this (live) workflow, when its key is literal and its location resolves.
+    fn live_use(
+        &self,
+        art: &Artifact,
+        lookup: TemplateLookup<'_>,
+        field: &str,
+        label: String,
+        reads: bool,
+        uses: &mut Vec<KeyUse>,
+    ) {
+        let literal = art
+            .location
+            .s3
+            .as_ref()
+            .and_then(|s| s.key.as_deref())
+            .is_some_and(|k| !k.contains("{{"));
+        if !literal {
+            return;
+        }
+        let namespace = self.wf.namespace();
+        let resolved = location::resolve(art, lookup, field, &self.vars, || self.repository());
+        if let Ok(mut resolved) = resolved {
+            location::canonicalize_store(&mut resolved, self.state, namespace);
+            let Resolved::S3 { target, .. } = resolved else {
+                return;
+            };
+            uses.push(KeyUse {
                 target,
-                kind,
-                archive_none: art.archive_none(),
-                file_seen: file_seen.contains(&(id.as_str(), art.name.as_str())),
-                connection,
-                customer_key,
-                decision,
+                owner: None,
+                label,
+                reader: reads.then(|| namespace.to_string()),
             });
         }
     }
-    if !finished {
-        // A running workflow will read and write what its templates name.
-        for t in wf.all_templates() {
+
+    /// A running workflow will read and write what its templates and arguments name.
+    fn running_uses(&self, uses: &mut Vec<KeyUse>) {
+        let (ns, name) = (self.wf.namespace(), self.wf.name());
+        for t in self.wf.all_templates() {
             let tname = t.name.as_deref().unwrap_or("(inline)");
             let inputs = t.inputs.iter().flat_map(|i| &i.artifacts);
             let outputs = t.outputs.iter().flat_map(|o| &o.artifacts);
             let all = inputs.map(|a| (a, true)).chain(outputs.map(|a| (a, false)));
             for (art, reads) in all {
                 let field = format!("template {tname} artifact {}", art.name);
-                let l = format!(
-                    "{}/{} template {tname} artifact {}",
-                    wp.namespace, wp.name, art.name
-                );
-                live_use(
-                    state,
-                    wf.namespace(),
-                    &vars,
-                    art,
-                    TemplateLookup::Found(t),
-                    &field,
-                    &repository,
-                    (l, reads),
-                    uses,
-                );
+                let label = format!("{ns}/{name} template {tname} artifact {}", art.name);
+                self.live_use(art, TemplateLookup::Found(t), &field, label, reads, uses);
             }
         }
-        let args = wf.spec.arguments.iter().flat_map(|a| &a.artifacts);
-        for art in args {
-            let lookup = TemplateLookup::Unknown {
-                any_archive_location: false,
-            };
-            let l = format!("{}/{} argument {}", wp.namespace, wp.name, art.name);
-            live_use(
-                state,
-                wf.namespace(),
-                &vars,
-                art,
-                lookup,
-                "spec.arguments",
-                &repository,
-                (l, true),
-                uses,
-            );
+        let unknown = TemplateLookup::Unknown {
+            any_archive_location: false,
+        };
+        for art in self.wf.spec.arguments.iter().flat_map(|a| &a.artifacts) {
+            let label = format!("{ns}/{name} argument {}", art.name);
+            self.live_use(art, unknown, "spec.arguments", label, true, uses);
         }
     }
-    wp
 }
 
 fn parse_time(t: Option<&str>) -> Option<jiff::Timestamp> {
     t?.parse().ok()
-}
-
-/// Records a use by a live workflow, when its key is literal and its location resolves.
-#[allow(clippy::too_many_arguments)]
-fn live_use(
-    state: &ClusterState,
-    namespace: &str,
-    vars: &location::Variables,
-    art: &Artifact,
-    lookup: TemplateLookup<'_>,
-    field: &str,
-    repository: &dyn Fn() -> Result<crate::model::ArtifactLocation, ResolveError>,
-    (label, reads): (String, bool),
-    uses: &mut Vec<KeyUse>,
-) {
-    let literal = art
-        .location
-        .s3
-        .as_ref()
-        .and_then(|s| s.key.as_deref())
-        .is_some_and(|k| !k.contains("{{"));
-    if !literal {
-        return;
-    }
-    if let Ok(mut resolved) = location::resolve(art, lookup, field, vars, repository) {
-        location::canonicalize_store(&mut resolved, state, namespace);
-        let Resolved::S3 { target, .. } = resolved else {
-            return;
-        };
-        uses.push(KeyUse {
-            target,
-            owner: None,
-            label,
-            reader: reads.then(|| namespace.to_string()),
-        });
-    }
 }
 
 /// Which index a key base is in: this plan's uses, or the index of workflows outside it.
@@ -618,7 +713,7 @@ fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse], external: Option<&KeyInd
         planned: &planned,
     };
     let mut seen: HashSet<(String, String, BaseNode)> = HashSet::new();
-    let mut kept: Vec<((usize, usize), KeepReason)> = Vec::new();
+    let mut kept: Vec<(ArtifactRef, KeepReason)> = Vec::new();
     for (i, u) in uses.iter().enumerate() {
         let Some(owner) = u.owner else { continue };
         if !graph.deleting(owner) {
@@ -635,8 +730,8 @@ fn keep_shared_keys(plan: &mut GcPlan, uses: &[KeyUse], external: Option<&KeyInd
         }
         kept.extend(graph.kept_in(&uses[i].target, &component));
     }
-    for ((w, a), reason) in kept {
-        let art = &mut plan.workflows[w].artifacts[a];
+    for (r, reason) in kept {
+        let art = plan.artifact_mut(r);
         art.decision = Decision::Keep(reason);
         art.connection = None;
     }
@@ -693,8 +788,8 @@ impl Liveness {
 }
 
 impl OverlapGraph<'_> {
-    fn deleting(&self, (w, a): (usize, usize)) -> bool {
-        self.plan.workflows[w].artifacts[a].decision == Decision::Delete
+    fn deleting(&self, r: ArtifactRef) -> bool {
+        self.plan.artifact(r).decision == Decision::Delete
     }
 
     /// A local use is live unless its artifact is being deleted in this plan.
@@ -795,7 +890,7 @@ impl OverlapGraph<'_> {
 
     /// The artifacts of a component that a live use reaches, each with the use it names: the
     /// live use of its own base, else the base through which liveness reached it.
-    fn kept_in(&self, probe: &S3Target, c: &Component) -> Vec<((usize, usize), KeepReason)> {
+    fn kept_in(&self, probe: &S3Target, c: &Component) -> Vec<(ArtifactRef, KeepReason)> {
         if c.live.is_empty() {
             return Vec::new();
         }
@@ -844,7 +939,7 @@ impl OverlapGraph<'_> {
                     }
                     (None, None) => continue,
                 };
-                let namespace = &self.plan.workflows[owner.0].namespace;
+                let namespace = &self.plan.workflows[owner.workflow].namespace;
                 out.push((owner, c.liveness.keep(namespace, label)));
             }
         }
@@ -867,7 +962,7 @@ pub fn plan_alone(wf: &Workflow, state: &ClusterState) -> (WorkflowPlan, Vec<Wor
         .map(|u| WorkflowKeyUse {
             // Due by its strategy, whatever its credentials say: the controller indexes
             // without reading Secrets.
-            due: u.owner.is_some_and(|(_, a)| wp.artifacts[a].due),
+            due: u.owner.is_some_and(|r| wp.artifacts[r.artifact].due),
             target: u.target,
             label: u.label,
             reads: u.reader.is_some(),

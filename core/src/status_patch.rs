@@ -14,9 +14,10 @@ use crate::nodes::{compress, decompress};
 use crate::outcome::{
     CONDITION_GC_ERROR, ConditionChange, DeletedArtifact, FinalizerChange, StatusUpdate,
 };
+use crate::plan::Strategy;
 
 /// The merge patch that applies `update` to the object `raw`, or `None` when it would change
-/// nothing.
+/// nothing. Each field is its own rule below; the patch carries only what changes.
 pub fn merge_patch(
     raw: &Value,
     update: &StatusUpdate,
@@ -25,124 +26,21 @@ pub fn merge_patch(
     let mut status = Map::new();
     let mut metadata = Map::new();
     let raw_status = &raw["status"];
-
-    if !update.deleted.is_empty() {
-        // By node, once: a workflow may have tens of thousands of both.
-        let mut by_node: HashMap<&str, Vec<&DeletedArtifact>> = HashMap::new();
-        for d in &update.deleted {
-            by_node.entry(d.node.as_str()).or_default().push(d);
-        }
-        let plain = raw_status["nodes"].as_object().filter(|n| !n.is_empty());
-        if let Some(nodes) = plain {
-            let mut patch_nodes = Map::new();
-            for (id, deleted) in &by_node {
-                let Some(node) = nodes.get(*id) else { continue };
-                let mut arts = node["outputs"]["artifacts"].clone();
-                if mark_deleted(&mut arts, deleted) {
-                    patch_nodes.insert(id.to_string(), json!({"outputs": {"artifacts": arts}}));
-                }
-            }
-            if !patch_nodes.is_empty() {
-                status.insert("nodes".into(), Value::Object(patch_nodes));
-            }
-        } else if let Some(packed) = raw_status["compressedNodes"].as_str() {
-            let (bytes, encoding) =
-                decompress(packed).map_err(|e| format!("status.compressedNodes: {e}"))?;
-            let mut nodes: Map<String, Value> = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("status.compressedNodes: {e}"))?;
-            let mut changed = false;
-            for (id, deleted) in &by_node {
-                if let Some(arts) = nodes
-                    .get_mut(*id)
-                    .and_then(|n| n.get_mut("outputs"))
-                    .and_then(|o| o.get_mut("artifacts"))
-                {
-                    changed |= mark_deleted(arts, deleted);
-                }
-            }
-            if changed {
-                let json = serde_json::to_vec(&nodes).map_err(|e| e.to_string())?;
-                let packed = compress(&json, encoding)
-                    .map_err(|e| format!("re-encoding status.compressedNodes: {e}"))?;
-                status.insert("compressedNodes".into(), Value::String(packed));
-            }
-        }
+    if let Some((field, value)) = deleted_marks(raw_status, &update.deleted)? {
+        status.insert(field.into(), value);
     }
-
-    let processed = &raw_status["artifactGCStatus"]["strategiesProcessed"];
-    let mut newly = Map::new();
-    for s in &update.processed {
-        if processed[s.as_str()] != Value::Bool(true) {
-            newly.insert(s.as_str().into(), Value::Bool(true));
-        }
+    if let Some(value) = strategies_processed(raw_status, &update.processed) {
+        status.insert("artifactGCStatus".into(), value);
     }
-    if !newly.is_empty() {
-        status.insert(
-            "artifactGCStatus".into(),
-            json!({"strategiesProcessed": newly}),
-        );
-    }
-
-    let conditions: Vec<Value> = raw_status["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let is_ours = |c: &Value| c["type"] == CONDITION_GC_ERROR;
-    let new_conditions = match &update.condition {
-        ConditionChange::Keep => None,
-        ConditionChange::Clear => conditions
-            .iter()
-            .any(is_ours)
-            .then(|| conditions.iter().filter(|c| !is_ours(c)).cloned().collect()),
-        ConditionChange::Set(message) => {
-            let ours = json!({"type": CONDITION_GC_ERROR, "status": "True", "message": message});
-            let current = conditions.iter().find(|c| is_ours(c));
-            if current == Some(&ours) {
-                None
-            } else {
-                let mut list: Vec<Value> =
-                    conditions.iter().filter(|c| !is_ours(c)).cloned().collect();
-                list.push(ours);
-                Some(list)
-            }
-        }
-    };
-    if let Some(list) = new_conditions {
+    if let Some(list) = conditions(raw_status, &update.condition) {
         status.insert("conditions".into(), Value::Array(list));
     }
-
-    let finalizers: Vec<String> = raw["metadata"]["finalizers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let present = finalizers.iter().any(|f| f == finalizer);
-    match update.finalizer {
-        FinalizerChange::Add if !present => {
-            let mut list = finalizers.clone();
-            list.push(finalizer.to_string());
-            metadata.insert("finalizers".into(), json!(list));
-        }
-        FinalizerChange::Remove { .. } if present => {
-            let list: Vec<&String> = finalizers.iter().filter(|f| *f != finalizer).collect();
-            metadata.insert("finalizers".into(), json!(list));
-        }
-        _ => {}
+    if let Some(list) = finalizers(raw, update.finalizer, finalizer) {
+        metadata.insert("finalizers".into(), list);
     }
-
-    if let Some(n) = update.deletion_attempts {
-        let current = raw["metadata"]["annotations"][ANNOTATION_DELETION_ATTEMPTS].as_str();
-        if current != Some(n.to_string().as_str()) {
-            metadata.insert(
-                "annotations".into(),
-                json!({ ANNOTATION_DELETION_ATTEMPTS: n.to_string() }),
-            );
-        }
+    if let Some(value) = deletion_attempts(raw, update.deletion_attempts) {
+        metadata.insert("annotations".into(), value);
     }
-
     if status.is_empty() && metadata.is_empty() {
         return Ok(None);
     }
@@ -153,6 +51,121 @@ pub fn merge_patch(
         patch.insert("status".into(), Value::Object(status));
     }
     Ok(Some(Value::Object(patch)))
+}
+
+/// `deleted: true` on the artifacts deleted, where the nodes are: `status.nodes` (only the
+/// changed nodes' artifact lists), or `status.compressedNodes` re-encoded as it came.
+fn deleted_marks(
+    raw_status: &Value,
+    deleted: &[DeletedArtifact],
+) -> Result<Option<(&'static str, Value)>, String> {
+    if deleted.is_empty() {
+        return Ok(None);
+    }
+    // By node, once: a workflow may have tens of thousands of both.
+    let mut by_node: HashMap<&str, Vec<&DeletedArtifact>> = HashMap::new();
+    for d in deleted {
+        by_node.entry(d.node.as_str()).or_default().push(d);
+    }
+    if let Some(nodes) = raw_status["nodes"].as_object().filter(|n| !n.is_empty()) {
+        let mut patch_nodes = Map::new();
+        for (id, deleted) in &by_node {
+            let Some(node) = nodes.get(*id) else { continue };
+            let mut arts = node["outputs"]["artifacts"].clone();
+            if mark_deleted(&mut arts, deleted) {
+                patch_nodes.insert(id.to_string(), json!({"outputs": {"artifacts": arts}}));
+            }
+        }
+        return Ok((!patch_nodes.is_empty()).then_some(("nodes", Value::Object(patch_nodes))));
+    }
+    let Some(packed) = raw_status["compressedNodes"].as_str() else {
+        return Ok(None);
+    };
+    let (bytes, encoding) =
+        decompress(packed).map_err(|e| format!("status.compressedNodes: {e}"))?;
+    let mut nodes: Map<String, Value> =
+        serde_json::from_slice(&bytes).map_err(|e| format!("status.compressedNodes: {e}"))?;
+    let mut changed = false;
+    for (id, deleted) in &by_node {
+        if let Some(arts) = nodes
+            .get_mut(*id)
+            .and_then(|n| n.get_mut("outputs"))
+            .and_then(|o| o.get_mut("artifacts"))
+        {
+            changed |= mark_deleted(arts, deleted);
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    let json = serde_json::to_vec(&nodes).map_err(|e| e.to_string())?;
+    let packed = compress(&json, encoding)
+        .map_err(|e| format!("re-encoding status.compressedNodes: {e}"))?;
+    Ok(Some(("compressedNodes", Value::String(packed))))
+}
+
+/// `status.artifactGCStatus` with the strategies newly processed (merged into Argo's map).
+fn strategies_processed(raw_status: &Value, processed: &[Strategy]) -> Option<Value> {
+    let current = &raw_status["artifactGCStatus"]["strategiesProcessed"];
+    let newly: Map<String, Value> = processed
+        .iter()
+        .filter(|s| current[s.as_str()] != Value::Bool(true))
+        .map(|s| (s.as_str().to_string(), Value::Bool(true)))
+        .collect();
+    (!newly.is_empty()).then(|| json!({ "strategiesProcessed": newly }))
+}
+
+/// The whole new `status.conditions` list (a merge patch replaces lists) when ours changes:
+/// set replaces our condition and keeps everyone else's; clear drops only ours.
+fn conditions(raw_status: &Value, change: &ConditionChange) -> Option<Vec<Value>> {
+    let current: &[Value] = raw_status["conditions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let is_ours = |c: &&Value| c["type"] == CONDITION_GC_ERROR;
+    let others = || current.iter().filter(|c| !is_ours(c)).cloned();
+    match change {
+        ConditionChange::Keep => None,
+        ConditionChange::Clear => current
+            .iter()
+            .any(|c| is_ours(&c))
+            .then(|| others().collect()),
+        ConditionChange::Set(message) => {
+            let ours = json!({"type": CONDITION_GC_ERROR, "status": "True", "message": message});
+            if current.iter().find(is_ours) == Some(&ours) {
+                return None;
+            }
+            Some(others().chain([ours]).collect())
+        }
+    }
+}
+
+/// The whole new `metadata.finalizers` list when ours is added or removed; others untouched.
+fn finalizers(raw: &Value, change: FinalizerChange, finalizer: &str) -> Option<Value> {
+    let current: Vec<&str> = raw["metadata"]["finalizers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let present = current.contains(&finalizer);
+    match change {
+        FinalizerChange::Add if !present => Some(json!(
+            current.into_iter().chain([finalizer]).collect::<Vec<_>>()
+        )),
+        FinalizerChange::Remove { .. } if present => Some(json!(
+            current
+                .into_iter()
+                .filter(|f| *f != finalizer)
+                .collect::<Vec<_>>()
+        )),
+        _ => None,
+    }
+}
+
+/// The failed-deletion-passes annotation, when it changes.
+fn deletion_attempts(raw: &Value, attempts: Option<u32>) -> Option<Value> {
+    let n = attempts?.to_string();
+    let current = raw["metadata"]["annotations"][ANNOTATION_DELETION_ATTEMPTS].as_str();
+    (current != Some(n.as_str())).then(|| json!({ ANNOTATION_DELETION_ATTEMPTS: n }))
 }
 
 /// Sets `deleted: true` on one node's artifacts named in `deleted`; true if any changed.

@@ -5,8 +5,8 @@ mod support;
 
 use artgc_core::error::{StoreError, StoreErrorKind};
 use artgc_core::execution::{ArtifactOutcome, Execution};
-use artgc_core::outcome::{ConditionChange, FinalizerChange, PassContext, assess};
-use artgc_core::plan::{GcPlan, Strategy};
+use artgc_core::outcome::{ConditionChange, FinalizerChange, KeptReason, PassContext, assess};
+use artgc_core::plan::{ArtifactRef, GcPlan, Strategy};
 use support::*;
 
 fn creds() -> Vec<serde_json::Value> {
@@ -26,19 +26,56 @@ fn wf(name: &str) -> Wf {
         )
 }
 
-fn ctx(plan_deleting: bool, has_finalizer: bool, force: bool, attempt: u32) -> PassContext {
+/// The context of a pass over a finished workflow Argo started: first attempt, budget 3.
+fn completed() -> PassContext {
     PassContext {
         finished: true,
         started: true,
-        deleting: plan_deleting,
-        has_finalizer,
-        force_finalizer_removal: force,
-        attempt,
+        deleting: false,
+        has_finalizer: false,
+        force_finalizer_removal: false,
+        attempt: 1,
         budget: 3,
         may_need_gc: true,
         may_add_finalizer: true,
         processed: Default::default(),
         has_condition: false,
+    }
+}
+
+/// What differs from [`completed`], by name.
+trait Situation {
+    /// Being deleted.
+    fn deleted(self) -> Self;
+    /// artgc's finalizer is on it.
+    fn holding(self) -> Self;
+    /// `forceFinalizerRemoval: true`.
+    fn forcing(self) -> Self;
+    /// This is deletion pass `n`.
+    fn attempt(self, n: u32) -> Self;
+}
+
+impl Situation for PassContext {
+    fn deleted(self) -> Self {
+        Self {
+            deleting: true,
+            ..self
+        }
+    }
+    fn holding(self) -> Self {
+        Self {
+            has_finalizer: true,
+            ..self
+        }
+    }
+    fn forcing(self) -> Self {
+        Self {
+            force_finalizer_removal: true,
+            ..self
+        }
+    }
+    fn attempt(self, n: u32) -> Self {
+        Self { attempt: n, ..self }
     }
 }
 
@@ -54,7 +91,7 @@ fn run(plan: &GcPlan, fail: Option<&str>) -> Execution {
             message: "AccessDenied".into(),
         });
         exec.outcomes.insert(
-            (0, a),
+            ArtifactRef::new(0, a),
             ArtifactOutcome {
                 objects: 1,
                 bytes: 10,
@@ -71,12 +108,7 @@ fn run(plan: &GcPlan, fail: Option<&str>) -> Execution {
 #[test]
 fn the_completion_pass_marks_completion_only_and_adds_no_finalizer() {
     let plan = plan_due(vec![wf("w")], creds());
-    let out = assess(
-        &plan.workflows[0],
-        0,
-        Some(&run(&plan, None)),
-        &ctx(false, false, false, 1),
-    );
+    let out = assess(&plan.workflows[0], 0, Some(&run(&plan, None)), &completed());
     assert_eq!(out.update.processed, [Strategy::OnWorkflowCompletion]);
     assert_eq!(out.update.deleted.len(), 1);
     assert_eq!(out.update.finalizer, FinalizerChange::Keep);
@@ -91,7 +123,7 @@ fn the_deletion_pass_releases_when_everything_is_settled() {
         &plan.workflows[0],
         0,
         Some(&run(&plan, None)),
-        &ctx(true, true, false, 1),
+        &completed().deleted().holding(),
     );
     assert_eq!(
         out.update.finalizer,
@@ -112,7 +144,7 @@ fn force_releases_only_once_the_budget_is_spent_and_never_marks_failed_work_proc
             &plan.workflows[0],
             0,
             Some(&exec),
-            &ctx(true, true, true, attempt),
+            &completed().deleted().holding().forcing().attempt(attempt),
         );
         assert_eq!(
             out.update.finalizer,
@@ -125,7 +157,7 @@ fn force_releases_only_once_the_budget_is_spent_and_never_marks_failed_work_proc
         &plan.workflows[0],
         0,
         Some(&exec),
-        &ctx(true, true, true, 3),
+        &completed().deleted().holding().forcing().attempt(3),
     );
     assert_eq!(
         out.update.finalizer,
@@ -137,7 +169,7 @@ fn force_releases_only_once_the_budget_is_spent_and_never_marks_failed_work_proc
         &plan.workflows[0],
         0,
         Some(&exec),
-        &ctx(true, true, false, 99),
+        &completed().deleted().holding().attempt(99),
     );
     assert_eq!(out.update.finalizer, FinalizerChange::Keep);
 }
@@ -145,7 +177,7 @@ fn force_releases_only_once_the_budget_is_spent_and_never_marks_failed_work_proc
 #[test]
 fn a_running_workflow_being_deleted_is_held_until_it_finishes() {
     let plan = plan_due(vec![wf("w").running().deleting()], creds());
-    let mut c = ctx(true, true, true, 99);
+    let mut c = completed().deleted().holding().forcing().attempt(99);
     c.finished = false;
     let out = assess(&plan.workflows[0], 0, None, &c);
     assert_eq!(out.update.finalizer, FinalizerChange::Keep);
@@ -156,7 +188,12 @@ fn a_running_workflow_being_deleted_is_held_until_it_finishes() {
 fn nothing_carried_out_is_never_recorded_as_done() {
     // A dry run: planned deletions without outcomes stay pending.
     let plan = plan_due(vec![wf("w").deleting()], creds());
-    let out = assess(&plan.workflows[0], 0, None, &ctx(true, true, true, 99));
+    let out = assess(
+        &plan.workflows[0],
+        0,
+        None,
+        &completed().deleted().holding().forcing().attempt(99),
+    );
     assert!(out.update.deleted.is_empty());
     assert!(out.update.processed.is_empty());
     assert_eq!(out.update.finalizer, FinalizerChange::Keep);
@@ -242,7 +279,7 @@ fn what_artgc_cannot_collect_is_reported_and_settled() {
         &plan.workflows[0],
         0,
         Some(&run(&plan, None)),
-        &ctx(true, true, false, 1),
+        &completed().deleted().holding(),
     );
     assert!(out.failures.is_empty());
     assert_eq!(out.notes.len(), 1);
@@ -251,7 +288,7 @@ fn what_artgc_cannot_collect_is_reported_and_settled() {
         out.update.finalizer,
         FinalizerChange::Remove { forced: false }
     );
-    assert!(out.kept.contains(&"unsupported"));
+    assert!(out.kept.contains(&KeptReason::Unsupported));
 
     let broken = artgc_core::plan::WorkflowPlan::unplannable(
         "ns",
@@ -261,7 +298,7 @@ fn what_artgc_cannot_collect_is_reported_and_settled() {
             reason: "not a map".into(),
         },
     );
-    let out = assess(&broken, 0, None, &ctx(true, true, false, 1));
+    let out = assess(&broken, 0, None, &completed().deleted().holding());
     assert!(out.failures.is_empty() && out.notes.len() == 1);
     assert_eq!(
         out.update.finalizer,
@@ -278,7 +315,7 @@ fn failed_deletion_passes_are_counted_on_the_workflow() {
         &plan.workflows[0],
         0,
         Some(&exec),
-        &ctx(true, true, true, 2),
+        &completed().deleted().holding().forcing().attempt(2),
     );
     assert_eq!(out.update.deletion_attempts, Some(2));
     let plan = plan_due(vec![wf("w")], creds());
@@ -287,7 +324,7 @@ fn failed_deletion_passes_are_counted_on_the_workflow() {
         &plan.workflows[0],
         0,
         Some(&exec),
-        &ctx(false, true, true, 1),
+        &completed().holding().forcing(),
     );
     assert_eq!(out.update.deletion_attempts, None);
 }
@@ -301,7 +338,7 @@ fn a_cancelled_pass_keeps_the_condition() {
     for o in exec.outcomes.values_mut() {
         o.error = Some(StoreError::cancelled());
     }
-    let mut c = ctx(false, false, false, 1);
+    let mut c = completed();
     c.has_condition = true;
     let out = assess(&plan.workflows[0], 0, Some(&exec), &c);
     assert_eq!(out.update.condition, ConditionChange::Keep);
@@ -342,7 +379,12 @@ fn a_key_read_by_a_running_workflow_is_pending_not_settled() {
         "{:?}",
         art.decision
     );
-    let out = assess(&plan.workflows[0], 0, None, &ctx(true, true, false, 1));
+    let out = assess(
+        &plan.workflows[0],
+        0,
+        None,
+        &completed().deleted().holding(),
+    );
     assert!(out.pending && out.waiting_on_readers);
     assert_eq!(out.update.finalizer, FinalizerChange::Keep);
     assert!(!out.update.processed.contains(&Strategy::OnWorkflowDeletion));
@@ -360,7 +402,12 @@ fn a_key_read_by_a_running_workflow_is_pending_not_settled() {
         "{:?}",
         art.decision
     );
-    let out = assess(&plan.workflows[0], 0, None, &ctx(true, true, false, 1));
+    let out = assess(
+        &plan.workflows[0],
+        0,
+        None,
+        &completed().deleted().holding(),
+    );
     assert!(!out.waiting_on_readers);
     assert_eq!(
         out.update.finalizer,

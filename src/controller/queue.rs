@@ -2,10 +2,13 @@
 //! while in flight runs again after it; delayed entries (backoff) run when due. Keys fall into
 //! groups (namespaces) of which at most `per_group` run at once, so one tenant's slow passes
 //! never hold every worker: a due key of a full group is parked until one of its group is done.
+//! The queue also owns each key's count of failed passes in a row, which sets its backoff and
+//! the retry budget.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -23,6 +26,8 @@ struct Inner<K> {
     busy: HashMap<String, usize>,
     /// Due keys of full groups, in due order.
     parked: HashMap<String, BTreeSet<Slot<K>>>,
+    /// Failed passes in a row, per key; gone on success or when the key is forgotten.
+    failures: HashMap<K, u32>,
 }
 
 pub struct WorkQueue<K> {
@@ -50,6 +55,7 @@ impl<K: Clone + Eq + Hash + Ord> WorkQueue<K> {
                 seq: 0,
                 busy: HashMap::new(),
                 parked: HashMap::new(),
+                failures: HashMap::new(),
             }),
             notify: Notify::new(),
             group,
@@ -162,9 +168,27 @@ impl<K: Clone + Eq + Hash + Ord> WorkQueue<K> {
         }
     }
 
-    /// Marks `key` done; requeues it at `retry` (backoff) or when it was added meanwhile.
-    pub fn done(&self, key: &K, retry: Option<Instant>) {
+    /// Marks `key`'s pass done and succeeded (its failure count starts again); requeues it at
+    /// `recheck`, or when it was added meanwhile.
+    pub fn done(&self, key: &K, recheck: Option<Instant>) {
         let mut q = self.inner.lock().expect("lock");
+        q.failures.remove(key);
+        self.finish(q, key, recheck);
+    }
+
+    /// Marks `key`'s pass done and failed: counts the failure and requeues it after
+    /// `backoff(failures in a row)`. Returns that count and delay.
+    pub fn failed(&self, key: &K, backoff: impl FnOnce(u32) -> Duration) -> (u32, Duration) {
+        let mut q = self.inner.lock().expect("lock");
+        let n = q.failures.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        let n = *n;
+        let delay = backoff(n);
+        self.finish(q, key, Some(Instant::now() + delay));
+        (n, delay)
+    }
+
+    fn finish(&self, mut q: std::sync::MutexGuard<'_, Inner<K>>, key: &K, retry: Option<Instant>) {
         if q.running.remove(key) {
             let g = (self.group)(key);
             if let Some(b) = q.busy.get_mut(g) {
@@ -196,6 +220,7 @@ impl<K: Clone + Eq + Hash + Ord> WorkQueue<K> {
             self.refill(&mut q, (self.group)(key));
         }
         q.again.remove(key);
+        q.failures.remove(key);
     }
 
     /// Queued plus in flight.

@@ -1,0 +1,657 @@
+//! The judge's rules as tables: each row is one situation and what the rule answers. The
+//! situations are built from one baseline (a finished, undeleted workflow that Argo started,
+//! without the finalizer) so each row names only what differs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use artgc_core::error::{StoreError, StoreErrorKind};
+use artgc_core::execution::ArtifactOutcome;
+use artgc_core::outcome::{
+    ArtifactVerdict, ConditionChange, Failure, FinalizerChange, KeptReason, PassContext,
+    condition_change, decide_artifact, finalizer_change, processed_strategies,
+};
+use artgc_core::plan::{
+    ArtifactPlan, Decision, KeepReason, OutputFacts, SkipReason, Strategy, StrategyFilter,
+    output_decision, selected_by_filter,
+};
+
+fn finished() -> PassContext {
+    PassContext {
+        finished: true,
+        started: true,
+        deleting: false,
+        has_finalizer: false,
+        force_finalizer_removal: false,
+        attempt: 1,
+        budget: 3,
+        may_need_gc: true,
+        may_add_finalizer: true,
+        processed: BTreeMap::new(),
+        has_condition: false,
+    }
+}
+
+fn running() -> PassContext {
+    PassContext {
+        finished: false,
+        ..finished()
+    }
+}
+
+const KEEP: FinalizerChange = FinalizerChange::Keep;
+const ADD: FinalizerChange = FinalizerChange::Add;
+const REMOVE: FinalizerChange = FinalizerChange::Remove { forced: false };
+const FORCE: FinalizerChange = FinalizerChange::Remove { forced: true };
+
+/// Every branch of the finalizer rule, and the near misses that must not take it.
+#[test]
+fn finalizer_rule() {
+    let holding = |c: PassContext| PassContext {
+        has_finalizer: true,
+        ..c
+    };
+    let deleted = |c: PassContext| PassContext {
+        deleting: true,
+        ..holding(c)
+    };
+    let spent = |c: PassContext| PassContext {
+        force_finalizer_removal: true,
+        attempt: 3,
+        ..deleted(c)
+    };
+    // (situation, pending, failed, expected)
+    let rows: Vec<(&str, PassContext, bool, bool, FinalizerChange)> = vec![
+        // Adding: only while Argo runs a workflow that declares GC, and only where allowed.
+        ("running, declares GC", running(), true, false, ADD),
+        (
+            "running, declares no GC",
+            PassContext {
+                may_need_gc: false,
+                ..running()
+            },
+            false,
+            false,
+            KEEP,
+        ),
+        (
+            "running, adding not allowed (purge)",
+            PassContext {
+                may_add_finalizer: false,
+                ..running()
+            },
+            true,
+            false,
+            KEEP,
+        ),
+        (
+            "never started",
+            PassContext {
+                started: false,
+                ..running()
+            },
+            true,
+            false,
+            KEEP,
+        ),
+        (
+            "running, holds it already",
+            holding(running()),
+            true,
+            false,
+            KEEP,
+        ),
+        (
+            "finished, not held: never added",
+            finished(),
+            true,
+            false,
+            KEEP,
+        ),
+        // Releasing a completed, undeleted workflow once nothing is pending.
+        (
+            "finished, nothing pending",
+            holding(finished()),
+            false,
+            false,
+            REMOVE,
+        ),
+        (
+            "finished, work pending",
+            holding(finished()),
+            true,
+            false,
+            KEEP,
+        ),
+        // Deleted workflows.
+        (
+            "deleted, nothing pending",
+            deleted(finished()),
+            false,
+            false,
+            REMOVE,
+        ),
+        (
+            "deleted, still pending",
+            deleted(finished()),
+            true,
+            false,
+            KEEP,
+        ),
+        (
+            "deleted, failing, no force",
+            deleted(finished()),
+            true,
+            true,
+            KEEP,
+        ),
+        (
+            "deleted, failing, force, budget spent",
+            spent(finished()),
+            true,
+            true,
+            FORCE,
+        ),
+        (
+            "deleted, failing, force, budget left",
+            PassContext {
+                attempt: 2,
+                ..spent(finished())
+            },
+            true,
+            true,
+            KEEP,
+        ),
+        (
+            "deleted, force, pending but not failing",
+            spent(finished()),
+            true,
+            false,
+            KEEP,
+        ),
+        (
+            "deleted while running: let it finish",
+            deleted(running()),
+            true,
+            false,
+            KEEP,
+        ),
+        (
+            "deleted, never started: released at once",
+            PassContext {
+                started: false,
+                ..deleted(running())
+            },
+            true,
+            false,
+            REMOVE,
+        ),
+        (
+            "deleted, not ours",
+            PassContext {
+                has_finalizer: false,
+                ..deleted(finished())
+            },
+            false,
+            false,
+            KEEP,
+        ),
+    ];
+    for (what, ctx, pending, failed, want) in rows {
+        assert_eq!(finalizer_change(&ctx, pending, failed), want, "{what}");
+    }
+}
+
+fn artifact(strategy: Strategy, decision: Decision) -> ArtifactPlan {
+    ArtifactPlan {
+        node: "n1".into(),
+        index: 0,
+        name: "out".into(),
+        strategy,
+        due: true,
+        target: None,
+        kind: None,
+        archive_none: false,
+        file_seen: false,
+        connection: None,
+        customer_key: false,
+        decision,
+    }
+}
+
+fn done(objects: u64, written_after: u64, error: Option<StoreErrorKind>) -> ArtifactOutcome {
+    ArtifactOutcome {
+        objects,
+        bytes: objects * 10,
+        written_after,
+        error: error.map(|k| match k {
+            StoreErrorKind::Cancelled => StoreError::cancelled(),
+            k => StoreError::new(k, "denied"),
+        }),
+        ..Default::default()
+    }
+}
+
+/// What one artifact comes to, for every plan decision and executor result.
+#[test]
+fn artifact_rule() {
+    use ArtifactVerdict::*;
+    let c = Strategy::OnWorkflowCompletion;
+    let failed = |category: &'static str, reason: &str| {
+        Failed(Failure {
+            what: "n1/out".into(),
+            category,
+            reason: reason.into(),
+        })
+    };
+    let unsupported = Decision::Unsupported("hdfs");
+    let resolve = Decision::Error(artgc_core::error::ResolveError::Secret("no secret".into()));
+    let ok = done(2, 0, None);
+    let late = done(2, 1, None);
+    let denied = done(0, 0, Some(StoreErrorKind::AccessDenied));
+    let stopped = done(0, 0, Some(StoreErrorKind::Cancelled));
+    let rows: Vec<(
+        &str,
+        ArtifactPlan,
+        Option<&ArtifactOutcome>,
+        bool,
+        ArtifactVerdict,
+    )> = vec![
+        (
+            "deleted",
+            artifact(c, Decision::Delete),
+            Some(&ok),
+            true,
+            Deleted {
+                objects: 2,
+                bytes: 20,
+                written_after: false,
+            },
+        ),
+        (
+            "deleted, later objects left",
+            artifact(c, Decision::Delete),
+            Some(&late),
+            true,
+            Deleted {
+                objects: 2,
+                bytes: 20,
+                written_after: true,
+            },
+        ),
+        (
+            "store refused",
+            artifact(c, Decision::Delete),
+            Some(&denied),
+            true,
+            failed("access_denied", "denied"),
+        ),
+        (
+            "stopped between batches",
+            artifact(c, Decision::Delete),
+            Some(&stopped),
+            true,
+            Pending { cancelled: true },
+        ),
+        (
+            "dry run",
+            artifact(c, Decision::Delete),
+            None,
+            true,
+            Pending { cancelled: false },
+        ),
+        (
+            "Never",
+            artifact(Strategy::Never, Decision::Keep(KeepReason::Never)),
+            None,
+            true,
+            Kept {
+                reason: KeptReason::Never,
+                pending: false,
+            },
+        ),
+        (
+            "shared",
+            artifact(c, Decision::Keep(KeepReason::Shared("ns/other".into()))),
+            None,
+            true,
+            Kept {
+                reason: KeptReason::Shared,
+                pending: false,
+            },
+        ),
+        (
+            "read by a running workflow: pending",
+            artifact(c, Decision::Keep(KeepReason::ReadByRunning("ns/r".into()))),
+            None,
+            true,
+            Kept {
+                reason: KeptReason::ReadByRunning,
+                pending: true,
+            },
+        ),
+        (
+            "already deleted",
+            artifact(c, Decision::Skip(SkipReason::AlreadyDeleted)),
+            None,
+            true,
+            Settled,
+        ),
+        (
+            "deletion strategy, not deleted yet",
+            artifact(
+                Strategy::OnWorkflowDeletion,
+                Decision::Skip(SkipReason::NotSelected {
+                    strategy: Strategy::OnWorkflowDeletion,
+                }),
+            ),
+            None,
+            true,
+            Pending { cancelled: false },
+        ),
+        (
+            "Never, not selected",
+            artifact(
+                Strategy::Never,
+                Decision::Skip(SkipReason::NotSelected {
+                    strategy: Strategy::Never,
+                }),
+            ),
+            None,
+            true,
+            Settled,
+        ),
+        (
+            "unsupported driver, finished: noted",
+            artifact(c, unsupported.clone()),
+            None,
+            true,
+            Noted(Failure {
+                what: "n1/out".into(),
+                category: "unsupported_driver",
+                reason: "artgc cannot delete hdfs artifacts".into(),
+            }),
+        ),
+        (
+            "unsupported driver, running",
+            artifact(c, unsupported),
+            None,
+            false,
+            Settled,
+        ),
+        (
+            "resolve error, finished",
+            artifact(c, resolve.clone()),
+            None,
+            true,
+            failed("secret", "no secret"),
+        ),
+        (
+            "resolve error, running: later",
+            artifact(c, resolve),
+            None,
+            false,
+            Pending { cancelled: false },
+        ),
+    ];
+    for (what, art, outcome, is_finished, want) in rows {
+        assert_eq!(decide_artifact(&art, outcome, is_finished), want, "{what}");
+    }
+}
+
+/// Which strategies a pass records as processed.
+#[test]
+fn processed_strategies_rule() {
+    use Strategy::{OnWorkflowCompletion as C, OnWorkflowDeletion as D};
+    let none = BTreeSet::new();
+    let only = |s: Strategy| BTreeSet::from([s]);
+    let deleted = PassContext {
+        deleting: true,
+        ..finished()
+    };
+    let recorded = PassContext {
+        processed: BTreeMap::from([(C.as_str().to_string(), true)]),
+        ..deleted.clone()
+    };
+    // (situation, ctx, whole workflow failed, failed, pending, expected)
+    type Row = (
+        &'static str,
+        PassContext,
+        bool,
+        BTreeSet<Strategy>,
+        BTreeSet<Strategy>,
+        Vec<Strategy>,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "completed",
+            finished(),
+            false,
+            none.clone(),
+            none.clone(),
+            vec![C],
+        ),
+        (
+            "deleted: both due",
+            deleted.clone(),
+            false,
+            none.clone(),
+            none.clone(),
+            vec![C, D],
+        ),
+        (
+            "running: none",
+            running(),
+            false,
+            none.clone(),
+            none.clone(),
+            vec![],
+        ),
+        (
+            "unplannable: none",
+            deleted.clone(),
+            true,
+            none.clone(),
+            none.clone(),
+            vec![],
+        ),
+        (
+            "a completion artifact failed",
+            deleted.clone(),
+            false,
+            only(C),
+            none.clone(),
+            vec![D],
+        ),
+        (
+            "a deletion artifact pending",
+            deleted.clone(),
+            false,
+            none.clone(),
+            only(D),
+            vec![C],
+        ),
+        (
+            "completion recorded already",
+            recorded,
+            false,
+            none.clone(),
+            none.clone(),
+            vec![D],
+        ),
+    ];
+    for (what, ctx, whole_failed, failed, pending, want) in rows {
+        assert_eq!(
+            processed_strategies(&ctx, whole_failed, &failed, &pending),
+            want,
+            "{what}"
+        );
+    }
+}
+
+/// When the `ArtifactGCError` condition is set, cleared or left.
+#[test]
+fn condition_rule() {
+    let failure = Failure {
+        what: "n1/out".into(),
+        category: "access_denied",
+        reason: "denied".into(),
+    };
+    let flagged = |c: PassContext| PassContext {
+        has_condition: true,
+        ..c
+    };
+    let set = |c: &ConditionChange| matches!(c, ConditionChange::Set(m) if m.contains("n1/out: denied (access_denied)"));
+    assert!(
+        set(&condition_change(
+            &finished(),
+            std::slice::from_ref(&failure),
+            false
+        )),
+        "a failure sets it"
+    );
+    assert!(
+        set(&condition_change(&flagged(running()), &[failure], true)),
+        "whatever else holds"
+    );
+    let rows = [
+        (
+            "flagged, clean pass",
+            flagged(finished()),
+            false,
+            ConditionChange::Clear,
+        ),
+        (
+            "flagged, stopped pass proves nothing",
+            flagged(finished()),
+            true,
+            ConditionChange::Keep,
+        ),
+        (
+            "flagged, running",
+            flagged(running()),
+            false,
+            ConditionChange::Keep,
+        ),
+        ("not flagged", finished(), false, ConditionChange::Keep),
+    ];
+    for (what, ctx, cancelled, want) in rows {
+        assert_eq!(condition_change(&ctx, &[], cancelled), want, "{what}");
+    }
+}
+
+/// Which strategies each `--strategy` filter selects.
+#[test]
+fn strategy_filter_rule() {
+    use Strategy::{Never, OnWorkflowCompletion as C, OnWorkflowDeletion as D};
+    use StrategyFilter::{All, Completion, Deletion, Due};
+    // (filter, strategy, being deleted, selected)
+    let rows = [
+        (Due, C, false, true),
+        (Due, D, false, false),
+        (Due, D, true, true),
+        (Completion, C, true, true),
+        (Completion, D, true, false),
+        (Deletion, D, false, true),
+        (Deletion, C, true, false),
+        (All, C, false, true),
+        (All, D, false, true),
+        (All, Never, true, false),
+        (Due, Never, true, false),
+    ];
+    for (filter, strategy, deleting, want) in rows {
+        assert_eq!(
+            selected_by_filter(filter, strategy, deleting),
+            want,
+            "{filter:?} {strategy:?} deleting={deleting}"
+        );
+    }
+}
+
+/// An output artifact's decision before its location, and the order of the checks.
+#[test]
+fn output_rule() {
+    let completion = Ok(Some(Strategy::OnWorkflowCompletion));
+    let never = Ok(Some(Strategy::Never));
+    let unset = Ok(None);
+    let unknown = Err("unknown strategy \"Sometimes\"".to_string());
+    let due = OutputFacts {
+        deleted: false,
+        cache_hit: false,
+        strategy: &completion,
+        finished: true,
+        phase: Some("Succeeded"),
+        selected: true,
+    };
+    let keep = |r: KeepReason| Some(Decision::Keep(r));
+    let rows: Vec<(&str, OutputFacts, Option<Decision>)> = vec![
+        ("due: the location decides", due.clone(), None),
+        (
+            "already deleted, before anything else",
+            OutputFacts {
+                deleted: true,
+                cache_hit: true,
+                strategy: &unknown,
+                ..due.clone()
+            },
+            Some(Decision::Skip(SkipReason::AlreadyDeleted)),
+        ),
+        (
+            "cache hit: the producer's keys, even with a bad strategy",
+            OutputFacts {
+                cache_hit: true,
+                strategy: &unknown,
+                ..due.clone()
+            },
+            keep(KeepReason::Memoized),
+        ),
+        (
+            "unknown strategy",
+            OutputFacts {
+                strategy: &unknown,
+                ..due.clone()
+            },
+            Some(Decision::Error(artgc_core::error::ResolveError::Strategy(
+                "unknown strategy \"Sometimes\"".into(),
+            ))),
+        ),
+        (
+            "Never",
+            OutputFacts {
+                strategy: &never,
+                ..due.clone()
+            },
+            keep(KeepReason::Never),
+        ),
+        (
+            "unset is Never",
+            OutputFacts {
+                strategy: &unset,
+                finished: false,
+                ..due.clone()
+            },
+            keep(KeepReason::Never),
+        ),
+        (
+            "not finished",
+            OutputFacts {
+                finished: false,
+                phase: Some("Running"),
+                ..due.clone()
+            },
+            Some(Decision::Skip(SkipReason::NotFinished("Running".into()))),
+        ),
+        (
+            "not selected",
+            OutputFacts {
+                selected: false,
+                ..due.clone()
+            },
+            Some(Decision::Skip(SkipReason::NotSelected {
+                strategy: Strategy::OnWorkflowCompletion,
+            })),
+        ),
+    ];
+    for (what, facts, want) in rows {
+        assert_eq!(output_decision(&facts), want, "{what}");
+    }
+}

@@ -1,0 +1,204 @@
+//! What a recorded pass tells: metrics, Kubernetes Events on the Workflow (its owner's view),
+//! and logs.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use serde_json::Value;
+use tracing::{error, info, warn};
+
+use crate::api::workflows;
+use crate::metrics;
+use crate::record;
+use artgc_core::outcome::{FinalizerChange, PassOutcome};
+use artgc_core::plan::Strategy;
+
+use super::{ControllerState, split_key};
+
+/// A pass that panicked: the condition and a Warning Event on the workflow, so its owner sees
+/// it, as for any other failure.
+pub(super) async fn publish_internal_error(shared: &ControllerState, key: &str, what: &str) {
+    let (ns, name) = split_key(key);
+    let api = workflows(&shared.client, Some(ns));
+    let Ok(Some(obj)) = api.get_opt(name).await else {
+        return;
+    };
+    let Ok(raw) = serde_json::to_value(&obj) else {
+        return;
+    };
+    let message = artgc_core::outcome::condition_message(&[artgc_core::outcome::Failure {
+        what: "workflow".into(),
+        category: "internal",
+        reason: format!("artgc failed internally ({what}); this is a bug"),
+    }]);
+    let mut update = artgc_core::outcome::StatusUpdate::none();
+    update.condition = artgc_core::outcome::ConditionChange::Set(message.clone());
+    let reference = object_ref(&raw);
+    if let Err(e) = record::apply(&api, raw, &update, &shared.config.finalizer, "artgc", None).await
+    {
+        warn!(workflow = %key, error = %e, "recording an internal error");
+    }
+    let ev = KubeEvent {
+        type_: EventType::Warning,
+        reason: "ArtifactGCFailed".into(),
+        note: Some(message),
+        action: "Collect".into(),
+        secondary: None,
+    };
+    if let Err(e) = shared.recorder.publish(&ev, &reference).await {
+        error!(workflow = %key, error = %e, "publishing an Event");
+    }
+}
+
+pub(super) fn object_ref(raw: &Value) -> ObjectReference {
+    let m = &raw["metadata"];
+    let s = |v: &Value| v.as_str().map(str::to_string);
+    ObjectReference {
+        api_version: Some("argoproj.io/v1alpha1".into()),
+        kind: Some("Workflow".into()),
+        name: s(&m["name"]),
+        namespace: s(&m["namespace"]),
+        uid: s(&m["uid"]),
+        resource_version: s(&m["resourceVersion"]),
+        ..Default::default()
+    }
+}
+
+/// When a recorded pass's workflow finished and was deleted: what its GC latency counts from.
+pub(super) struct Since {
+    pub finished_at: Option<jiff::Timestamp>,
+    pub deleted_at: Option<jiff::Timestamp>,
+}
+
+/// Metrics, Events and logs for one recorded pass.
+pub(super) async fn publish_outcome(
+    shared: &ControllerState,
+    ns: &str,
+    key: &str,
+    outcome: &PassOutcome,
+    reference: &ObjectReference,
+    since: Since,
+) {
+    count(shared.metrics(), ns, outcome, &since);
+    if let FinalizerChange::Remove { forced } = outcome.update.finalizer {
+        if forced {
+            warn!(workflow = %key, "finalizer removed by forceFinalizerRemoval with deletions still failing");
+        } else {
+            info!(workflow = %key, "finalizer removed");
+        }
+    }
+    if outcome.artifacts_deleted() > 0 || !outcome.failures.is_empty() {
+        info!(
+            workflow = %key,
+            artifacts = outcome.artifacts_deleted(),
+            objects = outcome.objects_deleted(),
+            bytes = outcome.bytes_reclaimed(),
+            failed = outcome.failures.len(),
+            "artifact GC pass"
+        );
+    }
+    for ev in events_of(outcome, since.deleted_at.is_some()) {
+        if let Err(e) = shared.recorder.publish(&ev, reference).await {
+            error!(workflow = %key, error = %e, "publishing an Event");
+        }
+    }
+}
+
+/// The pass in the metrics: what it reclaimed, failed and kept, its GC latency, the finalizer.
+fn count(m: &metrics::Metrics, ns: &str, outcome: &PassOutcome, since: &Since) {
+    for (strategy, r) in &outcome.reclaimed {
+        let l = metrics::NamespaceStrategy {
+            namespace: ns.into(),
+            strategy: strategy.as_str(),
+        };
+        m.artifacts_deleted.get_or_create(&l).inc_by(r.artifacts);
+        m.objects_deleted.get_or_create(&l).inc_by(r.objects);
+        m.bytes_reclaimed.get_or_create(&l).inc_by(r.bytes);
+    }
+    for f in &outcome.failures {
+        m.artifacts_failed
+            .get_or_create(&metrics::Category {
+                category: f.category,
+            })
+            .inc();
+    }
+    for reason in &outcome.kept {
+        m.artifacts_kept
+            .get_or_create(&metrics::Reason {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+    let now = jiff::Timestamp::now();
+    for s in &outcome.update.processed {
+        let from = match s {
+            Strategy::OnWorkflowDeletion => since.deleted_at,
+            _ => since.finished_at.or(since.deleted_at),
+        };
+        if let Some(from) = from {
+            let secs = now.duration_since(from).as_secs_f64().max(0.0);
+            m.gc_latency
+                .get_or_create(&metrics::StrategyLabel {
+                    strategy: s.as_str(),
+                })
+                .observe(secs);
+        }
+    }
+    if let FinalizerChange::Remove { forced } = outcome.update.finalizer {
+        m.finalizers_removed
+            .get_or_create(&metrics::Forced {
+                forced: if forced { "true" } else { "false" },
+            })
+            .inc();
+    }
+}
+
+/// The Events a pass leaves on its Workflow. Events of one reason and action form a series (a
+/// count, the first note), so each pass kind and the forced release get their own action.
+fn events_of(outcome: &PassOutcome, deleted: bool) -> Vec<KubeEvent> {
+    let action = match deleted {
+        true => "CollectOnDeletion",
+        false => "CollectOnCompletion",
+    };
+    let mut events = Vec::new();
+    let reported: Vec<_> = outcome
+        .failures
+        .iter()
+        .chain(&outcome.notes)
+        .cloned()
+        .collect();
+    if !reported.is_empty() {
+        events.push(KubeEvent {
+            type_: EventType::Warning,
+            reason: "ArtifactGCFailed".into(),
+            note: Some(artgc_core::outcome::condition_message(&reported)),
+            action: action.into(),
+            secondary: None,
+        });
+    } else if outcome.artifacts_deleted() > 0 {
+        events.push(KubeEvent {
+            type_: EventType::Normal,
+            reason: "ArtifactGCSucceeded".into(),
+            note: Some(format!(
+                "deleted {} artifact(s): {} object(s), {} reclaimed",
+                outcome.artifacts_deleted(),
+                outcome.objects_deleted(),
+                artgc_core::units::human_bytes(outcome.bytes_reclaimed())
+            )),
+            action: action.into(),
+            secondary: None,
+        });
+    }
+    if outcome.update.finalizer == (FinalizerChange::Remove { forced: true }) {
+        events.push(KubeEvent {
+            type_: EventType::Warning,
+            reason: "ArtifactGCFinalizerForced".into(),
+            note: Some(format!(
+                "finalizer removed by forceFinalizerRemoval after the retry budget; left in the store: {}",
+                artgc_core::outcome::condition_message(&outcome.failures)
+            )),
+            action: "RemoveFinalizer".into(),
+            secondary: None,
+        });
+    }
+    events
+}

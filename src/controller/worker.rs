@@ -1,0 +1,347 @@
+//! Workers: each takes a due key from the queue, reads the Workflow fresh and runs one pass
+//! (plan, probe, mark probed files, delete, judge, record), fenced by leadership. A failed pass
+//! is retried with backoff; a panic is reported on the workflow and the worker goes on.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use kube::Api;
+use rand::Rng;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use crate::api::{WatchedWorkflow, workflows};
+use crate::execute::{delete, probe};
+use crate::metrics;
+use crate::record::{self, RecordError};
+use artgc_core::execution::Execution;
+use artgc_core::inventory::WorkflowInput;
+use artgc_core::outcome::{FinalizerChange, PassContext, PassOutcome, assess};
+use artgc_core::plan::{GcPlan, PlanOptions, WorkflowPlan};
+
+use super::events::{Since, object_ref, publish_internal_error, publish_outcome};
+use super::leader::Fence;
+use super::{ControllerConfig, ControllerState, ReconcileError, is_big, split_key};
+
+pub(super) async fn worker(
+    shared: Arc<ControllerState>,
+    mut leader: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    let health = shared.health.clone();
+    let _running = health.worker();
+    let mut synced = shared.synced.subscribe();
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        r = synced.wait_for(|s| *s) => if r.is_err() { return },
+    }
+    loop {
+        // Only the leader acts.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = leader.wait_for(|l| *l) => if r.is_err() { return },
+        }
+        let key = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = leader.wait_for(|l| !*l) => continue,
+            k = shared.queue.next() => k,
+        };
+        let mut timer = metrics::ReconcileTimer::start(shared.metrics());
+        let work = async {
+            match AssertUnwindSafe(reconcile(&shared, &key))
+                .catch_unwind()
+                .await
+            {
+                Ok(r) => r,
+                Err(panic) => {
+                    let what = panic_message(&*panic);
+                    error!(workflow = %key, panic = %what, "reconcile panicked; the worker goes on");
+                    publish_internal_error(&shared, &key, &what).await;
+                    Err(ReconcileError::Internal(what))
+                }
+            }
+        };
+        // Shutdown lets the reconcile finish, within the grace time; a kill aborts the task.
+        let result = tokio::select! {
+            r = work => Some(r),
+            _ = async {
+                stop.cancelled().await;
+                tokio::time::sleep(shared.config.shutdown_grace).await;
+            } => None,
+        };
+        let Some(result) = result else {
+            warn!(workflow = %key, "shutdown: reconcile abandoned; the next leader resumes it");
+            return;
+        };
+        timer.ended(result.is_ok());
+        drop(timer);
+        match result {
+            Ok(recheck) => shared.queue.done(&key, recheck.map(|d| Instant::now() + d)),
+            Err(e) => {
+                shared
+                    .metrics()
+                    .reconcile_errors
+                    .get_or_create(&metrics::Category {
+                        category: e.category(),
+                    })
+                    .inc();
+                let (n, delay) = shared.queue.failed(&key, |n| backoff(&shared.config, n));
+                warn!(workflow = %key, attempt = n, retry_in = ?delay, error = %e, "reconcile failed");
+            }
+        }
+    }
+}
+
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// Exponential backoff with full jitter, capped.
+fn backoff(config: &ControllerConfig, attempt: u32) -> Duration {
+    let exp = config
+        .backoff_base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(config.backoff_max);
+    let jitter = rand::rng().random_range(0.5..=1.0);
+    exp.mul_f64(jitter)
+}
+
+fn parse_time(v: &Value) -> Option<jiff::Timestamp> {
+    v.as_str()?.parse().ok()
+}
+
+/// One pass over one workflow; `Ok(Some(d))` asks for another pass after `d` (artifacts kept
+/// only for running workflows that read them: deleted once those finish).
+#[tracing::instrument(name = "reconcile", skip(shared), fields(workflow = %key))]
+async fn reconcile(
+    shared: &ControllerState,
+    key: &str,
+) -> Result<Option<Duration>, ReconcileError> {
+    let (ns, name) = split_key(key);
+    // Read as text: its size decides whether it waits for the big-workflow place, and the
+    // typed model is read from the text, not from a second copy of the tree.
+    let Some(obj) = Api::<WatchedWorkflow>::namespaced(shared.client.clone(), ns)
+        .get_opt(name)
+        .await?
+    else {
+        shared.index.delete(key).await;
+        return Ok(None);
+    };
+    let big = is_big(obj.raw.get());
+    let _big = shared.big_turn(big).await;
+    let (raw, input) = shared
+        .cpu(big, move || {
+            (serde_json::from_str::<Value>(obj.raw.get()), obj.input())
+        })
+        .await;
+    let mut pass = Pass {
+        shared,
+        key,
+        api: workflows(&shared.client, Some(ns)),
+        fence: Fence(shared),
+        raw: raw.map_err(RecordError::Parse)?,
+        big,
+    };
+    let holds = pass.raw["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|f| f == pass.finalizer()));
+    let budget = shared.config.retry_budget;
+    let (plan, execution, ctx) = match input {
+        WorkflowInput::Valid(wf) if !wf.is_finished() => {
+            let ctx = PassContext::of(&wf, &pass.raw, holds, budget);
+            return pass.running(&ctx).await;
+        }
+        WorkflowInput::Valid(wf) => {
+            let ctx = PassContext::of(&wf, &pass.raw, holds, budget);
+            let plan = pass.plan(Arc::new(WorkflowInput::Valid(wf))).await;
+            let execution = match pass.execute(&plan).await? {
+                Executed::Nothing => None,
+                Executed::Done(e) => Some(e),
+                Executed::Gone => return Ok(None),
+            };
+            (plan, execution, ctx)
+        }
+        WorkflowInput::Invalid {
+            namespace,
+            name,
+            error,
+        } => {
+            let plan = GcPlan {
+                workflows: vec![WorkflowPlan::unplannable(&namespace, &name, error)],
+            };
+            let ctx = PassContext::unreadable(&pass.raw, holds, budget);
+            (plan, None, ctx)
+        }
+    };
+    let outcome = assess(&plan.workflows[0], 0, execution.as_ref(), &ctx);
+    pass.record(&outcome).await?;
+    match outcome.failures.first() {
+        Some(f) => Err(ReconcileError::Gc(f.category)),
+        None if outcome.pending && execution_stopped(execution.as_ref()) => {
+            Err(ReconcileError::Fenced)
+        }
+        None if outcome.waiting_on_readers => Ok(Some(shared.config.reader_recheck)),
+        None => Ok(None),
+    }
+}
+
+/// What carrying out a pass's plan came to.
+enum Executed {
+    /// Nothing to delete.
+    Nothing,
+    Done(Execution),
+    /// The Workflow is gone or was re-created meanwhile: nothing more to do.
+    Gone,
+}
+
+/// One pass over one workflow, as read for it.
+struct Pass<'a> {
+    shared: &'a ControllerState,
+    key: &'a str,
+    api: Api<kube::api::DynamicObject>,
+    fence: Fence<'a>,
+    /// The Workflow as last read or written.
+    raw: Value,
+    big: bool,
+}
+
+impl Pass<'_> {
+    fn finalizer(&self) -> &str {
+        &self.shared.config.finalizer
+    }
+
+    fn low(&self) -> Option<&super::low_priority::LowPriority> {
+        self.big.then_some(&self.shared.low)
+    }
+
+    /// Running, or never started: the finalizer is the only thing to decide.
+    async fn running(mut self, ctx: &PassContext) -> Result<Option<Duration>, ReconcileError> {
+        let change = artgc_core::outcome::finalizer_change(ctx, true, false);
+        if change != FinalizerChange::Keep {
+            let mut update = artgc_core::outcome::StatusUpdate::none();
+            update.finalizer = change;
+            self.fence.check()?;
+            let raw = std::mem::take(&mut self.raw);
+            record::apply(
+                &self.api,
+                raw,
+                &update,
+                self.finalizer(),
+                "artgc",
+                self.low(),
+            )
+            .await?;
+            debug!(workflow = %self.key, ?change, "finalizer");
+        }
+        Ok(None)
+    }
+
+    /// The plan, with what the workflow's namespace holds (ConfigMaps, Secrets, service
+    /// accounts) and every other workflow's keys. Planning a big workflow takes a while: only
+    /// the shared-key check holds the index. A failed read is a failed pass like any other.
+    async fn plan(&self, input: Arc<WorkflowInput>) -> GcPlan {
+        let shared = self.shared;
+        let WorkflowInput::Valid(wf) = &*input else {
+            unreachable!("planned only when readable")
+        };
+        let names = {
+            let input = input.clone();
+            shared
+                .cpu(self.big, move || match &*input {
+                    WorkflowInput::Valid(wf) => crate::api::named_secrets(wf),
+                    WorkflowInput::Invalid { .. } => Default::default(),
+                })
+                .await
+        };
+        let state = match shared.reader.state_for(wf, Some(names)).await {
+            Ok(state) => state,
+            Err(e) => {
+                let error = artgc_core::error::InputError::Cluster {
+                    what: "the workflow's ConfigMaps, Secrets and ServiceAccounts".into(),
+                    source: Arc::new(e),
+                };
+                let (ns, name) = split_key(self.key);
+                return GcPlan {
+                    workflows: vec![WorkflowPlan::unplannable(ns, name, error)],
+                };
+            }
+        };
+        let draft = shared
+            .cpu(self.big, move || {
+                artgc_core::plan::draft(
+                    std::slice::from_ref(&*input),
+                    &state,
+                    &PlanOptions::default(),
+                )
+            })
+            .await;
+        draft.check_shared(Some(&*shared.index.keys().await))
+    }
+
+    /// Probes, records the files the probe found (before deleting: a crash after the delete
+    /// must not let a later pass mistake the gone file for a directory), and deletes.
+    async fn execute(&mut self, plan: &GcPlan) -> Result<Executed, ReconcileError> {
+        if !plan.artifacts().any(|(_, a)| a.connection.is_some()) {
+            return Ok(Executed::Nothing);
+        }
+        let store = &self.shared.store;
+        let probed = probe(plan, store, &self.fence).await;
+        let files: Vec<String> = probed
+            .files_to_mark()
+            .into_iter()
+            .map(|r| plan.artifact(r).node_and_name())
+            .collect();
+        if !files.is_empty() {
+            self.fence.check()?;
+            let raw = std::mem::take(&mut self.raw);
+            match record::mark_probed_files(&self.api, raw, &files, "artgc", self.low()).await? {
+                Some(v) => self.raw = v,
+                None => return Ok(Executed::Gone),
+            }
+        }
+        let execution = delete(plan, probed, store, false, &self.fence).await;
+        Ok(Executed::Done(execution))
+    }
+
+    /// Writes the outcome to the Workflow, then tells it (metrics, Events, logs).
+    async fn record(mut self, outcome: &PassOutcome) -> Result<(), ReconcileError> {
+        let reference = object_ref(&self.raw);
+        let since = Since {
+            finished_at: parse_time(&self.raw["status"]["finishedAt"]),
+            deleted_at: parse_time(&self.raw["metadata"]["deletionTimestamp"]),
+        };
+        self.fence.check()?;
+        let raw = std::mem::take(&mut self.raw);
+        let finalizer = self.finalizer();
+        record::apply(
+            &self.api,
+            raw,
+            &outcome.update,
+            finalizer,
+            "artgc",
+            self.low(),
+        )
+        .await?;
+        let (ns, _) = split_key(self.key);
+        publish_outcome(self.shared, ns, self.key, outcome, &reference, since).await;
+        Ok(())
+    }
+}
+
+/// Some artifact was not tried because the pass was stopped: the pass must run again.
+fn execution_stopped(execution: Option<&crate::execute::Execution>) -> bool {
+    execution.is_some_and(|e| {
+        e.outcomes
+            .values()
+            .any(|o| o.error.as_ref().is_some_and(|e| e.is_cancelled()))
+    })
+}
