@@ -404,7 +404,7 @@ async fn latency(
     let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let done: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let client = kube.client();
-    let api: kube::Api<kube::api::DynamicObject> = artgc::api::workflows(&client, Some(NS));
+    let api: kube::Api<kube::api::DynamicObject> = artgc::kube_api::workflows(&client, Some(NS));
     let watch_done = done.clone();
     let watch = tokio::spawn(async move {
         let mut events = watcher(api, watcher::Config::default()).boxed();
@@ -434,13 +434,13 @@ async fn latency(
         }
     });
 
-    let patch_api = artgc::api::workflows(&client, Some(NS));
+    let patch_api = artgc::kube_api::workflows(&client, Some(NS));
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let t0 = tokio::time::Instant::now();
     let mut patches = Vec::new();
     // The others complete first, spread over the first second.
     for (i, (ns, name)) in others.iter().enumerate() {
-        let api = artgc::api::workflows(&client, Some(ns));
+        let api = artgc::kube_api::workflows(&client, Some(ns));
         let name = name.clone();
         let at = t0 + Duration::from_millis(1000 * i as u64 / others.len() as u64);
         patches.push(tokio::spawn(async move {

@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-/// What the admin server reports.
-pub struct Health {
+/// What the admin server serves: liveness (tasks running, the watch not failing for long),
+/// readiness (synced) and the metrics.
+pub struct AdminState {
     /// The watch delivered its first full list.
     pub ready: AtomicBool,
     pub metrics: Metrics,
@@ -50,7 +51,7 @@ impl Drop for Running<'_> {
     }
 }
 
-impl Health {
+impl AdminState {
     pub fn new(metrics: Metrics) -> Self {
         Self {
             ready: AtomicBool::new(false),
@@ -130,7 +131,7 @@ impl Health {
     }
 }
 
-fn respond(health: &Health, path: &str) -> Response<Full<Bytes>> {
+fn respond(health: &AdminState, path: &str) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match path {
         "/metrics" => (
             StatusCode::OK,
@@ -157,7 +158,7 @@ fn respond(health: &Health, path: &str) -> Response<Full<Bytes>> {
 /// Binds `addr` and serves until `stop`; returns the bound address (port 0 picks one).
 pub async fn serve(
     addr: SocketAddr,
-    health: Arc<Health>,
+    health: Arc<AdminState>,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;

@@ -466,7 +466,7 @@ async fn run_inner(args: &DemoArgs) -> Result<(), String> {
     view.line("finalizers added to the running workflows that will need GC");
     view.step("finalizers");
 
-    let api = crate::api::workflows(&kube.client(), Some(NS));
+    let api = crate::kube_api::workflows(&kube.client(), Some(NS));
     let complete = |name: String| {
         let api = api.clone();
         async move {
@@ -524,7 +524,7 @@ async fn run_inner(args: &DemoArgs) -> Result<(), String> {
     show_new(&kube, &mut shown, &view);
     view.finish();
 
-    let metrics = ctl.health.metrics.encode();
+    let metrics = ctl.admin_state.metrics.encode();
     let sum = |prefix: &str| -> u64 {
         metrics
             .lines()

@@ -3,8 +3,9 @@
 //!
 //! - Front ends: [`cli`] (`artgc plan|purge|controller|demo`), [`controller`] (the watch
 //!   driver, queue and leader election), [`purge`] (what the CLI records after deleting).
-//! - Inputs: [`source`] (manifest files or a live cluster, for the CLI), [`api`] (the Kubernetes
-//!   API: typed reads, the watch's text objects, ConfigMaps and Secrets per workflow).
+//! - Inputs: [`source`] (manifest files or a live cluster, for the CLI), [`kube_api`] (the
+//!   Kubernetes API: typed reads, the watch's text objects, ConfigMaps and Secrets per
+//!   workflow).
 //! - Effects: [`identity`] (acting as a workflow's GC service account: TokenRequest, STS),
 //!   [`store`] (S3), [`execute`] (carries a plan out against the store), [`record`] (writes the
 //!   outcome onto the Workflow).
@@ -12,13 +13,13 @@
 //!   health endpoints), [`telemetry`] (logs).
 
 pub mod admin;
-pub mod api;
 pub mod cli;
 pub mod controller;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod execute;
 pub mod identity;
+pub mod kube_api;
 pub mod metrics;
 pub mod purge;
 pub mod record;

@@ -9,7 +9,7 @@ use artgc_core::inventory::WorkflowInput;
 use artgc_core::outcome::{PassContext, assess};
 use artgc_core::plan::GcPlan;
 
-use crate::api::workflows;
+use crate::kube_api::workflows;
 use crate::record;
 
 /// Records, per workflow, the artifacts whose probe found a file (see

@@ -17,7 +17,7 @@ use artgc_core::keys::KeyIndex;
 use artgc_core::plan::{GcPlan, PlanOptions, plan, plan_with_index, workflow_key_uses};
 use artgc_core::policy::Policy;
 
-use crate::api::{ClusterReader, workflows};
+use crate::kube_api::{ClusterReader, workflows};
 
 /// Where a run's Workflows come from.
 pub enum Source {
@@ -250,7 +250,7 @@ async fn load_from_cluster(
     for w in &inputs {
         if let WorkflowInput::Valid(wf) = w {
             let s = reader
-                .state_for(wf, Some(crate::api::named_secrets(wf)))
+                .state_for(wf, Some(crate::kube_api::named_secrets(wf)))
                 .await
                 .map_err(|e| cluster_error("reading ConfigMaps and Secrets", e))?;
             state.absorb(s);

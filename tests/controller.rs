@@ -102,7 +102,7 @@ impl Env {
     }
 
     fn api(&self) -> kube::Api<DynamicObject> {
-        artgc::api::workflows(&self.kube.client(), Some(NS))
+        artgc::kube_api::workflows(&self.kube.client(), Some(NS))
     }
 
     async fn delete(&self, name: &str) {
@@ -892,9 +892,12 @@ async fn live_fails_when_the_workers_are_gone() {
     })
     .await;
     assert_eq!(http_get(&format!("http://{admin}/live")).await.0, 200);
-    let health = ctl.health.clone();
+    let admin_state = ctl.admin_state.clone();
     ctl.shutdown().await;
-    assert!(health.not_live().is_some(), "workers and watch are gone");
+    assert!(
+        admin_state.not_live().is_some(),
+        "workers and watch are gone"
+    );
 }
 
 /// A workflow Argo never started (another instance, throttled, Pending) is released at once

@@ -594,7 +594,7 @@ async fn a_recreated_workflow_never_receives_anothers_record() {
             )
             .0,
     );
-    let api = artgc::api::workflows(&kube.client(), Some("ns"));
+    let api = artgc::kube_api::workflows(&kube.client(), Some("ns"));
     api.delete("w", &Default::default()).await.unwrap();
     kube.seed(
         workflow("ns", "w")

@@ -186,15 +186,14 @@ impl PassOutcome {
     }
 }
 
-fn wants_gc(s: Option<&str>) -> bool {
-    matches!(s, Some("OnWorkflowCompletion" | "OnWorkflowDeletion"))
-}
-
-fn unknown_strategy(s: Option<&str>) -> bool {
-    !matches!(
-        s.unwrap_or(""),
-        "" | "Never" | "OnWorkflowCompletion" | "OnWorkflowDeletion"
-    )
+/// A declared strategy that may need GC: one that collects, or one Argo does not know (which
+/// Argo's `HasArtifactGC` counts too).
+fn may_collect(declared: Option<&str>) -> bool {
+    match Strategy::parse(declared) {
+        Ok(Some(s)) => s != Strategy::Never,
+        Ok(None) => false,
+        Err(_) => true,
+    }
 }
 
 /// Whether a workflow declares GC, as Argo's `HasArtifactGC`: its workflow-level strategy (which
@@ -202,13 +201,11 @@ fn unknown_strategy(s: Option<&str>) -> bool {
 /// templateRef, inline), unknown values included. Node status is not read: a finalizer is never
 /// held on the strength of what artgc may not be able to read.
 pub fn needs_finalizer(wf: &Workflow) -> bool {
-    let ws = wf.workflow_strategy();
-    if wants_gc(ws) || unknown_strategy(ws) {
+    if may_collect(wf.workflow_strategy()) {
         return true;
     }
     let declared = |a: &crate::model::Artifact| {
-        let s = a.artifact_gc.as_ref().and_then(|g| g.strategy.as_deref());
-        wants_gc(s) || unknown_strategy(s)
+        may_collect(a.artifact_gc.as_ref().and_then(|g| g.strategy.as_deref()))
     };
     wf.all_templates()
         .iter()

@@ -34,7 +34,7 @@ impl Strategy {
     }
 
     /// `None` for unset (empty), an error for a value Argo does not know.
-    fn parse(value: Option<&str>) -> Result<Option<Self>, String> {
+    pub fn parse(value: Option<&str>) -> Result<Option<Self>, String> {
         match value.unwrap_or_default() {
             "" => Ok(None),
             "OnWorkflowCompletion" => Ok(Some(Self::OnWorkflowCompletion)),

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use crate::api::WatchedWorkflow;
+use crate::kube_api::WatchedWorkflow;
 
 #[derive(Debug)]
 pub enum Change {

@@ -6,7 +6,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use serde_json::Value;
 use tracing::{error, info, warn};
 
-use crate::api::workflows;
+use crate::kube_api::workflows;
 use crate::metrics;
 use crate::record;
 use artgc_core::outcome::{FinalizerChange, PassOutcome};

@@ -131,7 +131,7 @@ pub(super) async fn spawn(
                 // On shutdown, passes stop between batches; the lease is released only once
                 // the workers are done, so the next leader never runs beside one of ours.
                 let deadline = Instant::now() + shared2.config.shutdown_grace;
-                while shared2.health.workers_running() > 0 && Instant::now() < deadline {
+                while shared2.admin_state.workers_running() > 0 && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 // Stepping down releases the lease for the next leader.

@@ -37,9 +37,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, Health};
-use crate::api::ClusterReader;
+use crate::admin::{self, AdminState};
 use crate::identity::WebIdentityConfig;
+use crate::kube_api::ClusterReader;
 use crate::metrics::{self, Metrics};
 use crate::record::RecordError;
 use crate::store::{ObjectStore, StoreOptions};
@@ -159,7 +159,7 @@ struct ControllerState {
     store: ObjectStore,
     index: WorkflowIndex,
     queue: WorkQueue<String>,
-    health: Arc<Health>,
+    admin_state: Arc<AdminState>,
     recorder: Recorder,
     /// True once the watch delivered its first full list: no workflow is collected before
     /// every other workflow's keys are in the index.
@@ -190,7 +190,7 @@ fn is_big(text: &str) -> bool {
 
 impl ControllerState {
     fn metrics(&self) -> &Metrics {
-        &self.health.metrics
+        &self.admin_state.metrics
     }
 
     /// CPU work of a pass or an indexer: a big Workflow's on the low-priority thread, any
@@ -224,7 +224,7 @@ impl metrics::StateSource for ControllerState {
 /// A running controller.
 pub struct ControllerHandle {
     pub admin_addr: SocketAddr,
-    pub health: Arc<Health>,
+    pub admin_state: Arc<AdminState>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -266,9 +266,9 @@ pub async fn start(
     client: Client,
     config: ControllerConfig,
 ) -> Result<ControllerHandle, ControllerError> {
-    let health = Arc::new(Health::new(Metrics::new()));
+    let admin_state = Arc::new(AdminState::new(Metrics::new()));
     let stop = CancellationToken::new();
-    let admin_addr = admin::serve(config.admin_addr, health.clone(), stop.clone())
+    let admin_addr = admin::serve(config.admin_addr, admin_state.clone(), stop.clone())
         .await
         .map_err(ControllerError::Admin)?;
     let reporter = Reporter {
@@ -297,14 +297,14 @@ pub async fn start(
             |k: &String| split_key(k).0,
             config.per_namespace_concurrency(),
         ),
-        health: health.clone(),
+        admin_state: admin_state.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         synced: watch::channel(false).0,
         client,
         config,
     });
     let source: Arc<dyn metrics::StateSource> = shared.clone();
-    health.metrics.observe_state(Arc::downgrade(&source));
+    admin_state.metrics.observe_state(Arc::downgrade(&source));
     let mut tasks = JoinSet::new();
 
     leader::spawn(&shared, leader_tx, &stop, &mut tasks).await?;
@@ -322,7 +322,7 @@ pub async fn start(
     }
     Ok(ControllerHandle {
         admin_addr,
-        health,
+        admin_state,
         stop,
         tasks,
     })

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
-use crate::api::{WatchedWorkflow, workflows};
 use crate::execute::{delete, probe};
+use crate::kube_api::{WatchedWorkflow, workflows};
 use crate::metrics;
 use crate::record::{self, RecordError};
 use artgc_core::execution::Execution;
@@ -33,8 +33,8 @@ pub(super) async fn worker(
     mut leader: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
-    let health = shared.health.clone();
-    let _running = health.worker();
+    let admin_state = shared.admin_state.clone();
+    let _running = admin_state.worker();
     let mut synced = shared.synced.subscribe();
     tokio::select! {
         _ = stop.cancelled() => return,
@@ -257,7 +257,7 @@ impl Pass<'_> {
             let input = input.clone();
             shared
                 .cpu(self.big, move || match &*input {
-                    WorkflowInput::Valid(wf) => crate::api::named_secrets(wf),
+                    WorkflowInput::Valid(wf) => crate::kube_api::named_secrets(wf),
                     WorkflowInput::Invalid { .. } => Default::default(),
                 })
                 .await

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::api::WatchedWorkflow;
+use crate::kube_api::WatchedWorkflow;
 use artgc_core::inventory::WorkflowInput;
 use artgc_core::model::LABEL_INSTANCE_ID;
 use artgc_core::outcome::wants_pass;
@@ -45,8 +45,8 @@ fn has_finalizer(
 }
 
 pub(super) async fn watch_workflows(shared: Arc<ControllerState>, stop: CancellationToken) {
-    let health = shared.health.clone();
-    let _running = health.watch();
+    let admin_state = shared.admin_state.clone();
+    let _running = admin_state.watch();
     // Small pages: a list page of Workflows is held in memory whole while it is indexed.
     let cfg = watcher::Config::default()
         .labels(&label_selector(shared.config.instance_id.as_deref()))
@@ -82,7 +82,7 @@ pub(super) async fn watch_workflows(shared: Arc<ControllerState>, stop: Cancella
     };
     let forward = async {
         while let Some((stream, ev)) = events.next().await {
-            health.watch_result(ev.is_ok());
+            admin_state.watch_result(ev.is_ok());
             match ev {
                 Ok(ev) => watch.handle(stream, ev).await,
                 Err(e) => warn!(error = %e, "workflow watch (retrying)"),
@@ -159,12 +159,12 @@ impl WatchState<'_> {
                 }
                 self.synced_streams.insert(stream);
                 if self.synced_streams.len() >= self.waiting_for
-                    && !shared.health.ready.load(Ordering::Relaxed)
+                    && !shared.admin_state.ready.load(Ordering::Relaxed)
                 {
                     // Every listed workflow's keys are indexed before any pass runs: a pass
                     // must see every other workflow's keys.
                     self.backlog.idle().await;
-                    shared.health.ready.store(true, Ordering::Relaxed);
+                    shared.admin_state.ready.store(true, Ordering::Relaxed);
                     shared.synced.send_replace(true);
                     info!("watch synced and indexed; ready");
                 }
