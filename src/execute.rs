@@ -469,13 +469,13 @@ async fn probe_many(
 }
 
 fn too_many(job: &Job<'_>, max: usize) -> StoreError {
-    StoreError {
-        kind: StoreErrorKind::TooManyObjects,
-        message: format!(
+    StoreError::new(
+        StoreErrorKind::TooManyObjects,
+        format!(
             "s3://{}/{} holds more than {max} objects (raise --max-objects-per-artifact to allow it)",
             job.target.bucket, job.target.key
         ),
-    }
+    )
 }
 
 /// Objects under a widened `key/` that the workflow did not write during its run are not its.

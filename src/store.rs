@@ -88,7 +88,7 @@ where
             }
         },
     };
-    StoreError::new(kind, format!("{op} {target}: {detail}"))
+    StoreError::new(kind, format!("{op} {target}: {detail}")).caused_by(err)
 }
 
 /// The error and its immediate cause (the provider's own message).

@@ -122,12 +122,16 @@ pub enum StoreErrorKind {
     EndlessListing,
 }
 
-/// A failed S3 operation, with a stable category.
+/// A failed S3 operation, with a stable category. The message says what was asked of which
+/// bucket and key and what the store answered; the SDK's error, when there is one, stays the
+/// source.
 #[derive(Debug, Clone, Error)]
 #[error("{message}")]
 pub struct StoreError {
     pub kind: StoreErrorKind,
     pub message: String,
+    #[source]
+    pub source: Option<Source>,
 }
 
 impl StoreError {
@@ -135,7 +139,14 @@ impl StoreError {
         Self {
             kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// The same error, caused by `source`.
+    pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
     }
 
     pub fn category(&self) -> &'static str {
@@ -163,5 +174,34 @@ impl StoreError {
             StoreErrorKind::Cancelled,
             "not sent: the pass was stopped (shutdown or leadership lost)",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// The message says what failed; the underlying error stays reachable as the source, and
+    /// the category comes from the kind alone.
+    #[test]
+    fn errors_keep_their_source_beneath_their_message() {
+        let io = || std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let e = StoreError::new(StoreErrorKind::Network, "DeleteObjects s3://b/k: reset")
+            .caused_by(io());
+        assert_eq!(e.to_string(), "DeleteObjects s3://b/k: reset");
+        assert_eq!(e.source().unwrap().to_string(), "reset by peer");
+        assert_eq!(e.category(), "network");
+        let e = InputError::Cluster {
+            what: "Workflow ns/w".into(),
+            source: Arc::new(io()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "reading Workflow ns/w from the API server: reset by peer"
+        );
+        assert!(e.source().is_some());
+        assert_eq!(e.category(), "kube_api");
+        assert!(!e.is_unreadable(), "a failed read is retried, not final");
     }
 }

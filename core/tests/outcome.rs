@@ -86,10 +86,8 @@ fn run(plan: &GcPlan, fail: Option<&str>) -> Execution {
         if art.connection.is_none() {
             continue;
         }
-        let error = (Some(art.name.as_str()) == fail).then(|| StoreError {
-            kind: StoreErrorKind::AccessDenied,
-            message: "AccessDenied".into(),
-        });
+        let error = (Some(art.name.as_str()) == fail)
+            .then(|| StoreError::new(StoreErrorKind::AccessDenied, "AccessDenied"));
         exec.outcomes.insert(
             ArtifactRef::new(0, a),
             ArtifactOutcome {
