@@ -833,7 +833,8 @@ fn shared_matching_is_per_bucket() {
 
 // ---- Argo's own objects, when the shared fixtures are present ----
 
-const ARGO_FIXTURES: &str = "../shared/fixtures/argo";
+/// `../shared/fixtures/argo` beside the repository (tests run in the crate's own folder).
+const ARGO_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/argo");
 
 #[test]
 fn argo_test_workflow_plans_as_argo_documents() {
