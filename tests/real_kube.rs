@@ -1,0 +1,525 @@
+//! The controller against a real kube-apiserver and etcd (built from their Go modules and
+//! started by `.ci/kube.sh`), with S3 from s3s-fs in process: what the project's API test
+//! server cannot prove on its own. Real finalizer semantics (a deleted Workflow stays until
+//! artgc lets it go), real merge patches with resourceVersion preconditions on a CRD without
+//! a status subresource, Events through events.k8s.io, and TokenRequest tokens signed by the
+//! API server. Fault injection stays with the test server (tests/controller.rs).
+//!
+//! Needs `ARTGC_TEST_KUBECONFIG` (`eval "$(.ci/kube.sh start DIR)"`): a test without it fails
+//! in CI and is skipped elsewhere.
+
+#[path = "../core/tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use artgc::controller::{ControllerConfig, ControllerHandle};
+use artgc::identity::StsSettings;
+use artgc_testkit::{S3Server, StsRole, StsServer};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::discovery::ApiResource;
+use serde_json::{Value, json};
+use support::*;
+
+const FINALIZER: &str = "workflows.argoproj.io/artifact-gc";
+const COMPLETION: &str = "OnWorkflowCompletion";
+const DELETION: &str = "OnWorkflowDeletion";
+
+/// A client for the real API server, or `None` (skipped) outside CI when none is running.
+async fn real_cluster() -> Option<kube::Client> {
+    let Ok(path) = std::env::var("ARTGC_TEST_KUBECONFIG") else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "ARTGC_TEST_KUBECONFIG is not set: CI must start the real API server (.ci/kube.sh)"
+        );
+        eprintln!("skipped: no real API server (ARTGC_TEST_KUBECONFIG)");
+        return None;
+    };
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("kube config");
+    Some(kube::Client::try_from(config).expect("client"))
+}
+
+fn resource(v: &Value) -> ApiResource {
+    let (group, version) = match v["apiVersion"].as_str().unwrap().split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", v["apiVersion"].as_str().unwrap()),
+    };
+    let kind = v["kind"].as_str().unwrap();
+    let plural = match kind {
+        "Namespace" => "namespaces",
+        "Secret" => "secrets",
+        "ConfigMap" => "configmaps",
+        "ServiceAccount" => "serviceaccounts",
+        "Workflow" => "workflows",
+        "ClusterRole" => "clusterroles",
+        "ClusterRoleBinding" => "clusterrolebindings",
+        "Role" => "roles",
+        "RoleBinding" => "rolebindings",
+        other => panic!("no plural for {other}"),
+    };
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    ApiResource::from_gvk_with_plural(&gvk, plural)
+}
+
+fn cluster_scoped(v: &Value) -> bool {
+    matches!(
+        v["kind"].as_str(),
+        Some("Namespace" | "ClusterRole" | "ClusterRoleBinding")
+    )
+}
+
+/// One test's namespace on the shared server, with its objects.
+struct Cluster {
+    client: kube::Client,
+    ns: String,
+}
+
+impl Cluster {
+    async fn new(client: kube::Client, prefix: &str) -> Self {
+        let ns = format!("{prefix}-{:08x}", rand::random::<u32>());
+        let c = Self { client, ns };
+        c.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": c.ns}}))
+            .await;
+        c
+    }
+
+    fn api(&self, v: &Value) -> Api<DynamicObject> {
+        let ar = resource(v);
+        let ns = v["metadata"]["namespace"].as_str().unwrap_or(&self.ns);
+        match cluster_scoped(v) {
+            true => Api::all_with(self.client.clone(), &ar),
+            false => Api::namespaced_with(self.client.clone(), ns, &ar),
+        }
+    }
+
+    /// Creates `v` in this test's namespace, unless it names its own (or is cluster-scoped).
+    async fn create(&self, v: Value) {
+        self.create_or(v, false).await;
+    }
+
+    /// Server-side applies `v` (namespace as in [`Cluster::create`]): for objects several tests
+    /// share, which must be exactly as the file says now.
+    async fn apply(&self, mut v: Value) {
+        if !cluster_scoped(&v) && v["metadata"]["namespace"].is_null() {
+            v["metadata"]["namespace"] = json!(self.ns);
+        }
+        let name = v["metadata"]["name"].as_str().unwrap().to_string();
+        let params = kube::api::PatchParams::apply("artgc-tests").force();
+        self.api(&v)
+            .patch(&name, &params, &kube::api::Patch::Apply(&v))
+            .await
+            .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+    }
+
+    /// As [`Cluster::create`]; with `shared`, an object another test created already is fine.
+    async fn create_or(&self, mut v: Value, shared: bool) {
+        if !cluster_scoped(&v) && v["metadata"]["namespace"].is_null() {
+            v["metadata"]["namespace"] = json!(self.ns);
+        }
+        let obj: DynamicObject = serde_json::from_value(v.clone()).expect("object");
+        match self.api(&v).create(&PostParams::default(), &obj).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if shared && s.code == 409 => {}
+            Err(e) => panic!("creating {}: {e}", v["metadata"]["name"]),
+        }
+    }
+
+    fn workflows(&self) -> Api<DynamicObject> {
+        artgc::kube_api::workflows(&self.client, Some(&self.ns))
+    }
+
+    async fn workflow(&self, name: &str) -> Option<Value> {
+        let obj = self.workflows().get_opt(name).await.expect("get");
+        obj.map(|o| serde_json::to_value(o).unwrap())
+    }
+
+    async fn start(&self, tweak: impl FnOnce(&mut ControllerConfig)) -> ControllerHandle {
+        let mut config = ControllerConfig {
+            namespaces: vec![self.ns.clone()],
+            admin_addr: ([127, 0, 0, 1], 0).into(),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(400),
+            shutdown_grace: Duration::from_secs(5),
+            ..Default::default()
+        };
+        tweak(&mut config);
+        artgc::controller::start(self.client.clone(), config)
+            .await
+            .expect("controller starts")
+    }
+
+    /// The highest series count of `name`'s Events (a repeated Event is patched, not created).
+    async fn event_series(&self, name: &str) -> i32 {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let list = api.list(&ListParams::default()).await.expect("events");
+        list.items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.series.map(|s| s.count))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Event reasons recorded for `name` (events.k8s.io, as artgc writes them).
+    async fn event_reasons(&self, name: &str) -> Vec<String> {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let list = api.list(&ListParams::default()).await.expect("events");
+        list.items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+}
+
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// The namespace's repository on `s3`, credentials from Secret `s3-creds`.
+fn repository(s3: &S3Server, bucket: &str) -> Value {
+    let mut r = s3_repo(&s3.endpoint, bucket, "s3-creds");
+    r["s3"]["region"] = json!(s3.region);
+    r
+}
+
+/// A completion pass is recorded where Argo reads it, and a deleted Workflow that holds
+/// artgc's finalizer stays until its deletion pass is done, then goes: the real API server's
+/// finalizer and merge-patch semantics, not the test server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_are_recorded_and_the_finalizer_released_on_a_real_api_server() {
+    let Some(client) = real_cluster().await else {
+        return;
+    };
+    let c = Cluster::new(client, "artgc-e2e").await;
+    let s3 = S3Server::start().await;
+    let bucket = s3.bucket("real").await;
+    c.create(secret(&c.ns, "s3-creds", &s3.access_key, &s3.secret_key))
+        .await;
+    c.create(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "artifact-repositories",
+                     "annotations": {"workflows.argoproj.io/default-artifact-repository": "default"}},
+        "data": {"default": serde_json::to_string(&repository(&s3, &bucket)).unwrap()},
+    }))
+    .await;
+    for k in ["done/out.tgz", "kept/out.tgz", "gone/out.tgz"] {
+        s3.put(&bucket, k, "x").await;
+    }
+    let wf = |name: &str, key: &str, strategy: &str| {
+        workflow(&c.ns, name)
+            .status_repo(repository(&s3, &bucket))
+            .node(
+                &format!("{name}-1"),
+                "main",
+                vec![with_strategy(key_only("out", key), strategy)],
+            )
+    };
+    c.create(wf("done", "done/out.tgz", COMPLETION).0).await;
+    c.create(wf("kept", "kept/out.tgz", "Never").0).await;
+    c.create(
+        wf("gone", "gone/out.tgz", DELETION)
+            .set(&["metadata", "finalizers"], json!([FINALIZER]))
+            .0,
+    )
+    .await;
+    let ctl = c.start(|_| {}).await;
+
+    until("the completion pass is recorded", async || {
+        c.workflow("done").await.is_some_and(|w| {
+            w["status"]["artifactGCStatus"]["strategiesProcessed"][COMPLETION] == true
+        })
+    })
+    .await;
+    let done = c.workflow("done").await.unwrap();
+    let out = &done["status"]["nodes"]["done-1"]["outputs"]["artifacts"][0];
+    assert_eq!(out["deleted"], true, "{out}");
+    until("the success Event", async || {
+        c.event_reasons("done")
+            .await
+            .contains(&"ArtifactGCSucceeded".to_string())
+    })
+    .await;
+
+    // Deleted: the API server keeps it (finalizer) until the deletion pass lets it go.
+    c.workflows()
+        .delete("gone", &DeleteParams::default())
+        .await
+        .expect("delete");
+    until("the deleted Workflow is gone", async || {
+        c.workflow("gone").await.is_none()
+    })
+    .await;
+    ctl.shutdown().await;
+    assert_eq!(s3.keys(&bucket).await, ["kept/out.tgz"]);
+    let kept = c.workflow("kept").await.unwrap();
+    assert!(
+        kept["metadata"]["finalizers"].is_null(),
+        "a Never artifact holds nothing: {kept}"
+    );
+}
+
+/// A workflow's GC service account acts through a token the real API server mints and signs
+/// (TokenRequest for the STS audience), and STS sees that account as the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gc_service_account_token_from_the_real_api_server_reaches_sts() {
+    let Some(client) = real_cluster().await else {
+        return;
+    };
+    let c = Cluster::new(client, "artgc-irsa").await;
+    let role = "arn:aws:iam::111:role/gc";
+    let keys = [("AKROLE".to_string(), "secret-role".to_string())];
+    let s3 = S3Server::start_local_with_keys(&keys).await;
+    let bucket = s3.bucket("irsa").await;
+    let caller = format!("system:serviceaccount:{}:gc", c.ns);
+    let sts = StsServer::start(
+        "sts.amazonaws.com",
+        vec![StsRole {
+            arn: role.into(),
+            access_key: keys[0].0.clone(),
+            secret_key: keys[0].1.clone(),
+            trusted_subjects: vec![caller.clone()],
+            trusted_roles: vec![],
+        }],
+    )
+    .await;
+    c.create(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                    "metadata": {"name": "gc", "annotations": {"eks.amazonaws.com/role-arn": role}}}))
+        .await;
+    let mut repo = s3_repo(&s3.endpoint, &bucket, "unused");
+    let loc = repo["s3"].as_object_mut().unwrap();
+    loc.remove("accessKeySecret");
+    loc.remove("secretKeySecret");
+    loc.insert("region".into(), json!(s3.region));
+    s3.put(&bucket, "irsa/out.tgz", "x").await;
+    c.create(
+        workflow(&c.ns, "w")
+            .status_repo(repo)
+            .set(&["spec", "artifactGC", "serviceAccountName"], json!("gc"))
+            .node(
+                "w-1",
+                "main",
+                vec![with_strategy(key_only("out", "irsa/out.tgz"), COMPLETION)],
+            )
+            .0,
+    )
+    .await;
+    let endpoint = s3.endpoint.clone();
+    let sts_url = sts.url.clone();
+    let ctl = c
+        .start(move |config| {
+            config.policy =
+                endpoints_policy_with(&[endpoint], "  identities: [secret, serviceAccount]\n");
+            config.sts = StsSettings {
+                endpoint: Some(sts_url),
+                ..Default::default()
+            };
+        })
+        .await;
+    until("collected through the service account", async || {
+        c.workflow("w").await.is_some_and(|w| {
+            w["status"]["artifactGCStatus"]["strategiesProcessed"][COMPLETION] == true
+        })
+    })
+    .await;
+    ctl.shutdown().await;
+    assert!(s3.keys(&bucket).await.is_empty());
+    let calls = sts.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|call| call.granted && call.caller == caller && call.role == role),
+        "{calls:?}"
+    );
+}
+
+/// A policy that lets the namespace reach `endpoints`, with more `defaults:` lines.
+fn endpoints_policy_with(
+    endpoints: &[String],
+    more: &str,
+) -> std::sync::Arc<artgc_core::policy::Policy> {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+    let text = format!("defaults:\n  endpoints: [{}]\n{more}", list.join(", "));
+    std::sync::Arc::new(artgc_core::policy::Policy::parse(&text).expect("policy"))
+}
+
+/// The controller acting as the ServiceAccount `deploy/manifests` creates, with exactly the
+/// RBAC it ships (and leader election on, as deployed): a completion pass, a deletion pass and
+/// the Lease all work, so no verb it needs is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_rbac_is_enough_for_every_pass() {
+    let Some(admin) = real_cluster().await else {
+        return;
+    };
+    let c = Cluster::new(admin.clone(), "artgc-rbac").await;
+    let setup = Cluster {
+        client: admin.clone(),
+        ns: "artgc".into(),
+    };
+    setup
+        .create_or(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "artgc"}}),
+            true,
+        )
+        .await;
+    setup
+        .create_or(
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "artgc"}}),
+            true,
+        )
+        .await;
+    let rbac = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/manifests/rbac.yaml"
+    ))
+    .expect("deploy/manifests/rbac.yaml");
+    let mut inv = serde_saphyr::from_multiple::<Value>(&rbac).expect("rbac.yaml");
+    for obj in inv.drain(..) {
+        setup.apply(obj).await;
+    }
+    let token = {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "artgc");
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let out = sas
+            .create_token_request("artgc", &PostParams::default(), &request)
+            .await
+            .expect("TokenRequest for artgc/artgc");
+        out.status.expect("token").token.expect("token")
+    };
+    let artgc = client_with_token(&token).await;
+
+    let s3 = S3Server::start().await;
+    let bucket = s3.bucket("rbac").await;
+    c.create(secret(&c.ns, "s3-creds", &s3.access_key, &s3.secret_key))
+        .await;
+    c.create(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "artifact-repositories",
+                     "annotations": {"workflows.argoproj.io/default-artifact-repository": "default"}},
+        "data": {"default": serde_json::to_string(&repository(&s3, &bucket)).unwrap()},
+    }))
+    .await;
+    for k in ["done/out.tgz", "gone/out.tgz"] {
+        s3.put(&bucket, k, "x").await;
+    }
+    let wf = |name: &str, key: &str, strategy: &str| {
+        workflow(&c.ns, name)
+            .status_repo(repository(&s3, &bucket))
+            .node(
+                &format!("{name}-1"),
+                "main",
+                vec![with_strategy(key_only("out", key), strategy)],
+            )
+    };
+    c.create(wf("done", "done/out.tgz", COMPLETION).0).await;
+    c.create(
+        wf("gone", "gone/out.tgz", DELETION)
+            .set(&["metadata", "finalizers"], json!([FINALIZER]))
+            .0,
+    )
+    .await;
+    // Fails on every pass (no such Secret): its repeated Warning Event is a series, patched.
+    let mut unreadable = full(
+        "out",
+        &s3.endpoint,
+        &bucket,
+        "failing/out.tgz",
+        "no-such-secret",
+    );
+    unreadable["s3"]["region"] = json!(s3.region);
+    c.create(
+        workflow(&c.ns, "failing")
+            .node(
+                "failing-1",
+                "main",
+                vec![with_strategy(unreadable, COMPLETION)],
+            )
+            .0,
+    )
+    .await;
+    let acting = Cluster {
+        client: artgc,
+        ns: c.ns.clone(),
+    };
+    let lease = format!("artgc-{}", c.ns);
+    let ctl = acting
+        .start(|config| {
+            config.leader_election = Some(artgc::controller::LeaderElection {
+                namespace: "artgc".into(),
+                lease_name: lease,
+                identity: "rbac-test".into(),
+                duration: 15,
+            });
+        })
+        .await;
+    until("the completion pass is recorded", async || {
+        c.workflow("done").await.is_some_and(|w| {
+            w["status"]["artifactGCStatus"]["strategiesProcessed"][COMPLETION] == true
+        })
+    })
+    .await;
+    c.workflows()
+        .delete("gone", &DeleteParams::default())
+        .await
+        .expect("delete");
+    until("the deleted Workflow is gone", async || {
+        c.workflow("gone").await.is_none()
+    })
+    .await;
+    until("the success Event", async || {
+        c.event_reasons("done")
+            .await
+            .contains(&"ArtifactGCSucceeded".to_string())
+    })
+    .await;
+    until("the failure Event repeated as a series", async || {
+        c.event_series("failing").await >= 2
+    })
+    .await;
+    ctl.shutdown().await;
+    assert!(s3.keys(&bucket).await.is_empty());
+}
+
+/// A client for the same server acting with a bearer token.
+async fn client_with_token(token: &str) -> kube::Client {
+    let path = std::env::var("ARTGC_TEST_KUBECONFIG").expect("ARTGC_TEST_KUBECONFIG");
+    let admin = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
+    let cluster = admin.clusters[0].cluster.clone().expect("cluster");
+    let text = serde_json::to_string(&json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {
+            "server": cluster.server,
+            "certificate-authority": cluster.certificate_authority,
+        }}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa"}}],
+        "current-context": "c",
+    }))
+    .unwrap();
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&text).expect("token kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("kube config");
+    kube::Client::try_from(config).expect("client")
+}
