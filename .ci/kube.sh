@@ -19,8 +19,17 @@ api_port=${KUBE_API_PORT:-39911}
 
 case "$cmd" in
 stop)
+    pids=""
     for f in "$dir"/*.pid; do
-        [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+        [ -f "$f" ] && pids="$pids $(cat "$f")"
+    done
+    for p in $pids; do kill "$p" 2>/dev/null || true; done
+    # Both shut down gracefully; wait (up to 20 s) so their ports are free again.
+    for _ in $(seq 1 100); do
+        alive=""
+        for p in $pids; do kill -0 "$p" 2>/dev/null && alive=yes; done
+        [ -z "$alive" ] && break
+        sleep 0.2
     done
     exit 0
     ;;
