@@ -353,3 +353,82 @@ fn the_rendered_policy_and_service_account_rbac_agree() {
         assert_eq!(rule["resourceNames"], serde_json::json!(["gc"]));
     }
 }
+
+/// The chart's default render and the plain manifests are the same install: the same objects
+/// (kind and name), the same RBAC rules, the same policy, and the same controller settings.
+#[test]
+fn the_default_render_and_the_plain_manifests_agree() {
+    let Some(rendered) = helm_template(&[]) else {
+        return;
+    };
+    let key = |d: &Value| {
+        (
+            d["kind"].as_str().unwrap_or_default().to_string(),
+            d["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    let plain: Vec<Value> = manifests()
+        .into_iter()
+        .map(|(_, d)| d)
+        .filter(|d| d["kind"] != "Namespace")
+        .collect();
+    let mut plain_keys: Vec<_> = plain.iter().map(key).collect();
+    let mut rendered_keys: Vec<_> = rendered.iter().filter(|d| !d.is_null()).map(key).collect();
+    plain_keys.sort();
+    rendered_keys.sort();
+    assert_eq!(plain_keys, rendered_keys);
+    let find = |k: &(String, String)| rendered.iter().find(|d| key(d) == *k).unwrap();
+    for doc in &plain {
+        let r = find(&key(doc));
+        match doc["kind"].as_str().unwrap() {
+            "ClusterRole" | "Role" => assert_eq!(doc["rules"], r["rules"], "{:?}", key(doc)),
+            "ClusterRoleBinding" | "RoleBinding" => {
+                assert_eq!(doc["roleRef"], r["roleRef"], "{:?}", key(doc));
+                assert_eq!(doc["subjects"], r["subjects"], "{:?}", key(doc));
+            }
+            "ConfigMap" => {
+                let policy = |d: &Value| {
+                    artgc_core::policy::Policy::parse(d["data"]["policy.yaml"].as_str().unwrap())
+                        .map(|p| format!("{p:?}"))
+                        .unwrap()
+                };
+                assert_eq!(policy(doc), policy(r), "the policy");
+            }
+            "Deployment" => {
+                let env_of = |d: &Value, name: &str| {
+                    d["spec"]["template"]["spec"]["containers"][0]["env"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|e| e["name"] == name)
+                        .map(|e| e["value"].as_str().unwrap().to_string())
+                };
+                // The chart leaves namespace workers to their default (half the workers); the
+                // plain manifests spell that default out.
+                let workers: u32 = env_of(doc, "ARTGC_WORKERS").unwrap().parse().unwrap();
+                assert_eq!(
+                    env_of(doc, "ARTGC_NAMESPACE_WORKERS"),
+                    Some((workers / 2).to_string())
+                );
+                assert_eq!(env_of(r, "ARTGC_NAMESPACE_WORKERS"), None);
+                let settings = |d: &Value| {
+                    let c = &d["spec"]["template"]["spec"]["containers"][0];
+                    let mut env: Vec<String> = c["env"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|e| e["name"] != "ARTGC_NAMESPACE_WORKERS")
+                        .map(|e| format!("{}={}{}", e["name"], e["value"], e["valueFrom"]))
+                        .collect();
+                    env.sort();
+                    (c["args"].clone(), env, c["ports"].clone())
+                };
+                assert_eq!(settings(doc), settings(r), "the controller's settings");
+            }
+            _ => {}
+        }
+    }
+}

@@ -390,23 +390,7 @@ async fn the_shipped_rbac_is_enough_for_every_pass() {
     for obj in inv.drain(..) {
         setup.apply(obj).await;
     }
-    let token = {
-        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-        use k8s_openapi::api::core::v1::ServiceAccount;
-        let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "artgc");
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let out = sas
-            .create_token_request("artgc", &PostParams::default(), &request)
-            .await
-            .expect("TokenRequest for artgc/artgc");
-        out.status.expect("token").token.expect("token")
-    };
+    let token = token_for(&admin, "artgc", "artgc").await;
     let artgc = client_with_token(&token).await;
 
     let s3 = S3Server::start().await;
@@ -522,4 +506,159 @@ async fn client_with_token(token: &str) -> kube::Client {
         .await
         .expect("kube config");
     kube::Client::try_from(config).expect("client")
+}
+
+/// The chart's `rbac.scope=namespaced` render with the service-account identity enabled for
+/// one namespace and account: the controller, as the chart's ServiceAccount with only that
+/// render's Roles, collects through the workflow's GC service account (reading it, minting its
+/// token) and holds the Lease. Needs the real helm too (`ARTGC_HELM`, from `.ci/tools.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_namespaced_rbac_with_the_service_account_identity_is_enough() {
+    let Some(admin) = real_cluster().await else {
+        return;
+    };
+    let Ok(helm) = std::env::var("ARTGC_HELM") else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "ARTGC_HELM is not set: CI must build helm (.ci/tools.sh)"
+        );
+        eprintln!("skipped: ARTGC_HELM not set");
+        return;
+    };
+    let c = Cluster::new(admin.clone(), "artgc-nsrbac").await;
+    let release = Cluster::new(admin.clone(), "artgc-release").await;
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/artgc");
+    let out = std::process::Command::new(helm)
+        .args(["template", "artgc", chart, "--namespace", &release.ns])
+        .args(["--set", "rbac.scope=namespaced"])
+        .args(["--set", &format!("controller.namespaces={{{}}}", c.ns)])
+        .args(["--set", "serviceAccountIdentity.enabled=true"])
+        .args([
+            "--set",
+            &format!("serviceAccountIdentity.namespaces.{}={{gc}}", c.ns),
+        ])
+        .output()
+        .expect("helm template");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = serde_saphyr::from_multiple::<Value>(&String::from_utf8(out.stdout).unwrap())
+        .expect("rendered YAML");
+    let mut applied = Vec::new();
+    for d in docs.into_iter().filter(|d| !d.is_null()) {
+        let kind = d["kind"].as_str().unwrap_or_default().to_string();
+        assert!(
+            !matches!(kind.as_str(), "ClusterRole" | "ClusterRoleBinding"),
+            "the namespaced render grants nothing cluster-wide: {d}"
+        );
+        if matches!(kind.as_str(), "ServiceAccount" | "Role" | "RoleBinding") {
+            applied.push(format!(
+                "{kind} {}/{}",
+                d["metadata"]["namespace"], d["metadata"]["name"]
+            ));
+            release.apply(d).await;
+        }
+    }
+    assert!(applied.len() >= 5, "{applied:?}");
+    let sa_name = "artgc";
+    let token = token_for(&admin, &release.ns, sa_name).await;
+    let artgc = client_with_token(&token).await;
+
+    let role = "arn:aws:iam::111:role/gc";
+    let keys = [("AKROLE".to_string(), "secret-role".to_string())];
+    let s3 = S3Server::start_local_with_keys(&keys).await;
+    let bucket = s3.bucket("nsrbac").await;
+    let caller = format!("system:serviceaccount:{}:gc", c.ns);
+    let sts = StsServer::start(
+        "sts.amazonaws.com",
+        vec![StsRole {
+            arn: role.into(),
+            access_key: keys[0].0.clone(),
+            secret_key: keys[0].1.clone(),
+            trusted_subjects: vec![caller.clone()],
+            trusted_roles: vec![],
+        }],
+    )
+    .await;
+    c.create(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                    "metadata": {"name": "gc", "annotations": {"eks.amazonaws.com/role-arn": role}}}))
+        .await;
+    let mut repo = s3_repo(&s3.endpoint, &bucket, "unused");
+    let loc = repo["s3"].as_object_mut().unwrap();
+    loc.remove("accessKeySecret");
+    loc.remove("secretKeySecret");
+    loc.insert("region".into(), json!(s3.region));
+    s3.put(&bucket, "ns/out.tgz", "x").await;
+    c.create(
+        workflow(&c.ns, "w")
+            .status_repo(repo)
+            .set(&["spec", "artifactGC", "serviceAccountName"], json!("gc"))
+            .node(
+                "w-1",
+                "main",
+                vec![with_strategy(key_only("out", "ns/out.tgz"), COMPLETION)],
+            )
+            .0,
+    )
+    .await;
+    let acting = Cluster {
+        client: artgc,
+        ns: c.ns.clone(),
+    };
+    let endpoint = s3.endpoint.clone();
+    let sts_url = sts.url.clone();
+    let lease_ns = release.ns.clone();
+    let ctl = acting
+        .start(move |config| {
+            config.policy =
+                endpoints_policy_with(&[endpoint], "  identities: [secret, serviceAccount]\n");
+            config.sts = StsSettings {
+                endpoint: Some(sts_url),
+                ..Default::default()
+            };
+            config.leader_election = Some(artgc::controller::LeaderElection {
+                namespace: lease_ns,
+                lease_name: "artgc".into(),
+                identity: "namespaced-rbac-test".into(),
+                duration: 15,
+            });
+        })
+        .await;
+    until("collected through the service account", async || {
+        c.workflow("w").await.is_some_and(|w| {
+            w["status"]["artifactGCStatus"]["strategiesProcessed"][COMPLETION] == true
+        })
+    })
+    .await;
+    ctl.shutdown().await;
+    assert!(s3.keys(&bucket).await.is_empty());
+    assert!(
+        sts.calls()
+            .iter()
+            .any(|call| call.granted && call.caller == caller),
+        "{:?}",
+        sts.calls()
+    );
+}
+
+/// A token for ServiceAccount `ns/name`, minted by the API server (TokenRequest).
+async fn token_for(admin: &kube::Client, ns: &str, name: &str) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let out = sas
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {ns}/{name}: {e}"));
+    out.status.and_then(|s| s.token).expect("token")
 }
