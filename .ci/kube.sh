@@ -130,8 +130,22 @@ if [ -z "$ready" ]; then
     tail -20 "$dir/apiserver.log" >&2
     exit 1
 fi
-kubectl --kubeconfig "$kubeconfig" apply -f "$here/testenv/crds/workflows.yaml" >&2
-kubectl --kubeconfig "$kubeconfig" wait --for condition=established --timeout 60s \
+# Argo's own Workflow CRD (its full schema, which prunes what it does not declare) when the
+# shared fixtures are there, else our minimal one. Server-side: Argo's is too big for the
+# last-applied annotation.
+crd=$here/testenv/crds/workflows.yaml
+argo_crd=$here/../shared/fixtures/argo/crds/argoproj.io_workflows.yaml
+if [ -f "$argo_crd" ]; then
+    crd=$argo_crd
+fi
+echo "Workflow CRD: $crd" >&2
+kubectl --kubeconfig "$kubeconfig" apply --server-side -f "$crd" >&2
+for _ in $(seq 1 100); do
+    kubectl --kubeconfig "$kubeconfig" wait --for condition=established --timeout 10s \
+        crd/workflows.argoproj.io > /dev/null 2>&1 && break
+    sleep 0.2
+done
+kubectl --kubeconfig "$kubeconfig" wait --for condition=established --timeout 10s \
     crd/workflows.argoproj.io >&2
 
 
