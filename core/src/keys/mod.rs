@@ -234,8 +234,8 @@ struct Slot {
 /// watch, so that each workflow's plan sees every other workflow's keys without listing them.
 ///
 /// Built for 100,000s of workflows: entries are `(store, bucket, key base) -> slot` in sorted,
-/// front-coded runs (see [`runs`]) plus a small overlay of recent ones, merged as runs of equal
-/// size meet (each entry is rewritten O(log n) times). Replacing or removing a workflow only
+/// front-coded runs (the `runs` module) plus a small overlay of recent ones, merged as runs of
+/// equal size meet (each entry is rewritten O(log n) times). Replacing or removing a workflow only
 /// retires its slot; its entries are dropped at the next merge that reaches them, and the
 /// whole index is rewritten once retired entries outnumber live ones.
 #[derive(Debug, Default)]
