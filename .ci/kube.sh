@@ -2,7 +2,8 @@
 # Starts a real Kubernetes control plane (etcd and kube-apiserver, no nodes) on loopback for
 # artgc's tests, as controller-runtime's envtest does: a self-signed CA, client-certificate
 # auth, a service-account signing key (so TokenRequest works) and RBAC authorization.
-# Usage: eval "$(.ci/kube.sh start DIR)"   -> exports ARTGC_TEST_KUBECONFIG (an admin), KUBE_PIDS
+# Usage: eval "$(.ci/kube.sh start DIR)"   -> exports ARTGC_TEST_KUBECONFIG (an admin),
+#        ARTGC_TEST_KUBE_AUDIT (the audit log), KUBE_PIDS
 #        .ci/kube.sh stop DIR
 # The binaries are built from their published Go modules (testenv/), pinned, once per machine,
 # into $ARTGC_TOOLS (default /opt/artgc-tools); the first build prints how long it took.
@@ -150,4 +151,5 @@ kubectl --kubeconfig "$kubeconfig" wait --for condition=established --timeout 10
 
 
 echo "export ARTGC_TEST_KUBECONFIG=$kubeconfig"
+echo "export ARTGC_TEST_KUBE_AUDIT=$dir/audit.log"
 echo "export KUBE_PIDS=\"$(cat "$dir/etcd.pid") $(cat "$dir/apiserver.pid")\""
