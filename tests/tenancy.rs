@@ -530,17 +530,8 @@ async fn objects_written_after_the_workflow_are_kept() {
     assert_eq!(written_after, 2);
     assert_eq!(srv.keys(&b).await, ["fixed/report.csv", "w/dir/old"]);
     let ctx = artgc_core::outcome::PassContext {
-        finished: true,
-        started: true,
-        deleting: false,
-        has_finalizer: false,
-        force_finalizer_removal: false,
-        attempt: 1,
         budget: 5,
-        may_need_gc: true,
-        may_add_finalizer: true,
-        processed: Default::default(),
-        has_condition: false,
+        ..completed_pass()
     };
     let outcome = artgc_core::outcome::assess(&plan.workflows[0], 0, Some(&exec), &ctx);
     assert_eq!(

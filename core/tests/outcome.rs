@@ -26,59 +26,6 @@ fn wf(name: &str) -> Wf {
         )
 }
 
-/// The context of a pass over a finished workflow Argo started: first attempt, budget 3.
-fn completed() -> PassContext {
-    PassContext {
-        finished: true,
-        started: true,
-        deleting: false,
-        has_finalizer: false,
-        force_finalizer_removal: false,
-        attempt: 1,
-        budget: 3,
-        may_need_gc: true,
-        may_add_finalizer: true,
-        processed: Default::default(),
-        has_condition: false,
-    }
-}
-
-/// What differs from [`completed`], by name.
-trait Situation {
-    /// Being deleted.
-    fn deleted(self) -> Self;
-    /// artgc's finalizer is on it.
-    fn holding(self) -> Self;
-    /// `forceFinalizerRemoval: true`.
-    fn forcing(self) -> Self;
-    /// This is deletion pass `n`.
-    fn attempt(self, n: u32) -> Self;
-}
-
-impl Situation for PassContext {
-    fn deleted(self) -> Self {
-        Self {
-            deleting: true,
-            ..self
-        }
-    }
-    fn holding(self) -> Self {
-        Self {
-            has_finalizer: true,
-            ..self
-        }
-    }
-    fn forcing(self) -> Self {
-        Self {
-            force_finalizer_removal: true,
-            ..self
-        }
-    }
-    fn attempt(self, n: u32) -> Self {
-        Self { attempt: n, ..self }
-    }
-}
-
 /// Every planned deletion succeeded, or failed with 403 when `fail` names the artifact.
 fn run(plan: &GcPlan, fail: Option<&str>) -> Execution {
     let mut exec = Execution::default();
@@ -106,7 +53,12 @@ fn run(plan: &GcPlan, fail: Option<&str>) -> Execution {
 #[test]
 fn the_completion_pass_marks_completion_only_and_adds_no_finalizer() {
     let plan = plan_due(vec![wf("w")], creds());
-    let out = assess(&plan.workflows[0], 0, Some(&run(&plan, None)), &completed());
+    let out = assess(
+        &plan.workflows[0],
+        0,
+        Some(&run(&plan, None)),
+        &completed_pass(),
+    );
     assert_eq!(out.update.processed, [Strategy::OnWorkflowCompletion]);
     assert_eq!(out.update.deleted.len(), 1);
     assert_eq!(out.update.finalizer, FinalizerChange::Keep);
@@ -121,7 +73,7 @@ fn the_deletion_pass_releases_when_everything_is_settled() {
         &plan.workflows[0],
         0,
         Some(&run(&plan, None)),
-        &completed().deleted().holding(),
+        &completed_pass().deleted().holding(),
     );
     assert_eq!(
         out.update.finalizer,
@@ -142,7 +94,11 @@ fn force_releases_only_once_the_budget_is_spent_and_never_marks_failed_work_proc
             &plan.workflows[0],
             0,
             Some(&exec),
-            &completed().deleted().holding().forcing().attempt(attempt),
+            &completed_pass()
+                .deleted()
+                .holding()
+                .forcing()
+                .attempt(attempt),
         );
         assert_eq!(
             out.update.finalizer,
@@ -155,7 +111,7 @@ fn force_releases_only_once_the_budget_is_spent_and_never_marks_failed_work_proc
         &plan.workflows[0],
         0,
         Some(&exec),
-        &completed().deleted().holding().forcing().attempt(3),
+        &completed_pass().deleted().holding().forcing().attempt(3),
     );
     assert_eq!(
         out.update.finalizer,
@@ -167,7 +123,7 @@ fn force_releases_only_once_the_budget_is_spent_and_never_marks_failed_work_proc
         &plan.workflows[0],
         0,
         Some(&exec),
-        &completed().deleted().holding().attempt(99),
+        &completed_pass().deleted().holding().attempt(99),
     );
     assert_eq!(out.update.finalizer, FinalizerChange::Keep);
 }
@@ -175,7 +131,7 @@ fn force_releases_only_once_the_budget_is_spent_and_never_marks_failed_work_proc
 #[test]
 fn a_running_workflow_being_deleted_is_held_until_it_finishes() {
     let plan = plan_due(vec![wf("w").running().deleting()], creds());
-    let mut c = completed().deleted().holding().forcing().attempt(99);
+    let mut c = completed_pass().deleted().holding().forcing().attempt(99);
     c.finished = false;
     let out = assess(&plan.workflows[0], 0, None, &c);
     assert_eq!(out.update.finalizer, FinalizerChange::Keep);
@@ -190,7 +146,7 @@ fn nothing_carried_out_is_never_recorded_as_done() {
         &plan.workflows[0],
         0,
         None,
-        &completed().deleted().holding().forcing().attempt(99),
+        &completed_pass().deleted().holding().forcing().attempt(99),
     );
     assert!(out.update.deleted.is_empty());
     assert!(out.update.processed.is_empty());
@@ -277,7 +233,7 @@ fn what_artgc_cannot_collect_is_reported_and_settled() {
         &plan.workflows[0],
         0,
         Some(&run(&plan, None)),
-        &completed().deleted().holding(),
+        &completed_pass().deleted().holding(),
     );
     assert!(out.failures.is_empty());
     assert_eq!(out.notes.len(), 1);
@@ -296,7 +252,7 @@ fn what_artgc_cannot_collect_is_reported_and_settled() {
             reason: "not a map".into(),
         },
     );
-    let out = assess(&broken, 0, None, &completed().deleted().holding());
+    let out = assess(&broken, 0, None, &completed_pass().deleted().holding());
     assert!(out.failures.is_empty() && out.notes.len() == 1);
     assert_eq!(
         out.update.finalizer,
@@ -313,7 +269,7 @@ fn failed_deletion_passes_are_counted_on_the_workflow() {
         &plan.workflows[0],
         0,
         Some(&exec),
-        &completed().deleted().holding().forcing().attempt(2),
+        &completed_pass().deleted().holding().forcing().attempt(2),
     );
     assert_eq!(out.update.deletion_attempts, Some(2));
     let plan = plan_due(vec![wf("w")], creds());
@@ -322,7 +278,7 @@ fn failed_deletion_passes_are_counted_on_the_workflow() {
         &plan.workflows[0],
         0,
         Some(&exec),
-        &completed().holding().forcing(),
+        &completed_pass().holding().forcing(),
     );
     assert_eq!(out.update.deletion_attempts, None);
 }
@@ -336,7 +292,7 @@ fn a_cancelled_pass_keeps_the_condition() {
     for o in exec.outcomes.values_mut() {
         o.error = Some(StoreError::cancelled());
     }
-    let mut c = completed();
+    let mut c = completed_pass();
     c.has_condition = true;
     let out = assess(&plan.workflows[0], 0, Some(&exec), &c);
     assert_eq!(out.update.condition, ConditionChange::Keep);
@@ -381,7 +337,7 @@ fn a_key_read_by_a_running_workflow_is_pending_not_settled() {
         &plan.workflows[0],
         0,
         None,
-        &completed().deleted().holding(),
+        &completed_pass().deleted().holding(),
     );
     assert!(out.pending && out.waiting_on_readers);
     assert_eq!(out.update.finalizer, FinalizerChange::Keep);
@@ -404,7 +360,7 @@ fn a_key_read_by_a_running_workflow_is_pending_not_settled() {
         &plan.workflows[0],
         0,
         None,
-        &completed().deleted().holding(),
+        &completed_pass().deleted().holding(),
     );
     assert!(!out.waiting_on_readers);
     assert_eq!(

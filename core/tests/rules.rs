@@ -1,6 +1,8 @@
 //! The judge's rules as tables: each row is one situation and what the rule answers. The
-//! situations are built from one baseline (a finished, undeleted workflow that Argo started,
-//! without the finalizer) so each row names only what differs.
+//! situations are built from one baseline (`completed_pass`: a finished, undeleted workflow
+//! that Argo started, without the finalizer) so each row names only what differs.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,27 +16,12 @@ use artgc_core::plan::{
     ArtifactPlan, Decision, KeepReason, OutputFacts, SkipReason, Strategy, StrategyFilter,
     output_decision, selected_by_filter,
 };
-
-fn finished() -> PassContext {
-    PassContext {
-        finished: true,
-        started: true,
-        deleting: false,
-        has_finalizer: false,
-        force_finalizer_removal: false,
-        attempt: 1,
-        budget: 3,
-        may_need_gc: true,
-        may_add_finalizer: true,
-        processed: BTreeMap::new(),
-        has_condition: false,
-    }
-}
+use support::{Situation, completed_pass};
 
 fn running() -> PassContext {
     PassContext {
         finished: false,
-        ..finished()
+        ..completed_pass()
     }
 }
 
@@ -46,19 +33,8 @@ const FORCE: FinalizerChange = FinalizerChange::Remove { forced: true };
 /// Every branch of the finalizer rule, and the near misses that must not take it.
 #[test]
 fn finalizer_rule() {
-    let holding = |c: PassContext| PassContext {
-        has_finalizer: true,
-        ..c
-    };
-    let deleted = |c: PassContext| PassContext {
-        deleting: true,
-        ..holding(c)
-    };
-    let spent = |c: PassContext| PassContext {
-        force_finalizer_removal: true,
-        attempt: 3,
-        ..deleted(c)
-    };
+    // Deleted, failing, forceFinalizerRemoval set, and the budget (3) spent.
+    let spent = |c: PassContext| c.holding().deleted().forcing().attempt(3);
     // (situation, pending, failed, expected)
     let rows: Vec<(&str, PassContext, bool, bool, FinalizerChange)> = vec![
         // Adding: only while Argo runs a workflow that declares GC, and only where allowed.
@@ -95,14 +71,14 @@ fn finalizer_rule() {
         ),
         (
             "running, holds it already",
-            holding(running()),
+            running().holding(),
             true,
             false,
             KEEP,
         ),
         (
             "finished, not held: never added",
-            finished(),
+            completed_pass(),
             true,
             false,
             KEEP,
@@ -110,14 +86,14 @@ fn finalizer_rule() {
         // Releasing a completed, undeleted workflow once nothing is pending.
         (
             "finished, nothing pending",
-            holding(finished()),
+            completed_pass().holding(),
             false,
             false,
             REMOVE,
         ),
         (
             "finished, work pending",
-            holding(finished()),
+            completed_pass().holding(),
             true,
             false,
             KEEP,
@@ -125,28 +101,28 @@ fn finalizer_rule() {
         // Deleted workflows.
         (
             "deleted, nothing pending",
-            deleted(finished()),
+            completed_pass().holding().deleted(),
             false,
             false,
             REMOVE,
         ),
         (
             "deleted, still pending",
-            deleted(finished()),
+            completed_pass().holding().deleted(),
             true,
             false,
             KEEP,
         ),
         (
             "deleted, failing, no force",
-            deleted(finished()),
+            completed_pass().holding().deleted(),
             true,
             true,
             KEEP,
         ),
         (
             "deleted, failing, force, budget spent",
-            spent(finished()),
+            spent(completed_pass()),
             true,
             true,
             FORCE,
@@ -155,7 +131,7 @@ fn finalizer_rule() {
             "deleted, failing, force, budget left",
             PassContext {
                 attempt: 2,
-                ..spent(finished())
+                ..spent(completed_pass())
             },
             true,
             true,
@@ -163,14 +139,14 @@ fn finalizer_rule() {
         ),
         (
             "deleted, force, pending but not failing",
-            spent(finished()),
+            spent(completed_pass()),
             true,
             false,
             KEEP,
         ),
         (
             "deleted while running: let it finish",
-            deleted(running()),
+            running().holding().deleted(),
             true,
             false,
             KEEP,
@@ -179,7 +155,7 @@ fn finalizer_rule() {
             "deleted, never started: released at once",
             PassContext {
                 started: false,
-                ..deleted(running())
+                ..running().holding().deleted()
             },
             true,
             false,
@@ -189,7 +165,7 @@ fn finalizer_rule() {
             "deleted, not ours",
             PassContext {
                 has_finalizer: false,
-                ..deleted(finished())
+                ..completed_pass().holding().deleted()
             },
             false,
             false,
@@ -406,7 +382,7 @@ fn processed_strategies_rule() {
     let only = |s: Strategy| BTreeSet::from([s]);
     let deleted = PassContext {
         deleting: true,
-        ..finished()
+        ..completed_pass()
     };
     let recorded = PassContext {
         processed: BTreeMap::from([(C.as_str().to_string(), true)]),
@@ -424,7 +400,7 @@ fn processed_strategies_rule() {
     let rows: Vec<Row> = vec![
         (
             "completed",
-            finished(),
+            completed_pass(),
             false,
             none.clone(),
             none.clone(),
@@ -503,7 +479,7 @@ fn condition_rule() {
     let set = |c: &ConditionChange| matches!(c, ConditionChange::Set(m) if m.contains("n1/out: denied (access_denied)"));
     assert!(
         set(&condition_change(
-            &finished(),
+            &completed_pass(),
             std::slice::from_ref(&failure),
             false
         )),
@@ -516,13 +492,13 @@ fn condition_rule() {
     let rows = [
         (
             "flagged, clean pass",
-            flagged(finished()),
+            flagged(completed_pass()),
             false,
             ConditionChange::Clear,
         ),
         (
             "flagged, stopped pass proves nothing",
-            flagged(finished()),
+            flagged(completed_pass()),
             true,
             ConditionChange::Keep,
         ),
@@ -532,7 +508,12 @@ fn condition_rule() {
             false,
             ConditionChange::Keep,
         ),
-        ("not flagged", finished(), false, ConditionChange::Keep),
+        (
+            "not flagged",
+            completed_pass(),
+            false,
+            ConditionChange::Keep,
+        ),
     ];
     for (what, ctx, cancelled, want) in rows {
         assert_eq!(condition_change(&ctx, &[], cancelled), want, "{what}");

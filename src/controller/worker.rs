@@ -21,6 +21,7 @@ use crate::metrics;
 use crate::record::{self, RecordError};
 use artgc_core::execution::Execution;
 use artgc_core::inventory::WorkflowInput;
+use artgc_core::model::Workflow;
 use artgc_core::outcome::{FinalizerChange, PassContext, PassOutcome, assess};
 use artgc_core::plan::{GcPlan, PlanOptions, WorkflowPlan};
 
@@ -155,14 +156,15 @@ async fn reconcile(
         .as_array()
         .is_some_and(|a| a.iter().any(|f| f == pass.finalizer()));
     let budget = shared.config.retry_budget;
-    let (plan, execution, ctx) = match input {
+    let input = Arc::new(input);
+    let (plan, execution, ctx) = match &*input {
         WorkflowInput::Valid(wf) if !wf.is_finished() => {
-            let ctx = PassContext::of(&wf, &pass.raw, holds, budget);
+            let ctx = PassContext::of(wf, &pass.raw, holds, budget);
             return pass.running(&ctx).await;
         }
         WorkflowInput::Valid(wf) => {
-            let ctx = PassContext::of(&wf, &pass.raw, holds, budget);
-            let plan = pass.plan(Arc::new(WorkflowInput::Valid(wf))).await;
+            let ctx = PassContext::of(wf, &pass.raw, holds, budget);
+            let plan = pass.plan(wf, input.clone()).await;
             let execution = match pass.execute(&plan).await? {
                 Executed::Nothing => None,
                 Executed::Done(e) => Some(e),
@@ -176,7 +178,7 @@ async fn reconcile(
             error,
         } => {
             let plan = GcPlan {
-                workflows: vec![WorkflowPlan::unplannable(&namespace, &name, error)],
+                workflows: vec![WorkflowPlan::unplannable(namespace, name, error.clone())],
             };
             let ctx = PassContext::unreadable(&pass.raw, holds, budget);
             (plan, None, ctx)
@@ -248,11 +250,9 @@ impl Pass<'_> {
     /// The plan, with what the workflow's namespace holds (ConfigMaps, Secrets, service
     /// accounts) and every other workflow's keys. Planning a big workflow takes a while: only
     /// the shared-key check holds the index. A failed read is a failed pass like any other.
-    async fn plan(&self, input: Arc<WorkflowInput>) -> GcPlan {
+    /// `wf` is `input`'s workflow; `input` goes to the CPU work, which owns what it reads.
+    async fn plan(&self, wf: &Workflow, input: Arc<WorkflowInput>) -> GcPlan {
         let shared = self.shared;
-        let WorkflowInput::Valid(wf) = &*input else {
-            unreachable!("planned only when readable")
-        };
         let names = {
             let input = input.clone();
             shared

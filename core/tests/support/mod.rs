@@ -216,3 +216,57 @@ pub fn wfp<'a>(plan: &'a GcPlan, wf: &str) -> &'a WorkflowPlan {
         .find(|w| w.name == wf)
         .unwrap_or_else(|| panic!("no workflow {wf}"))
 }
+
+/// The context of a pass over a finished workflow Argo started, not deleted, without artgc's
+/// finalizer: first attempt, budget 3. Tests name only what differs from it.
+pub fn completed_pass() -> artgc_core::outcome::PassContext {
+    artgc_core::outcome::PassContext {
+        finished: true,
+        started: true,
+        deleting: false,
+        has_finalizer: false,
+        force_finalizer_removal: false,
+        attempt: 1,
+        budget: 3,
+        may_need_gc: true,
+        may_add_finalizer: true,
+        processed: Default::default(),
+        has_condition: false,
+    }
+}
+
+/// What differs from [`completed_pass`], by name.
+pub trait Situation {
+    /// Being deleted.
+    fn deleted(self) -> Self;
+    /// artgc's finalizer is on it.
+    fn holding(self) -> Self;
+    /// `forceFinalizerRemoval: true`.
+    fn forcing(self) -> Self;
+    /// This is deletion pass `n`.
+    fn attempt(self, n: u32) -> Self;
+}
+
+impl Situation for artgc_core::outcome::PassContext {
+    fn deleted(self) -> Self {
+        Self {
+            deleting: true,
+            ..self
+        }
+    }
+    fn holding(self) -> Self {
+        Self {
+            has_finalizer: true,
+            ..self
+        }
+    }
+    fn forcing(self) -> Self {
+        Self {
+            force_finalizer_removal: true,
+            ..self
+        }
+    }
+    fn attempt(self, n: u32) -> Self {
+        Self { attempt: n, ..self }
+    }
+}
