@@ -1,46 +1,98 @@
-//! The controller end to end: the project's Kubernetes API test server and a real S3 server over
-//! HTTP, the controller's own tasks in this process. Each test asserts S3 contents, the
-//! Workflow's status and finalizers, and Events.
+//! The controller end to end: a Kubernetes API server and a real S3 server over HTTP, the
+//! controller's own tasks in this process. Each test asserts S3 contents, the Workflow's
+//! status and finalizers, and Events.
+//!
+//! Most tests run twice, once per API server (`test_server::` and `real_api_server::`):
+//! - the project's API test server, fast, one per test;
+//! - the real kube-apiserver `.ci/kube.sh` starts (`ARTGC_TEST_KUBECONFIG`; without it the
+//!   real runs fail in CI and are skipped elsewhere), a namespace per test, with Argo's own
+//!   Workflow CRD when `../shared` has it, and the controller acting as the ServiceAccount
+//!   `deploy/manifests` creates, bound to exactly the RBAC it ships.
+//!
+//! A test that needs a fault the real server cannot be made to show (injected answers, latency,
+//! dropped watches, compaction, a status Argo's CRD schema rejects) runs on the test server
+//! only, and says so in its first doc line.
 
 #[path = "../core/tests/support/mod.rs"]
 mod support;
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use artgc::controller::{ControllerConfig, ControllerHandle, LeaderElection};
 use artgc_core::nodes::{NodeEncoding, compress, decompress};
-use artgc_testkit::{KubeApiServer, KubeFault, S3Server};
+use artgc_testkit::{KubeApiServer, KubeFault, Namespace, RealKube, S3Server};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::*;
 
-const NS: &str = "ns";
 const FINALIZER: &str = "workflows.argoproj.io/artifact-gc";
 const COMPLETION: &str = "OnWorkflowCompletion";
 const DELETION: &str = "OnWorkflowDeletion";
 
+/// Where a test's objects live.
+enum Kube {
+    /// The project's test server, its own for this test.
+    TestServer(KubeApiServer),
+    /// A namespace of the real API server, written as its admin.
+    Real(Namespace),
+}
+
 struct Env {
-    kube: KubeApiServer,
+    kube: Kube,
+    /// The workflows' namespace.
+    ns: String,
+    /// Who the controller acts as.
+    controller_client: kube::Client,
+    /// Where Leases go: the shipped RBAC grants them in `artgc` only.
+    lease_ns: String,
+    /// The namespaces the controller watches (all, on the test server).
+    watched: Mutex<Vec<String>>,
     s3: S3Server,
     bucket: String,
 }
 
-async fn env() -> Env {
-    let kube = KubeApiServer::start().await;
-    let s3 = S3Server::start().await;
-    let bucket = s3.bucket("ctl").await;
-    kube.seed(secret(NS, "s3-creds", &s3.access_key, &s3.secret_key));
-    let env = Env { kube, s3, bucket };
-    // The namespace's repository, as the workflows' status froze it: its endpoint is the one
-    // configured for the namespace.
-    env.kube.seed(json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "artifact-repositories", "namespace": NS,
-                     "annotations": {"workflows.argoproj.io/default-artifact-repository": "default"}},
-        "data": {"default": serde_json::to_string(&env.repo()).unwrap()},
-    }));
-    env
+/// Runs each named test (an `async fn(Env)`) on both servers.
+macro_rules! on_both_servers {
+    ($($name:ident),* $(,)?) => {
+        mod test_server {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Env::test_server().await).await;
+                }
+            )*
+        }
+        mod real_api_server {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(e) = super::Env::real_api_server(stringify!($name)).await {
+                        super::$name(e).await;
+                    }
+                }
+            )*
+        }
+    };
 }
+
+on_both_servers!(
+    completion_then_deletion_with_mixed_strategies_and_never,
+    a_running_workflow_gets_the_finalizer_then_is_collected_when_it_completes,
+    force_finalizer_removal_releases_after_the_retry_budget_of_persistent_403s,
+    failure_without_force_holds_the_finalizer_sets_the_condition_and_recovers,
+    the_condition_is_cleared_on_a_later_success,
+    compressed_nodes_are_written_back_in_their_own_encoding,
+    a_shared_key_is_kept_until_the_last_user_goes,
+    an_output_read_by_a_running_workflow_is_collected_when_the_reader_finishes,
+    only_the_leader_acts_and_hand_over_works,
+    keys_that_differ_inside_a_character_are_collected_and_the_process_stays_healthy,
+    live_fails_when_the_workers_are_gone,
+    a_workflow_argo_never_started_holds_nothing,
+    no_finalizer_without_declared_gc,
+    unsupported_drivers_are_reported_and_do_not_hold_the_workflow,
+    a_tenants_slow_store_leaves_workers_for_the_other_namespaces,
+);
 
 fn config() -> ControllerConfig {
     ControllerConfig {
@@ -54,6 +106,131 @@ fn config() -> ControllerConfig {
 }
 
 impl Env {
+    /// On a test server of its own, namespace `ns`.
+    async fn test_server() -> Env {
+        let server = KubeApiServer::start().await;
+        let client = server.client();
+        Self::seeded(
+            Kube::TestServer(server),
+            "ns".into(),
+            client,
+            "ns".into(),
+            vec![],
+        )
+        .await
+    }
+
+    /// In a namespace of its own on the real API server, the controller acting as the shipped
+    /// ServiceAccount; `None` (skipped) outside CI without one.
+    async fn real_api_server(test: &str) -> Option<Env> {
+        let kube = RealKube::from_env().await?;
+        // Namespace names are DNS labels: a short, readable prefix of the test's name.
+        let prefix: String = test.replace('_', "-").chars().take(40).collect();
+        let space = kube.namespace(prefix.trim_end_matches('-')).await;
+        let rbac = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/manifests/rbac.yaml"
+        ))
+        .expect("deploy/manifests/rbac.yaml");
+        let controller = kube.as_deployed(&rbac).await;
+        let ns = space.ns.clone();
+        Some(
+            Self::seeded(
+                Kube::Real(space),
+                ns.clone(),
+                controller,
+                "artgc".into(),
+                vec![ns],
+            )
+            .await,
+        )
+    }
+
+    async fn seeded(
+        kube: Kube,
+        ns: String,
+        controller_client: kube::Client,
+        lease_ns: String,
+        watched: Vec<String>,
+    ) -> Env {
+        let s3 = S3Server::start().await;
+        let bucket = s3.bucket("ctl").await;
+        let env = Env {
+            kube,
+            ns,
+            controller_client,
+            lease_ns,
+            watched: Mutex::new(watched),
+            s3,
+            bucket,
+        };
+        env.seed(secret(
+            &env.ns,
+            "s3-creds",
+            &env.s3.access_key,
+            &env.s3.secret_key,
+        ))
+        .await;
+        // The namespace's repository, as the workflows' status froze it: its endpoint is the
+        // one configured for the namespace.
+        env.repository_config_map(&env.ns, &env.repo()).await;
+        env
+    }
+
+    /// The `artifact-repositories` ConfigMap of `ns`, its default `repo`.
+    async fn repository_config_map(&self, ns: &str, repo: &Value) {
+        self.seed(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "artifact-repositories", "namespace": ns,
+                         "annotations": {"workflows.argoproj.io/default-artifact-repository": "default"}},
+            "data": {"default": serde_json::to_string(repo).unwrap()},
+        }))
+        .await;
+    }
+
+    /// Another tenant's namespace, watched too.
+    async fn other_namespace(&self, prefix: &str) -> String {
+        let ns = match &self.kube {
+            Kube::TestServer(_) => prefix.to_string(),
+            Kube::Real(space) => {
+                let kube = RealKube::from_env().await.expect("real API server");
+                let _ = space;
+                kube.namespace(prefix).await.ns
+            }
+        };
+        let mut watched = self.watched.lock().unwrap();
+        if !watched.is_empty() {
+            watched.push(ns.clone());
+        }
+        ns
+    }
+
+    /// The test server, for a test that stays on it.
+    fn server(&self) -> &KubeApiServer {
+        match &self.kube {
+            Kube::TestServer(server) => server,
+            Kube::Real(_) => panic!("this test runs on the test server only"),
+        }
+    }
+
+    /// A client with every right: the test's own hand.
+    fn admin(&self) -> kube::Client {
+        match &self.kube {
+            Kube::TestServer(server) => server.client(),
+            Kube::Real(space) => space.client.clone(),
+        }
+    }
+
+    /// Creates `obj` as it is, status included (Argo's CRD has no status subresource).
+    async fn seed(&self, obj: Value) {
+        match &self.kube {
+            Kube::TestServer(server) => {
+                server.seed(obj);
+            }
+            Kube::Real(space) => space.create(obj).await,
+        }
+    }
+
     fn repo(&self) -> Value {
         let mut r = s3_repo(&self.s3.endpoint, &self.bucket, "s3-creds");
         r["s3"]["region"] = json!(self.s3.region);
@@ -62,7 +239,7 @@ impl Env {
 
     /// A finished workflow with the repository frozen into its status.
     fn wf(&self, name: &str) -> Wf {
-        workflow(NS, name).status_repo(self.repo())
+        workflow(&self.ns, name).status_repo(self.repo())
     }
 
     /// A finished workflow with one artifact `a` at `key` of strategy `strategy`.
@@ -84,25 +261,40 @@ impl Env {
         self.s3.keys(&self.bucket).await
     }
 
-    fn create(&self, wf: Wf) {
-        self.kube.seed(wf.0);
+    async fn create(&self, wf: Wf) {
+        self.seed(wf.0).await;
     }
 
     async fn start(&self, tweak: impl FnOnce(&mut ControllerConfig)) -> ControllerHandle {
         let mut c = config();
+        c.namespaces = self.watched.lock().unwrap().clone();
         tweak(&mut c);
-        artgc::controller::start(self.kube.client(), c)
+        artgc::controller::start(self.controller_client.clone(), c)
             .await
             .expect("controller starts")
     }
 
-    fn get(&self, name: &str) -> Option<Value> {
-        self.kube
-            .get("argoproj.io/v1alpha1", "Workflow", Some(NS), name)
+    /// Leader election over one Lease per test, as `identity`.
+    fn leader(&self, identity: &str) -> LeaderElection {
+        LeaderElection {
+            namespace: self.lease_ns.clone(),
+            lease_name: format!("artgc-leader-{}", self.ns),
+            identity: identity.into(),
+            duration: 3,
+        }
+    }
+
+    async fn get(&self, name: &str) -> Option<Value> {
+        match &self.kube {
+            Kube::TestServer(server) => {
+                server.get("argoproj.io/v1alpha1", "Workflow", Some(&self.ns), name)
+            }
+            Kube::Real(space) => space.get("argoproj.io/v1alpha1", "Workflow", name).await,
+        }
     }
 
     fn api(&self) -> kube::Api<DynamicObject> {
-        artgc::kube_api::workflows(&self.kube.client(), Some(NS))
+        artgc::kube_api::workflows(&self.admin(), Some(&self.ns))
     }
 
     async fn delete(&self, name: &str) {
@@ -119,10 +311,17 @@ impl Env {
             .expect("patch");
     }
 
+    async fn all_events(&self) -> Vec<Value> {
+        match &self.kube {
+            Kube::TestServer(server) => server.list("events.k8s.io/v1", "Event"),
+            Kube::Real(space) => space.list("events.k8s.io/v1", "Event").await,
+        }
+    }
+
     /// Events about workflow `name`: (type, reason, note).
-    fn events(&self, name: &str) -> Vec<(String, String, String)> {
-        self.kube
-            .list("events.k8s.io/v1", "Event")
+    async fn events(&self, name: &str) -> Vec<(String, String, String)> {
+        self.all_events()
+            .await
             .into_iter()
             .filter(|e| e["regarding"]["name"] == name)
             .map(|e| {
@@ -132,9 +331,9 @@ impl Env {
             .collect()
     }
 
-    fn reporters(&self) -> Vec<String> {
-        self.kube
-            .list("events.k8s.io/v1", "Event")
+    async fn reporters(&self) -> Vec<String> {
+        self.all_events()
+            .await
             .into_iter()
             .map(|e| {
                 e["reportingInstance"]
@@ -146,9 +345,9 @@ impl Env {
     }
 }
 
-/// Polls until `check` holds (10 s at most).
+/// Polls until `check` holds (20 s at most: the real server is slower than the test server).
 async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         if check().await {
             return;
@@ -217,9 +416,7 @@ async fn http_get(url: &str) -> (u16, String) {
     (status, body)
 }
 
-#[tokio::test]
-async fn completion_then_deletion_with_mixed_strategies_and_never() {
-    let e = env().await;
+async fn completion_then_deletion_with_mixed_strategies_and_never(e: Env) {
     e.put(&[
         "w1/done.tgz",
         "w1/later.tgz",
@@ -242,13 +439,14 @@ async fn completion_then_deletion_with_mixed_strategies_and_never() {
                 ],
             )
             .set(&["metadata", "finalizers"], json!([FINALIZER])),
-    );
+    )
+    .await;
     let ctl = e.start(|_| {}).await;
     until("completion pass recorded", async || {
-        e.get("w1").is_some_and(|w| processed(&w, COMPLETION))
+        e.get("w1").await.is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
-    let w = e.get("w1").unwrap();
+    let w = e.get("w1").await.unwrap();
     assert_eq!(e.keys().await, ["w1/keep.tgz", "w1/later.tgz"]);
     assert!(deleted_flag(&w, "w1-1", "done"));
     assert!(deleted_flag(&w, "w1-1", "main-logs"));
@@ -263,7 +461,7 @@ async fn completion_then_deletion_with_mixed_strategies_and_never() {
     assert_eq!(gc_condition(&w), None);
     // Events follow the record.
     until("the Normal Event", async || {
-        e.events("w1").iter().any(|(t, r, n)| {
+        e.events("w1").await.iter().any(|(t, r, n)| {
             t == "Normal" && r == "ArtifactGCSucceeded" && n.contains("2 artifact(s): 2 object(s)")
         })
     })
@@ -271,7 +469,7 @@ async fn completion_then_deletion_with_mixed_strategies_and_never() {
 
     // Deleting it: the deletion pass runs, then the finalizer goes and so does the object.
     e.delete("w1").await;
-    until("workflow gone", async || e.get("w1").is_none()).await;
+    until("workflow gone", async || e.get("w1").await.is_none()).await;
     assert_eq!(e.keys().await, ["w1/keep.tgz"], "Never is kept");
     until("metrics counted", async || {
         metrics(&ctl)
@@ -280,35 +478,42 @@ async fn completion_then_deletion_with_mixed_strategies_and_never() {
     })
     .await;
     let m = metrics(&ctl).await;
+    let ns = &e.ns;
     for line in [
-        "artgc_artifacts_deleted_total{namespace=\"ns\",strategy=\"OnWorkflowCompletion\"} 2",
-        "artgc_artifacts_deleted_total{namespace=\"ns\",strategy=\"OnWorkflowDeletion\"} 1",
-        "artgc_objects_deleted_total{namespace=\"ns\",strategy=\"OnWorkflowDeletion\"} 1",
-        "artgc_artifacts_kept_total{reason=\"never\"} 1",
-        "artgc_finalizers_removed_total{forced=\"false\"} 1",
-        "artgc_leader 1",
+        format!(
+            "artgc_artifacts_deleted_total{{namespace=\"{ns}\",strategy=\"OnWorkflowCompletion\"}} 2"
+        ),
+        format!(
+            "artgc_artifacts_deleted_total{{namespace=\"{ns}\",strategy=\"OnWorkflowDeletion\"}} 1"
+        ),
+        format!(
+            "artgc_objects_deleted_total{{namespace=\"{ns}\",strategy=\"OnWorkflowDeletion\"}} 1"
+        ),
+        "artgc_artifacts_kept_total{reason=\"never\"} 1".into(),
+        "artgc_finalizers_removed_total{forced=\"false\"} 1".into(),
+        "artgc_leader 1".into(),
     ] {
-        assert!(m.contains(line), "{line} missing from\n{m}");
+        assert!(m.contains(&line), "{line} missing from\n{m}");
     }
     assert!(m.contains("artgc_gc_latency_seconds_count{strategy=\"OnWorkflowDeletion\"} 1"));
     ctl.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_running_workflow_gets_the_finalizer_then_is_collected_when_it_completes() {
-    let e = env().await;
+async fn a_running_workflow_gets_the_finalizer_then_is_collected_when_it_completes(e: Env) {
     e.put(&["r/out.tgz"]).await;
     let tpl = json!({"name": "main", "outputs": {"artifacts": [
         {"name": "out", "path": "/tmp/out", "artifactGC": {"strategy": COMPLETION}}]}});
-    e.create(e.wf("r").running().template(tpl.clone()));
+    e.create(e.wf("r").running().template(tpl.clone())).await;
     // Nothing in this one needs GC: no finalizer for it.
-    e.create(e.wf("plain").running());
+    e.create(e.wf("plain").running()).await;
     let ctl = e.start(|_| {}).await;
     until("finalizer added", async || {
-        e.get("r").is_some_and(|w| finalizers(&w) == [FINALIZER])
+        e.get("r")
+            .await
+            .is_some_and(|w| finalizers(&w) == [FINALIZER])
     })
     .await;
-    assert!(finalizers(&e.get("plain").unwrap()).is_empty());
+    assert!(finalizers(&e.get("plain").await.unwrap()).is_empty());
     assert_eq!(
         e.keys().await,
         ["r/out.tgz"],
@@ -327,16 +532,17 @@ async fn a_running_workflow_gets_the_finalizer_then_is_collected_when_it_complet
     .await;
     until("collected and released", async || {
         e.get("r")
+            .await
             .is_some_and(|w| processed(&w, COMPLETION) && finalizers(&w).is_empty())
     })
     .await;
     assert!(e.keys().await.is_empty());
-    assert!(deleted_flag(&e.get("r").unwrap(), "r-1", "out"));
+    assert!(deleted_flag(&e.get("r").await.unwrap(), "r-1", "out"));
     ctl.shutdown().await;
 }
 
 fn denied_secret(e: &Env) -> Value {
-    secret(NS, "bad-creds", &e.s3.access_key, "not-the-secret-key")
+    secret(&e.ns, "bad-creds", &e.s3.access_key, "not-the-secret-key")
 }
 
 fn with_secret(mut art: Value, e: &Env, secret: &str) -> Value {
@@ -348,10 +554,8 @@ fn with_secret(mut art: Value, e: &Env, secret: &str) -> Value {
     art
 }
 
-#[tokio::test]
-async fn force_finalizer_removal_releases_after_the_retry_budget_of_persistent_403s() {
-    let e = env().await;
-    e.kube.seed(denied_secret(&e));
+async fn force_finalizer_removal_releases_after_the_retry_budget_of_persistent_403s(e: Env) {
+    e.seed(denied_secret(&e)).await;
     e.put(&["f/denied.tgz"]).await;
     let art = with_secret(
         with_strategy(key_only("denied", "f/denied.tgz"), DELETION),
@@ -366,17 +570,19 @@ async fn force_finalizer_removal_releases_after_the_retry_budget_of_persistent_4
                 json!(true),
             )
             .set(&["metadata", "finalizers"], json!([FINALIZER])),
-    );
+    )
+    .await;
     let ctl = e.start(|_| {}).await;
     e.delete("f").await;
-    until("released by force", async || e.get("f").is_none()).await;
+    until("released by force", async || e.get("f").await.is_none()).await;
     assert!(
         e.events("f")
+            .await
             .iter()
             .any(|(t, r, n)| t == "Warning" && r == "ArtifactGCFailed" && n.contains("f-1/denied"))
     );
     until("the Warning says so", async || {
-        e.events("f").iter().any(|(t, r, n)| {
+        e.events("f").await.iter().any(|(t, r, n)| {
             t == "Warning"
                 && r == "ArtifactGCFinalizerForced"
                 && n.contains("f-1/denied")
@@ -398,10 +604,8 @@ async fn force_finalizer_removal_releases_after_the_retry_budget_of_persistent_4
     ctl.shutdown().await;
 }
 
-#[tokio::test]
-async fn failure_without_force_holds_the_finalizer_sets_the_condition_and_recovers() {
-    let e = env().await;
-    e.kube.seed(denied_secret(&e));
+async fn failure_without_force_holds_the_finalizer_sets_the_condition_and_recovers(e: Env) {
+    e.seed(denied_secret(&e)).await;
     e.put(&["g/a.tgz"]).await;
     let art = with_secret(
         with_strategy(key_only("a", "g/a.tgz"), DELETION),
@@ -412,16 +616,17 @@ async fn failure_without_force_holds_the_finalizer_sets_the_condition_and_recove
         e.wf("g")
             .node("g-1", "main", vec![art])
             .set(&["metadata", "finalizers"], json!([FINALIZER])),
-    );
+    )
+    .await;
     let ctl = e.start(|_| {}).await;
     e.delete("g").await;
     until("condition set", async || {
-        e.get("g").and_then(|w| gc_condition(&w)).is_some()
+        e.get("g").await.and_then(|w| gc_condition(&w)).is_some()
     })
     .await;
     // Each failed deletion pass is counted on the Workflow.
     until("counted twice", async || {
-        e.get("g").is_some_and(|w| {
+        e.get("g").await.is_some_and(|w| {
             w["metadata"]["annotations"]["artgc.io/deletion-attempts"]
                 .as_str()
                 .and_then(|a| a.parse::<u32>().ok())
@@ -431,7 +636,7 @@ async fn failure_without_force_holds_the_finalizer_sets_the_condition_and_recove
     .await;
     // Well past the budget: still held.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let w = e.get("g").expect("still there");
+    let w = e.get("g").await.expect("still there");
     assert_eq!(finalizers(&w), [FINALIZER]);
     let msg = gc_condition(&w).unwrap();
     assert!(
@@ -441,6 +646,7 @@ async fn failure_without_force_holds_the_finalizer_sets_the_condition_and_recove
     assert!(!processed(&w, DELETION));
     until("the Warning", async || {
         e.events("g")
+            .await
             .iter()
             .any(|(t, r, _)| t == "Warning" && r == "ArtifactGCFailed")
     })
@@ -448,19 +654,20 @@ async fn failure_without_force_holds_the_finalizer_sets_the_condition_and_recove
     assert_eq!(e.keys().await, ["g/a.tgz"]);
 
     // The credentials get fixed: the next retry succeeds and lets the workflow go.
-    let fixed = secret(NS, "bad-creds", &e.s3.access_key, &e.s3.secret_key);
-    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(e.kube.client(), NS)
+    let fixed = secret(&e.ns, "bad-creds", &e.s3.access_key, &e.s3.secret_key);
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(e.admin(), &e.ns)
         .patch("bad-creds", &PatchParams::default(), &Patch::Merge(&fixed))
         .await
         .unwrap();
-    until("collected after the fix", async || e.get("g").is_none()).await;
+    until("collected after the fix", async || {
+        e.get("g").await.is_none()
+    })
+    .await;
     assert!(e.keys().await.is_empty());
     ctl.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_condition_is_cleared_on_a_later_success() {
-    let e = env().await;
+async fn the_condition_is_cleared_on_a_later_success(e: Env) {
     e.put(&["c/a.tgz"]).await;
     // A missing Secret first: a clear error naming the field, not a crash.
     let art = with_secret(
@@ -468,22 +675,28 @@ async fn the_condition_is_cleared_on_a_later_success() {
         &e,
         "late-creds",
     );
-    e.create(e.wf("c").node("c-1", "main", vec![art]));
+    e.create(e.wf("c").node("c-1", "main", vec![art])).await;
     let ctl = e.start(|_| {}).await;
     until("condition names the missing Secret", async || {
         e.get("c")
+            .await
             .and_then(|w| gc_condition(&w))
-            .is_some_and(|m| m.contains("Secret ns/late-creds not found"))
+            .is_some_and(|m| m.contains(&format!("Secret {}/late-creds not found", e.ns)))
     })
     .await;
     assert!(
-        finalizers(&e.get("c").unwrap()).is_empty(),
+        finalizers(&e.get("c").await.unwrap()).is_empty(),
         "a finished workflow is never given the finalizer, failing or not"
     );
-    e.kube
-        .seed(secret(NS, "late-creds", &e.s3.access_key, &e.s3.secret_key));
+    e.seed(secret(
+        &e.ns,
+        "late-creds",
+        &e.s3.access_key,
+        &e.s3.secret_key,
+    ))
+    .await;
     until("cleared and released", async || {
-        e.get("c").is_some_and(|w| {
+        e.get("c").await.is_some_and(|w| {
             gc_condition(&w).is_none() && processed(&w, COMPLETION) && finalizers(&w).is_empty()
         })
     })
@@ -492,9 +705,7 @@ async fn the_condition_is_cleared_on_a_later_success() {
     ctl.shutdown().await;
 }
 
-#[tokio::test]
-async fn compressed_nodes_are_written_back_in_their_own_encoding() {
-    let e = env().await;
+async fn compressed_nodes_are_written_back_in_their_own_encoding(e: Env) {
     e.put(&["z/a.tgz", "z/b.tgz"]).await;
     for (name, enc) in [("zg", NodeEncoding::Gzip), ("zz", NodeEncoding::Zstd)] {
         let nodes = json!({format!("{name}-1"): {"id": format!("{name}-1"), "name": "n", "type": "Pod",
@@ -506,15 +717,16 @@ async fn compressed_nodes_are_written_back_in_their_own_encoding() {
             e.wf(name)
                 .set(&["status", "nodes"], Value::Null)
                 .set(&["status", "compressedNodes"], json!(packed)),
-        );
+        )
+        .await;
     }
     let ctl = e.start(|_| {}).await;
     for (name, enc) in [("zg", NodeEncoding::Gzip), ("zz", NodeEncoding::Zstd)] {
         until("recorded", async || {
-            e.get(name).is_some_and(|w| processed(&w, COMPLETION))
+            e.get(name).await.is_some_and(|w| processed(&w, COMPLETION))
         })
         .await;
-        let w = e.get(name).unwrap();
+        let w = e.get(name).await.unwrap();
         assert!(w["status"]["nodes"].is_null(), "stays compressed");
         let (json, seen) = decompress(w["status"]["compressedNodes"].as_str().unwrap()).unwrap();
         assert_eq!(seen, enc);
@@ -527,15 +739,13 @@ async fn compressed_nodes_are_written_back_in_their_own_encoding() {
     ctl.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_shared_key_is_kept_until_the_last_user_goes() {
-    let e = env().await;
+async fn a_shared_key_is_kept_until_the_last_user_goes(e: Env) {
     e.put(&["shared/model.bin", "own/a.tgz"]).await;
     // `user` still runs, with a template that writes the fixed key.
     let tpl = json!({"name": "main", "outputs": {"artifacts": [
         {"name": "model", "path": "/tmp/m", "s3": {"key": "shared/model.bin"},
          "artifactGC": {"strategy": COMPLETION}}]}});
-    e.create(e.wf("user").running().template(tpl));
+    e.create(e.wf("user").running().template(tpl)).await;
     e.create(e.wf("first").node(
         "first-1",
         "main",
@@ -543,13 +753,16 @@ async fn a_shared_key_is_kept_until_the_last_user_goes() {
             with_strategy(key_only("model", "shared/model.bin"), COMPLETION),
             with_strategy(key_only("own", "own/a.tgz"), COMPLETION),
         ],
-    ));
+    ))
+    .await;
     let ctl = e.start(|_| {}).await;
     until("first processed", async || {
-        e.get("first").is_some_and(|w| processed(&w, COMPLETION))
+        e.get("first")
+            .await
+            .is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
-    let w = e.get("first").unwrap();
+    let w = e.get("first").await.unwrap();
     assert!(deleted_flag(&w, "first-1", "own"));
     assert!(
         !deleted_flag(&w, "first-1", "model"),
@@ -572,37 +785,43 @@ async fn a_shared_key_is_kept_until_the_last_user_goes() {
     )
     .await;
     until("user processed", async || {
-        e.get("user").is_some_and(|w| processed(&w, COMPLETION))
+        e.get("user")
+            .await
+            .is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
-    assert!(deleted_flag(&e.get("user").unwrap(), "user-1", "model"));
+    assert!(deleted_flag(
+        &e.get("user").await.unwrap(),
+        "user-1",
+        "model"
+    ));
     assert!(e.keys().await.is_empty());
     ctl.shutdown().await;
 }
 
 /// A running workflow that reads another's output never deletes it: the owner, being deleted,
 /// holds its finalizer while the reader runs, and is collected and released once it finishes.
-#[tokio::test]
-async fn an_output_read_by_a_running_workflow_is_collected_when_the_reader_finishes() {
-    let e = env().await;
+async fn an_output_read_by_a_running_workflow_is_collected_when_the_reader_finishes(e: Env) {
     let key = "owner/owner-1/out.tgz";
     e.put(&[key]).await;
     e.create(
         e.one("owner", key, DELETION)
             .set(&["metadata", "finalizers"], json!([FINALIZER])),
-    );
+    )
+    .await;
     e.create(e.wf("reader").running().set(
         &["status", "nodes", "reader-1"],
-        json!({"id": "reader-1", "type": "Pod", "phase": "Running", "templateName": "main",
+        json!({"id": "reader-1", "name": "reader-1", "type": "Pod", "phase": "Running", "templateName": "main",
                "inputs": {"artifacts": [key_only("in", key)]}}),
-    ));
+    ))
+    .await;
     let ctl = e
         .start(|c| c.reader_recheck = Duration::from_millis(200))
         .await;
     e.delete("owner").await;
     // Several deletion passes later: still held, the object still there.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let w = e.get("owner").expect("held by its finalizer");
+    let w = e.get("owner").await.expect("held by its finalizer");
     assert_eq!(finalizers(&w), [FINALIZER]);
     assert!(!processed(&w, DELETION));
     assert_eq!(e.keys().await, [key]);
@@ -615,23 +834,24 @@ async fn an_output_read_by_a_running_workflow_is_collected_when_the_reader_finis
     .await;
     // No event on the owner: its recheck finds the reader done.
     until("owner collected and released", async || {
-        e.get("owner").is_none()
+        e.get("owner").await.is_none()
     })
     .await;
     assert!(e.keys().await.is_empty());
     ctl.shutdown().await;
 }
 
+/// Stays on the test server: the 409s and 500s are injected answers.
 #[tokio::test]
 async fn conflicts_and_server_errors_on_updates_lose_nothing() {
-    let e = env().await;
+    let e = Env::test_server().await;
     e.put(&["k/a.tgz"]).await;
-    e.create(e.one("k", "k/a.tgz", COMPLETION));
+    e.create(e.one("k", "k/a.tgz", COMPLETION)).await;
     // Another writer's change, made before the controller's write: it must survive.
     e.patch("k", json!({"metadata": {"labels": {"team": "data"}}}))
         .await;
     for (status, times) in [(409, 3), (500, 2)] {
-        e.kube.inject(KubeFault {
+        e.server().inject(KubeFault {
             method: "PATCH",
             path: "/workflows/k".into(),
             status,
@@ -640,14 +860,14 @@ async fn conflicts_and_server_errors_on_updates_lose_nothing() {
     }
     let ctl = e.start(|_| {}).await;
     until("recorded despite faults", async || {
-        e.get("k").is_some_and(|w| processed(&w, COMPLETION))
+        e.get("k").await.is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
-    let w = e.get("k").unwrap();
+    let w = e.get("k").await.unwrap();
     assert_eq!(w["metadata"]["labels"]["team"], "data");
     assert!(deleted_flag(&w, "k-1", "a"));
     let patches = e
-        .kube
+        .server()
         .requests()
         .into_iter()
         .filter(|r| r.method == "PATCH" && r.path.ends_with("/workflows/k"))
@@ -661,9 +881,10 @@ async fn conflicts_and_server_errors_on_updates_lose_nothing() {
     ctl.shutdown().await;
 }
 
+/// Stays on the test server: dropped watches and compaction on demand.
 #[tokio::test]
 async fn watch_drops_and_410_gone_are_survived() {
-    let e = env().await;
+    let e = Env::test_server().await;
     e.put(&["d/1.tgz", "d/2.tgz"]).await;
     let ctl = e.start(|_| {}).await;
     until("ready", async || {
@@ -673,17 +894,17 @@ async fn watch_drops_and_410_gone_are_survived() {
             == 200
     })
     .await;
-    e.kube.drop_watches();
-    e.create(e.one("d1", "d/1.tgz", COMPLETION));
+    e.server().drop_watches();
+    e.create(e.one("d1", "d/1.tgz", COMPLETION)).await;
     until("d1 processed after a dropped watch", async || {
-        e.get("d1").is_some_and(|w| processed(&w, COMPLETION))
+        e.get("d1").await.is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
-    e.kube.compact();
-    e.kube.drop_watches();
-    e.create(e.one("d2", "d/2.tgz", COMPLETION));
+    e.server().compact();
+    e.server().drop_watches();
+    e.create(e.one("d2", "d/2.tgz", COMPLETION)).await;
     until("d2 processed after 410 Gone", async || {
-        e.get("d2").is_some_and(|w| processed(&w, COMPLETION))
+        e.get("d2").await.is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
     assert!(e.keys().await.is_empty());
@@ -694,9 +915,10 @@ async fn watch_drops_and_410_gone_are_survived() {
     ctl.shutdown().await;
 }
 
+/// Stays on the test server: the status write fails by injected 503s.
 #[tokio::test]
 async fn killed_mid_gc_a_restarted_controller_resumes_and_releases() {
-    let e = env().await;
+    let e = Env::test_server().await;
     let keys: Vec<String> = (0..20).map(|i| format!("m/{i}.tgz")).collect();
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     e.put(&key_refs).await;
@@ -709,10 +931,11 @@ async fn killed_mid_gc_a_restarted_controller_resumes_and_releases() {
         e.wf("m")
             .node("m-1", "main", arts)
             .set(&["metadata", "finalizers"], json!([FINALIZER])),
-    );
+    )
+    .await;
     e.delete("m").await;
     // The status write hangs: the deletions happen, the record does not.
-    e.kube.inject(KubeFault {
+    e.server().inject(KubeFault {
         method: "PATCH",
         path: "/workflows/m".into(),
         status: 503,
@@ -721,52 +944,47 @@ async fn killed_mid_gc_a_restarted_controller_resumes_and_releases() {
     let first = e.start(|_| {}).await;
     until("objects deleted", async || e.keys().await.is_empty()).await;
     first.kill().await;
-    let w = e.get("m").expect("held by the finalizer");
+    let w = e.get("m").await.expect("held by the finalizer");
     assert_eq!(finalizers(&w), [FINALIZER]);
     assert!(!deleted_flag(&w, "m-1", "a0"));
 
-    e.kube.clear_faults();
+    e.server().clear_faults();
     let second = e.start(|_| {}).await;
-    until("resumed and released", async || e.get("m").is_none()).await;
+    until("resumed and released", async || e.get("m").await.is_none()).await;
     second.shutdown().await;
 }
 
-#[tokio::test]
-async fn only_the_leader_acts_and_hand_over_works() {
-    let e = env().await;
+async fn only_the_leader_acts_and_hand_over_works(e: Env) {
     e.put(&["l/1.tgz", "l/2.tgz"]).await;
-    let le = |id: &str| LeaderElection {
-        namespace: NS.into(),
-        lease_name: "artgc-leader".into(),
-        identity: id.into(),
-        duration: 3,
-    };
+    let le = |id: &str| e.leader(id);
     let a = e.start(|c| c.leader_election = Some(le("a"))).await;
     until("a leads", async || {
         metrics(&a).await.contains("artgc_leader 1")
     })
     .await;
     let b = e.start(|c| c.leader_election = Some(le("b"))).await;
-    e.create(e.one("l1", "l/1.tgz", COMPLETION));
+    e.create(e.one("l1", "l/1.tgz", COMPLETION)).await;
     until("l1 processed", async || {
-        e.get("l1").is_some_and(|w| processed(&w, COMPLETION))
+        e.get("l1").await.is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
     assert!(metrics(&b).await.contains("artgc_leader 0"));
-    assert_eq!(e.reporters(), ["a"], "only the leader wrote Events");
+    // The Event follows the record.
+    until("a's Event", async || !e.reporters().await.is_empty()).await;
+    assert_eq!(e.reporters().await, ["a"], "only the leader wrote Events");
 
     a.shutdown().await;
     until("b leads", async || {
         metrics(&b).await.contains("artgc_leader 1")
     })
     .await;
-    e.create(e.one("l2", "l/2.tgz", COMPLETION));
+    e.create(e.one("l2", "l/2.tgz", COMPLETION)).await;
     until("l2 processed", async || {
-        e.get("l2").is_some_and(|w| processed(&w, COMPLETION))
+        e.get("l2").await.is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
     until("b's Event", async || {
-        let mut reporters = e.reporters();
+        let mut reporters = e.reporters().await;
         reporters.sort();
         reporters == ["a", "b"]
     })
@@ -775,9 +993,11 @@ async fn only_the_leader_acts_and_hand_over_works() {
     b.shutdown().await;
 }
 
+/// Stays on the test server: Argo's full CRD schema (which the real server runs with)
+/// rejects these statuses; its minimal CRD, the default install, lets them in.
 #[tokio::test]
 async fn a_malformed_workflow_is_reported_and_does_not_stop_the_others() {
-    let e = env().await;
+    let e = Env::test_server().await;
     e.put(&["ok/a.tgz"]).await;
     e.create(
         e.wf("broken")
@@ -786,18 +1006,21 @@ async fn a_malformed_workflow_is_reported_and_does_not_stop_the_others() {
                 json!({"x": {"outputs": {"artifacts": "not a list"}}}),
             )
             .set(&["metadata", "finalizers"], json!([FINALIZER])),
-    );
-    e.create(e.one("fine", "ok/a.tgz", COMPLETION));
+    )
+    .await;
+    e.create(e.one("fine", "ok/a.tgz", COMPLETION)).await;
     let ctl = e.start(|_| {}).await;
     e.delete("broken").await;
     until("fine processed", async || {
-        e.get("fine").is_some_and(|w| processed(&w, COMPLETION))
+        e.get("fine")
+            .await
+            .is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
     // Nodes artgc cannot read hold nothing: reported, and the deletion goes through.
     until("broken is reported and gone", async || {
-        e.get("broken").is_none()
-            && e.events("broken").iter().any(|(t, r, note)| {
+        e.get("broken").await.is_none()
+            && e.events("broken").await.iter().any(|(t, r, note)| {
                 t == "Warning" && r == "ArtifactGCFailed" && note.contains("status.nodes")
             })
     })
@@ -806,15 +1029,20 @@ async fn a_malformed_workflow_is_reported_and_does_not_stop_the_others() {
     e.create(e.wf("broken-too").set(
         &["status", "nodes"],
         json!({"x": {"outputs": {"artifacts": 7}}}),
-    ));
+    ))
+    .await;
     until("broken-too has the condition", async || {
-        e.get("broken-too").and_then(|w| gc_condition(&w)).is_some()
+        e.get("broken-too")
+            .await
+            .and_then(|w| gc_condition(&w))
+            .is_some()
     })
     .await;
-    assert!(finalizers(&e.get("broken-too").unwrap()).is_empty());
+    assert!(finalizers(&e.get("broken-too").await.unwrap()).is_empty());
     // The Event follows the record.
     until("broken-too has the Warning", async || {
         e.events("broken-too")
+            .await
             .iter()
             .any(|(t, r, _)| t == "Warning" && r == "ArtifactGCFailed")
     })
@@ -823,28 +1051,35 @@ async fn a_malformed_workflow_is_reported_and_does_not_stop_the_others() {
     ctl.shutdown().await;
 }
 
+/// Stays on the test server: it needs the list's pages slowed down.
 #[tokio::test]
 async fn nothing_is_collected_before_the_first_list_has_indexed_every_workflow() {
-    let e = env().await;
+    let e = Env::test_server().await;
     e.put(&["fixed/k"]).await;
     // The first page of the initial list (500) holds a-first; zz-user, which still runs and
     // names the same key, comes with the fourth, well after a-first could have been reconciled.
-    e.create(e.one("a-first", "fixed/k", COMPLETION));
+    e.create(e.one("a-first", "fixed/k", COMPLETION)).await;
     for i in 0..1600 {
-        e.create(e.wf(&format!("m-filler-{i:04}")).running());
+        e.create(e.wf(&format!("m-filler-{i:04}")).running()).await;
     }
     let tpl = json!({"name": "main", "outputs": {"artifacts": [
         {"name": "k", "path": "/tmp/k", "s3": {"key": "fixed/k"}}]}});
-    e.create(e.wf("zz-user").running().template(tpl));
-    e.kube.set_latency(Duration::from_millis(300));
+    e.create(e.wf("zz-user").running().template(tpl)).await;
+    e.server().set_latency(Duration::from_millis(300));
     let ctl = e.start(|_| {}).await;
     until("a-first processed", async || {
-        e.get("a-first").is_some_and(|w| processed(&w, COMPLETION))
+        e.get("a-first")
+            .await
+            .is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
     assert_eq!(e.keys().await, ["fixed/k"], "zz-user still uses it");
-    assert!(!deleted_flag(&e.get("a-first").unwrap(), "a-first-1", "a"));
-    e.kube.set_latency(Duration::ZERO);
+    assert!(!deleted_flag(
+        &e.get("a-first").await.unwrap(),
+        "a-first-1",
+        "a"
+    ));
+    e.server().set_latency(Duration::ZERO);
     ctl.shutdown().await;
 }
 
@@ -853,9 +1088,7 @@ async fn nothing_is_collected_before_the_first_list_has_indexed_every_workflow()
 /// Keys that differ inside a multi-byte character once panicked at the common-prefix cut,
 /// killing a worker per such workflow. Now they are collected beside healthy workflows and the
 /// process stays live and ready.
-#[tokio::test]
-async fn keys_that_differ_inside_a_character_are_collected_and_the_process_stays_healthy() {
-    let e = env().await;
+async fn keys_that_differ_inside_a_character_are_collected_and_the_process_stays_healthy(e: Env) {
     e.put(&["数据/报告.csv", "数据/日志.csv", "ok/a.tgz"]).await;
     e.create(e.wf("utf8").node(
         "utf8-1",
@@ -864,13 +1097,17 @@ async fn keys_that_differ_inside_a_character_are_collected_and_the_process_stays
             with_strategy(key_only("report", "数据/报告.csv"), COMPLETION),
             with_strategy(key_only("log", "数据/日志.csv"), COMPLETION),
         ],
-    ));
-    e.create(e.one("plain", "ok/a.tgz", COMPLETION));
+    ))
+    .await;
+    e.create(e.one("plain", "ok/a.tgz", COMPLETION)).await;
     let ctl = e.start(|c| c.concurrency = 1).await;
     until("both collected", async || {
-        ["utf8", "plain"]
-            .iter()
-            .all(|w| e.get(w).is_some_and(|w| processed(&w, COMPLETION)))
+        for name in ["utf8", "plain"] {
+            if !e.get(name).await.is_some_and(|w| processed(&w, COMPLETION)) {
+                return false;
+            }
+        }
+        true
     })
     .await;
     assert!(e.keys().await.is_empty());
@@ -882,9 +1119,7 @@ async fn keys_that_differ_inside_a_character_are_collected_and_the_process_stays
 }
 
 /// /live fails once the workers are gone (here: stopped), so a wedged process is restarted.
-#[tokio::test]
-async fn live_fails_when_the_workers_are_gone() {
-    let e = env().await;
+async fn live_fails_when_the_workers_are_gone(e: Env) {
     let ctl = e.start(|_| {}).await;
     let admin = ctl.admin_addr;
     until("ready", async || {
@@ -902,9 +1137,7 @@ async fn live_fails_when_the_workers_are_gone() {
 
 /// A workflow Argo never started (another instance, throttled, Pending) is released at once
 /// when deleted, and never given the finalizer in the first place.
-#[tokio::test]
-async fn a_workflow_argo_never_started_holds_nothing() {
-    let e = env().await;
+async fn a_workflow_argo_never_started_holds_nothing(e: Env) {
     let declared = json!({"name": "main", "outputs": {"artifacts": [
         {"name": "out", "path": "/tmp/out", "artifactGC": {"strategy": DELETION}}]}});
     let pending = |name: &str| {
@@ -913,20 +1146,23 @@ async fn a_workflow_argo_never_started_holds_nothing() {
             .set(&["metadata", "labels"], json!({}))
             .template(declared.clone())
     };
-    e.create(pending("held").set(&["metadata", "finalizers"], json!([FINALIZER])));
-    e.create(pending("new"));
+    e.create(pending("held").set(&["metadata", "finalizers"], json!([FINALIZER])))
+        .await;
+    e.create(pending("new")).await;
     let ctl = e.start(|_| {}).await;
     e.delete("held").await;
-    until("released at once", async || e.get("held").is_none()).await;
+    until("released at once", async || e.get("held").await.is_none()).await;
     // Once Argo starts it, the finalizer goes on.
-    assert!(finalizers(&e.get("new").unwrap()).is_empty());
+    assert!(finalizers(&e.get("new").await.unwrap()).is_empty());
     e.patch(
         "new",
         json!({"status": {"phase": "Running", "startedAt": jiff::Timestamp::now().to_string()}}),
     )
     .await;
     until("finalizer added once started", async || {
-        e.get("new").is_some_and(|w| finalizers(&w) == [FINALIZER])
+        e.get("new")
+            .await
+            .is_some_and(|w| finalizers(&w) == [FINALIZER])
     })
     .await;
     ctl.shutdown().await;
@@ -934,9 +1170,7 @@ async fn a_workflow_argo_never_started_holds_nothing() {
 
 /// A running workflow whose templates declare no GC gets no finalizer, whatever its node status
 /// says (it may be unreadable, or written by its author).
-#[tokio::test]
-async fn no_finalizer_without_declared_gc() {
-    let e = env().await;
+async fn no_finalizer_without_declared_gc(e: Env) {
     let running = e
         .wf("undeclared")
         .running()
@@ -946,13 +1180,14 @@ async fn no_finalizer_without_declared_gc() {
             "main",
             vec![with_strategy(key_only("a", "u/a"), DELETION)],
         );
-    e.create(running);
+    e.create(running).await;
     e.create(
         e.wf("unreadable")
             .running()
             .set(&["status", "compressedNodes"], json!("not base64 at all!"))
             .set(&["status", "nodes"], json!({})),
-    );
+    )
+    .await;
     let ctl = e.start(|_| {}).await;
     until("ready", async || {
         http_get(&format!("http://{}/ready", ctl.admin_addr))
@@ -962,27 +1197,27 @@ async fn no_finalizer_without_declared_gc() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(finalizers(&e.get("undeclared").unwrap()).is_empty());
-    assert!(finalizers(&e.get("unreadable").unwrap()).is_empty());
+    assert!(finalizers(&e.get("undeclared").await.unwrap()).is_empty());
+    assert!(finalizers(&e.get("unreadable").await.unwrap()).is_empty());
     ctl.shutdown().await;
 }
 
 /// Artifacts artgc cannot delete (GCS here) are reported and settled: the deletion completes.
-#[tokio::test]
-async fn unsupported_drivers_are_reported_and_do_not_hold_the_workflow() {
-    let e = env().await;
+async fn unsupported_drivers_are_reported_and_do_not_hold_the_workflow(e: Env) {
     let gcs = json!({"name": "g", "gcs": {"bucket": "b", "key": "k"},
                      "artifactGC": {"strategy": DELETION}});
     e.create(
         e.wf("gcs")
             .node("gcs-1", "main", vec![gcs])
             .set(&["metadata", "finalizers"], json!([FINALIZER])),
-    );
+    )
+    .await;
     let ctl = e.start(|_| {}).await;
     e.delete("gcs").await;
-    until("released", async || e.get("gcs").is_none()).await;
+    until("released", async || e.get("gcs").await.is_none()).await;
     until("reported", async || {
         e.events("gcs")
+            .await
             .iter()
             .any(|(t, r, n)| t == "Warning" && r == "ArtifactGCFailed" && n.contains("gcs"))
     })
@@ -1000,9 +1235,11 @@ async fn unsupported_drivers_are_reported_and_do_not_hold_the_workflow() {
 /// restarts goes on from it. Here a previous controller already counted 2 of 3: the first pass
 /// of this one spends the budget (with the count in memory, two more passes would be needed,
 /// each after a 30 s backoff).
+///
+/// Stays on the test server: the 403s are injected (the shipped RBAC grants Secret reads).
 #[tokio::test]
 async fn forbidden_reads_count_toward_force_and_the_count_survives_a_restart() {
-    let e = env().await;
+    let e = Env::test_server().await;
     e.put(&["r/a.tgz"]).await;
     let art = with_secret(
         with_strategy(key_only("a", "r/a.tgz"), DELETION),
@@ -1021,8 +1258,9 @@ async fn forbidden_reads_count_toward_force_and_the_count_survives_a_restart() {
                 &["metadata", "annotations", "artgc.io/deletion-attempts"],
                 json!("2"),
             ),
-    );
-    e.kube.inject(KubeFault {
+    )
+    .await;
+    e.server().inject(KubeFault {
         method: "GET",
         path: "/secrets/".into(),
         status: 403,
@@ -1036,11 +1274,11 @@ async fn forbidden_reads_count_toward_force_and_the_count_survives_a_restart() {
         .await;
     e.delete("r").await;
     until("released by force on the third counted pass", async || {
-        e.get("r").is_none()
+        e.get("r").await.is_none()
     })
     .await;
     until("the forced release is reported", async || {
-        e.events("r").iter().any(|(t, r, n)| {
+        e.events("r").await.iter().any(|(t, r, n)| {
             t == "Warning" && r == "ArtifactGCFinalizerForced" && n.contains("secret")
         })
     })
@@ -1051,10 +1289,11 @@ async fn forbidden_reads_count_toward_force_and_the_count_survives_a_restart() {
 
 /// Fencing: a replica that loses its Lease mid-pass sends no further delete request and writes
 /// no record (the next leader redoes the pass).
+/// Stays on the test server: the Lease's renewals fail by injected answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_loses_its_lease_mid_pass_stops_deleting_and_records_nothing() {
     use artgc_testkit::FaultProxy;
-    let e = env().await;
+    let e = Env::test_server().await;
     let proxy = FaultProxy::start(&e.s3.endpoint).await;
     // Six delete batches of 1,000 keys, 1.5 s apart through the proxy: the Lease (3 s) runs
     // out after at most three of them.
@@ -1073,7 +1312,7 @@ async fn a_replica_that_loses_its_lease_mid_pass_stops_deleting_and_records_noth
     repo["s3"]["endpoint"] = json!(proxy.endpoint);
     // The namespace's repositories name the proxy too: a configured endpoint.
     let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
-        kube::Api::namespaced(e.kube.client(), NS);
+        kube::Api::namespaced(e.admin(), &e.ns);
     cms.patch(
         "artifact-repositories",
         &PatchParams::default(),
@@ -1081,12 +1320,7 @@ async fn a_replica_that_loses_its_lease_mid_pass_stops_deleting_and_records_noth
     )
     .await
     .expect("add the proxy repository");
-    let lease = LeaderElection {
-        namespace: NS.into(),
-        lease_name: "artgc-leader".into(),
-        identity: "a".into(),
-        duration: 3,
-    };
+    let lease = e.leader("a");
     let a = e
         .start(|c| {
             c.leader_election = Some(lease);
@@ -1105,7 +1339,7 @@ async fn a_replica_that_loses_its_lease_mid_pass_stops_deleting_and_records_noth
             .count()
     };
     proxy.set_latency(Duration::from_millis(1500));
-    e.create(e.wf("big").node("big-1", "main", vec![art]));
+    e.create(e.wf("big").node("big-1", "main", vec![art])).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while deletes(&proxy) == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no delete request");
@@ -1113,7 +1347,7 @@ async fn a_replica_that_loses_its_lease_mid_pass_stops_deleting_and_records_noth
     }
     // The replica can no longer renew its Lease (a partition from the API server's writes):
     // once it expires, it is no longer the leader, and another may be.
-    e.kube.inject(KubeFault {
+    e.server().inject(KubeFault {
         method: "PATCH",
         path: "/leases/".into(),
         status: 503,
@@ -1130,7 +1364,7 @@ async fn a_replica_that_loses_its_lease_mid_pass_stops_deleting_and_records_noth
         "delete requests went on after the Lease ran out"
     );
     assert!(at_loss < 6, "not all six batches were sent: {at_loss}");
-    let w = e.get("big").unwrap();
+    let w = e.get("big").await.unwrap();
     assert!(!processed(&w, COMPLETION), "no record without the Lease");
     assert!(!deleted_flag(&w, "big-1", "out"));
     a.kill().await;
@@ -1138,26 +1372,20 @@ async fn a_replica_that_loses_its_lease_mid_pass_stops_deleting_and_records_noth
 
 /// One tenant's slow store holds at most its namespace's share of the workers: another
 /// namespace's workflow is collected while every slow pass still waits on its store.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenants_slow_store_leaves_workers_for_the_other_namespaces() {
+async fn a_tenants_slow_store_leaves_workers_for_the_other_namespaces(e: Env) {
     use artgc_testkit::FaultProxy;
-    let e = env().await;
     let proxy = FaultProxy::start(&e.s3.endpoint).await;
-    let slow_ns = "slow-tenant";
+    let slow_ns = &e.other_namespace("slow-tenant").await;
     let mut slow_repo = e.repo();
     slow_repo["s3"]["endpoint"] = json!(proxy.endpoint);
-    e.kube.seed(secret(
+    e.seed(secret(
         slow_ns,
         "s3-creds",
         &e.s3.access_key,
         &e.s3.secret_key,
-    ));
-    e.kube.seed(json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "artifact-repositories", "namespace": slow_ns,
-                     "annotations": {"workflows.argoproj.io/default-artifact-repository": "default"}},
-        "data": {"default": serde_json::to_string(&slow_repo).unwrap()},
-    }));
+    ))
+    .await;
+    e.repository_config_map(slow_ns, &slow_repo).await;
     // Two workers: one per namespace at most (half of them).
     let ctl = e.start(|c| c.concurrency = 2).await;
     proxy.set_latency(Duration::from_secs(4));
@@ -1165,7 +1393,7 @@ async fn a_tenants_slow_store_leaves_workers_for_the_other_namespaces() {
         let name = format!("s{i}");
         let key = format!("slow/{i}");
         e.put(&[key.as_str()]).await;
-        e.kube.seed(
+        e.seed(
             workflow(slow_ns, &name)
                 .status_repo(slow_repo.clone())
                 .node(
@@ -1174,15 +1402,18 @@ async fn a_tenants_slow_store_leaves_workers_for_the_other_namespaces() {
                     vec![with_strategy(key_only("a", &key), COMPLETION)],
                 )
                 .0,
-        );
+        )
+        .await;
     }
     // Let the slow ones take what they can.
     tokio::time::sleep(Duration::from_millis(500)).await;
     e.put(&["fast/a"]).await;
     let started = std::time::Instant::now();
-    e.create(e.one("fast", "fast/a", COMPLETION));
+    e.create(e.one("fast", "fast/a", COMPLETION)).await;
     until("the other namespace's workflow is collected", async || {
-        e.get("fast").is_some_and(|w| processed(&w, COMPLETION))
+        e.get("fast")
+            .await
+            .is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
     let took = started.elapsed();

@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use artgc::controller::{ControllerConfig, ControllerHandle};
 use artgc::identity::StsSettings;
-use artgc_testkit::{S3Server, StsRole, StsServer};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
-use kube::discovery::ApiResource;
+use artgc_testkit::{Namespace, RealKube, S3Server, StsRole, StsServer};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
 use serde_json::{Value, json};
 use support::*;
 
@@ -25,106 +24,32 @@ const FINALIZER: &str = "workflows.argoproj.io/artifact-gc";
 const COMPLETION: &str = "OnWorkflowCompletion";
 const DELETION: &str = "OnWorkflowDeletion";
 
-/// A client for the real API server, or `None` (skipped) outside CI when none is running.
-async fn real_cluster() -> Option<kube::Client> {
-    let Ok(path) = std::env::var("ARTGC_TEST_KUBECONFIG") else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "ARTGC_TEST_KUBECONFIG is not set: CI must start the real API server (.ci/kube.sh)"
-        );
-        eprintln!("skipped: no real API server (ARTGC_TEST_KUBECONFIG)");
-        return None;
-    };
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("kube config");
-    Some(kube::Client::try_from(config).expect("client"))
-}
-
-fn resource(v: &Value) -> ApiResource {
-    let (group, version) = match v["apiVersion"].as_str().unwrap().split_once('/') {
-        Some((g, v)) => (g, v),
-        None => ("", v["apiVersion"].as_str().unwrap()),
-    };
-    let kind = v["kind"].as_str().unwrap();
-    let plural = match kind {
-        "Namespace" => "namespaces",
-        "Secret" => "secrets",
-        "ConfigMap" => "configmaps",
-        "ServiceAccount" => "serviceaccounts",
-        "Workflow" => "workflows",
-        "ClusterRole" => "clusterroles",
-        "ClusterRoleBinding" => "clusterrolebindings",
-        "Role" => "roles",
-        "RoleBinding" => "rolebindings",
-        other => panic!("no plural for {other}"),
-    };
-    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-    ApiResource::from_gvk_with_plural(&gvk, plural)
-}
-
-fn cluster_scoped(v: &Value) -> bool {
-    matches!(
-        v["kind"].as_str(),
-        Some("Namespace" | "ClusterRole" | "ClusterRoleBinding")
-    )
-}
-
-/// One test's namespace on the shared server, with its objects.
+/// One test's namespace on the shared server, and what the tests do there.
 struct Cluster {
-    client: kube::Client,
-    ns: String,
+    space: Namespace,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = Namespace;
+    fn deref(&self) -> &Namespace {
+        &self.space
+    }
 }
 
 impl Cluster {
-    async fn new(client: kube::Client, prefix: &str) -> Self {
-        let ns = format!("{prefix}-{:08x}", rand::random::<u32>());
-        let c = Self { client, ns };
-        c.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": c.ns}}))
-            .await;
-        c
-    }
-
-    fn api(&self, v: &Value) -> Api<DynamicObject> {
-        let ar = resource(v);
-        let ns = v["metadata"]["namespace"].as_str().unwrap_or(&self.ns);
-        match cluster_scoped(v) {
-            true => Api::all_with(self.client.clone(), &ar),
-            false => Api::namespaced_with(self.client.clone(), ns, &ar),
+    async fn new(kube: &RealKube, prefix: &str) -> Self {
+        Self {
+            space: kube.namespace(prefix).await,
         }
     }
 
-    /// Creates `v` in this test's namespace, unless it names its own (or is cluster-scoped).
-    async fn create(&self, v: Value) {
-        self.create_or(v, false).await;
-    }
-
-    /// Server-side applies `v` (namespace as in [`Cluster::create`]): for objects several tests
-    /// share, which must be exactly as the file says now.
-    async fn apply(&self, mut v: Value) {
-        if !cluster_scoped(&v) && v["metadata"]["namespace"].is_null() {
-            v["metadata"]["namespace"] = json!(self.ns);
-        }
-        let name = v["metadata"]["name"].as_str().unwrap().to_string();
-        let params = kube::api::PatchParams::apply("artgc-tests").force();
-        self.api(&v)
-            .patch(&name, &params, &kube::api::Patch::Apply(&v))
-            .await
-            .unwrap_or_else(|e| panic!("applying {name}: {e}"));
-    }
-
-    /// As [`Cluster::create`]; with `shared`, an object another test created already is fine.
-    async fn create_or(&self, mut v: Value, shared: bool) {
-        if !cluster_scoped(&v) && v["metadata"]["namespace"].is_null() {
-            v["metadata"]["namespace"] = json!(self.ns);
-        }
-        let obj: DynamicObject = serde_json::from_value(v.clone()).expect("object");
-        match self.api(&v).create(&PostParams::default(), &obj).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if shared && s.code == 409 => {}
-            Err(e) => panic!("creating {}: {e}", v["metadata"]["name"]),
+    /// The same namespace, written to and watched as `client`.
+    fn acting_as(&self, client: kube::Client) -> Self {
+        Self {
+            space: Namespace {
+                client,
+                ns: self.ns.clone(),
+            },
         }
     }
 
@@ -227,10 +152,10 @@ fn repository(s3: &S3Server, bucket: &str) -> Value {
 /// finalizer and merge-patch semantics, not the test server's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_are_recorded_and_the_finalizer_released_on_a_real_api_server() {
-    let Some(client) = real_cluster().await else {
+    let Some(kube) = RealKube::from_env().await else {
         return;
     };
-    let c = Cluster::new(client, "artgc-e2e").await;
+    let c = Cluster::new(&kube, "artgc-e2e").await;
     let s3 = S3Server::start().await;
     let bucket = s3.bucket("real").await;
     c.secret_repository(&s3, &bucket).await;
@@ -286,10 +211,10 @@ async fn passes_are_recorded_and_the_finalizer_released_on_a_real_api_server() {
 /// (TokenRequest for the STS audience), and STS sees that account as the caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gc_service_account_token_from_the_real_api_server_reaches_sts() {
-    let Some(client) = real_cluster().await else {
+    let Some(kube) = RealKube::from_env().await else {
         return;
     };
-    let c = Cluster::new(client, "artgc-irsa").await;
+    let c = Cluster::new(&kube, "artgc-irsa").await;
     let irsa = Irsa::new(&c, "irsa").await;
     let ctl = c.start(|config| irsa.configure(config)).await;
     until("collected through the service account", async || {
@@ -400,119 +325,119 @@ fn endpoints_policy_with(
 /// the Lease all work, so no verb it needs is missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_rbac_is_enough_for_every_pass() {
-    let Some(admin) = real_cluster().await else {
+    let Some(kube) = RealKube::from_env().await else {
         return;
     };
-    let c = Cluster::new(admin.clone(), "artgc-rbac").await;
-    let setup = Cluster {
-        client: admin.clone(),
-        ns: "artgc".into(),
-    };
-    setup
-        .create_or(
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "artgc"}}),
-            true,
-        )
-        .await;
-    setup
-        .create_or(
-            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "artgc"}}),
-            true,
-        )
-        .await;
+    let c = Cluster::new(&kube, "artgc-rbac").await;
     let rbac = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/manifests/rbac.yaml"
     ))
     .expect("deploy/manifests/rbac.yaml");
-    let mut inv = serde_saphyr::from_multiple::<Value>(&rbac).expect("rbac.yaml");
-    for obj in inv.drain(..) {
-        setup.apply(obj).await;
-    }
-    let token = token_for(&admin, "artgc", "artgc").await;
-    let artgc = client_with_token(&token).await;
+    let acting = c.acting_as(kube.as_deployed(&rbac).await);
 
-    let s3 = S3Server::start().await;
-    let bucket = s3.bucket("rbac").await;
-    c.secret_repository(&s3, &bucket).await;
-    for k in ["done/out.tgz", "gone/out.tgz"] {
-        s3.put(&bucket, k, "x").await;
-    }
-    let wf = |name: &str, key: &str, strategy: &str| c.one(&s3, &bucket, name, key, strategy);
-    c.create(wf("done", "done/out.tgz", COMPLETION).0).await;
-    c.create(
-        wf("gone", "gone/out.tgz", DELETION)
-            .set(&["metadata", "finalizers"], json!([FINALIZER]))
-            .0,
-    )
-    .await;
-    // Fails on every pass (no such Secret): its repeated Warning Event is a series, patched.
-    let mut unreadable = full(
-        "out",
-        &s3.endpoint,
-        &bucket,
-        "failing/out.tgz",
-        "no-such-secret",
-    );
-    unreadable["s3"]["region"] = json!(s3.region);
-    c.create(
-        workflow(&c.ns, "failing")
-            .node(
-                "failing-1",
-                "main",
-                vec![with_strategy(unreadable, COMPLETION)],
-            )
-            .0,
-    )
-    .await;
-    let acting = Cluster {
-        client: artgc,
-        ns: c.ns.clone(),
-    };
-    let lease = format!("artgc-{}", c.ns);
+    let passes = EveryPass::new(&c).await;
     let ctl = acting
         .start(|config| {
             config.leader_election = Some(artgc::controller::LeaderElection {
                 namespace: "artgc".into(),
-                lease_name: lease,
+                lease_name: format!("artgc-{}", c.ns),
                 identity: "rbac-test".into(),
                 duration: 15,
             });
         })
         .await;
-    until("the completion pass is recorded", async || {
-        c.workflow("done").await.is_some_and(|w| {
-            w["status"]["artifactGCStatus"]["strategiesProcessed"][COMPLETION] == true
-        })
-    })
-    .await;
-    c.workflows()
-        .delete("gone", &DeleteParams::default())
-        .await
-        .expect("delete");
-    until("the deleted Workflow is gone", async || {
-        c.workflow("gone").await.is_none()
-    })
-    .await;
-    until("the success Event", async || {
-        c.event_reasons("done")
-            .await
-            .contains(&"ArtifactGCSucceeded".to_string())
-    })
-    .await;
-    until("the failure Event repeated as a series", async || {
-        c.event_series("failing").await >= 2
-    })
-    .await;
+    passes.run(&c).await;
     ctl.shutdown().await;
-    assert!(s3.keys(&bucket).await.is_empty());
-    granted_verbs_were_used(&rbac, "system:serviceaccount:artgc:artgc");
+    passes.assert_collected().await;
+    let docs = serde_saphyr::from_multiple::<Value>(&rbac).expect("rbac.yaml");
+    granted_verbs_were_used(&docs, "system:serviceaccount:artgc:artgc");
 }
 
-/// Every verb the RBAC in `rbac_yaml` grants appears, answered 2xx, in the API server's audit
+/// Workflows that make the controller use every verb it has: a completion pass (and its
+/// Event), a deletion pass releasing the finalizer, and a pass that fails every time (its
+/// repeated Warning Event becomes a series, patched). Credentials from Secrets, the repository
+/// from the namespace's ConfigMap.
+struct EveryPass {
+    s3: S3Server,
+    bucket: String,
+}
+
+impl EveryPass {
+    async fn new(c: &Cluster) -> Self {
+        let s3 = S3Server::start().await;
+        let bucket = s3.bucket("passes").await;
+        c.secret_repository(&s3, &bucket).await;
+        for k in ["done/out.tgz", "gone/out.tgz"] {
+            s3.put(&bucket, k, "x").await;
+        }
+        let wf = |name: &str, key: &str, strategy: &str| c.one(&s3, &bucket, name, key, strategy);
+        c.create(wf("done", "done/out.tgz", COMPLETION).0).await;
+        c.create(
+            wf("gone", "gone/out.tgz", DELETION)
+                .set(&["metadata", "finalizers"], json!([FINALIZER]))
+                .0,
+        )
+        .await;
+        // No such Secret: fails on every pass.
+        let mut unreadable = full(
+            "out",
+            &s3.endpoint,
+            &bucket,
+            "failing/out.tgz",
+            "no-such-secret",
+        );
+        unreadable["s3"]["region"] = json!(s3.region);
+        c.create(
+            workflow(&c.ns, "failing")
+                .node(
+                    "failing-1",
+                    "main",
+                    vec![with_strategy(unreadable, COMPLETION)],
+                )
+                .0,
+        )
+        .await;
+        Self { s3, bucket }
+    }
+
+    /// Waits for each pass, deleting `gone` on the way.
+    async fn run(&self, c: &Cluster) {
+        until("the completion pass is recorded", async || {
+            c.workflow("done").await.is_some_and(|w| {
+                w["status"]["artifactGCStatus"]["strategiesProcessed"][COMPLETION] == true
+            })
+        })
+        .await;
+        c.workflows()
+            .delete("gone", &DeleteParams::default())
+            .await
+            .expect("delete");
+        until("the deleted Workflow is gone", async || {
+            c.workflow("gone").await.is_none()
+        })
+        .await;
+        until("the success Event", async || {
+            c.event_reasons("done")
+                .await
+                .contains(&"ArtifactGCSucceeded".to_string())
+        })
+        .await;
+        until("the failure Event repeated as a series", async || {
+            c.event_series("failing").await >= 2
+        })
+        .await;
+    }
+
+    async fn assert_collected(&self) {
+        assert!(self.s3.keys(&self.bucket).await.is_empty());
+    }
+}
+
+/// Every verb the RBAC objects in `rbac` grant appears, answered 2xx, in the API server's audit
 /// log for `user`: nothing is granted that artgc never uses. (Without the audit log it fails
 /// in CI and says so elsewhere.)
-fn granted_verbs_were_used(rbac_yaml: &str, user: &str) {
+fn granted_verbs_were_used(rbac: &[Value], user: &str) {
     let Ok(path) = std::env::var("ARTGC_TEST_KUBE_AUDIT") else {
         assert_ne!(
             std::env::var("CI").as_deref(),
@@ -535,11 +460,15 @@ fn granted_verbs_were_used(rbac_yaml: &str, user: &str) {
         .map(|e| {
             let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
             let o = &e["objectRef"];
-            (s(&o["apiGroup"]), s(&o["resource"]), s(&e["verb"]))
+            let resource = match o["subresource"].as_str() {
+                Some(sub) => format!("{}/{sub}", s(&o["resource"])),
+                None => s(&o["resource"]),
+            };
+            (s(&o["apiGroup"]), resource, s(&e["verb"]))
         })
         .collect();
     let mut unused = Vec::new();
-    for doc in serde_saphyr::from_multiple::<Value>(rbac_yaml).expect("rbac") {
+    for doc in rbac {
         for rule in doc["rules"].as_array().into_iter().flatten() {
             let list = |k: &str| -> Vec<String> {
                 rule[k]
@@ -566,36 +495,14 @@ fn granted_verbs_were_used(rbac_yaml: &str, user: &str) {
     );
 }
 
-/// A client for the same server acting with a bearer token.
-async fn client_with_token(token: &str) -> kube::Client {
-    let path = std::env::var("ARTGC_TEST_KUBECONFIG").expect("ARTGC_TEST_KUBECONFIG");
-    let admin = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
-    let cluster = admin.clusters[0].cluster.clone().expect("cluster");
-    let text = serde_json::to_string(&json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {
-            "server": cluster.server,
-            "certificate-authority": cluster.certificate_authority,
-        }}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa"}}],
-        "current-context": "c",
-    }))
-    .unwrap();
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&text).expect("token kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("kube config");
-    kube::Client::try_from(config).expect("client")
-}
-
 /// The chart's `rbac.scope=namespaced` render with the service-account identity enabled for
 /// one namespace and account: the controller, as the chart's ServiceAccount with only that
 /// render's Roles, collects through the workflow's GC service account (reading it, minting its
-/// token) and holds the Lease. Needs the real helm too (`ARTGC_HELM`, from `.ci/tools.sh`).
+/// token), runs every other kind of pass and holds the Lease; and every verb those Roles grant
+/// was used. Needs the real helm too (`ARTGC_HELM`, from `.ci/tools.sh`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_namespaced_rbac_with_the_service_account_identity_is_enough() {
-    let Some(admin) = real_cluster().await else {
+    let Some(kube) = RealKube::from_env().await else {
         return;
     };
     let Ok(helm) = std::env::var("ARTGC_HELM") else {
@@ -607,8 +514,8 @@ async fn the_charts_namespaced_rbac_with_the_service_account_identity_is_enough(
         eprintln!("skipped: ARTGC_HELM not set");
         return;
     };
-    let c = Cluster::new(admin.clone(), "artgc-nsrbac").await;
-    let release = Cluster::new(admin.clone(), "artgc-release").await;
+    let c = Cluster::new(&kube, "artgc-nsrbac").await;
+    let release = Cluster::new(&kube, "artgc-release").await;
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/artgc");
     let out = std::process::Command::new(helm)
         .args(["template", "artgc", chart, "--namespace", &release.ns])
@@ -629,6 +536,7 @@ async fn the_charts_namespaced_rbac_with_the_service_account_identity_is_enough(
     let docs = serde_saphyr::from_multiple::<Value>(&String::from_utf8(out.stdout).unwrap())
         .expect("rendered YAML");
     let mut applied = Vec::new();
+    let mut roles = Vec::new();
     for d in docs.into_iter().filter(|d| !d.is_null()) {
         let kind = d["kind"].as_str().unwrap_or_default().to_string();
         assert!(
@@ -640,19 +548,18 @@ async fn the_charts_namespaced_rbac_with_the_service_account_identity_is_enough(
                 "{kind} {}/{}",
                 d["metadata"]["namespace"], d["metadata"]["name"]
             ));
+            if kind == "Role" {
+                roles.push(d.clone());
+            }
             release.apply(d).await;
         }
     }
     assert!(applied.len() >= 5, "{applied:?}");
     let sa_name = "artgc";
-    let token = token_for(&admin, &release.ns, sa_name).await;
-    let artgc = client_with_token(&token).await;
+    let acting = c.acting_as(kube.client_as(&release.ns, sa_name).await);
 
     let irsa = Irsa::new(&c, "nsrbac").await;
-    let acting = Cluster {
-        client: artgc,
-        ns: c.ns.clone(),
-    };
+    let passes = EveryPass::new(&c).await;
     let lease_ns = release.ns.clone();
     let ctl = acting
         .start(|config| {
@@ -671,25 +578,10 @@ async fn the_charts_namespaced_rbac_with_the_service_account_identity_is_enough(
         })
     })
     .await;
+    passes.run(&c).await;
     ctl.shutdown().await;
     irsa.assert_collected_as_gc().await;
-}
-
-/// A token for ServiceAccount `ns/name`, minted by the API server (TokenRequest).
-async fn token_for(admin: &kube::Client, ns: &str, name: &str) -> String {
-    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let out = sas
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("TokenRequest for {ns}/{name}: {e}"));
-    out.status.and_then(|s| s.token).expect("token")
+    passes.assert_collected().await;
+    let user = format!("system:serviceaccount:{}:{sa_name}", release.ns);
+    granted_verbs_were_used(&roles, &user);
 }

@@ -374,6 +374,38 @@ fn conflict(message: String) -> ApiError {
     (409, message, "Conflict")
 }
 
+/// What is wrong with `name` for a `kind` object, as the API server says it: a Namespace's name
+/// is a DNS-1123 label, every other name here a DNS-1123 subdomain.
+fn name_problem(kind: &str, name: &str) -> Option<&'static str> {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if kind == "Namespace" {
+        if name.len() > 63 {
+            return Some("must be no more than 63 characters");
+        }
+        if !label(name) {
+            return Some(
+                "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
+            );
+        }
+        return None;
+    }
+    if name.len() > 253 {
+        return Some("must be no more than 253 characters");
+    }
+    if !name.split('.').all(label) {
+        return Some(
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+        );
+    }
+    None
+}
+
 fn invalid(message: String) -> ApiError {
     (422, message, "Invalid")
 }
@@ -603,6 +635,12 @@ impl State {
                 return Err(invalid("metadata.name: Required value".into()));
             };
             name = format!("{prefix}{:05x}", rand::random::<u32>() & 0xfffff);
+        }
+        if let Some(problem) = name_problem(&t.kind, &name) {
+            return Err(invalid(format!(
+                "{} \"{name}\" is invalid: metadata.name: Invalid value: \"{name}\": {problem}",
+                t.kind
+            )));
         }
         if let (Some(body_ns), Some(ns)) = (obj["metadata"]["namespace"].as_str(), ns)
             && body_ns != ns

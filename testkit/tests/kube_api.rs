@@ -640,3 +640,34 @@ async fn lists_are_paged_with_limit_and_continue() {
             .is_err()
     );
 }
+
+/// Names as the real API server checks them (found running the controller tests on both): a
+/// Namespace's name is a DNS label of 63 characters at most, other names DNS subdomains.
+#[tokio::test]
+async fn names_are_checked_as_the_real_server_checks_them() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let server = KubeApiServer::start().await;
+    let namespaces: Api<Namespace> = Api::all(server.client());
+    let ns = |name: &str| -> Namespace {
+        serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
+    };
+    let pp = PostParams::default();
+    namespaces.create(&pp, &ns(&"a".repeat(63))).await.unwrap();
+    for bad in [
+        "a".repeat(64),
+        "has.dot".into(),
+        "Upper".into(),
+        "-edge".into(),
+    ] {
+        let err = namespaces.create(&pp, &ns(&bad)).await.unwrap_err();
+        assert_eq!(api_err(err), (422, "Invalid".into()), "{bad}");
+    }
+    let wfs = workflows(&server, "ns");
+    wfs.create(&pp, &wf("with.dots-and-1", json!({})))
+        .await
+        .unwrap();
+    for bad in ["UPPER", "under_score", "trailing-", &"a".repeat(254)] {
+        let err = wfs.create(&pp, &wf(bad, json!({}))).await.unwrap_err();
+        assert_eq!(api_err(err), (422, "Invalid".into()), "{bad}");
+    }
+}
