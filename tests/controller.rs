@@ -9,6 +9,10 @@
 //!   Workflow CRD when `../shared` has it, and the controller acting as the ServiceAccount
 //!   `deploy/manifests` creates, bound to exactly the RBAC it ships.
 //!
+//! `ARTGC_TEST_RBAC=chart-namespaced` runs the real half as the Helm chart's ServiceAccount
+//! instead, bound to only its `rbac.scope=namespaced` render for the test's namespaces (CI's
+//! second run; needs `ARTGC_HELM`).
+//!
 //! A test that needs a fault the real server cannot be made to show (injected answers, latency,
 //! dropped watches, compaction, a status Argo's CRD schema rejects) runs on the test server
 //! only, and says so in its first doc line.
@@ -38,13 +42,21 @@ enum Kube {
     Real(Namespace),
 }
 
+/// Who the controller acts as.
+enum Identity {
+    /// This client, as it is.
+    Client(kube::Client),
+    /// The chart's ServiceAccount in `release_ns`, its namespaced render made for the watched
+    /// namespaces when the controller starts.
+    Chart { real: RealKube, release_ns: String },
+}
+
 struct Env {
     kube: Kube,
     /// The workflows' namespace.
     ns: String,
-    /// Who the controller acts as.
-    controller_client: kube::Client,
-    /// Where Leases go: the shipped RBAC grants them in `artgc` only.
+    identity: Identity,
+    /// Where Leases go: the RBAC under test grants them in its own namespace only.
     lease_ns: String,
     /// The namespaces the controller watches (all, on the test server).
     watched: Mutex<Vec<String>>,
@@ -109,7 +121,7 @@ impl Env {
     /// On a test server of its own, namespace `ns`.
     async fn test_server() -> Env {
         let server = KubeApiServer::start().await;
-        let client = server.client();
+        let client = Identity::Client(server.client());
         Self::seeded(
             Kube::TestServer(server),
             "ns".into(),
@@ -121,35 +133,68 @@ impl Env {
     }
 
     /// In a namespace of its own on the real API server, the controller acting as the shipped
-    /// ServiceAccount; `None` (skipped) outside CI without one.
+    /// ServiceAccount (or the chart's); `None` (skipped) outside CI without one.
     async fn real_api_server(test: &str) -> Option<Env> {
         let kube = RealKube::from_env().await?;
         // Namespace names are DNS labels: a short, readable prefix of the test's name.
         let prefix: String = test.replace('_', "-").chars().take(40).collect();
         let space = kube.namespace(prefix.trim_end_matches('-')).await;
-        let rbac = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/manifests/rbac.yaml"
-        ))
-        .expect("deploy/manifests/rbac.yaml");
-        let controller = kube.as_deployed(&rbac).await;
         let ns = space.ns.clone();
-        Some(
-            Self::seeded(
-                Kube::Real(space),
-                ns.clone(),
-                controller,
-                "artgc".into(),
-                vec![ns],
-            )
-            .await,
-        )
+        let (identity, lease_ns) = match std::env::var("ARTGC_TEST_RBAC").as_deref() {
+            Ok("chart-namespaced") => {
+                let release_ns = kube.namespace("artgc-release").await.ns;
+                let lease_ns = release_ns.clone();
+                (
+                    Identity::Chart {
+                        real: kube,
+                        release_ns,
+                    },
+                    lease_ns,
+                )
+            }
+            Err(_) | Ok("manifests") => {
+                let rbac = std::fs::read_to_string(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/deploy/manifests/rbac.yaml"
+                ))
+                .expect("deploy/manifests/rbac.yaml");
+                (
+                    Identity::Client(kube.as_deployed(&rbac).await),
+                    "artgc".into(),
+                )
+            }
+            Ok(other) => panic!("ARTGC_TEST_RBAC={other}: manifests or chart-namespaced"),
+        };
+        let watched = vec![ns.clone()];
+        Some(Self::seeded(Kube::Real(space), ns, identity, lease_ns, watched).await)
+    }
+
+    /// The client the controller acts with: for the chart, its render for the namespaces
+    /// watched now, applied.
+    async fn controller_client(&self) -> kube::Client {
+        match &self.identity {
+            Identity::Client(client) => client.clone(),
+            Identity::Chart { real, release_ns } => {
+                let helm = std::env::var("ARTGC_HELM").expect(
+                    "ARTGC_HELM (.ci/tools.sh): ARTGC_TEST_RBAC=chart-namespaced needs helm",
+                );
+                let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/artgc");
+                let watched = self.watched.lock().unwrap().join(",");
+                let values = [
+                    "rbac.scope=namespaced".to_string(),
+                    format!("controller.namespaces={{{watched}}}"),
+                ];
+                real.apply_namespaced_chart(&helm, chart, release_ns, &values)
+                    .await;
+                real.client_as(release_ns, "artgc").await
+            }
+        }
     }
 
     async fn seeded(
         kube: Kube,
         ns: String,
-        controller_client: kube::Client,
+        identity: Identity,
         lease_ns: String,
         watched: Vec<String>,
     ) -> Env {
@@ -158,7 +203,7 @@ impl Env {
         let env = Env {
             kube,
             ns,
-            controller_client,
+            identity,
             lease_ns,
             watched: Mutex::new(watched),
             s3,
@@ -269,7 +314,7 @@ impl Env {
         let mut c = config();
         c.namespaces = self.watched.lock().unwrap().clone();
         tweak(&mut c);
-        artgc::controller::start(self.controller_client.clone(), c)
+        artgc::controller::start(self.controller_client().await, c)
             .await
             .expect("controller starts")
     }

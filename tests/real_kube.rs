@@ -517,44 +517,17 @@ async fn the_charts_namespaced_rbac_with_the_service_account_identity_is_enough(
     let c = Cluster::new(&kube, "artgc-nsrbac").await;
     let release = Cluster::new(&kube, "artgc-release").await;
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/artgc");
-    let out = std::process::Command::new(helm)
-        .args(["template", "artgc", chart, "--namespace", &release.ns])
-        .args(["--set", "rbac.scope=namespaced"])
-        .args(["--set", &format!("controller.namespaces={{{}}}", c.ns)])
-        .args(["--set", "serviceAccountIdentity.enabled=true"])
-        .args([
-            "--set",
-            &format!("serviceAccountIdentity.namespaces.{}={{gc}}", c.ns),
-        ])
-        .output()
-        .expect("helm template");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs = serde_saphyr::from_multiple::<Value>(&String::from_utf8(out.stdout).unwrap())
-        .expect("rendered YAML");
-    let mut applied = Vec::new();
-    let mut roles = Vec::new();
-    for d in docs.into_iter().filter(|d| !d.is_null()) {
-        let kind = d["kind"].as_str().unwrap_or_default().to_string();
-        assert!(
-            !matches!(kind.as_str(), "ClusterRole" | "ClusterRoleBinding"),
-            "the namespaced render grants nothing cluster-wide: {d}"
-        );
-        if matches!(kind.as_str(), "ServiceAccount" | "Role" | "RoleBinding") {
-            applied.push(format!(
-                "{kind} {}/{}",
-                d["metadata"]["namespace"], d["metadata"]["name"]
-            ));
-            if kind == "Role" {
-                roles.push(d.clone());
-            }
-            release.apply(d).await;
-        }
-    }
-    assert!(applied.len() >= 5, "{applied:?}");
+    let values = [
+        "rbac.scope=namespaced".to_string(),
+        format!("controller.namespaces={{{}}}", c.ns),
+        "serviceAccountIdentity.enabled=true".to_string(),
+        format!("serviceAccountIdentity.namespaces.{}={{gc}}", c.ns),
+    ];
+    let roles = kube
+        .apply_namespaced_chart(&helm, chart, &release.ns, &values)
+        .await;
+    // The workflows' namespace's, the identity's and the Lease's.
+    assert_eq!(roles.len(), 3, "{roles:?}");
     let sa_name = "artgc";
     let acting = c.acting_as(kube.client_as(&release.ns, sa_name).await);
 

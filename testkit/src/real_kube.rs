@@ -85,6 +85,50 @@ impl RealKube {
         self.client_as("artgc", "artgc").await
     }
 
+    /// Renders `chart` as release `artgc` in `release_ns` with `helm template` and `values`
+    /// (`--set` arguments), and applies its ServiceAccounts, Roles and RoleBindings: the render
+    /// must grant nothing cluster-wide. Returns the Roles it applied.
+    pub async fn apply_namespaced_chart(
+        &self,
+        helm: &str,
+        chart: &str,
+        release_ns: &str,
+        values: &[String],
+    ) -> Vec<Value> {
+        let mut cmd = std::process::Command::new(helm);
+        cmd.args(["template", "artgc", chart, "--namespace", release_ns]);
+        for v in values {
+            cmd.args(["--set", v]);
+        }
+        let out = cmd.output().expect("helm template");
+        assert!(
+            out.status.success(),
+            "helm template: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("UTF-8 render");
+        let docs = serde_saphyr::from_multiple::<Value>(&text).expect("rendered YAML");
+        let release = Namespace {
+            client: self.admin.clone(),
+            ns: release_ns.to_string(),
+        };
+        let mut roles = Vec::new();
+        for d in docs.into_iter().filter(|d| !d.is_null()) {
+            let kind = d["kind"].as_str().unwrap_or_default().to_string();
+            assert!(
+                !matches!(kind.as_str(), "ClusterRole" | "ClusterRoleBinding"),
+                "a namespaced render grants nothing cluster-wide: {d}"
+            );
+            if matches!(kind.as_str(), "ServiceAccount" | "Role" | "RoleBinding") {
+                if kind == "Role" {
+                    roles.push(d.clone());
+                }
+                release.apply(d).await;
+            }
+        }
+        roles
+    }
+
     /// A token for ServiceAccount `ns/name`, minted by the API server (TokenRequest).
     pub async fn token_for(&self, ns: &str, name: &str) -> String {
         use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
