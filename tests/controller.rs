@@ -48,7 +48,10 @@ enum Identity {
     Client(kube::Client),
     /// The chart's ServiceAccount in `release_ns`, its namespaced render made for the watched
     /// namespaces when the controller starts.
-    Chart { real: RealKube, release_ns: String },
+    Chart {
+        real: Box<RealKube>,
+        release_ns: String,
+    },
 }
 
 struct Env {
@@ -146,7 +149,7 @@ impl Env {
                 let lease_ns = release_ns.clone();
                 (
                     Identity::Chart {
-                        real: kube,
+                        real: Box::new(kube),
                         release_ns,
                     },
                     lease_ns,
