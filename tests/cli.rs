@@ -395,6 +395,10 @@ async fn purge_over_a_live_cluster_selects_deletes_and_records() {
 async fn the_controller_binary_serves_probes_and_stops_on_sigterm_releasing_its_lease() {
     use artgc_testkit::KubeApiServer;
     let kube = KubeApiServer::start().await;
+    // Its own namespace, where the Lease goes.
+    kube.seed(
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}}),
+    );
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kubeconfig");
     kube.write_kubeconfig(&kc, "ns").unwrap();

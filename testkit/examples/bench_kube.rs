@@ -70,6 +70,10 @@ async fn main() {
     );
     let server = KubeApiServer::start().await;
     server.set_request_log(false);
+    for team in 0..10 {
+        server.seed(serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                                       "metadata": {"name": format!("team-{team}")}}));
+    }
     let client = server.client();
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Workflow"),

@@ -269,6 +269,17 @@ impl KubeApiServer {
             .as_str()
             .map(str::to_string)
             .or_else(|| t.namespaced.then(|| "default".to_string()));
+        // As `kubectl create namespace` before the rest: a seeded object's namespace exists.
+        if let Some(ns) = ns.as_deref()
+            && !st.namespace_exists(ns)
+        {
+            let namespaces = builtin_types().swap_remove(0);
+            let namespace =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            if let Err(e) = st.create(&namespaces, None, namespace, None) {
+                panic!("seed: namespace {ns}: {}", e.1);
+            }
+        }
         match st.create(&t, ns.as_deref(), object, None) {
             Ok(o) => serde_json::from_slice(&o).expect("json"),
             Err(e) => panic!("seed: {}", e.1),
@@ -616,6 +627,11 @@ impl State {
         self.rv.to_string()
     }
 
+    fn namespace_exists(&self, ns: &str) -> bool {
+        let key = ("/v1/namespaces".to_string(), String::new(), ns.to_string());
+        self.objects.contains_key(&key)
+    }
+
     fn create(
         &mut self,
         t: &ResourceType,
@@ -650,6 +666,11 @@ impl State {
                 "the namespace of the object does not match the namespace on the request".into(),
                 "BadRequest",
             ));
+        }
+        if let Some(ns) = ns
+            && !self.namespace_exists(ns)
+        {
+            return Err(not_found(&format!("namespaces \"{ns}\"")));
         }
         let key = (t.id(), ns.unwrap_or_default().to_string(), name.clone());
         if self.objects.contains_key(&key) {

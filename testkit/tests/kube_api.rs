@@ -13,6 +13,15 @@ use kube::core::GroupVersionKind;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
+/// A server with the namespaces these tests write into.
+async fn server() -> KubeApiServer {
+    let server = KubeApiServer::start().await;
+    for ns in ["default", "ns", "other"] {
+        server.seed(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+    }
+    server
+}
+
 fn workflows(server: &KubeApiServer, ns: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Workflow");
     let ar = ApiResource::from_gvk_with_plural(&gvk, "workflows");
@@ -37,7 +46,7 @@ fn api_err(e: kube::Error) -> (u16, String) {
 
 #[tokio::test]
 async fn crud_on_a_custom_resource() {
-    let server = KubeApiServer::start().await;
+    let server = server().await;
     let api = workflows(&server, "ns");
     let created = api
         .create(&PostParams::default(), &wf("a", json!({"x": "1"})))
@@ -112,7 +121,7 @@ async fn crud_on_a_custom_resource() {
 
 #[tokio::test]
 async fn list_kinds_resource_versions_and_label_selectors() {
-    let server = KubeApiServer::start().await;
+    let server = server().await;
     let api = workflows(&server, "ns");
     for (n, labels) in [
         ("a", json!({"tier": "web", "env": "prod"})),
@@ -164,7 +173,7 @@ async fn list_kinds_resource_versions_and_label_selectors() {
 
 #[tokio::test]
 async fn json_patch_test_op_and_finalizer_rules() {
-    let server = KubeApiServer::start().await;
+    let server = server().await;
     let api = workflows(&server, "ns");
     api.create(&PostParams::default(), &wf("a", json!({})))
         .await
@@ -222,7 +231,7 @@ async fn json_patch_test_op_and_finalizer_rules() {
 
 #[tokio::test]
 async fn watcher_sees_changes_and_recovers_from_drops_and_410() {
-    let server = KubeApiServer::start().await;
+    let server = server().await;
     let api = workflows(&server, "ns");
     api.create(&PostParams::default(), &wf("before", json!({})))
         .await
@@ -302,7 +311,7 @@ async fn watcher_sees_changes_and_recovers_from_drops_and_410() {
 #[tokio::test]
 async fn finalizer_helper_adds_and_removes_through_a_real_delete() {
     use kube::runtime::finalizer::{Event as Fin, finalizer};
-    let server = KubeApiServer::start().await;
+    let server = server().await;
     let api: Api<ConfigMap> = Api::namespaced(server.client(), "ns");
     let cm: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {"k": "v"}})).unwrap();
@@ -350,7 +359,7 @@ async fn finalizer_helper_adds_and_removes_through_a_real_delete() {
 #[tokio::test]
 async fn two_lease_managers_hand_over() {
     use kube_lease_manager::LeaseManagerBuilder;
-    let server = KubeApiServer::start().await;
+    let server = server().await;
     let manager = |id: &'static str| {
         LeaseManagerBuilder::new(server.client(), "artgc-leader")
             .with_namespace("ns")
@@ -394,7 +403,7 @@ async fn two_lease_managers_hand_over() {
 
 #[tokio::test]
 async fn injected_faults_latency_and_the_request_log() {
-    let server = KubeApiServer::start().await;
+    let server = server().await;
     let api = workflows(&server, "ns");
     api.create(&PostParams::default(), &wf("a", json!({})))
         .await
@@ -446,7 +455,7 @@ async fn kubectl_as_an_independent_client() {
             panic!("kubectl is not installed; .ci/run installs Debian's kubernetes-client")
         }
     };
-    let server = KubeApiServer::start().await;
+    let server = server().await;
     let url = server.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("wf.yaml");
@@ -550,7 +559,7 @@ fn which(bin: &str) -> Result<std::path::PathBuf, ()> {
 async fn raw_watch_filters_by_label_bookmarks_and_times_out() {
     use kube::api::WatchParams;
     use kube::core::WatchEvent;
-    let server = KubeApiServer::start().await;
+    let server = server().await;
     let api = workflows(&server, "ns");
     let rv = server.resource_version().to_string();
     let params = WatchParams::default().labels("team=a").timeout(1);
@@ -583,7 +592,7 @@ async fn raw_watch_filters_by_label_bookmarks_and_times_out() {
 
 #[tokio::test]
 async fn lists_are_paged_with_limit_and_continue() {
-    let server = KubeApiServer::start().await;
+    let server = server().await;
     let api = workflows(&server, "ns");
     for i in 0..5 {
         let labels = json!({"pick": if i % 2 == 0 { "yes" } else { "no" }});
@@ -646,7 +655,7 @@ async fn lists_are_paged_with_limit_and_continue() {
 #[tokio::test]
 async fn names_are_checked_as_the_real_server_checks_them() {
     use k8s_openapi::api::core::v1::Namespace;
-    let server = KubeApiServer::start().await;
+    let server = server().await;
     let namespaces: Api<Namespace> = Api::all(server.client());
     let ns = |name: &str| -> Namespace {
         serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
@@ -670,4 +679,23 @@ async fn names_are_checked_as_the_real_server_checks_them() {
         let err = wfs.create(&pp, &wf(bad, json!({}))).await.unwrap_err();
         assert_eq!(api_err(err), (422, "Invalid".into()), "{bad}");
     }
+}
+
+/// As on the real server, an object goes only into a namespace that exists; seeding one
+/// creates its namespace first, as a test setup would.
+#[tokio::test]
+async fn objects_go_only_into_namespaces_that_exist() {
+    let server = KubeApiServer::start().await;
+    let pp = PostParams::default();
+    let err = workflows(&server, "missing")
+        .create(&pp, &wf("w", json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(err), (404, "NotFound".into()));
+    server.seed(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "c", "namespace": "seeded"}}));
+    workflows(&server, "seeded")
+        .create(&pp, &wf("w", json!({})))
+        .await
+        .unwrap();
 }
