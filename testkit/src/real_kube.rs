@@ -265,6 +265,10 @@ fn resource(v: &Value) -> ApiResource {
         "ServiceAccount" => "serviceaccounts",
         "Event" => "events",
         "Lease" => "leases",
+        "Pod" => "pods",
+        "CustomResourceDefinition" => "customresourcedefinitions",
+        "WorkflowTaskResult" => "workflowtaskresults",
+        "WorkflowTemplate" => "workflowtemplates",
         "Workflow" => "workflows",
         "ClusterRole" => "clusterroles",
         "ClusterRoleBinding" => "clusterrolebindings",
@@ -279,6 +283,6 @@ fn resource(v: &Value) -> ApiResource {
 fn cluster_scoped(v: &Value) -> bool {
     matches!(
         v["kind"].as_str(),
-        Some("Namespace" | "ClusterRole" | "ClusterRoleBinding")
+        Some("Namespace" | "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition")
     )
 }

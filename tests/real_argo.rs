@@ -1,0 +1,481 @@
+//! artgc beside Argo's own workflow-controller (v3.7.18, built from its Go module by
+//! `.ci/argo.sh`) on the real kube-apiserver (`.ci/kube.sh`): Argo writes the Workflows, artgc
+//! collects them.
+//!
+//! There is no kubelet. [`Kubelet`] plays it and Argo's executor, as little as Argo needs:
+//! - for each pod Argo creates, it reads the template Argo hands the executor (`ARGO_TEMPLATE`
+//!   on the `init` container);
+//! - it uploads each output artifact where the executor would: its own key, else the
+//!   template's `archiveLocation` key joined with `<name>.tgz` (or the path's base name with
+//!   `archive: none`), and `main.log` when logs are archived;
+//! - it writes the `WorkflowTaskResult` the wait container writes (named after the node, its
+//!   outputs, `report-outputs-completed: "true"`);
+//! - then it moves the pod to Succeeded, both containers terminated.
+//!
+//! Needs `ARTGC_TEST_KUBECONFIG` and `ARTGC_ARGO_CONTROLLER`/`ARTGC_ARGO_CRDS`
+//! (`eval "$(.ci/argo.sh)"`): without them a test fails in CI and is skipped elsewhere.
+
+#[path = "../core/tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use artgc::controller::{ControllerConfig, ControllerHandle};
+use artgc_testkit::{Namespace, RealKube, S3Server};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+
+const FINALIZER: &str = "workflows.argoproj.io/artifact-gc";
+
+/// Argo's controller binary and CRD folder, or `None` (skipped) outside CI.
+fn argo_build() -> Option<(PathBuf, PathBuf)> {
+    match (
+        std::env::var("ARTGC_ARGO_CONTROLLER"),
+        std::env::var("ARTGC_ARGO_CRDS"),
+    ) {
+        (Ok(bin), Ok(crds)) => Some((bin.into(), crds.into())),
+        _ => {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "ARTGC_ARGO_CONTROLLER is not set: CI must build Argo's controller (.ci/argo.sh)"
+            );
+            eprintln!("skipped: no Argo controller (ARTGC_ARGO_CONTROLLER)");
+            None
+        }
+    }
+}
+
+/// A namespace on the real server with an Argo controller of its own, its artifact repository
+/// on `s3`, and the kubelet double.
+struct Argo {
+    space: Namespace,
+    s3: Arc<S3Server>,
+    bucket: String,
+    process: std::process::Child,
+    log: PathBuf,
+    kubelet: tokio::task::JoinHandle<()>,
+    /// What the kubelet double could not do.
+    kubelet_errors: Arc<std::sync::Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Argo {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        self.kubelet.abort();
+    }
+}
+
+impl Argo {
+    /// `env`: extra environment for Argo's controller.
+    async fn start(kube: &RealKube, bin: &PathBuf, crds: &PathBuf, env: &[(&str, &str)]) -> Self {
+        install_crds(kube, crds).await;
+        let space = kube.namespace("argo").await;
+        let s3 = Arc::new(S3Server::start().await);
+        let bucket = s3.bucket("argo").await;
+        space
+            .create(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                           "metadata": {"name": "default"}}))
+            .await;
+        space
+            .create(secret(
+                &space.ns,
+                "s3-creds",
+                &s3.access_key,
+                &s3.secret_key,
+            ))
+            .await;
+        let endpoint = s3.endpoint.trim_start_matches("http://").to_string();
+        let repository = json!({
+            "archiveLogs": true,
+            "s3": {
+                "bucket": bucket, "endpoint": endpoint, "insecure": true, "region": s3.region,
+                "keyFormat": "runs/{{workflow.name}}/{{pod.name}}",
+                "accessKeySecret": {"name": "s3-creds", "key": "accesskey"},
+                "secretKeySecret": {"name": "s3-creds", "key": "secretkey"},
+            },
+        });
+        space
+            .create(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "workflow-controller-configmap"},
+                // Argo folds each key into one YAML document: a value is read as a block only
+                // when it holds a newline.
+                "data": {
+                    "artifactRepository": format!("{}\n", serde_json::to_string(&repository).unwrap()),
+                    "metricsConfig": "enabled: false\n",
+                    "telemetryConfig": "enabled: false\n",
+                },
+            }))
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("workflow-controller.log");
+        let kubeconfig = std::env::var("ARTGC_TEST_KUBECONFIG").unwrap();
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["--kubeconfig", &kubeconfig, "--namespace", &space.ns])
+            .args(["--namespaced", "--managed-namespace", &space.ns])
+            .args(["--executor-image", "argoexec:test"])
+            .env("LEADER_ELECTION_DISABLE", "true")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let process = cmd.spawn().expect("workflow-controller starts");
+        let kubelet_errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let double = Kubelet::new(space.clone(), &s3, &bucket, kubelet_errors.clone());
+        let kubelet = tokio::spawn(double.run());
+        Self {
+            space,
+            s3,
+            bucket,
+            process,
+            log,
+            kubelet,
+            kubelet_errors,
+            _dir: dir,
+        }
+    }
+
+    async fn submit(&self, wf: Value) {
+        self.space.create(wf).await;
+    }
+
+    async fn workflow(&self, name: &str) -> Option<Value> {
+        self.space
+            .get("argoproj.io/v1alpha1", "Workflow", name)
+            .await
+    }
+
+    async fn until(&self, what: &str, mut check: impl AsyncFnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while std::time::Instant::now() < deadline {
+            let errors = self.kubelet_errors.lock().unwrap().clone();
+            assert!(errors.is_empty(), "kubelet double: {errors:?}");
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!(
+            "timed out waiting for: {what}\nArgo's log, last lines first:\n{}",
+            tail.join("\n")
+        );
+    }
+
+    async fn keys(&self) -> Vec<String> {
+        self.s3.keys(&self.bucket).await
+    }
+
+    /// artgc, acting as the admin, watching this namespace only.
+    async fn artgc(&self, tweak: impl FnOnce(&mut ControllerConfig)) -> ControllerHandle {
+        let mut config = ControllerConfig {
+            namespaces: vec![self.space.ns.clone()],
+            // Argo's controller runs namespaced here: its ConfigMap (and so its repository, the
+            // one its workflows use) is in this namespace, not `argo`.
+            argo_config_map: artgc_core::cluster::ArgoConfigMapRef {
+                namespace: self.space.ns.clone(),
+                name: "workflow-controller-configmap".into(),
+            },
+            admin_addr: ([127, 0, 0, 1], 0).into(),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(400),
+            shutdown_grace: Duration::from_secs(5),
+            ..Default::default()
+        };
+        tweak(&mut config);
+        artgc::controller::start(self.space.client.clone(), config)
+            .await
+            .expect("artgc starts")
+    }
+}
+
+/// Argo's CRDs from its module, except the Workflow's (`.ci/kube.sh` installed that), applied
+/// once per server and waited for.
+async fn install_crds(kube: &RealKube, crds: &PathBuf) {
+    let admin = Namespace {
+        client: kube.admin(),
+        ns: "default".into(),
+    };
+    for entry in std::fs::read_dir(crds).expect("CRD folder") {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.starts_with("argoproj.io_") || name == "argoproj.io_workflows.yaml" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let crd: Value = serde_saphyr::from_str(&text).expect("CRD YAML");
+        admin.apply(crd).await;
+    }
+    let results = Namespace {
+        client: kube.admin(),
+        ns: "default".into(),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTaskResult",
+                           "metadata": {}});
+        if results.api(&probe).list(&Default::default()).await.is_ok() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Argo's CRDs not served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The kubelet and executor double (module docs).
+struct Kubelet {
+    space: Namespace,
+    s3: Arc<S3Server>,
+    bucket: String,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Kubelet {
+    fn new(
+        space: Namespace,
+        s3: &Arc<S3Server>,
+        bucket: &str,
+        errors: Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> Self {
+        Self {
+            space,
+            s3: s3.clone(),
+            bucket: bucket.to_string(),
+            errors,
+        }
+    }
+
+    async fn run(self) {
+        let pods: Api<Pod> = Api::namespaced(self.space.client.clone(), &self.space.ns);
+        let mut seen = HashSet::new();
+        let mut events = watcher(pods, watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(event) = events.next().await {
+            let Ok(pod) = event else { continue };
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            if matches!(phase.as_deref(), Some("Succeeded" | "Failed")) || !seen.insert(name) {
+                continue;
+            }
+            let pod = serde_json::to_value(&pod).unwrap();
+            if let Err(e) = self.run_pod(&pod).await {
+                let name = &pod["metadata"]["name"];
+                self.errors.lock().unwrap().push(format!("pod {name}: {e}"));
+            }
+        }
+    }
+
+    async fn run_pod(&self, pod: &Value) -> Result<(), String> {
+        let meta = &pod["metadata"];
+        let pod_name = meta["name"].as_str().ok_or("no name")?;
+        let node_id = meta["annotations"]["workflows.argoproj.io/node-id"]
+            .as_str()
+            .ok_or("no node-id")?;
+        let workflow = meta["labels"]["workflows.argoproj.io/workflow"]
+            .as_str()
+            .ok_or("no workflow label")?;
+        let owner = meta["ownerReferences"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["kind"] == "Workflow"))
+            .ok_or("no owner")?;
+        let template: Value = pod["spec"]["initContainers"]
+            .as_array()
+            .into_iter()
+            .chain(pod["spec"]["containers"].as_array())
+            .flatten()
+            .flat_map(|c| c["env"].as_array().into_iter().flatten())
+            .find(|e| e["name"] == "ARGO_TEMPLATE")
+            .and_then(|e| e["value"].as_str())
+            .map(|t| serde_json::from_str(t).expect("ARGO_TEMPLATE"))
+            .ok_or("no ARGO_TEMPLATE")?;
+        let archive_key = template["archiveLocation"]["s3"]["key"]
+            .as_str()
+            .map(str::to_string);
+        let mut artifacts = Vec::new();
+        for art in template["outputs"]["artifacts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let mut out = art.clone();
+            let name = art["name"].as_str().unwrap_or_default();
+            let unarchived = art["archive"]["none"].is_object();
+            let key = match art["s3"]["key"].as_str() {
+                Some(k) => k.to_string(),
+                None => {
+                    let base = archive_key.clone().ok_or("no archive location")?;
+                    let file = match unarchived {
+                        true => art["path"]
+                            .as_str()
+                            .and_then(|p| p.trim_end_matches('/').rsplit('/').next())
+                            .unwrap_or(name)
+                            .to_string(),
+                        false => format!("{name}.tgz"),
+                    };
+                    let key = format!("{base}/{file}");
+                    out["s3"] = json!({"key": key});
+                    key
+                }
+            };
+            // A directory (by convention here: a path ending in `/`) uploads its files.
+            if art["path"].as_str().is_some_and(|p| p.ends_with('/')) {
+                for f in ["a.txt", "b.txt"] {
+                    self.put(&format!("{key}/{f}")).await;
+                }
+            } else {
+                self.put(&key).await;
+            }
+            artifacts.push(out);
+        }
+        if template["archiveLocation"]["archiveLogs"] == true {
+            let base = archive_key.ok_or("no archive location for logs")?;
+            let key = format!("{base}/main.log");
+            self.put(&key).await;
+            artifacts.push(json!({"name": "main-logs", "s3": {"key": key}}));
+        }
+        let results = self.space.api(&json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTaskResult", "metadata": {}}));
+        let result = json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTaskResult",
+            "metadata": {
+                "name": node_id, "namespace": self.space.ns,
+                "labels": {"workflows.argoproj.io/workflow": workflow,
+                           "workflows.argoproj.io/report-outputs-completed": "true"},
+                "ownerReferences": [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                                     "name": workflow, "uid": owner["uid"]}],
+            },
+            "outputs": {"artifacts": artifacts, "exitCode": "0"},
+        });
+        results
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(result).unwrap(),
+            )
+            .await
+            .map_err(|e| format!("task result: {e}"))?;
+        let now = jiff::Timestamp::now().to_string();
+        let terminated = |name: &str| {
+            json!({"name": name, "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+                   "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                                            "startedAt": now, "finishedAt": now}}})
+        };
+        let status = json!({"status": {"phase": "Succeeded", "startTime": now,
+            "containerStatuses": [terminated("main"), terminated("wait")]}});
+        let pods: Api<Pod> = Api::namespaced(self.space.client.clone(), &self.space.ns);
+        pods.patch_status(pod_name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .map_err(|e| format!("pod status: {e}"))?;
+        Ok(())
+    }
+
+    async fn put(&self, key: &str) {
+        self.s3
+            .put(&self.bucket, key, format!("output at {key}"))
+            .await;
+    }
+}
+
+fn secret(ns: &str, name: &str, access: &str, secret: &str) -> Value {
+    support::secret(ns, name, access, secret)
+}
+
+/// Steps, key-only artifacts under the repository's `keyFormat`, a directory artifact with
+/// `archive: none`, archived logs, and a strategy each: Argo's GC off, artgc owning Argo's
+/// finalizer. After completion only the completion artifacts are gone; after `delete` the
+/// deletion ones too, the `Never` one stays, and the Workflow is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_with_every_strategy_argo_gc_off_artgc_owning_the_finalizer() {
+    let Some(kube) = RealKube::from_env().await else {
+        return;
+    };
+    let Some((bin, crds)) = argo_build() else {
+        return;
+    };
+    let argo = Argo::start(&kube, &bin, &crds, &[("ARGO_ARTIFACT_GC_ENABLED", "false")]).await;
+    let ctl = argo.artgc(|_| {}).await;
+    let produce = json!({
+        "name": "produce",
+        "container": {"image": "busybox", "command": ["true"]},
+        "outputs": {"artifacts": [
+            {"name": "done", "path": "/tmp/done", "artifactGC": {"strategy": "OnWorkflowCompletion"}},
+            {"name": "later", "path": "/tmp/later"},
+            {"name": "keep", "path": "/tmp/keep", "artifactGC": {"strategy": "Never"}},
+            {"name": "dir", "path": "/tmp/dir/", "archive": {"none": {}}},
+        ]},
+    });
+    argo.submit(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "steps"},
+        "spec": {
+            "entrypoint": "main",
+            "artifactGC": {"strategy": "OnWorkflowDeletion"},
+            "templates": [
+                {"name": "main", "steps": [[{"name": "one", "template": "produce"}],
+                                           [{"name": "two", "template": "produce"}]]},
+                produce,
+            ],
+        },
+    }))
+    .await;
+    argo.until(
+        "Argo completes it and artgc records the completion pass",
+        async || {
+            argo.workflow("steps").await.is_some_and(|w| {
+            w["status"]["phase"] == "Succeeded"
+                && w["status"]["artifactGCStatus"]["strategiesProcessed"]["OnWorkflowCompletion"]
+                    == true
+        })
+        },
+    )
+    .await;
+    let w = argo.workflow("steps").await.unwrap();
+    assert_eq!(
+        w["metadata"]["finalizers"],
+        json!([FINALIZER]),
+        "deletion work remains"
+    );
+    let keys = argo.keys().await;
+    // Two pods, each: later, keep, dir/a.txt, dir/b.txt, main.log (done is gone).
+    assert_eq!(keys.len(), 10, "{keys:?}");
+    assert!(
+        keys.iter().all(|k| k.starts_with("runs/steps/")),
+        "{keys:?}"
+    );
+    assert!(!keys.iter().any(|k| k.ends_with("/done.tgz")), "{keys:?}");
+
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        argo.space.client.clone(),
+        &argo.space.ns,
+        &kube::discovery::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Workflow"),
+            "workflows",
+        ),
+    )
+    .delete("steps", &DeleteParams::default())
+    .await
+    .expect("delete");
+    argo.until("the deleted Workflow is gone", async || {
+        argo.workflow("steps").await.is_none()
+    })
+    .await;
+    let keys = argo.keys().await;
+    assert_eq!(keys.len(), 2, "only the two Never artifacts stay: {keys:?}");
+    assert!(keys.iter().all(|k| k.ends_with("/keep.tgz")), "{keys:?}");
+    ctl.shutdown().await;
+}
