@@ -174,6 +174,14 @@ impl Argo {
         );
     }
 
+    /// Deletes Workflow `name`, as `kubectl delete` does.
+    async fn delete(&self, name: &str) {
+        artgc::kube_api::workflows(&self.space.client, Some(&self.space.ns))
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+
     async fn keys(&self) -> Vec<String> {
         self.s3.keys(&self.bucket).await
     }
@@ -459,17 +467,7 @@ async fn steps_with_every_strategy_argo_gc_off_artgc_owning_the_finalizer() {
     );
     assert!(!keys.iter().any(|k| k.ends_with("/done.tgz")), "{keys:?}");
 
-    Api::<kube::api::DynamicObject>::namespaced_with(
-        argo.space.client.clone(),
-        &argo.space.ns,
-        &kube::discovery::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Workflow"),
-            "workflows",
-        ),
-    )
-    .delete("steps", &DeleteParams::default())
-    .await
-    .expect("delete");
+    argo.delete("steps").await;
     argo.until("the deleted Workflow is gone", async || {
         argo.workflow("steps").await.is_none()
     })
@@ -477,5 +475,86 @@ async fn steps_with_every_strategy_argo_gc_off_artgc_owning_the_finalizer() {
     let keys = argo.keys().await;
     assert_eq!(keys.len(), 2, "only the two Never artifacts stay: {keys:?}");
     assert!(keys.iter().all(|k| k.ends_with("/keep.tgz")), "{keys:?}");
+    ctl.shutdown().await;
+}
+
+/// A DAG run from a WorkflowTemplate (`workflowTemplateRef`): the strategy is the template's,
+/// which Argo stores in `status.storedWorkflowTemplateSpec`. Completion collects it all and
+/// releases the finalizer; deleting is then immediate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dag_from_a_workflow_template_is_collected_by_the_templates_strategy() {
+    let Some(kube) = RealKube::from_env().await else {
+        return;
+    };
+    let Some((bin, crds)) = argo_build() else {
+        return;
+    };
+    let argo = Argo::start(&kube, &bin, &crds, &[("ARGO_ARTIFACT_GC_ENABLED", "false")]).await;
+    let ctl = argo.artgc(|_| {}).await;
+    let produce = json!({
+        "name": "produce",
+        "container": {"image": "busybox", "command": ["true"]},
+        "outputs": {"artifacts": [{"name": "out", "path": "/tmp/out"}]},
+    });
+    argo.space
+        .create(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTemplate",
+            "metadata": {"name": "diamond"},
+            "spec": {
+                "entrypoint": "main",
+                "artifactGC": {"strategy": "OnWorkflowCompletion"},
+                "templates": [
+                    {"name": "main", "dag": {"tasks": [
+                        {"name": "a", "template": "produce"},
+                        {"name": "b", "template": "produce", "dependencies": ["a"]},
+                        {"name": "c", "template": "produce", "dependencies": ["a"]},
+                    ]}},
+                    produce,
+                ],
+            },
+        }))
+        .await;
+    argo.submit(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "from-template"},
+        "spec": {"workflowTemplateRef": {"name": "diamond"}},
+    }))
+    .await;
+    argo.until("Argo completes it and artgc collects it", async || {
+        argo.workflow("from-template").await.is_some_and(|w| {
+            w["status"]["phase"] == "Succeeded"
+                && w["status"]["artifactGCStatus"]["strategiesProcessed"]["OnWorkflowCompletion"]
+                    == true
+        })
+    })
+    .await;
+    let w = argo.workflow("from-template").await.unwrap();
+    assert!(
+        w["status"]["storedWorkflowTemplateSpec"].is_object(),
+        "Argo stored the template's spec"
+    );
+    // Each of the three pods' outputs (its artifact and its archived log) is recorded deleted.
+    let deleted: Vec<&Value> = w["status"]["nodes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|n| n["type"] == "Pod")
+        .flat_map(|n| n["outputs"]["artifacts"].as_array().unwrap())
+        .collect();
+    assert_eq!(deleted.len(), 6, "{deleted:?}");
+    assert!(deleted.iter().all(|a| a["deleted"] == true), "{deleted:?}");
+    assert!(argo.keys().await.is_empty(), "{:?}", argo.keys().await);
+    assert!(
+        w["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty()),
+        "nothing left to hold it for: {}",
+        w["metadata"]
+    );
+    argo.delete("from-template").await;
+    argo.until("deleted at once", async || {
+        argo.workflow("from-template").await.is_none()
+    })
+    .await;
     ctl.shutdown().await;
 }
