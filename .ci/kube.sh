@@ -32,6 +32,9 @@ stop)
         [ -z "$alive" ] && break
         sleep 0.2
     done
+    # An API server whose etcd went first can hang in its graceful shutdown: left running, it
+    # would hold the port the next run needs.
+    for p in $pids; do kill -9 "$p" 2>/dev/null || true; done
     exit 0
     ;;
 start) ;;
