@@ -17,6 +17,7 @@
 //! dropped watches, compaction, a status Argo's CRD schema rejects) runs on the test server
 //! only, and says so in its first doc line.
 
+mod common;
 #[path = "../core/tests/support/mod.rs"]
 mod support;
 
@@ -26,6 +27,7 @@ use std::time::Duration;
 use artgc::controller::{ControllerConfig, ControllerHandle, LeaderElection};
 use artgc_core::nodes::{NodeEncoding, compress, decompress};
 use artgc_testkit::{KubeApiServer, KubeFault, Namespace, RealKube, S3Server};
+use common::{quick_config, until};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::*;
@@ -111,12 +113,8 @@ on_both_servers!(
 
 fn config() -> ControllerConfig {
     ControllerConfig {
-        admin_addr: ([127, 0, 0, 1], 0).into(),
-        backoff_base: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(400),
         retry_budget: 3,
-        shutdown_grace: Duration::from_secs(5),
-        ..Default::default()
+        ..quick_config()
     }
 }
 
@@ -240,9 +238,8 @@ impl Env {
     async fn other_namespace(&self, prefix: &str) -> String {
         let ns = match &self.kube {
             Kube::TestServer(_) => prefix.to_string(),
-            Kube::Real(space) => {
+            Kube::Real(_) => {
                 let kube = RealKube::from_env().await.expect("real API server");
-                let _ = space;
                 kube.namespace(prefix).await.ns
             }
         };
@@ -396,21 +393,6 @@ impl Env {
                     .to_string()
             })
             .collect()
-    }
-}
-
-/// Polls until `check` holds (20 s at most: the real server is slower than the test server).
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

@@ -15,16 +15,18 @@
 //! Needs `ARTGC_TEST_KUBECONFIG` and `ARTGC_ARGO_CONTROLLER`/`ARTGC_ARGO_CRDS`
 //! (`eval "$(.ci/argo.sh)"`): without them a test fails in CI and is skipped elsewhere.
 
+mod common;
 #[path = "../core/tests/support/mod.rs"]
 mod support;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use artgc::controller::{ControllerConfig, ControllerHandle};
-use artgc_testkit::{Namespace, RealKube, S3Server};
+use artgc_testkit::{Namespace, RealKube, S3Server, needed_var};
+use common::{quick_config, until};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -33,23 +35,15 @@ use serde_json::{Value, json};
 
 const FINALIZER: &str = "workflows.argoproj.io/artifact-gc";
 
-/// Argo's controller binary and CRD folder, or `None` (skipped) outside CI.
-fn argo_build() -> Option<(PathBuf, PathBuf)> {
-    match (
-        std::env::var("ARTGC_ARGO_CONTROLLER"),
-        std::env::var("ARTGC_ARGO_CRDS"),
-    ) {
-        (Ok(bin), Ok(crds)) => Some((bin.into(), crds.into())),
-        _ => {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "ARTGC_ARGO_CONTROLLER is not set: CI must build Argo's controller (.ci/argo.sh)"
-            );
-            eprintln!("skipped: no Argo controller (ARTGC_ARGO_CONTROLLER)");
-            None
-        }
-    }
+/// The real API server, and Argo's controller running on it with its own GC off (artgc owns
+/// Argo's finalizer); `None` (skipped) outside CI without them.
+async fn argo_with_its_gc_off() -> Option<Argo> {
+    let kube = RealKube::from_env().await?;
+    let how = "Argo's controller: eval \"$(.ci/argo.sh)\"";
+    let bin = needed_var("ARTGC_ARGO_CONTROLLER", how)?;
+    let crds = needed_var("ARTGC_ARGO_CRDS", how)?;
+    let gc_off = [("ARGO_ARTIFACT_GC_ENABLED", "false")];
+    Some(Argo::start(&kube, Path::new(&bin), Path::new(&crds), &gc_off).await)
 }
 
 /// A namespace on the real server with an Argo controller of its own, its artifact repository
@@ -76,7 +70,7 @@ impl Drop for Argo {
 
 impl Argo {
     /// `env`: extra environment for Argo's controller.
-    async fn start(kube: &RealKube, bin: &PathBuf, crds: &PathBuf, env: &[(&str, &str)]) -> Self {
+    async fn start(kube: &RealKube, bin: &Path, crds: &Path, env: &[(&str, &str)]) -> Self {
         install_crds(kube, crds).await;
         let space = kube.namespace("argo").await;
         let s3 = Arc::new(S3Server::start().await);
@@ -86,7 +80,7 @@ impl Argo {
                            "metadata": {"name": "default"}}))
             .await;
         space
-            .create(secret(
+            .create(support::secret(
                 &space.ns,
                 "s3-creds",
                 &s3.access_key,
@@ -196,11 +190,7 @@ impl Argo {
                 namespace: self.space.ns.clone(),
                 name: "workflow-controller-configmap".into(),
             },
-            admin_addr: ([127, 0, 0, 1], 0).into(),
-            backoff_base: Duration::from_millis(50),
-            backoff_max: Duration::from_millis(400),
-            shutdown_grace: Duration::from_secs(5),
-            ..Default::default()
+            ..quick_config()
         };
         tweak(&mut config);
         artgc::controller::start(self.space.client.clone(), config)
@@ -211,7 +201,7 @@ impl Argo {
 
 /// Argo's CRDs from its module, except the Workflow's (`.ci/kube.sh` installed that), applied
 /// once per server and waited for.
-async fn install_crds(kube: &RealKube, crds: &PathBuf) {
+async fn install_crds(kube: &RealKube, crds: &Path) {
     let admin = Namespace {
         client: kube.admin(),
         ns: "default".into(),
@@ -226,23 +216,12 @@ async fn install_crds(kube: &RealKube, crds: &PathBuf) {
         let crd: Value = serde_saphyr::from_str(&text).expect("CRD YAML");
         admin.apply(crd).await;
     }
-    let results = Namespace {
-        client: kube.admin(),
-        ns: "default".into(),
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let probe = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTaskResult",
-                           "metadata": {}});
-        if results.api(&probe).list(&Default::default()).await.is_ok() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "Argo's CRDs not served"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let probe = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTaskResult",
+                       "metadata": {}});
+    until("Argo's CRDs are served", async || {
+        admin.api(&probe).list(&Default::default()).await.is_ok()
+    })
+    .await;
 }
 
 /// The kubelet and executor double (module docs).
@@ -399,23 +378,15 @@ impl Kubelet {
     }
 }
 
-fn secret(ns: &str, name: &str, access: &str, secret: &str) -> Value {
-    support::secret(ns, name, access, secret)
-}
-
 /// Steps, key-only artifacts under the repository's `keyFormat`, a directory artifact with
 /// `archive: none`, archived logs, and a strategy each: Argo's GC off, artgc owning Argo's
 /// finalizer. After completion only the completion artifacts are gone; after `delete` the
 /// deletion ones too, the `Never` one stays, and the Workflow is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steps_with_every_strategy_argo_gc_off_artgc_owning_the_finalizer() {
-    let Some(kube) = RealKube::from_env().await else {
+    let Some(argo) = argo_with_its_gc_off().await else {
         return;
     };
-    let Some((bin, crds)) = argo_build() else {
-        return;
-    };
-    let argo = Argo::start(&kube, &bin, &crds, &[("ARGO_ARTIFACT_GC_ENABLED", "false")]).await;
     let ctl = argo.artgc(|_| {}).await;
     let produce = json!({
         "name": "produce",
@@ -483,13 +454,9 @@ async fn steps_with_every_strategy_argo_gc_off_artgc_owning_the_finalizer() {
 /// releases the finalizer; deleting is then immediate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dag_from_a_workflow_template_is_collected_by_the_templates_strategy() {
-    let Some(kube) = RealKube::from_env().await else {
+    let Some(argo) = argo_with_its_gc_off().await else {
         return;
     };
-    let Some((bin, crds)) = argo_build() else {
-        return;
-    };
-    let argo = Argo::start(&kube, &bin, &crds, &[("ARGO_ARTIFACT_GC_ENABLED", "false")]).await;
     let ctl = argo.artgc(|_| {}).await;
     let produce = json!({
         "name": "produce",

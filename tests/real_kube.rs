@@ -8,14 +8,14 @@
 //! Needs `ARTGC_TEST_KUBECONFIG` (`eval "$(.ci/kube.sh start DIR)"`): a test without it fails
 //! in CI and is skipped elsewhere.
 
+mod common;
 #[path = "../core/tests/support/mod.rs"]
 mod support;
 
-use std::time::Duration;
-
 use artgc::controller::{ControllerConfig, ControllerHandle};
 use artgc::identity::StsSettings;
-use artgc_testkit::{Namespace, RealKube, S3Server, StsRole, StsServer};
+use artgc_testkit::{Namespace, RealKube, S3Server, StsRole, StsServer, needed_var};
+use common::{quick_config, until};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
 use serde_json::{Value, json};
 use support::*;
@@ -57,6 +57,14 @@ impl Cluster {
         artgc::kube_api::workflows(&self.client, Some(&self.ns))
     }
 
+    /// Deletes Workflow `name`, as `kubectl delete` does.
+    async fn delete(&self, name: &str) {
+        self.workflows()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+
     async fn workflow(&self, name: &str) -> Option<Value> {
         let obj = self.workflows().get_opt(name).await.expect("get");
         obj.map(|o| serde_json::to_value(o).unwrap())
@@ -65,11 +73,7 @@ impl Cluster {
     async fn start(&self, tweak: impl FnOnce(&mut ControllerConfig)) -> ControllerHandle {
         let mut config = ControllerConfig {
             namespaces: vec![self.ns.clone()],
-            admin_addr: ([127, 0, 0, 1], 0).into(),
-            backoff_base: Duration::from_millis(50),
-            backoff_max: Duration::from_millis(400),
-            shutdown_grace: Duration::from_secs(5),
-            ..Default::default()
+            ..quick_config()
         };
         tweak(&mut config);
         artgc::controller::start(self.client.clone(), config)
@@ -129,17 +133,6 @@ impl Cluster {
     }
 }
 
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 /// The namespace's repository on `s3`, credentials from Secret `s3-creds`.
 fn repository(s3: &S3Server, bucket: &str) -> Value {
     let mut r = s3_repo(&s3.endpoint, bucket, "s3-creds");
@@ -190,10 +183,7 @@ async fn passes_are_recorded_and_the_finalizer_released_on_a_real_api_server() {
     .await;
 
     // Deleted: the API server keeps it (finalizer) until the deletion pass lets it go.
-    c.workflows()
-        .delete("gone", &DeleteParams::default())
-        .await
-        .expect("delete");
+    c.delete("gone").await;
     until("the deleted Workflow is gone", async || {
         c.workflow("gone").await.is_none()
     })
@@ -409,10 +399,7 @@ impl EveryPass {
             })
         })
         .await;
-        c.workflows()
-            .delete("gone", &DeleteParams::default())
-            .await
-            .expect("delete");
+        c.delete("gone").await;
         until("the deleted Workflow is gone", async || {
             c.workflow("gone").await.is_none()
         })
@@ -438,13 +425,7 @@ impl EveryPass {
 /// log for `user`: nothing is granted that artgc never uses. (Without the audit log it fails
 /// in CI and says so elsewhere.)
 fn granted_verbs_were_used(rbac: &[Value], user: &str) {
-    let Ok(path) = std::env::var("ARTGC_TEST_KUBE_AUDIT") else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "ARTGC_TEST_KUBE_AUDIT is not set: CI must start the API server with .ci/kube.sh"
-        );
-        eprintln!("no audit log (ARTGC_TEST_KUBE_AUDIT): granted verbs not compared");
+    let Some(path) = needed_var("ARTGC_TEST_KUBE_AUDIT", "the audit log: .ci/kube.sh") else {
         return;
     };
     let text = std::fs::read_to_string(&path).expect("audit log");
@@ -505,13 +486,7 @@ async fn the_charts_namespaced_rbac_with_the_service_account_identity_is_enough(
     let Some(kube) = RealKube::from_env().await else {
         return;
     };
-    let Ok(helm) = std::env::var("ARTGC_HELM") else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "ARTGC_HELM is not set: CI must build helm (.ci/tools.sh)"
-        );
-        eprintln!("skipped: ARTGC_HELM not set");
+    let Some(helm) = needed_var("ARTGC_HELM", "helm: eval \"$(.ci/tools.sh)\"") else {
         return;
     };
     let c = Cluster::new(&kube, "artgc-nsrbac").await;

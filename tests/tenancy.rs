@@ -4,6 +4,7 @@
 //! Every rule of the README's Security model has a test here; a second "sink" endpoint counts
 //! the connections it receives, which must be none.
 
+mod common;
 #[path = "../core/tests/support/mod.rs"]
 mod support;
 
@@ -16,6 +17,7 @@ use artgc::store::{ObjectStore, StoreOptions};
 use artgc_core::plan::{Decision, GcPlan, KeepReason, StrategyFilter};
 use artgc_core::policy::Policy;
 use artgc_testkit::{KubeApiServer, S3Server, Sink, StsRole, StsServer};
+use common::until;
 use serde_json::{Value, json};
 use support::*;
 
@@ -713,17 +715,6 @@ impl IdentityEnv {
             .get("argoproj.io/v1alpha1", "Workflow", Some(ns), "w")
             .expect("workflow")
     }
-}
-
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 fn condition(wf: &Value) -> Option<String> {

@@ -16,15 +16,7 @@ pub struct RealKube {
 impl RealKube {
     /// The server `ARTGC_TEST_KUBECONFIG` names, or `None` (skipped) outside CI without one.
     pub async fn from_env() -> Option<Self> {
-        let Ok(path) = std::env::var("ARTGC_TEST_KUBECONFIG") else {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "ARTGC_TEST_KUBECONFIG is not set: CI must start the real API server (.ci/kube.sh)"
-            );
-            eprintln!("skipped: no real API server (ARTGC_TEST_KUBECONFIG)");
-            return None;
-        };
+        let path = crate::needed_var("ARTGC_TEST_KUBECONFIG", "the real API server: .ci/kube.sh")?;
         let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
         let config = kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &Default::default())
             .await

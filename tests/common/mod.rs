@@ -1,0 +1,34 @@
+//! What the controller's end-to-end tests share besides Argo's objects (those are in
+//! `core/tests/support`).
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use artgc::controller::ControllerConfig;
+
+/// A controller that answers quickly: an ephemeral admin port, short backoffs, 5 s to stop.
+pub fn quick_config() -> ControllerConfig {
+    ControllerConfig {
+        admin_addr: ([127, 0, 0, 1], 0).into(),
+        backoff_base: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(400),
+        shutdown_grace: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+/// Polls `check` every 50 ms until it holds; fails naming `what` after 30 s (the real API
+/// server, under the whole suite on two cores, is far slower than the test server).
+pub async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
