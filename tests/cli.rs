@@ -1,6 +1,7 @@
 //! The `artgc` binary as users run it: exit codes, output formats, confirmation, and a real
 //! purge against a real S3 server.
 
+mod common;
 #[path = "../core/tests/support/mod.rs"]
 mod support;
 
@@ -435,7 +436,8 @@ async fn the_controller_binary_serves_probes_and_stops_on_sigterm_releasing_its_
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
-        let leading = get("/metrics").is_some_and(|m| m.contains("artgc_leader 1"));
+        let leading =
+            get("/metrics").is_some_and(|m| common::sample(&m, "artgc_leader") == Some(1.0));
         let ready = get("/ready").is_some_and(|r| r.starts_with("HTTP/1.1 200"));
         if leading && ready {
             break;

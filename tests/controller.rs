@@ -27,7 +27,7 @@ use std::time::Duration;
 use artgc::controller::{ControllerConfig, ControllerHandle, LeaderElection};
 use artgc_core::nodes::{NodeEncoding, compress, decompress};
 use artgc_testkit::{KubeApiServer, KubeFault, Namespace, RealKube, S3Server};
-use common::{quick_config, until};
+use common::{quick_config, sample, until};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::*;
@@ -508,30 +508,47 @@ async fn completion_then_deletion_with_mixed_strategies_and_never(e: Env) {
     until("workflow gone", async || e.get("w1").await.is_none()).await;
     assert_eq!(e.keys().await, ["w1/keep.tgz"], "Never is kept");
     until("metrics counted", async || {
-        metrics(&ctl)
-            .await
-            .contains("artgc_finalizers_removed_total")
+        sample(
+            &metrics(&ctl).await,
+            "artgc_finalizers_removed_total{forced=\"false\"}",
+        )
+        .is_some()
     })
     .await;
     let m = metrics(&ctl).await;
     let ns = &e.ns;
-    for line in [
-        format!(
-            "artgc_artifacts_deleted_total{{namespace=\"{ns}\",strategy=\"OnWorkflowCompletion\"}} 2"
+    for (series, value) in [
+        (
+            format!(
+                "artgc_artifacts_deleted_total{{namespace=\"{ns}\",strategy=\"OnWorkflowCompletion\"}}"
+            ),
+            2.0,
         ),
-        format!(
-            "artgc_artifacts_deleted_total{{namespace=\"{ns}\",strategy=\"OnWorkflowDeletion\"}} 1"
+        (
+            format!(
+                "artgc_artifacts_deleted_total{{namespace=\"{ns}\",strategy=\"OnWorkflowDeletion\"}}"
+            ),
+            1.0,
         ),
-        format!(
-            "artgc_objects_deleted_total{{namespace=\"{ns}\",strategy=\"OnWorkflowDeletion\"}} 1"
+        (
+            format!(
+                "artgc_objects_deleted_total{{namespace=\"{ns}\",strategy=\"OnWorkflowDeletion\"}}"
+            ),
+            1.0,
         ),
-        "artgc_artifacts_kept_total{reason=\"never\"} 1".into(),
-        "artgc_finalizers_removed_total{forced=\"false\"} 1".into(),
-        "artgc_leader 1".into(),
+        ("artgc_artifacts_kept_total{reason=\"never\"}".into(), 1.0),
+        (
+            "artgc_finalizers_removed_total{forced=\"false\"}".into(),
+            1.0,
+        ),
+        (
+            "artgc_gc_latency_seconds_count{strategy=\"OnWorkflowDeletion\"}".into(),
+            1.0,
+        ),
+        ("artgc_leader".into(), 1.0),
     ] {
-        assert!(m.contains(&line), "{line} missing from\n{m}");
+        assert_eq!(sample(&m, &series), Some(value), "{series} in\n{m}");
     }
-    assert!(m.contains("artgc_gc_latency_seconds_count{strategy=\"OnWorkflowDeletion\"} 1"));
     ctl.shutdown().await;
 }
 
@@ -629,12 +646,15 @@ async fn force_finalizer_removal_releases_after_the_retry_budget_of_persistent_4
     assert_eq!(e.keys().await, ["f/denied.tgz"], "nothing was deletable");
     let m = metrics(&ctl).await;
     assert!(
-        m.contains("artgc_finalizers_removed_total{forced=\"true\"} 1"),
+        sample(&m, "artgc_finalizers_removed_total{forced=\"true\"}") == Some(1.0),
         "{m}"
     );
     // One failure per attempt: the budget (3) was spent before the release.
     assert!(
-        m.contains("artgc_artifacts_failed_total{category=\"access_denied\"} 3"),
+        sample(
+            &m,
+            "artgc_artifacts_failed_total{category=\"access_denied\"}"
+        ) == Some(3.0),
         "{m}"
     );
     ctl.shutdown().await;
@@ -807,7 +827,7 @@ async fn a_shared_key_is_kept_until_the_last_user_goes(e: Env) {
     assert_eq!(e.keys().await, ["shared/model.bin"]);
     let m = metrics(&ctl).await;
     assert!(
-        m.contains("artgc_artifacts_kept_total{reason=\"shared\"} 1"),
+        sample(&m, "artgc_artifacts_kept_total{reason=\"shared\"}") == Some(1.0),
         "{m}"
     );
 
@@ -995,7 +1015,7 @@ async fn only_the_leader_acts_and_hand_over_works(e: Env) {
     let le = |id: &str| e.leader(id);
     let a = e.start(|c| c.leader_election = Some(le("a"))).await;
     until("a leads", async || {
-        metrics(&a).await.contains("artgc_leader 1")
+        sample(&metrics(&a).await, "artgc_leader") == Some(1.0)
     })
     .await;
     let b = e.start(|c| c.leader_election = Some(le("b"))).await;
@@ -1004,14 +1024,14 @@ async fn only_the_leader_acts_and_hand_over_works(e: Env) {
         e.get("l1").await.is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
-    assert!(metrics(&b).await.contains("artgc_leader 0"));
+    assert_eq!(sample(&metrics(&b).await, "artgc_leader"), Some(0.0));
     // The Event follows the record.
     until("a's Event", async || !e.reporters().await.is_empty()).await;
     assert_eq!(e.reporters().await, ["a"], "only the leader wrote Events");
 
     a.shutdown().await;
     until("b leads", async || {
-        metrics(&b).await.contains("artgc_leader 1")
+        sample(&metrics(&b).await, "artgc_leader") == Some(1.0)
     })
     .await;
     e.create(e.one("l2", "l/2.tgz", COMPLETION)).await;
@@ -1260,7 +1280,7 @@ async fn unsupported_drivers_are_reported_and_do_not_hold_the_workflow(e: Env) {
     .await;
     let m = metrics(&ctl).await;
     assert!(
-        m.contains("artgc_artifacts_kept_total{reason=\"unsupported\"} 1"),
+        sample(&m, "artgc_artifacts_kept_total{reason=\"unsupported\"}") == Some(1.0),
         "{m}"
     );
     ctl.shutdown().await;
@@ -1365,7 +1385,7 @@ async fn a_replica_that_loses_its_lease_mid_pass_stops_deleting_and_records_noth
         })
         .await;
     until("a leads", async || {
-        metrics(&a).await.contains("artgc_leader 1")
+        sample(&metrics(&a).await, "artgc_leader") == Some(1.0)
     })
     .await;
     let deletes = |p: &FaultProxy| {

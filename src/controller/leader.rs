@@ -24,30 +24,99 @@ pub struct LeaderElection {
     pub duration: u64,
 }
 
-/// Reads the Lease every second and keeps until when it is ours: its `renewTime` plus its
-/// duration, less a margin for the time a request takes. A Lease someone else holds, or one that
-/// cannot be read, is not ours.
+/// What one read of the Lease proves to its would-be holder, and when to read it next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LeaseReading {
+    /// The fence stays open until then: the Lease's `renewTime` plus its duration, less a
+    /// margin for a request in flight and clock skew. `None`: someone else's, or no holder.
+    valid_until: Option<jiff::Timestamp>,
+    /// The next read: just when the holder's renewal is due (the lease manager renews `grace`
+    /// before the end), then often until it shows, so the fence does not close between a
+    /// renewal and the read that sees it.
+    next_read: jiff::Timestamp,
+}
+
+/// Timings that scale with the Lease: with a 3 s Lease, a fixed one-second margin and
+/// one-second reads closed the fence for up to a second after every renewal.
+const POLL: jiff::SignedDuration = jiff::SignedDuration::from_millis(200);
+
+fn margin(duration_secs: i64) -> jiff::SignedDuration {
+    jiff::SignedDuration::from_millis((duration_secs * 100).clamp(200, 2000))
+}
+
+/// The seconds before the end of the Lease at which the lease manager renews it.
+pub(super) fn grace(duration_secs: u64) -> u64 {
+    duration_secs.div_ceil(3).max(1)
+}
+
+/// Reads a Lease as `identity` at `now` (`None`: unreadable or absent).
+fn read_lease(
+    spec: Option<&k8s_openapi::api::coordination::v1::LeaseSpec>,
+    identity: &str,
+    default_secs: u64,
+    now: jiff::Timestamp,
+) -> LeaseReading {
+    let poll = now.checked_add(POLL).unwrap_or(now);
+    let ours = spec.and_then(|s| {
+        (s.holder_identity.as_deref() == Some(identity)).then_some(())?;
+        let renewed = s.renew_time.as_ref()?.0;
+        let secs = s
+            .lease_duration_seconds
+            .map(i64::from)
+            .unwrap_or(default_secs as i64);
+        let end = renewed
+            .checked_add(jiff::SignedDuration::from_secs(secs))
+            .ok()?;
+        let renewal_due = end
+            .checked_sub(jiff::SignedDuration::from_secs(grace(secs as u64) as i64))
+            .ok()?;
+        Some((end.checked_sub(margin(secs)).ok()?, renewal_due))
+    });
+    match ours {
+        Some((valid_until, due)) => LeaseReading {
+            valid_until: Some(valid_until),
+            next_read: due.max(poll),
+        },
+        None => LeaseReading {
+            valid_until: None,
+            next_read: poll.max(
+                now.checked_add(jiff::SignedDuration::from_secs(1))
+                    .unwrap_or(now),
+            ),
+        },
+    }
+}
+
+/// Keeps `lease_valid_until` from reads of the Lease. A failed read keeps what the last one
+/// proved: that proof runs out by itself, and nobody can take the Lease before it does.
 async fn guard_lease(shared: Arc<ControllerState>, le: LeaderElection, stop: CancellationToken) {
     use k8s_openapi::api::coordination::v1::Lease;
     let api: Api<Lease> = Api::namespaced(shared.client.clone(), &le.namespace);
-    let margin = jiff::SignedDuration::from_secs(1);
     loop {
-        let until = match api.get_opt(&le.lease_name).await {
-            Ok(Some(lease)) => lease.spec.and_then(|s| {
-                let ours = s.holder_identity.as_deref() == Some(le.identity.as_str());
-                let renewed = s.renew_time?.0;
-                let secs = i64::from(s.lease_duration_seconds.unwrap_or(le.duration as i32));
-                let end = renewed
-                    .checked_add(jiff::SignedDuration::from_secs(secs))
-                    .ok()?;
-                ours.then(|| end.checked_sub(margin).ok()).flatten()
-            }),
-            _ => None,
+        let next = match api.get_opt(&le.lease_name).await {
+            Ok(lease) => {
+                let reading = read_lease(
+                    lease.as_ref().and_then(|l| l.spec.as_ref()),
+                    &le.identity,
+                    le.duration,
+                    jiff::Timestamp::now(),
+                );
+                *shared.lease_valid_until.lock().expect("lock") = reading.valid_until;
+                reading.next_read
+            }
+            Err(e) => {
+                warn!(error = %e, "reading the Lease");
+                jiff::Timestamp::now() + POLL
+            }
         };
-        *shared.lease_valid_until.lock().expect("lock") = until;
+        let wait = jiff::Timestamp::now()
+            .duration_until(next)
+            .try_into()
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_millis(50));
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -110,7 +179,7 @@ pub(super) async fn spawn(
             .with_namespace(le.namespace.clone())
             .with_identity(le.identity.clone())
             .with_duration(le.duration)
-            .with_grace(le.duration.div_ceil(3).max(1))
+            .with_grace(grace(le.duration))
             .build()
             .await
             .map_err(ControllerError::Lease)?;
@@ -146,4 +215,66 @@ pub(super) async fn spawn(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    fn at(secs: f64) -> jiff::Timestamp {
+        jiff::Timestamp::from_millisecond(1_800_000_000_000 + (secs * 1000.0) as i64).unwrap()
+    }
+
+    fn lease(holder: &str, renewed: f64, secs: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            renew_time: Some(MicroTime(at(renewed))),
+            lease_duration_seconds: Some(secs),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_lease_read_proves_validity_to_its_holder_only() {
+        // (lease, read at, valid until, next read)
+        let cases: &[(Option<LeaseSpec>, f64, Option<f64>, f64)] = &[
+            // 3 s: renewal due at 2 s, valid until 2.7 s: the read after a renewal on time
+            // comes before the fence closes.
+            (Some(lease("a", 0.0, 3)), 0.1, Some(2.7), 2.0),
+            // 15 s: renewal due at 10 s, valid until 13.5 s.
+            (Some(lease("a", 0.0, 15)), 0.1, Some(13.5), 10.0),
+            // Past the renewal and not renewed: read again soon.
+            (Some(lease("a", 0.0, 3)), 2.1, Some(2.7), 2.3),
+            // Run out: still read soon; the fence is closed by the time.
+            (Some(lease("a", 0.0, 3)), 5.0, Some(2.7), 5.2),
+            // Another holder, or none: nothing proven.
+            (Some(lease("b", 0.0, 3)), 0.1, None, 1.1),
+            (None, 0.1, None, 1.1),
+            (Some(LeaseSpec::default()), 0.1, None, 1.1),
+            // Margin: 2 s at most.
+            (Some(lease("a", 0.0, 60)), 0.0, Some(58.0), 40.0),
+        ];
+        for (spec, now, valid, next) in cases {
+            let r = read_lease(spec.as_ref(), "a", 3, at(*now));
+            assert_eq!(r.valid_until, valid.map(at), "{spec:?} at {now}");
+            assert_eq!(r.next_read, at(*next), "{spec:?} at {now}");
+        }
+    }
+
+    #[test]
+    fn the_fence_outlasts_the_renewal_for_every_allowed_duration() {
+        // The CLI allows 3 s and up: the renewal (due `grace` before the end) and a read soon
+        // after it fit before the margin closes the fence.
+        for secs in 3..=120u64 {
+            let due = secs - grace(secs);
+            let closes = jiff::SignedDuration::from_secs(secs as i64) - margin(secs as i64);
+            let slack = closes - jiff::SignedDuration::from_secs(due as i64) - POLL;
+            assert!(
+                slack >= jiff::SignedDuration::from_millis(400),
+                "{secs} s: {slack:?}"
+            );
+        }
+    }
 }

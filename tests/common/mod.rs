@@ -32,3 +32,15 @@ pub async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The value of one series in a Prometheus exposition, by its exact name and labels
+/// (`artgc_leader`, `artgc_kept_total{reason="shared"}`). A substring search matches
+/// `# HELP` lines and longer numbers: "artgc_leader 1" is in the help text of the gauge.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .and_then(|(_, v)| v.parse().ok())
+}
