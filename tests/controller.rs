@@ -27,7 +27,7 @@ use std::time::Duration;
 use artgc::controller::{ControllerConfig, ControllerHandle, LeaderElection};
 use artgc_core::nodes::{NodeEncoding, compress, decompress};
 use artgc_testkit::{KubeApiServer, KubeFault, Namespace, RealKube, S3Server};
-use common::{quick_config, sample, until};
+use common::{http_get, metrics, quick_config, sample, until};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::*;
@@ -424,32 +424,6 @@ fn gc_condition(wf: &Value) -> Option<String> {
         .iter()
         .find(|c| c["type"] == "ArtifactGCError")
         .map(|c| c["message"].as_str().unwrap_or_default().to_string())
-}
-
-async fn metrics(handle: &ControllerHandle) -> String {
-    let url = format!("http://{}/metrics", handle.admin_addr);
-    let (status, body) = http_get(&url).await;
-    assert_eq!(status, 200);
-    body
-}
-
-/// A plain HTTP/1.1 GET over a TCP stream: enough for the admin server.
-async fn http_get(url: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("path");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_string();
-    (status, body)
 }
 
 async fn completion_then_deletion_with_mixed_strategies_and_never(e: Env) {

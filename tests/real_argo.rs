@@ -10,7 +10,14 @@
 //!   `archive: none`), and `main.log` when logs are archived;
 //! - it writes the `WorkflowTaskResult` the wait container writes (named after the node, its
 //!   outputs, `report-outputs-completed: "true"`);
-//! - then it moves the pod to Succeeded, both containers terminated.
+//! - then it moves the pod to Succeeded, both containers terminated; or to Failed (`main`
+//!   exits 1, outputs still saved, as Argo's wait container saves them) while the attempt
+//!   number in the node's name (`...(k)`) is below the pod's `artgc.test/fail-attempts`
+//!   annotation (set through the template's `metadata`);
+//! - for Argo's own artifact GC pods (`workflows.argoproj.io/component: artifact-gc`), it does
+//!   what `argoexec artifact delete` does: deletes each artifact of the pod's
+//!   `WorkflowArtifactGCTask`s (one DeleteObject for its key, a listing only for a key ending
+//!   in `/`), writes the task's `status.artifactResultsByNode`, and moves the pod to Succeeded.
 //!
 //! Needs `ARTGC_TEST_KUBECONFIG` and `ARTGC_ARGO_CONTROLLER`/`ARTGC_ARGO_CRDS`
 //! (`eval "$(.ci/argo.sh)"`): without them a test fails in CI and is skipped elsewhere.
@@ -26,7 +33,7 @@ use std::time::Duration;
 
 use artgc::controller::{ControllerConfig, ControllerHandle};
 use artgc_testkit::{Namespace, RealKube, S3Server, needed_var};
-use common::{quick_config, until};
+use common::{metrics, quick_config, sample, until};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -261,7 +268,12 @@ impl Kubelet {
                 continue;
             }
             let pod = serde_json::to_value(&pod).unwrap();
-            if let Err(e) = self.run_pod(&pod).await {
+            let gc = pod["metadata"]["labels"]["workflows.argoproj.io/component"] == "artifact-gc";
+            let done = match gc {
+                true => self.run_gc_pod(&pod).await,
+                false => self.run_pod(&pod).await,
+            };
+            if let Err(e) = done {
                 let name = &pod["metadata"]["name"];
                 self.errors.lock().unwrap().push(format!("pod {name}: {e}"));
             }
@@ -291,6 +303,18 @@ impl Kubelet {
             .and_then(|e| e["value"].as_str())
             .map(|t| serde_json::from_str(t).expect("ARGO_TEMPLATE"))
             .ok_or("no ARGO_TEMPLATE")?;
+        // Retries: the attempt is the last `(k)` of the node's name.
+        let attempt: u64 = meta["annotations"]["workflows.argoproj.io/node-name"]
+            .as_str()
+            .and_then(|n| n.strip_suffix(')'))
+            .and_then(|n| n.rsplit_once('('))
+            .and_then(|(_, k)| k.parse().ok())
+            .unwrap_or(0);
+        let fail_attempts: u64 = meta["annotations"]["artgc.test/fail-attempts"]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let fails = attempt < fail_attempts;
         let archive_key = template["archiveLocation"]["s3"]["key"]
             .as_str()
             .map(str::to_string);
@@ -347,7 +371,7 @@ impl Kubelet {
                 "ownerReferences": [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
                                      "name": workflow, "uid": owner["uid"]}],
             },
-            "outputs": {"artifacts": artifacts, "exitCode": "0"},
+            "outputs": {"artifacts": artifacts, "exitCode": if fails { "1" } else { "0" }},
         });
         results
             .create(
@@ -356,19 +380,93 @@ impl Kubelet {
             )
             .await
             .map_err(|e| format!("task result: {e}"))?;
+        self.finish(pod_name, !fails, &["main", "wait"]).await
+    }
+
+    /// Ends a pod: its containers terminated, `main` with exit code 0 or 1.
+    async fn finish(&self, pod: &str, succeeded: bool, containers: &[&str]) -> Result<(), String> {
         let now = jiff::Timestamp::now().to_string();
         let terminated = |name: &str| {
+            let (code, reason) = match succeeded || name != "main" {
+                true => (0, "Completed"),
+                false => (1, "Error"),
+            };
             json!({"name": name, "ready": false, "restartCount": 0, "image": "x", "imageID": "",
-                   "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                   "state": {"terminated": {"exitCode": code, "reason": reason,
                                             "startedAt": now, "finishedAt": now}}})
         };
-        let status = json!({"status": {"phase": "Succeeded", "startTime": now,
-            "containerStatuses": [terminated("main"), terminated("wait")]}});
+        let phase = if succeeded { "Succeeded" } else { "Failed" };
+        let statuses: Vec<Value> = containers.iter().map(|c| terminated(c)).collect();
+        let status = json!({"status": {"phase": phase, "startTime": now,
+            "containerStatuses": statuses}});
         let pods: Api<Pod> = Api::namespaced(self.space.client.clone(), &self.space.ns);
-        pods.patch_status(pod_name, &PatchParams::default(), &Patch::Merge(&status))
+        pods.patch_status(pod, &PatchParams::default(), &Patch::Merge(&status))
             .await
             .map_err(|e| format!("pod status: {e}"))?;
         Ok(())
+    }
+
+    /// Argo's artifact GC pod, as `argoexec artifact delete` runs it.
+    async fn run_gc_pod(&self, pod: &Value) -> Result<(), String> {
+        let pod_name = pod["metadata"]["name"].as_str().ok_or("no name")?;
+        let hash = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["env"].as_array().into_iter().flatten())
+            .find(|e| e["name"] == "ARGO_ARTIFACT_POD_NAME")
+            .and_then(|e| e["value"].as_str())
+            .ok_or("no ARGO_ARTIFACT_POD_NAME")?;
+        let tasks = self.space.api(&json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowArtifactGCTask",
+            "metadata": {}}));
+        let selector = format!("workflows.argoproj.io/artifact-gc-pod={hash}");
+        let list = tasks
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| format!("GC tasks: {e}"))?;
+        for task in list {
+            let task = serde_json::to_value(&task).unwrap();
+            let mut by_node = serde_json::Map::new();
+            let nodes = task["spec"]["artifactsByNode"].as_object().cloned();
+            for (node, spec) in nodes.into_iter().flatten() {
+                let mut results = serde_json::Map::new();
+                let artifacts = spec["artifacts"].as_object().cloned();
+                for (name, art) in artifacts.into_iter().flatten() {
+                    let key = art["s3"]["key"].as_str().ok_or("GC task: no key")?;
+                    self.delete(key).await;
+                    results.insert(name.clone(), json!({"name": name, "success": true}));
+                }
+                by_node.insert(node, json!({"artifactResults": results}));
+            }
+            let name = task["metadata"]["name"].as_str().unwrap_or_default();
+            tasks
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"artifactResultsByNode": by_node}})),
+                )
+                .await
+                .map_err(|e| format!("GC task status: {e}"))?;
+        }
+        self.finish(pod_name, true, &["main"]).await
+    }
+
+    /// As Argo's S3 driver deletes: one key, or everything under a key ending in `/`.
+    async fn delete(&self, key: &str) {
+        let keys = match key.ends_with('/') {
+            true => self
+                .s3
+                .keys(&self.bucket)
+                .await
+                .into_iter()
+                .filter(|k| k.starts_with(key))
+                .collect(),
+            false => vec![key.to_string()],
+        };
+        for k in keys {
+            self.s3.delete(&self.bucket, &k).await;
+        }
     }
 
     async fn put(&self, key: &str) {
@@ -523,5 +621,259 @@ async fn a_dag_from_a_workflow_template_is_collected_by_the_templates_strategy()
         argo.workflow("from-template").await.is_none()
     })
     .await;
+    ctl.shutdown().await;
+}
+
+/// Pod nodes of a Workflow, by their name in Argo (`wf[0].step(1)`).
+fn pod_nodes(w: &Value) -> Vec<&Value> {
+    let mut nodes: Vec<&Value> = w["status"]["nodes"]
+        .as_object()
+        .map(|n| n.values().filter(|n| n["type"] == "Pod").collect())
+        .unwrap_or_default();
+    nodes.sort_by_key(|n| n["name"].as_str().unwrap_or_default().to_string());
+    nodes
+}
+
+fn completion_processed(w: &Value) -> bool {
+    w["status"]["phase"] == "Succeeded"
+        && w["status"]["artifactGCStatus"]["strategiesProcessed"]["OnWorkflowCompletion"] == true
+}
+
+/// A `templateRef` into a WorkflowTemplate whose template retries: the first attempt fails
+/// (its outputs saved all the same, as Argo's wait container does), the second succeeds. Both
+/// attempts' outputs are collected on completion and recorded on both Pod nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_template_ref_has_every_attempts_outputs_collected() {
+    let Some(argo) = argo_with_its_gc_off().await else {
+        return;
+    };
+    let ctl = argo.artgc(|_| {}).await;
+    argo.space
+        .create(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTemplate",
+            "metadata": {"name": "lib"},
+            "spec": {"templates": [{
+                "name": "flaky",
+                "metadata": {"annotations": {"artgc.test/fail-attempts": "1"}},
+                "retryStrategy": {"limit": 2},
+                "container": {"image": "busybox", "command": ["true"]},
+                "outputs": {"artifacts": [{"name": "out", "path": "/tmp/out"}]},
+            }]},
+        }))
+        .await;
+    argo.submit(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "retried"},
+        "spec": {
+            "entrypoint": "main",
+            "artifactGC": {"strategy": "OnWorkflowCompletion"},
+            "templates": [{"name": "main", "steps": [[
+                {"name": "try", "templateRef": {"name": "lib", "template": "flaky"}},
+            ]]}],
+        },
+    }))
+    .await;
+    argo.until("Argo completes it and artgc collects it", async || {
+        argo.workflow("retried")
+            .await
+            .is_some_and(|w| completion_processed(&w))
+    })
+    .await;
+    let w = argo.workflow("retried").await.unwrap();
+    let pods = pod_nodes(&w);
+    let phases: Vec<&Value> = pods.iter().map(|n| &n["phase"]).collect();
+    assert_eq!(phases, [&json!("Failed"), &json!("Succeeded")], "{pods:?}");
+    assert!(
+        w["status"]["nodes"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|n| n["type"] == "Retry"),
+        "Argo retried through a Retry node"
+    );
+    for node in &pods {
+        let arts = node["outputs"]["artifacts"].as_array().unwrap();
+        let names: Vec<&Value> = arts.iter().map(|a| &a["name"]).collect();
+        assert_eq!(names, [&json!("out"), &json!("main-logs")], "{node}");
+        assert!(arts.iter().all(|a| a["deleted"] == true), "{node}");
+    }
+    assert!(argo.keys().await.is_empty(), "{:?}", argo.keys().await);
+    argo.delete("retried").await;
+    argo.until("deleted at once", async || {
+        argo.workflow("retried").await.is_none()
+    })
+    .await;
+    ctl.shutdown().await;
+}
+
+/// Memoization: a second Workflow hits the cache of the first, so its cached step's outputs
+/// are the producer's keys. The consumer's completion pass deletes what its own step wrote and
+/// keeps the cached outputs (`memoized`); they go only when the producer is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memoized_consumer_never_deletes_the_producers_outputs() {
+    let Some(argo) = argo_with_its_gc_off().await else {
+        return;
+    };
+    let ctl = argo.artgc(|_| {}).await;
+    let produce = json!({
+        "name": "produce",
+        "memoize": {"key": "artgc-test-v1", "maxAge": "1h",
+                    "cache": {"configMap": {"name": "artgc-memo"}}},
+        "container": {"image": "busybox", "command": ["true"]},
+        "outputs": {"artifacts": [{"name": "out", "path": "/tmp/out"}]},
+    });
+    let fresh = json!({
+        "name": "fresh",
+        "container": {"image": "busybox", "command": ["true"]},
+        "outputs": {"artifacts": [{"name": "mine", "path": "/tmp/mine"}]},
+    });
+    argo.submit(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "producer"},
+        "spec": {"entrypoint": "produce", "artifactGC": {"strategy": "OnWorkflowDeletion"},
+                 "templates": [produce]},
+    }))
+    .await;
+    argo.until("the producer succeeds", async || {
+        argo.workflow("producer")
+            .await
+            .is_some_and(|w| w["status"]["phase"] == "Succeeded")
+    })
+    .await;
+    let produced = argo.keys().await;
+    assert_eq!(produced.len(), 2, "out and main.log: {produced:?}");
+
+    argo.submit(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "consumer"},
+        "spec": {
+            "entrypoint": "main",
+            "artifactGC": {"strategy": "OnWorkflowCompletion"},
+            "templates": [
+                {"name": "main", "steps": [[{"name": "cached", "template": "produce"}],
+                                           [{"name": "own", "template": "fresh"}]]},
+                produce, fresh,
+            ],
+        },
+    }))
+    .await;
+    argo.until("the consumer completes and artgc collects it", async || {
+        argo.workflow("consumer")
+            .await
+            .is_some_and(|w| completion_processed(&w))
+    })
+    .await;
+    let w = argo.workflow("consumer").await.unwrap();
+    let pods = pod_nodes(&w);
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    let (cached, own) = (pods[0], pods[1]);
+    assert_eq!(cached["memoizationStatus"]["hit"], true, "{cached}");
+    let cached_artifacts = cached["outputs"]["artifacts"].as_array().unwrap();
+    assert!(
+        cached_artifacts.iter().all(|a| a["s3"]["key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("runs/producer/"))
+            && a["deleted"] != true),
+        "the cache hit carries the producer's keys, kept: {cached}"
+    );
+    let own_artifacts = own["outputs"]["artifacts"].as_array().unwrap();
+    assert_eq!(own_artifacts.len(), 2, "{own}");
+    assert!(own_artifacts.iter().all(|a| a["deleted"] == true), "{own}");
+    assert_eq!(
+        argo.keys().await,
+        produced,
+        "only the consumer's own outputs went"
+    );
+    assert_eq!(
+        sample(
+            &metrics(&ctl).await,
+            "artgc_artifacts_kept_total{reason=\"memoized\"}"
+        ),
+        Some(2.0)
+    );
+
+    argo.delete("consumer").await;
+    argo.until("the consumer is gone", async || {
+        argo.workflow("consumer").await.is_none()
+    })
+    .await;
+    assert_eq!(argo.keys().await, produced, "the producer's outputs stay");
+    argo.delete("producer").await;
+    argo.until("the producer is gone", async || {
+        argo.workflow("producer").await.is_none()
+    })
+    .await;
+    assert!(argo.keys().await.is_empty(), "{:?}", argo.keys().await);
+    ctl.shutdown().await;
+}
+
+/// `forceFinalizerRemoval`: the artifact's own Secret is gone by the time the Workflow is
+/// deleted, so its deletion fails every time; after the retry budget artgc releases the
+/// finalizer anyway, says so in an Event, and the object stays in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_finalizer_removal_lets_a_workflow_go_whose_deletion_keeps_failing() {
+    let Some(argo) = argo_with_its_gc_off().await else {
+        return;
+    };
+    let ctl = argo
+        .artgc(|c| {
+            c.retry_budget = 2;
+        })
+        .await;
+    let s3 = &argo.s3;
+    argo.space
+        .create(support::secret(
+            &argo.space.ns,
+            "short-lived",
+            &s3.access_key,
+            &s3.secret_key,
+        ))
+        .await;
+    let endpoint = s3.endpoint.trim_start_matches("http://").to_string();
+    argo.submit(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "forced"},
+        "spec": {
+            "entrypoint": "produce",
+            "artifactGC": {"strategy": "OnWorkflowDeletion", "forceFinalizerRemoval": true},
+            "templates": [{
+                "name": "produce",
+                "container": {"image": "busybox", "command": ["true"]},
+                "outputs": {"artifacts": [{
+                    "name": "out", "path": "/tmp/out",
+                    "s3": {"bucket": argo.bucket, "endpoint": endpoint, "insecure": true,
+                           "region": s3.region, "key": "fixed/forced.tgz",
+                           "accessKeySecret": {"name": "short-lived", "key": "accesskey"},
+                           "secretKeySecret": {"name": "short-lived", "key": "secretkey"}},
+                }]},
+            }],
+        },
+    }))
+    .await;
+    argo.until(
+        "Argo completes it, artgc holding the finalizer",
+        async || {
+            argo.workflow("forced").await.is_some_and(|w| {
+                w["status"]["phase"] == "Succeeded"
+                    && w["metadata"]["finalizers"] == json!([FINALIZER])
+            })
+        },
+    )
+    .await;
+    argo.space.delete("v1", "Secret", "short-lived").await;
+    argo.delete("forced").await;
+    argo.until("released by force and gone", async || {
+        argo.workflow("forced").await.is_none()
+    })
+    .await;
+    let events = argo.space.list("v1", "Event").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "ArtifactGCFinalizerForced"
+                && e["involvedObject"]["name"] == "forced"),
+        "{events:?}"
+    );
+    assert!(argo.keys().await.contains(&"fixed/forced.tgz".to_string()));
     ctl.shutdown().await;
 }

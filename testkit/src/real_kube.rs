@@ -224,6 +224,15 @@ impl Namespace {
         obj.map(|o| serde_json::to_value(o).unwrap())
     }
 
+    /// Deletes the object `api_version`/`kind` named `name` in this namespace.
+    pub async fn delete(&self, api_version: &str, kind: &str, name: &str) {
+        let probe = json!({"apiVersion": api_version, "kind": kind, "metadata": {}});
+        self.api(&probe)
+            .delete(name, &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("deleting {kind} {name}: {e}"));
+    }
+
     /// Every `api_version`/`kind` object in this namespace.
     pub async fn list(&self, api_version: &str, kind: &str) -> Vec<Value> {
         let probe = json!({"apiVersion": api_version, "kind": kind, "metadata": {}});

@@ -208,6 +208,17 @@ impl S3Server {
             .unwrap_or_else(|e| panic!("put s3://{bucket}/{key}: {e:?}"));
     }
 
+    /// Deletes one key (a missing key is no error, as in S3).
+    pub async fn delete(&self, bucket: &str, key: &str) {
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("delete s3://{bucket}/{key}: {e:?}"));
+    }
+
     /// Puts many objects with `concurrency` requests in flight.
     pub async fn put_many(
         &self,

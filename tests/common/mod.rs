@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use artgc::controller::ControllerConfig;
+use artgc::controller::{ControllerConfig, ControllerHandle};
 
 /// A controller that answers quickly: an ephemeral admin port, short backoffs, 5 s to stop.
 pub fn quick_config() -> ControllerConfig {
@@ -43,4 +43,31 @@ pub fn sample(exposition: &str, series: &str) -> Option<f64> {
         .filter_map(|l| l.rsplit_once(' '))
         .find(|(name, _)| *name == series)
         .and_then(|(_, v)| v.parse().ok())
+}
+
+/// The controller's `/metrics`.
+pub async fn metrics(handle: &ControllerHandle) -> String {
+    let url = format!("http://{}/metrics", handle.admin_addr);
+    let (status, body) = http_get(&url).await;
+    assert_eq!(status, 200);
+    body
+}
+
+/// A plain HTTP/1.1 GET over a TCP stream: enough for the admin server.
+pub async fn http_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
 }
