@@ -45,12 +45,16 @@ const FINALIZER: &str = "workflows.argoproj.io/artifact-gc";
 /// The real API server, and Argo's controller running on it with its own GC off (artgc owns
 /// Argo's finalizer); `None` (skipped) outside CI without them.
 async fn argo_with_its_gc_off() -> Option<Argo> {
+    argo(&[("ARGO_ARTIFACT_GC_ENABLED", "false")]).await
+}
+
+/// As [`argo_with_its_gc_off`], with `env` for Argo's controller instead.
+async fn argo(env: &[(&str, &str)]) -> Option<Argo> {
     let kube = RealKube::from_env().await?;
     let how = "Argo's controller: eval \"$(.ci/argo.sh)\"";
     let bin = needed_var("ARTGC_ARGO_CONTROLLER", how)?;
     let crds = needed_var("ARTGC_ARGO_CRDS", how)?;
-    let gc_off = [("ARGO_ARTIFACT_GC_ENABLED", "false")];
-    Some(Argo::start(&kube, Path::new(&bin), Path::new(&crds), &gc_off).await)
+    Some(Argo::start(&kube, Path::new(&bin), Path::new(&crds), env).await)
 }
 
 /// A namespace on the real server with an Argo controller of its own, its artifact repository
@@ -185,6 +189,11 @@ impl Argo {
 
     async fn keys(&self) -> Vec<String> {
         self.s3.keys(&self.bucket).await
+    }
+
+    /// Argo's controller's log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// artgc, acting as the admin, watching this namespace only.
@@ -875,5 +884,287 @@ async fn force_finalizer_removal_lets_a_workflow_go_whose_deletion_keeps_failing
         "{events:?}"
     );
     assert!(argo.keys().await.contains(&"fixed/forced.tgz".to_string()));
+    ctl.shutdown().await;
+}
+
+/// `count` parallel steps of `produce`, each writing artifact `out` (collected on completion)
+/// and its log (following the workflow's `strategy`).
+fn fan_out(name: &str, count: usize, strategy: &str) -> Value {
+    let steps: Vec<Value> = (0..count)
+        .map(|i| json!({"name": format!("p{i}"), "template": "produce"}))
+        .collect();
+    json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": name},
+        "spec": {
+            "entrypoint": "main",
+            "artifactGC": {"strategy": strategy},
+            "templates": [
+                {"name": "main", "steps": [steps]},
+                {"name": "produce", "container": {"image": "busybox", "command": ["true"]},
+                 "outputs": {"artifacts": [{"name": "out", "path": "/tmp/out",
+                     "artifactGC": {"strategy": "OnWorkflowCompletion"}}]}},
+            ],
+        },
+    })
+}
+
+/// Argo's node compression: with a small `MAX_WORKFLOW_SIZE`, Argo keeps the nodes only in
+/// `status.compressedNodes`. artgc reads them, collects the completion outputs and writes its
+/// record back compressed: the nodes decode (here with flate2, not artgc's code) to exactly
+/// those artifacts `deleted`, and Argo, which reconciles the Workflow while the finalizer is
+/// on, reads artgc's encoding without error. Deleting it then collects the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argos_compressed_nodes_are_collected_and_recorded_compressed() {
+    let env = [
+        ("ARGO_ARTIFACT_GC_ENABLED", "false"),
+        ("MAX_WORKFLOW_SIZE", "6000"),
+    ];
+    let Some(argo) = argo(&env).await else {
+        return;
+    };
+    let ctl = argo.artgc(|_| {}).await;
+    argo.submit(fan_out("wide", 12, "OnWorkflowDeletion")).await;
+    argo.until("Argo completes it and artgc collects it", async || {
+        argo.workflow("wide")
+            .await
+            .is_some_and(|w| completion_processed(&w))
+    })
+    .await;
+    let w = argo.workflow("wide").await.unwrap();
+    assert!(
+        w["status"]["nodes"]
+            .as_object()
+            .is_none_or(|n| n.is_empty()),
+        "Argo compressed the nodes"
+    );
+    let nodes = decompress(
+        w["status"]["compressedNodes"]
+            .as_str()
+            .expect("compressedNodes"),
+    );
+    let pods: Vec<&Value> = nodes
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|n| n["type"] == "Pod")
+        .collect();
+    assert_eq!(pods.len(), 12);
+    for node in &pods {
+        assert_eq!(node["phase"], "Succeeded", "{node}");
+        let deleted: Vec<(&Value, &Value)> = node["outputs"]["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (&a["name"], &a["deleted"]))
+            .collect();
+        assert_eq!(
+            deleted,
+            [
+                (&json!("out"), &json!(true)),
+                (&json!("main-logs"), &Value::Null)
+            ],
+            "{node}"
+        );
+    }
+    let keys = argo.keys().await;
+    assert_eq!(keys.len(), 12, "the logs stay: {keys:?}");
+    assert!(keys.iter().all(|k| k.ends_with("/main.log")), "{keys:?}");
+    // Argo reconciles it again (the finalizer is on): it reads artgc's encoding.
+    let recorded: u64 = w["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    argo.until("Argo reads artgc's record", async || {
+        argo.log().lines().any(|l| {
+            l.contains("msg=\"Processing workflow\"")
+                && l.contains("workflow=wide")
+                && l.split("ResourceVersion=")
+                    .nth(1)
+                    .and_then(|v| v.split(' ').next())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|v| v >= recorded)
+        })
+    })
+    .await;
+    assert!(!argo.log().contains("hydration failed"), "{}", argo.log());
+    let w = argo.workflow("wide").await.unwrap();
+    assert_eq!(w["status"]["phase"], "Succeeded");
+
+    argo.delete("wide").await;
+    argo.until("deleted", async || argo.workflow("wide").await.is_none())
+        .await;
+    assert!(argo.keys().await.is_empty(), "{:?}", argo.keys().await);
+    ctl.shutdown().await;
+}
+
+/// Argo's `compressedNodes`: base64 of gzip of the nodes' JSON.
+fn decompress(packed: &str) -> Value {
+    use base64::Engine;
+    use std::io::Read;
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(packed)
+        .expect("base64");
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_string(&mut json)
+        .expect("gzip");
+    serde_json::from_str(&json).expect("nodes JSON")
+}
+
+/// Both collectors, as the README's second deployment: Argo's GC on (its GC pods, played by
+/// the double as `argoexec artifact delete`), artgc under its own `--finalizer`. Each holds the
+/// Workflow until its own pass is done; deleting the same keys twice harms nothing: no
+/// failure from either, every finalizer released, only the `Never` outputs left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beside_argos_own_gc_under_its_own_finalizer() {
+    const OURS: &str = "artgc.io/artifact-gc";
+    let Some(argo) = argo(&[]).await else {
+        return;
+    };
+    let ctl = argo.artgc(|c| c.finalizer = OURS.into()).await;
+    argo.submit(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "both"},
+        "spec": {
+            "entrypoint": "main",
+            "artifactGC": {"strategy": "OnWorkflowDeletion"},
+            "templates": [
+                {"name": "main", "steps": [[{"name": "one", "template": "produce"},
+                                            {"name": "two", "template": "produce"}]]},
+                {"name": "produce", "container": {"image": "busybox", "command": ["true"]},
+                 "outputs": {"artifacts": [
+                     {"name": "done", "path": "/tmp/done",
+                      "artifactGC": {"strategy": "OnWorkflowCompletion"}},
+                     {"name": "later", "path": "/tmp/later"},
+                     {"name": "keep", "path": "/tmp/keep", "artifactGC": {"strategy": "Never"}},
+                 ]}},
+            ],
+        },
+    }))
+    .await;
+    argo.until(
+        "both finalizers on, the completion outputs gone",
+        async || {
+            let Some(w) = argo.workflow("both").await else {
+                return false;
+            };
+            let mut finalizers: Vec<String> =
+                serde_json::from_value(w["metadata"]["finalizers"].clone()).unwrap_or_default();
+            finalizers.sort();
+            let keys = argo.keys().await;
+            completion_processed(&w)
+                && finalizers == [OURS, FINALIZER]
+                && keys.len() == 6
+                && !keys.iter().any(|k| k.ends_with("/done.tgz"))
+        },
+    )
+    .await;
+    argo.delete("both").await;
+    argo.until("both let it go", async || {
+        argo.workflow("both").await.is_none()
+    })
+    .await;
+    let keys = argo.keys().await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().all(|k| k.ends_with("/keep.tgz")), "{keys:?}");
+    let events = argo.space.list("v1", "Event").await;
+    let failures: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "Warning" && e["involvedObject"]["kind"] == "Workflow")
+        .collect();
+    assert!(failures.is_empty(), "{failures:?}");
+    let gc_pods: Vec<Value> = argo
+        .space
+        .list("v1", "Pod")
+        .await
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["workflows.argoproj.io/component"] == "artifact-gc")
+        .collect();
+    assert!(!gc_pods.is_empty(), "Argo's GC ran too");
+    ctl.shutdown().await;
+}
+
+/// Concurrent writers: artgc adds its finalizer while Argo is still writing the nodes of 30
+/// parallel pods, and records its completion pass while Argo reconciles the finished Workflow.
+/// Neither loses the other's writes: every node Argo finished is there with its outputs, every
+/// completion output artgc deleted is marked, the finalizer is on once, and the deletion ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argo_and_artgc_writing_at_once_lose_nothing() {
+    let Some(argo) = argo_with_its_gc_off().await else {
+        return;
+    };
+    let ctl = argo.artgc(|_| {}).await;
+    argo.submit(fan_out("busy", 30, "OnWorkflowDeletion")).await;
+    argo.until("artgc holds it while Argo runs it", async || {
+        argo.workflow("busy").await.is_some_and(|w| {
+            w["metadata"]["finalizers"] == json!([FINALIZER]) && w["status"]["phase"] == "Running"
+        })
+    })
+    .await;
+    argo.until("Argo completes it and artgc collects it", async || {
+        argo.workflow("busy")
+            .await
+            .is_some_and(|w| completion_processed(&w))
+    })
+    .await;
+    let w = argo.workflow("busy").await.unwrap();
+    assert_eq!(w["metadata"]["finalizers"], json!([FINALIZER]));
+    assert_eq!(
+        w["metadata"]["labels"]["workflows.argoproj.io/completed"],
+        "true"
+    );
+    let pods = pod_nodes(&w);
+    assert_eq!(pods.len(), 30);
+    for node in &pods {
+        assert_eq!(node["phase"], "Succeeded", "{node}");
+        let deleted: Vec<(&Value, &Value)> = node["outputs"]["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (&a["name"], &a["deleted"]))
+            .collect();
+        assert_eq!(
+            deleted,
+            [
+                (&json!("out"), &json!(true)),
+                (&json!("main-logs"), &Value::Null)
+            ],
+            "{node}"
+        );
+    }
+    let keys = argo.keys().await;
+    assert_eq!(keys.len(), 30, "the logs stay: {keys:?}");
+    argo.delete("busy").await;
+    argo.until("deleted", async || argo.workflow("busy").await.is_none())
+        .await;
+    assert!(argo.keys().await.is_empty(), "{:?}", argo.keys().await);
+    // How often the two met, from the API server's audit log (informative: the interleaving
+    // is the scheduler's).
+    if let Ok(path) = std::env::var("ARTGC_TEST_KUBE_AUDIT") {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let writes = |agent: &str, code: u64| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|e| {
+                    e["objectRef"]["resource"] == "workflows"
+                        && e["objectRef"]["namespace"] == argo.space.ns
+                        && e["objectRef"]["name"] == "busy"
+                        && matches!(e["verb"].as_str(), Some("update" | "patch"))
+                        // kube-rs (artgc) sends no User-Agent.
+                        && e["userAgent"].as_str().unwrap_or("kube-rs").starts_with(agent)
+                        && e["responseStatus"]["code"] == code
+                })
+                .count()
+        };
+        eprintln!(
+            "writes to the Workflow: Argo {} ({} conflicts), artgc {} ({} conflicts)",
+            writes("workflow-controller", 200),
+            writes("workflow-controller", 409),
+            writes("kube-rs", 200),
+            writes("kube-rs", 409),
+        );
+    }
     ctl.shutdown().await;
 }
