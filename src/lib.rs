@@ -21,6 +21,7 @@ pub mod execute;
 pub mod identity;
 pub mod kube_api;
 pub mod metrics;
+pub mod offload;
 pub mod purge;
 pub mod record;
 pub mod report;

@@ -57,6 +57,9 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
 struct ControllerConfig {
     #[serde(default, rename = "artifactRepository")]
     artifact_repository: Option<ArtifactLocation>,
+    /// Kept as YAML for [`crate::persistence::parse`].
+    #[serde(default)]
+    persistence: Option<serde_json::Value>,
 }
 
 impl ClusterState {
@@ -279,6 +282,34 @@ impl ClusterState {
             return cfg.artifact_repository.ok_or_else(missing);
         }
         Err(missing())
+    }
+}
+
+impl ClusterState {
+    /// Argo's database for offloaded node status, from `persistence` in the workflow-controller
+    /// ConfigMap (its own data key, or inside the older `config` key). `Ok(None)`: none is
+    /// configured (or the ConfigMap is absent).
+    pub fn persistence(&self) -> Result<Option<crate::persistence::Persistence>, String> {
+        let ArgoConfigMapRef { namespace, name } = &self.controller_config;
+        let Some(data) = self
+            .config_map(namespace, name)
+            .and_then(|cm| cm.data.as_ref())
+        else {
+            return Ok(None);
+        };
+        let at = |e: String| format!("ConfigMap {namespace}/{name}: {e}");
+        if let Some(text) = data.get("persistence") {
+            return crate::persistence::parse(text).map_err(at);
+        }
+        if let Some(text) = data.get("config") {
+            let cfg = serde_saphyr::from_str::<ControllerConfig>(text)
+                .map_err(|e| at(format!("data.config: {e}")))?;
+            if let Some(p) = cfg.persistence {
+                let text = serde_json::to_string(&p).map_err(|e| at(e.to_string()))?;
+                return crate::persistence::parse(&text).map_err(at);
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -23,6 +23,7 @@ pub mod location;
 pub mod model;
 pub mod nodes;
 pub mod outcome;
+pub mod persistence;
 pub mod plan;
 pub mod policy;
 pub mod status_patch;

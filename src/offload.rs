@@ -1,0 +1,282 @@
+//! Node status Argo offloaded to its database: one read-only query for exactly the recorded
+//! version (`persist/sqldb/offload_node_status_repo.go` `Get`, plus the namespace), through a
+//! small pool per database. artgc never writes Argo's database.
+//!
+//! sqlx: async PostgreSQL and MySQL/MariaDB drivers in one well-kept crate, pooled, with
+//! rustls on aws-lc-rs (the one crypto provider of the process), no compile-time query macros.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use artgc_core::persistence::{Engine, Persistence, SslMode};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use thiserror::Error;
+use tokio::sync::Mutex;
+
+/// How long a query (and waiting for a connection) may take.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The database user and password (from the Secrets `persistence` names).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Credentials {{ user: {:?}, password: <redacted> }}",
+            self.user
+        )
+    }
+}
+
+/// Reading offloaded nodes failed. Each has a stable category.
+#[derive(Debug, Error)]
+pub enum OffloadError {
+    /// Not answering, refused, TLS failed, or too slow (retried with backoff).
+    #[error("Argo's {engine} database at {at} is unreachable: {source}")]
+    Unreachable {
+        engine: &'static str,
+        at: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("Argo's {engine} database at {at} refused the credentials: {source}")]
+    Credentials {
+        engine: &'static str,
+        at: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Argo's offload GC deletes old versions after its TTL.
+    #[error(
+        "offloaded nodes version {version} of workflow uid {uid} (cluster {cluster}) are not in table {table}: Argo's offload GC may have removed them"
+    )]
+    Missing {
+        uid: String,
+        version: String,
+        cluster: String,
+        table: String,
+    },
+    #[error("offloaded nodes version {version} of workflow uid {uid}: not a node map: {reason}")]
+    Unparsable {
+        uid: String,
+        version: String,
+        reason: String,
+    },
+    /// The query itself failed (no such table, no permission on it, ...).
+    #[error("Argo's {engine} database at {at}, table {table}: {source}")]
+    Query {
+        engine: &'static str,
+        at: String,
+        table: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl OffloadError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Unreachable { .. } => "offload_unreachable",
+            Self::Credentials { .. } => "offload_credentials",
+            Self::Missing { .. } => "offload_missing",
+            Self::Unparsable { .. } => "offload_parse",
+            Self::Query { .. } => "offload_query",
+        }
+    }
+}
+
+enum DbPool {
+    Postgres(PgPool),
+    MySql(MySqlPool),
+}
+
+/// One pool per database and credentials, made on first use; connections open lazily.
+#[derive(Default)]
+pub struct OffloadReader {
+    pools: Mutex<HashMap<(Persistence, Credentials), std::sync::Arc<DbPool>>>,
+}
+
+impl OffloadReader {
+    /// The nodes (Argo's JSON map by node id) offloaded for workflow `uid` in `namespace` at
+    /// `version`: exactly that row, or [`OffloadError::Missing`].
+    pub async fn nodes(
+        &self,
+        p: &Persistence,
+        creds: &Credentials,
+        namespace: &str,
+        uid: &str,
+        version: &str,
+    ) -> Result<String, OffloadError> {
+        let pool = self.pool(p, creds).await;
+        let at = format!("{}:{}/{}", p.host, p.port, p.database);
+        let engine = p.engine.as_str();
+        // The table name is a checked identifier (artgc_core::persistence).
+        let row: Result<Option<String>, sqlx::Error> = match &*pool {
+            DbPool::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT nodes::text FROM {} WHERE clustername = $1 AND uid = $2 AND version = $3 AND namespace = $4",
+                    p.table
+                );
+                timed(
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                        .bind(&p.cluster_name)
+                        .bind(uid)
+                        .bind(version)
+                        .bind(namespace)
+                        .fetch_optional(pool),
+                )
+                .await
+            }
+            DbPool::MySql(pool) => {
+                let sql = format!(
+                    "SELECT CAST(nodes AS CHAR) FROM {} WHERE clustername = ? AND uid = ? AND version = ? AND namespace = ?",
+                    p.table
+                );
+                timed(
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                        .bind(&p.cluster_name)
+                        .bind(uid)
+                        .bind(version)
+                        .bind(namespace)
+                        .fetch_optional(pool),
+                )
+                .await
+            }
+        };
+        match row {
+            Ok(Some(nodes)) => Ok(nodes),
+            Ok(None) => Err(OffloadError::Missing {
+                uid: uid.into(),
+                version: version.into(),
+                cluster: p.cluster_name.clone(),
+                table: p.table.clone(),
+            }),
+            Err(e) => Err(classify(e, engine, at, &p.table)),
+        }
+    }
+
+    async fn pool(&self, p: &Persistence, creds: &Credentials) -> std::sync::Arc<DbPool> {
+        let mut pools = self.pools.lock().await;
+        let key = (p.clone(), creds.clone());
+        if let Some(pool) = pools.get(&key) {
+            return pool.clone();
+        }
+        // Credentials rotate: a pool for older ones of the same database goes.
+        pools.retain(|(q, _), _| q != p);
+        let pool = std::sync::Arc::new(connect_lazy(p, creds));
+        pools.insert(key, pool.clone());
+        pool
+    }
+}
+
+async fn timed<T>(
+    query: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+        Ok(r) => r,
+        Err(_) => Err(sqlx::Error::PoolTimedOut),
+    }
+}
+
+fn connect_lazy(p: &Persistence, creds: &Credentials) -> DbPool {
+    let max_idle = p.pool.max_idle.min(p.pool.max_open);
+    match &p.engine {
+        Engine::Postgres { ssl_mode } => {
+            let options = PgConnectOptions::new()
+                .host(&p.host)
+                .port(p.port)
+                .database(&p.database)
+                .username(&creds.user)
+                .password(&creds.password)
+                .ssl_mode(match ssl_mode {
+                    SslMode::Disable => PgSslMode::Disable,
+                    SslMode::Prefer => PgSslMode::Prefer,
+                    SslMode::Require => PgSslMode::Require,
+                    SslMode::VerifyCa => PgSslMode::VerifyCa,
+                    SslMode::VerifyFull => PgSslMode::VerifyFull,
+                })
+                .application_name("artgc")
+                .options([("statement_timeout", "10s")]);
+            DbPool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(p.pool.max_open)
+                    .min_connections(0)
+                    .acquire_timeout(QUERY_TIMEOUT)
+                    .max_lifetime(p.pool.max_lifetime)
+                    .idle_timeout(idle_timeout(max_idle))
+                    .connect_lazy_with(options),
+            )
+        }
+        Engine::MySql { tls } => {
+            let options = MySqlConnectOptions::new()
+                .host(&p.host)
+                .port(p.port)
+                .database(&p.database)
+                .username(&creds.user)
+                .password(&creds.password)
+                .charset("utf8mb4")
+                .ssl_mode(match tls {
+                    SslMode::Disable => MySqlSslMode::Disabled,
+                    SslMode::Prefer => MySqlSslMode::Preferred,
+                    SslMode::Require => MySqlSslMode::Required,
+                    SslMode::VerifyCa => MySqlSslMode::VerifyCa,
+                    SslMode::VerifyFull => MySqlSslMode::VerifyIdentity,
+                });
+            DbPool::MySql(
+                MySqlPoolOptions::new()
+                    .max_connections(p.pool.max_open)
+                    .min_connections(0)
+                    .acquire_timeout(QUERY_TIMEOUT)
+                    .max_lifetime(p.pool.max_lifetime)
+                    .idle_timeout(idle_timeout(max_idle))
+                    .connect_lazy_with(options),
+            )
+        }
+    }
+}
+
+/// No idle connections allowed: close them at once; else keep them a while.
+fn idle_timeout(max_idle: u32) -> Option<Duration> {
+    match max_idle {
+        0 => Some(Duration::from_secs(1)),
+        _ => Some(Duration::from_secs(300)),
+    }
+}
+
+fn classify(e: sqlx::Error, engine: &'static str, at: String, table: &str) -> OffloadError {
+    let auth = match &e {
+        // PostgreSQL: 28P01 invalid_password, 28000 invalid_authorization_specification;
+        // MySQL/MariaDB: SQLSTATE 28000 (1045 access denied).
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| c == "28P01" || c == "28000"),
+        _ => false,
+    };
+    match e {
+        _ if auth => OffloadError::Credentials {
+            engine,
+            at,
+            source: e,
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => OffloadError::Unreachable {
+            engine,
+            at,
+            source: e,
+        },
+        e => OffloadError::Query {
+            engine,
+            at,
+            table: table.into(),
+            source: e,
+        },
+    }
+}

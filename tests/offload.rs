@@ -1,0 +1,224 @@
+//! Reading node status Argo offloaded to its database, against real PostgreSQL and MariaDB
+//! servers (`.ci/db.sh`), each with a table made by our own DDL after Argo's migrations
+//! (`persist/sqldb/migrate.go`: the `argo_workflows` table as it stands after the last one).
+//!
+//! Needs `ARTGC_TEST_POSTGRES` and `ARTGC_TEST_MYSQL` (`eval "$(.ci/db.sh start DIR)"`):
+//! without them a test fails in CI and is skipped elsewhere.
+
+use artgc::offload::{Credentials, OffloadError, OffloadReader};
+use artgc_core::model::SecretKeySelector;
+use artgc_core::persistence::{Engine, Persistence, PoolSettings, SslMode};
+use artgc_testkit::needed_var;
+use sqlx::Connection;
+
+/// A server from `.ci/db.sh`: `host:port:user:password`.
+struct Server {
+    engine: Engine,
+    host: String,
+    port: u16,
+    user: String,
+    password: String,
+}
+
+fn server(var: &str, engine: Engine) -> Option<Server> {
+    let v = needed_var(var, "the databases: eval \"$(.ci/db.sh start DIR)\"")?;
+    let parts: Vec<&str> = v.splitn(4, ':').collect();
+    Some(Server {
+        engine,
+        host: parts[0].into(),
+        port: parts[1].parse().expect("port"),
+        user: parts[2].into(),
+        password: parts[3].into(),
+    })
+}
+
+fn postgres() -> Option<Server> {
+    server(
+        "ARTGC_TEST_POSTGRES",
+        Engine::Postgres {
+            ssl_mode: SslMode::Prefer,
+        },
+    )
+}
+
+fn mysql() -> Option<Server> {
+    server(
+        "ARTGC_TEST_MYSQL",
+        Engine::MySql {
+            tls: SslMode::Disable,
+        },
+    )
+}
+
+/// Argo's `argo_workflows` after its last migration; the same text on both servers.
+const TABLE: &str = "create table argo_workflows (
+    clustername varchar(64) not null,
+    uid varchar(128) not null,
+    version varchar(64) not null,
+    namespace varchar(256) not null,
+    nodes text not null,
+    updatedat timestamp not null default current_timestamp,
+    primary key (clustername, uid, version))";
+
+/// Executes `sql` on `database` (the server's own when `None`).
+async fn exec(s: &Server, database: Option<&str>, sql: &[String]) {
+    match s.engine {
+        Engine::Postgres { .. } => {
+            let db = database.unwrap_or("postgres");
+            let url = format!(
+                "postgres://{}:{}@{}:{}/{db}",
+                s.user, s.password, s.host, s.port
+            );
+            let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+            for q in sql {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(q.clone()))
+                    .execute(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{q}: {e}"));
+            }
+        }
+        Engine::MySql { .. } => {
+            let db = database.unwrap_or("mysql");
+            let url = format!(
+                "mysql://{}:{}@{}:{}/{db}",
+                s.user, s.password, s.host, s.port
+            );
+            let mut c = sqlx::MySqlConnection::connect(&url).await.expect("connect");
+            for q in sql {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(q.clone()))
+                    .execute(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{q}: {e}"));
+            }
+        }
+    }
+}
+
+/// A database of its own with Argo's table and `rows` (cluster, uid, version, namespace,
+/// nodes); the `persistence` that reaches it.
+async fn argo_database(s: &Server, rows: &[(&str, &str, &str, &str, &str)]) -> Persistence {
+    let db = format!(
+        "argo_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000_000
+    );
+    exec(s, None, &[format!("create database {db}")]).await;
+    let mut sql = vec![TABLE.to_string()];
+    for (cluster, uid, version, ns, nodes) in rows {
+        let nodes = nodes.replace('\'', "''");
+        sql.push(format!(
+            "insert into argo_workflows (clustername, uid, version, namespace, nodes) values ('{cluster}', '{uid}', '{version}', '{ns}', '{nodes}')"
+        ));
+    }
+    exec(s, Some(&db), &sql).await;
+    Persistence {
+        engine: s.engine.clone(),
+        host: s.host.clone(),
+        port: s.port,
+        database: db,
+        table: "argo_workflows".into(),
+        cluster_name: "default".into(),
+        user_secret: SecretKeySelector::default(),
+        password_secret: SecretKeySelector::default(),
+        offloading: true,
+        pool: PoolSettings {
+            max_open: 2,
+            max_idle: 1,
+            max_lifetime: None,
+        },
+    }
+}
+
+const NODES: &str = r#"{"wf-1":{"id":"wf-1","name":"wf","type":"Pod","phase":"Succeeded","outputs":{"artifacts":[{"name":"out","s3":{"key":"wf/wf-1/out.tgz"}}]}}}"#;
+
+/// Every answer the reader gives, on one server.
+async fn reads_exactly_the_recorded_version(s: Server) {
+    let p = argo_database(
+        &s,
+        &[
+            ("default", "u1", "fnv:1", "ns", NODES),
+            ("default", "u1", "fnv:2", "ns", "{}"),
+            ("other", "u2", "fnv:1", "ns", "{}"),
+        ],
+    )
+    .await;
+    let creds = Credentials {
+        user: s.user.clone(),
+        password: s.password.clone(),
+    };
+    let reader = OffloadReader::default();
+    assert_eq!(
+        reader.nodes(&p, &creds, "ns", "u1", "fnv:1").await.unwrap(),
+        NODES
+    );
+    assert_eq!(
+        reader.nodes(&p, &creds, "ns", "u1", "fnv:2").await.unwrap(),
+        "{}"
+    );
+    let category = |r: Result<String, OffloadError>| match r {
+        Ok(v) => panic!("read {v}"),
+        Err(e) => {
+            eprintln!("{e}");
+            e.category()
+        }
+    };
+    // A version Argo's offload GC removed, another cluster's row, another namespace's.
+    for (ns, uid, version) in [
+        ("ns", "u1", "fnv:3"),
+        ("ns", "u2", "fnv:1"),
+        ("other", "u1", "fnv:1"),
+    ] {
+        assert_eq!(
+            category(reader.nodes(&p, &creds, ns, uid, version).await),
+            "offload_missing",
+            "{ns} {uid} {version}"
+        );
+    }
+    let wrong = Credentials {
+        user: s.user.clone(),
+        password: "wrong".into(),
+    };
+    assert_eq!(
+        category(reader.nodes(&p, &wrong, "ns", "u1", "fnv:1").await),
+        "offload_credentials"
+    );
+    let no_table = Persistence {
+        table: "argo_workflows_missing".into(),
+        ..p.clone()
+    };
+    assert_eq!(
+        category(reader.nodes(&no_table, &creds, "ns", "u1", "fnv:1").await),
+        "offload_query"
+    );
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let down = Persistence { port, ..p.clone() };
+    assert_eq!(
+        category(reader.nodes(&down, &creds, "ns", "u1", "fnv:1").await),
+        "offload_unreachable"
+    );
+    // The right credentials again: a fresh pool, the row as before.
+    assert_eq!(
+        reader.nodes(&p, &creds, "ns", "u1", "fnv:1").await.unwrap(),
+        NODES
+    );
+}
+
+#[tokio::test]
+async fn postgres_reads_exactly_the_recorded_version() {
+    if let Some(s) = postgres() {
+        reads_exactly_the_recorded_version(s).await;
+    }
+}
+
+#[tokio::test]
+async fn mariadb_reads_exactly_the_recorded_version() {
+    if let Some(s) = mysql() {
+        reads_exactly_the_recorded_version(s).await;
+    }
+}
