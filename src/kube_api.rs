@@ -204,6 +204,27 @@ impl ClusterReader {
         Ok(cm)
     }
 
+    /// Argo's database settings and their two Secrets (in the controller's namespace), for
+    /// reading offloaded node status: the controller ConfigMap and those Secrets only.
+    pub async fn persistence_state(&self) -> Result<ClusterState, kube::Error> {
+        let mut state = ClusterState::new(self.argo_config_map.clone());
+        let cns = self.argo_config_map.namespace.clone();
+        if let Some(cm) = self.config_map(&cns, &self.argo_config_map.name).await? {
+            state.insert_config_map(cm);
+        }
+        if let Ok(Some(p)) = state.persistence() {
+            let api = Api::<Secret>::namespaced(self.client.clone(), &cns);
+            let mut names = vec![p.user_secret.name, p.password_secret.name];
+            names.dedup();
+            for name in names {
+                if let Some(s) = absent_if_denied(api.get_opt(&name).await)? {
+                    state.insert_secret(s);
+                }
+            }
+        }
+        Ok(state)
+    }
+
     /// What planning `wf` needs: the repository ConfigMaps when its status has no resolved
     /// repository, and, with `secrets` (the workflow's own, see [`named_secrets`]), those
     /// Secrets and the ones its repository names.

@@ -280,3 +280,52 @@ fn classify(e: sqlx::Error, engine: &'static str, at: String, table: &str) -> Of
         },
     }
 }
+
+/// Puts back the nodes of `wf` when Argo offloaded them, reading `state` (the controller
+/// ConfigMap's `persistence` and its Secrets) and the database. `Ok(false)`: not offloaded, or
+/// no database configured (the plan then says the workflow is offloaded). Errors carry the
+/// reader's category.
+pub async fn hydrate(
+    reader: &OffloadReader,
+    state: &artgc_core::cluster::ClusterState,
+    wf: &mut artgc_core::model::Workflow,
+) -> Result<bool, artgc_core::error::InputError> {
+    use artgc_core::error::InputError;
+    if !artgc_core::nodes::is_offloaded(wf) {
+        return Ok(false);
+    }
+    let config = |e: String| InputError::Config {
+        setting: "persistence (workflow-controller ConfigMap)".into(),
+        source: std::sync::Arc::new(std::io::Error::other(e)),
+    };
+    let Some(p) = state.persistence().map_err(config)? else {
+        return Ok(false);
+    };
+    let cns = &state.controller_config.namespace;
+    let secret = |s: &artgc_core::model::SecretKeySelector, field: &str| {
+        state
+            .secret_value(cns, s, field)
+            .map_err(|e| config(e.to_string()))
+            .and_then(|v| String::from_utf8(v).map_err(|e| config(format!("{field}: {e}"))))
+    };
+    let creds = Credentials {
+        user: secret(&p.user_secret, "persistence userNameSecret")?,
+        password: secret(&p.password_secret, "persistence passwordSecret")?,
+    };
+    let version = wf
+        .status
+        .offload_node_status_version
+        .clone()
+        .unwrap_or_default();
+    let uid = wf.metadata.uid.clone().unwrap_or_default();
+    let nodes = reader
+        .nodes(&p, &creds, wf.namespace(), &uid, &version)
+        .await
+        .map_err(|e| InputError::Offload {
+            category: e.category(),
+            permanent: matches!(e, OffloadError::Missing { .. }),
+            source: std::sync::Arc::new(e),
+        })?;
+    artgc_core::nodes::hydrate(wf, &nodes)?;
+    Ok(true)
+}

@@ -222,3 +222,172 @@ async fn mariadb_reads_exactly_the_recorded_version() {
         reads_exactly_the_recorded_version(s).await;
     }
 }
+
+mod common;
+#[path = "../core/tests/support/mod.rs"]
+mod support;
+
+use artgc_testkit::{KubeApiServer, S3Server};
+use common::{quick_config, until};
+use serde_json::{Value, json};
+use support::{key_only, s3_repo, with_strategy, workflow};
+
+/// `wf` as Argo leaves it when it offloads: the nodes go to the database (returned, as the
+/// `nodes` column holds them), the object keeps only `offloadNodeStatusVersion`.
+fn offload(mut wf: Value, version: &str) -> (Value, String) {
+    let nodes = wf["status"]
+        .as_object_mut()
+        .unwrap()
+        .remove("nodes")
+        .unwrap();
+    wf["status"]["offloadNodeStatusVersion"] = json!(version);
+    (wf, serde_json::to_string(&nodes).unwrap())
+}
+
+/// The controller on the test server, over one database: an offloaded workflow is collected
+/// and its deletions recorded in the annotation (status untouched); one whose recorded version
+/// Argo's offload GC already removed is reported (`offload_missing`) and not held.
+async fn the_controller_collects_offloaded_workflows(s: Server) {
+    let kube = KubeApiServer::start().await;
+    let s3 = S3Server::start().await;
+    let bucket = s3.bucket("offload").await;
+    let ns = "team";
+    let mut repo = s3_repo(&s3.endpoint, &bucket, "s3-creds");
+    repo["s3"]["region"] = json!(s3.region);
+    kube.seed(support::secret(
+        ns,
+        "s3-creds",
+        &s3.access_key,
+        &s3.secret_key,
+    ));
+    for k in ["off/1/a.tgz", "off/2/a.tgz", "gone/a.tgz"] {
+        s3.put(&bucket, k, "x").await;
+    }
+    let wf = |name: &str, key: &str| {
+        workflow(ns, name)
+            .set(
+                &["status", "artifactRepositoryRef"],
+                json!({"artifactRepository": repo}),
+            )
+            .set(
+                &["spec", "artifactGC", "strategy"],
+                json!("OnWorkflowCompletion"),
+            )
+            .node(
+                &format!("{name}-1"),
+                "main",
+                vec![with_strategy(key_only("a", key), "OnWorkflowCompletion")],
+            )
+    };
+    let (off, off_nodes) = offload(
+        wf("off", "off/1/a.tgz")
+            .node("off-2", "main", vec![key_only("a", "off/2/a.tgz")])
+            .0,
+        "fnv:11",
+    );
+    let (gone, _) = offload(
+        wf("gone", "gone/a.tgz")
+            .set(
+                &["metadata", "finalizers"],
+                json!(["workflows.argoproj.io/artifact-gc"]),
+            )
+            .0,
+        "fnv:12",
+    );
+    // The server gives each its uid: Argo keys the row by it.
+    let uid = kube.seed(off)["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    kube.seed(gone);
+    // Deleted (held by the finalizer) before artgc starts.
+    artgc::kube_api::workflows(&kube.client(), Some(ns))
+        .delete("gone", &Default::default())
+        .await
+        .expect("delete");
+    let p = argo_database(&s, &[("default", &uid, "fnv:11", ns, &off_nodes)]).await;
+    let db = match &p.engine {
+        Engine::Postgres { .. } => json!({"postgresql": {
+            "host": p.host, "port": p.port, "database": p.database, "tableName": p.table,
+            "userNameSecret": {"name": "argo-db", "key": "username"},
+            "passwordSecret": {"name": "argo-db", "key": "password"}}}),
+        Engine::MySql { .. } => json!({"mysql": {
+            "host": p.host, "port": p.port, "database": p.database, "tableName": p.table,
+            "userNameSecret": {"name": "argo-db", "key": "username"},
+            "passwordSecret": {"name": "argo-db", "key": "password"}}}),
+    };
+    let mut persistence = json!({"nodeStatusOffLoad": true});
+    persistence
+        .as_object_mut()
+        .unwrap()
+        .extend(db.as_object().unwrap().clone());
+    kube.seed(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "workflow-controller-configmap", "namespace": "argo"},
+        "data": {
+            "artifactRepository": serde_json::to_string(&repo).unwrap(),
+            "persistence": serde_json::to_string(&persistence).unwrap(),
+        },
+    }));
+    kube.seed(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "argo-db", "namespace": "argo"},
+        "stringData": {"username": s.user, "password": s.password},
+    }));
+    let config = artgc::controller::ControllerConfig {
+        namespaces: vec![ns.into()],
+        ..quick_config()
+    };
+    let ctl = artgc::controller::start(kube.client(), config)
+        .await
+        .expect("controller starts");
+    let get = |name: &str| kube.get("argoproj.io/v1alpha1", "Workflow", Some(ns), name);
+    until("the offloaded workflow is collected", async || {
+        get("off").is_some_and(|w| {
+            w["status"]["artifactGCStatus"]["strategiesProcessed"]["OnWorkflowCompletion"] == true
+        })
+    })
+    .await;
+    let w = get("off").unwrap();
+    assert_eq!(
+        w["metadata"]["annotations"]["artgc.io/offloaded-deleted"],
+        "off-1/a\noff-2/a"
+    );
+    assert!(
+        w["status"]["nodes"].is_null(),
+        "no nodes written: {}",
+        w["status"]
+    );
+    assert_eq!(w["status"]["offloadNodeStatusVersion"], "fnv:11");
+    until("the workflow whose version is gone is let go", async || {
+        get("gone").is_none()
+    })
+    .await;
+    // The Event follows the record.
+    until("a Warning says why", async || {
+        kube.list("events.k8s.io/v1", "Event").iter().any(|e| {
+            e["regarding"]["name"] == "gone"
+                && e["type"] == "Warning"
+                && e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("offload_missing"))
+        })
+    })
+    .await;
+    assert_eq!(s3.keys(&bucket).await, ["gone/a.tgz"]);
+    ctl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_collects_offloaded_workflows_from_postgres() {
+    if let Some(s) = postgres() {
+        the_controller_collects_offloaded_workflows(s).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_collects_offloaded_workflows_from_mariadb() {
+    if let Some(s) = mysql() {
+        the_controller_collects_offloaded_workflows(s).await;
+    }
+}

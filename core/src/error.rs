@@ -33,6 +33,16 @@ pub enum InputError {
         "node status is offloaded to Argo's database (status.offloadNodeStatusVersion {version}); artgc cannot read it, so this workflow is not plannable"
     )]
     Offloaded { version: String },
+    /// Offloaded node status could not be read from Argo's database (`category` is the
+    /// reader's: `offload_unreachable`, `offload_credentials`, `offload_missing`, ...).
+    /// `permanent`: the recorded version is gone, and will never be readable.
+    #[error("reading offloaded node status from Argo's database: {source}")]
+    Offload {
+        category: &'static str,
+        permanent: bool,
+        #[source]
+        source: Source,
+    },
     /// What the plan needs could not be read from the API server (retried).
     #[error("reading {what} from the API server: {source}")]
     Cluster {
@@ -51,6 +61,7 @@ impl InputError {
             Self::Field { .. } => "invalid_field",
             Self::Offloaded { .. } => "offloaded",
             Self::Cluster { .. } => "kube_api",
+            Self::Offload { category, .. } => category,
         }
     }
 
@@ -59,7 +70,13 @@ impl InputError {
     pub fn is_unreadable(&self) -> bool {
         matches!(
             self,
-            Self::Parse { .. } | Self::Field { .. } | Self::Offloaded { .. }
+            Self::Parse { .. }
+                | Self::Field { .. }
+                | Self::Offloaded { .. }
+                | Self::Offload {
+                    permanent: true,
+                    ..
+                }
         )
     }
 }

@@ -23,6 +23,12 @@ pub const ANNOTATION_PROBED_FILES: &str = "artgc.io/probed-files";
 /// survives a restart of artgc.
 pub const ANNOTATION_DELETION_ATTEMPTS: &str = "artgc.io/deletion-attempts";
 
+/// Artifacts artgc deleted of a workflow whose nodes Argo offloaded to its database, as
+/// `node/artifact` lines (or, when long, `gzip:` and the base64 of those lines gzipped): artgc
+/// never writes Argo's database, so its record of an offloaded workflow lives here. Read back
+/// on every pass as `deleted: true`; a mark can only make artgc keep more.
+pub const ANNOTATION_OFFLOADED_DELETED: &str = "artgc.io/offloaded-deleted";
+
 /// The (node, artifact) pairs of an [`ANNOTATION_PROBED_FILES`] value.
 pub fn parse_probed_files(text: &str) -> std::collections::HashSet<(&str, &str)> {
     text.lines()

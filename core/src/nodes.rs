@@ -174,3 +174,149 @@ mod tests {
         assert!(decompress(&bad).unwrap_err().starts_with("gzip"));
     }
 }
+
+/// Past this, the offloaded-deleted annotation is stored gzipped (annotations share 256 KiB).
+const MARKS_PLAIN_MAX: usize = 16 * 1024;
+
+/// The `node/artifact` lines of an [`crate::model::ANNOTATION_OFFLOADED_DELETED`] value.
+pub fn offloaded_marks(value: &str) -> Result<Vec<String>, String> {
+    let text = match value.strip_prefix("gzip:") {
+        None => value.to_string(),
+        Some(packed) => {
+            let raw = STANDARD
+                .decode(packed.trim())
+                .map_err(|e| format!("not valid base64: {e}"))?;
+            let out = read_bounded(flate2::read::GzDecoder::new(raw.as_slice()), "gzip")?;
+            String::from_utf8(out).map_err(|e| e.to_string())?
+        }
+    };
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The annotation value holding `lines`, gzipped when long.
+pub fn offloaded_marks_value(lines: &[String]) -> Result<String, String> {
+    let text = lines.join("\n");
+    if text.len() <= MARKS_PLAIN_MAX {
+        return Ok(text);
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+    let raw = gz.finish().map_err(|e| e.to_string())?;
+    Ok(format!("gzip:{}", STANDARD.encode(raw)))
+}
+
+/// Puts the nodes read from Argo's database (`nodes_json`, the `argo_workflows.nodes` text) into
+/// `wf`, and marks `deleted` the artifacts artgc recorded in the offloaded-deleted annotation.
+/// The read is bounded as decompressed node status is (`--max-node-status-bytes`).
+pub fn hydrate(wf: &mut Workflow, nodes_json: &str) -> Result<(), InputError> {
+    let version = wf
+        .status
+        .offload_node_status_version
+        .clone()
+        .unwrap_or_default();
+    let field = || format!("offloaded nodes (status.offloadNodeStatusVersion {version})");
+    let limit = MAX_DECOMPRESSED.load(Ordering::Relaxed);
+    if nodes_json.len() as u64 > limit {
+        return Err(InputError::Field {
+            field: field(),
+            reason: format!("more than {limit} bytes (--max-node-status-bytes); not read"),
+        });
+    }
+    let mut nodes: BTreeMap<String, NodeStatus> =
+        serde_json::from_str(nodes_json).map_err(|e| InputError::Field {
+            field: field(),
+            reason: format!("not a node map: {e}"),
+        })?;
+    let marks = match wf.annotation(crate::model::ANNOTATION_OFFLOADED_DELETED) {
+        Some(v) => offloaded_marks(v).map_err(|reason| InputError::Field {
+            field: format!(
+                "metadata.annotations[{}]",
+                crate::model::ANNOTATION_OFFLOADED_DELETED
+            ),
+            reason,
+        })?,
+        None => Vec::new(),
+    };
+    for mark in &marks {
+        let Some((node, name)) = mark.rsplit_once('/') else {
+            continue;
+        };
+        let arts = nodes
+            .get_mut(node)
+            .and_then(|n| n.outputs.as_mut())
+            .map(|o| o.artifacts.iter_mut());
+        for art in arts.into_iter().flatten().filter(|a| a.name == name) {
+            art.deleted = true;
+        }
+    }
+    wf.status.nodes = Some(nodes);
+    Ok(())
+}
+
+/// Whether `wf`'s nodes are in Argo's database only (and not yet put back by [`hydrate`]).
+pub fn is_offloaded(wf: &Workflow) -> bool {
+    let status = &wf.status;
+    status.nodes.as_ref().is_none_or(|n| n.is_empty())
+        && status.compressed_nodes.as_deref().is_none_or(str::is_empty)
+        && status
+            .offload_node_status_version
+            .as_deref()
+            .is_some_and(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod offloaded_tests {
+    use super::*;
+
+    fn offloaded(annotation: Option<&str>) -> Workflow {
+        let mut v = serde_json::json!({
+            "metadata": {"name": "w", "namespace": "ns", "uid": "u1"},
+            "status": {"offloadNodeStatusVersion": "fnv:1", "phase": "Succeeded"}
+        });
+        if let Some(a) = annotation {
+            v["metadata"]["annotations"] =
+                serde_json::json!({crate::model::ANNOTATION_OFFLOADED_DELETED: a});
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    const NODES: &str = r#"{"n1":{"id":"n1","name":"w","type":"Pod","outputs":{"artifacts":[
+        {"name":"a","s3":{"key":"k/a"}},{"name":"b","s3":{"key":"k/b"}}]}}}"#;
+
+    #[test]
+    fn hydrated_nodes_carry_artgcs_marks() {
+        let mut wf = offloaded(Some("n1/b\nn9/x"));
+        assert!(is_offloaded(&wf));
+        assert!(matches!(
+            workflow_nodes(&wf),
+            Err(InputError::Offloaded { .. })
+        ));
+        hydrate(&mut wf, NODES).unwrap();
+        assert!(!is_offloaded(&wf));
+        let nodes = workflow_nodes(&wf).unwrap();
+        let arts = &nodes.nodes["n1"].outputs.as_ref().unwrap().artifacts;
+        let deleted: Vec<(&str, bool)> =
+            arts.iter().map(|a| (a.name.as_str(), a.deleted)).collect();
+        assert_eq!(deleted, [("a", false), ("b", true)]);
+    }
+
+    #[test]
+    fn what_does_not_hydrate_says_why() {
+        let mut wf = offloaded(None);
+        let e = hydrate(&mut wf, "[1, 2]").unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "offloaded nodes (status.offloadNodeStatusVersion fnv:1): not a node map"
+            ),
+            "{e}"
+        );
+        let mut wf = offloaded(Some("gzip:%%%"));
+        let e = hydrate(&mut wf, NODES).unwrap_err().to_string();
+        assert!(e.contains("artgc.io/offloaded-deleted"), "{e}");
+    }
+}

@@ -415,10 +415,11 @@ pub fn assess(
         }
         tally.add(art.strategy, verdict, &mut out);
     }
-    let whole_failed = wp.error.as_ref().is_some_and(|e| !e.is_unreadable());
     let failed = !out.failures.is_empty();
     out.pending = failed || !tally.pending.is_empty() || (!ctx.finished && ctx.may_need_gc);
-    out.update.processed = processed_strategies(ctx, whole_failed, &tally.failed, &tally.pending);
+    // A workflow that could not be planned settled nothing, readable later or never.
+    out.update.processed =
+        processed_strategies(ctx, wp.error.is_some(), &tally.failed, &tally.pending);
     out.kept = settled_keeps(ctx, &out.update.processed, tally.kept);
     let reported: Vec<Failure> = out.failures.iter().chain(&out.notes).cloned().collect();
     out.update.condition = condition_change(ctx, &reported, tally.cancelled);

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
-use crate::model::{ANNOTATION_DELETION_ATTEMPTS, ANNOTATION_PROBED_FILES};
+use crate::model::{
+    ANNOTATION_DELETION_ATTEMPTS, ANNOTATION_OFFLOADED_DELETED, ANNOTATION_PROBED_FILES,
+};
 use crate::nodes::{compress, decompress};
 use crate::outcome::{
     CONDITION_GC_ERROR, ConditionChange, DeletedArtifact, FinalizerChange, StatusUpdate,
@@ -25,8 +27,13 @@ pub fn merge_patch(
 ) -> Result<Option<Value>, String> {
     let mut status = Map::new();
     let mut metadata = Map::new();
+    let mut annotations = Map::new();
     let raw_status = &raw["status"];
-    if let Some((field, value)) = deleted_marks(raw_status, &update.deleted)? {
+    if offloaded(raw_status) {
+        if let Some(value) = offloaded_marks(raw, &update.deleted)? {
+            annotations.insert(ANNOTATION_OFFLOADED_DELETED.into(), Value::String(value));
+        }
+    } else if let Some((field, value)) = deleted_marks(raw_status, &update.deleted)? {
         status.insert(field.into(), value);
     }
     if let Some(value) = strategies_processed(raw_status, &update.processed) {
@@ -38,8 +45,11 @@ pub fn merge_patch(
     if let Some(list) = finalizers(raw, update.finalizer, finalizer) {
         metadata.insert("finalizers".into(), list);
     }
-    if let Some(value) = deletion_attempts(raw, update.deletion_attempts) {
-        metadata.insert("annotations".into(), value);
+    if let Some(n) = deletion_attempts(raw, update.deletion_attempts) {
+        annotations.insert(ANNOTATION_DELETION_ATTEMPTS.into(), Value::String(n));
+    }
+    if !annotations.is_empty() {
+        metadata.insert("annotations".into(), Value::Object(annotations));
     }
     if status.is_empty() && metadata.is_empty() {
         return Ok(None);
@@ -162,10 +172,43 @@ fn finalizers(raw: &Value, change: FinalizerChange, finalizer: &str) -> Option<V
 }
 
 /// The failed-deletion-passes annotation, when it changes.
-fn deletion_attempts(raw: &Value, attempts: Option<u32>) -> Option<Value> {
+fn deletion_attempts(raw: &Value, attempts: Option<u32>) -> Option<String> {
     let n = attempts?.to_string();
     let current = raw["metadata"]["annotations"][ANNOTATION_DELETION_ATTEMPTS].as_str();
-    (current != Some(n.as_str())).then(|| json!({ ANNOTATION_DELETION_ATTEMPTS: n }))
+    (current != Some(n.as_str())).then_some(n)
+}
+
+/// Nodes in Argo's database only: artgc records its deletions in an annotation instead.
+fn offloaded(raw_status: &Value) -> bool {
+    raw_status["nodes"].as_object().is_none_or(|n| n.is_empty())
+        && raw_status["compressedNodes"]
+            .as_str()
+            .is_none_or(str::is_empty)
+        && raw_status["offloadNodeStatusVersion"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+}
+
+/// The offloaded-deleted annotation with `deleted` added (`node/artifact` lines, sorted), or
+/// `None` when it holds them already.
+fn offloaded_marks(raw: &Value, deleted: &[DeletedArtifact]) -> Result<Option<String>, String> {
+    if deleted.is_empty() {
+        return Ok(None);
+    }
+    let current = raw["metadata"]["annotations"][ANNOTATION_OFFLOADED_DELETED]
+        .as_str()
+        .unwrap_or_default();
+    let mut lines: std::collections::BTreeSet<String> = crate::nodes::offloaded_marks(current)
+        .map_err(|e| format!("metadata.annotations[{ANNOTATION_OFFLOADED_DELETED}]: {e}"))?
+        .into_iter()
+        .collect();
+    let before = lines.len();
+    lines.extend(deleted.iter().map(|d| format!("{}/{}", d.node, d.name)));
+    if lines.len() == before {
+        return Ok(None);
+    }
+    let lines: Vec<String> = lines.into_iter().collect();
+    crate::nodes::offloaded_marks_value(&lines).map(Some)
 }
 
 /// Sets `deleted: true` on one node's artifacts named in `deleted`; true if any changed.

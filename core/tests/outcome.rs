@@ -258,6 +258,8 @@ fn what_artgc_cannot_collect_is_reported_and_settled() {
         out.update.finalizer,
         FinalizerChange::Remove { forced: false }
     );
+    // Released, but nothing was collected: no strategy is recorded processed.
+    assert_eq!(out.update.processed, []);
 }
 
 /// A failed deletion pass is counted on the Workflow; a completion pass never is.

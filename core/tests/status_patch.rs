@@ -1,7 +1,9 @@
 //! The merge patch a pass writes to its Workflow, as a table: each row is the object as read,
 //! what the pass decided, and the patch (or no patch at all).
 
-use artgc_core::model::{ANNOTATION_DELETION_ATTEMPTS, ANNOTATION_PROBED_FILES};
+use artgc_core::model::{
+    ANNOTATION_DELETION_ATTEMPTS, ANNOTATION_OFFLOADED_DELETED, ANNOTATION_PROBED_FILES,
+};
 use artgc_core::nodes::{NodeEncoding, compress, decompress};
 use artgc_core::outcome::{ConditionChange, DeletedArtifact, FinalizerChange, StatusUpdate};
 use artgc_core::plan::Strategy;
@@ -257,4 +259,73 @@ fn probed_files_are_added_once() {
     );
     assert_eq!(patch["metadata"]["resourceVersion"], "7");
     assert_eq!(probed_files_patch(&raw, &["n1/a".into()]).unwrap(), None);
+}
+
+/// A Workflow whose nodes Argo offloaded: no nodes in the object, only the version.
+fn offloaded(annotation: Option<&str>) -> Value {
+    let mut v = json!({
+        "metadata": {"name": "w", "namespace": "ns", "uid": "u1", "resourceVersion": "7"},
+        "status": {"offloadNodeStatusVersion": "fnv:1", "phase": "Succeeded"}
+    });
+    if let Some(a) = annotation {
+        v["metadata"]["annotations"] = json!({ANNOTATION_OFFLOADED_DELETED: a});
+    }
+    v
+}
+
+#[test]
+fn offloaded_workflows_record_deletions_in_the_annotation_never_in_status() {
+    let rows: Vec<(&str, Value, StatusUpdate, Option<Value>)> = vec![
+        (
+            "first marks, sorted; no nodes written",
+            offloaded(None),
+            update(|u| {
+                u.deleted = vec![deleted("n2", 0, "c"), deleted("n1", 1, "b")];
+                u.processed = vec![Strategy::OnWorkflowCompletion];
+            }),
+            Some(json!({
+                "metadata": meta(json!({"annotations": {ANNOTATION_OFFLOADED_DELETED: "n1/b\nn2/c"}})),
+                "status": {"artifactGCStatus": {"strategiesProcessed": {"OnWorkflowCompletion": true}}},
+            })),
+        ),
+        (
+            "added to what is there, beside the attempts annotation",
+            offloaded(Some("n1/b")),
+            update(|u| {
+                u.deleted = vec![deleted("n1", 0, "a")];
+                u.deletion_attempts = Some(2);
+            }),
+            Some(json!({"metadata": meta(json!({"annotations": {
+                ANNOTATION_OFFLOADED_DELETED: "n1/a\nn1/b",
+                ANNOTATION_DELETION_ATTEMPTS: "2",
+            }}))})),
+        ),
+        (
+            "already recorded: no patch",
+            offloaded(Some("n1/a\nn1/b")),
+            update(|u| u.deleted = vec![deleted("n1", 1, "b")]),
+            None,
+        ),
+    ];
+    for (what, raw, u, want) in rows {
+        assert_eq!(merge_patch(&raw, &u, FINALIZER).unwrap(), want, "{what}");
+    }
+}
+
+#[test]
+fn long_offloaded_marks_are_gzipped_and_read_back() {
+    let many: Vec<DeletedArtifact> = (0..5000)
+        .map(|i| deleted(&format!("wf-{i:010}"), 0, "out"))
+        .collect();
+    let patch = merge_patch(&offloaded(None), &update(|u| u.deleted = many), FINALIZER)
+        .unwrap()
+        .unwrap();
+    let value = patch["metadata"]["annotations"][ANNOTATION_OFFLOADED_DELETED]
+        .as_str()
+        .unwrap();
+    assert!(value.starts_with("gzip:"), "{}", &value[..20]);
+    assert!(value.len() < 64 * 1024, "{} bytes", value.len());
+    let lines = artgc_core::nodes::offloaded_marks(value).unwrap();
+    assert_eq!(lines.len(), 5000);
+    assert_eq!(lines[0], "wf-0000000000/out");
 }

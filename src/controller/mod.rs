@@ -156,6 +156,8 @@ struct ControllerState {
     client: Client,
     config: ControllerConfig,
     reader: ClusterReader,
+    /// Argo's database, for offloaded node status.
+    offload: crate::offload::OffloadReader,
     store: ObjectStore,
     index: WorkflowIndex,
     queue: WorkQueue<String>,
@@ -288,6 +290,7 @@ pub async fn start(
             config.argo_config_map.clone(),
             config.policy.clone(),
         ),
+        offload: Default::default(),
         store: ObjectStore::new(config.store.clone()).with_web_identity(WebIdentityConfig {
             client: client.clone(),
             sts: config.sts.clone(),

@@ -164,7 +164,16 @@ async fn reconcile(
         }
         WorkflowInput::Valid(wf) => {
             let ctx = PassContext::of(wf, &pass.raw, holds, budget);
-            let plan = pass.plan(wf, input.clone()).await;
+            let plan = match pass.hydrated(wf).await {
+                Ok(None) => pass.plan(wf, input.clone()).await,
+                Ok(Some(input)) => match &*input {
+                    WorkflowInput::Valid(wf) => pass.plan(wf, input.clone()).await,
+                    WorkflowInput::Invalid { .. } => unreachable!("hydrated is valid"),
+                },
+                Err(error) => GcPlan {
+                    workflows: vec![WorkflowPlan::unplannable(ns, name, error)],
+                },
+            };
             let execution = match pass.execute(&plan).await? {
                 Executed::Nothing => None,
                 Executed::Done(e) => Some(e),
@@ -245,6 +254,29 @@ impl Pass<'_> {
             debug!(workflow = %self.key, ?change, "finalizer");
         }
         Ok(None)
+    }
+
+    /// The workflow with the node status Argo offloaded to its database put back, or `None`
+    /// when it has its nodes (or no database is configured: the plan then says offloaded).
+    async fn hydrated(
+        &self,
+        wf: &Workflow,
+    ) -> Result<Option<Arc<WorkflowInput>>, artgc_core::error::InputError> {
+        if !artgc_core::nodes::is_offloaded(wf) {
+            return Ok(None);
+        }
+        let shared = self.shared;
+        let state = shared.reader.persistence_state().await.map_err(|e| {
+            artgc_core::error::InputError::Cluster {
+                what: "Argo's persistence settings and their Secrets".into(),
+                source: Arc::new(e),
+            }
+        })?;
+        let mut wf = wf.clone();
+        match crate::offload::hydrate(&shared.offload, &state, &mut wf).await? {
+            true => Ok(Some(Arc::new(WorkflowInput::Valid(Box::new(wf))))),
+            false => Ok(None),
+        }
     }
 
     /// The plan, with what the workflow's namespace holds (ConfigMaps, Secrets, service
