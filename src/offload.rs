@@ -329,3 +329,28 @@ pub async fn hydrate(
     artgc_core::nodes::hydrate(wf, &nodes)?;
     Ok(true)
 }
+
+/// [`hydrate`] over a run's workflows (the CLI's): each offloaded one gets its nodes back, or
+/// becomes unplannable with the reason.
+pub async fn hydrate_all(
+    state: &artgc_core::cluster::ClusterState,
+    workflows: &mut [artgc_core::inventory::WorkflowInput],
+) {
+    use artgc_core::inventory::WorkflowInput;
+    let reader = OffloadReader::default();
+    for w in workflows.iter_mut() {
+        let WorkflowInput::Valid(wf) = w else {
+            continue;
+        };
+        if !artgc_core::nodes::is_offloaded(wf) {
+            continue;
+        }
+        if let Err(error) = hydrate(&reader, state, wf).await {
+            *w = WorkflowInput::Invalid {
+                namespace: wf.namespace().to_string(),
+                name: wf.name().to_string(),
+                error,
+            };
+        }
+    }
+}

@@ -26,6 +26,9 @@ pub struct WorkflowReport {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The error's stable category (`offload_missing`, `invalid_field`, ...), for scripts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_category: Option<&'static str>,
     pub artifacts: Vec<ArtifactReport>,
 }
 
@@ -128,6 +131,7 @@ impl Report {
                 namespace: wp.namespace.clone(),
                 name: wp.name.clone(),
                 error: wp.error.as_ref().map(|e| e.to_string()),
+                error_category: wp.error.as_ref().map(|e| e.category()),
                 artifacts,
             });
         }

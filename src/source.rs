@@ -68,6 +68,8 @@ pub async fn load(source: &Source, opts: &PlanOptions) -> Result<LoadedPlan, Inp
                     WorkflowInput::Invalid { .. } => true,
                 });
             }
+            // Argo's database, as the files' workflow-controller ConfigMap and Secrets name it.
+            crate::offload::hydrate_all(&state, &mut workflows).await;
             Ok(LoadedPlan {
                 plan: plan(&workflows, &state, opts),
                 cluster: None,
@@ -246,6 +248,16 @@ async fn load_from_cluster(
 
     let policy = source.policy.clone();
     let reader = ClusterReader::new(client.clone(), source.argo.clone(), policy.clone());
+    if inputs
+        .iter()
+        .any(|w| matches!(w, WorkflowInput::Valid(wf) if artgc_core::nodes::is_offloaded(wf)))
+    {
+        let persistence = reader
+            .persistence_state()
+            .await
+            .map_err(|e| cluster_error("reading Argo's persistence settings", e))?;
+        crate::offload::hydrate_all(&persistence, &mut inputs).await;
+    }
     let mut state = ClusterState::new(source.argo.clone()).with_policy(policy);
     for w in &inputs {
         if let WorkflowInput::Valid(wf) = w {

@@ -391,3 +391,92 @@ async fn the_controller_collects_offloaded_workflows_from_mariadb() {
         the_controller_collects_offloaded_workflows(s).await;
     }
 }
+
+/// `artgc purge -f` over manifest files: the workflow-controller ConfigMap and the database
+/// Secret among them reach the database they name; the offloaded workflow is collected, and
+/// one whose version is gone is reported with its category.
+async fn purge_reads_the_database_the_files_name(s: Server) {
+    let s3 = S3Server::start().await;
+    let bucket = s3.bucket("offload-cli").await;
+    for k in ["cli/1/a.tgz", "cli/2/a.tgz"] {
+        s3.put(&bucket, k, "xy").await;
+    }
+    let mut repo = s3_repo(&s3.endpoint, &bucket, "s3-creds");
+    repo["s3"]["region"] = json!(s3.region);
+    let wf = |name: &str, key: &str| {
+        workflow("team", name)
+            .set(
+                &["status", "artifactRepositoryRef"],
+                json!({"artifactRepository": repo}),
+            )
+            .set(
+                &["spec", "artifactGC", "strategy"],
+                json!("OnWorkflowCompletion"),
+            )
+            .node(&format!("{name}-1"), "main", vec![key_only("a", key)])
+            .0
+    };
+    let (cli, cli_nodes) = offload(wf("cli", "cli/1/a.tgz"), "fnv:21");
+    let (lost, _) = offload(wf("lost", "cli/2/a.tgz"), "fnv:22");
+    let p = argo_database(&s, &[("default", "uid-cli", "fnv:21", "team", &cli_nodes)]).await;
+    let engine = match p.engine {
+        Engine::Postgres { .. } => "postgresql",
+        Engine::MySql { .. } => "mysql",
+    };
+    let persistence = json!({engine: {
+        "host": p.host, "port": p.port, "database": p.database, "tableName": p.table,
+        "userNameSecret": {"name": "argo-db", "key": "username"},
+        "passwordSecret": {"name": "argo-db", "key": "password"}}});
+    let dir = tempfile::tempdir().unwrap();
+    let objects = [
+        cli,
+        lost,
+        support::secret("team", "s3-creds", &s3.access_key, &s3.secret_key),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "workflow-controller-configmap", "namespace": "argo"},
+               "data": {"artifactRepository": serde_json::to_string(&repo).unwrap(),
+                        "persistence": serde_json::to_string(&persistence).unwrap()}}),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "argo-db", "namespace": "argo"},
+               "stringData": {"username": s.user, "password": s.password}}),
+    ];
+    for (i, o) in objects.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("{i}.json")), o.to_string()).unwrap();
+    }
+    let path = dir.path().to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_artgc"))
+            .args(["purge", "-f", &path, "--yes", "-o", "json"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run artgc")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let doc: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(doc["totals"]["objects_deleted"], 1, "{doc}");
+    assert_eq!(s3.keys(&bucket).await, ["cli/2/a.tgz"]);
+    let lost = doc["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "lost")
+        .expect("lost is reported");
+    assert_eq!(lost["error_category"], "offload_missing", "{lost}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_reads_the_postgres_database_the_files_name() {
+    if let Some(s) = postgres() {
+        purge_reads_the_database_the_files_name(s).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_reads_the_mariadb_database_the_files_name() {
+    if let Some(s) = mysql() {
+        purge_reads_the_database_the_files_name(s).await;
+    }
+}

@@ -501,8 +501,9 @@ async fn the_charts_namespaced_rbac_with_the_service_account_identity_is_enough(
     let roles = kube
         .apply_namespaced_chart(&helm, chart, &release.ns, &values)
         .await;
-    // The workflows' namespace's, the identity's and the Lease's.
-    assert_eq!(roles.len(), 3, "{roles:?}");
+    // The workflows' namespace's, the identity's, the Lease's and Argo's namespace's (its
+    // ConfigMap by name).
+    assert_eq!(roles.len(), 4, "{roles:?}");
     let sa_name = "artgc";
     let acting = c.acting_as(kube.client_as(&release.ns, sa_name).await);
 

@@ -115,6 +115,12 @@ impl RealKube {
                 if kind == "Role" {
                     roles.push(d.clone());
                 }
+                // A Role in Argo's namespace: that namespace, shared by the tests.
+                if let Some(ns) = d["metadata"]["namespace"].as_str()
+                    && ns != release_ns
+                {
+                    self.shared_namespace(ns).await;
+                }
                 release.apply(d).await;
             }
         }
