@@ -117,7 +117,8 @@ pub struct SourceArgs {
 /// Where Argo's workflow-controller keeps its config.
 #[derive(Debug, Args, Clone)]
 pub struct ArgoConfigArgs {
-    /// Name of Argo's workflow-controller ConfigMap (global artifact repository).
+    /// Name of Argo's workflow-controller ConfigMap (global artifact repository, and the
+    /// `persistence` settings for offloaded node status).
     #[arg(
         long,
         default_value = "workflow-controller-configmap",

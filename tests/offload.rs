@@ -375,6 +375,53 @@ async fn the_controller_collects_offloaded_workflows(s: Server) {
     })
     .await;
     assert_eq!(s3.keys(&bucket).await, ["gone/a.tgz"]);
+
+    // Offloaded while running (version fnv:31, one output so far), then finished under a new
+    // version (fnv:32, two outputs): artgc reads the version the object records when it
+    // reconciles, not one it saw earlier.
+    for k in ["moved/1/a.tgz", "moved/2/a.tgz"] {
+        s3.put(&bucket, k, "x").await;
+    }
+    let one = wf("moved", "moved/1/a.tgz");
+    let (early, early_nodes) = offload(one.clone().running().0, "fnv:31");
+    let (_, late_nodes) = offload(
+        one.node("moved-2", "main", vec![key_only("a", "moved/2/a.tgz")])
+            .0,
+        "fnv:32",
+    );
+    let uid = kube.seed(early)["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rows = [
+        format!(
+            "insert into {} (clustername, uid, version, namespace, nodes) values ('default', '{uid}', 'fnv:31', '{ns}', '{}')",
+            p.table, early_nodes
+        ),
+        format!(
+            "insert into {} (clustername, uid, version, namespace, nodes) values ('default', '{uid}', 'fnv:32', '{ns}', '{}')",
+            p.table, late_nodes
+        ),
+    ];
+    exec(&s, Some(&p.database), &rows).await;
+    artgc::kube_api::workflows(&kube.client(), Some(ns))
+        .patch(
+            "moved",
+            &Default::default(),
+            &kube::api::Patch::Merge(json!({
+                "metadata": {"labels": {"workflows.argoproj.io/completed": "true"}},
+                "status": {"phase": "Succeeded", "offloadNodeStatusVersion": "fnv:32"},
+            })),
+        )
+        .await
+        .expect("finish");
+    until("the finished version is collected", async || {
+        get("moved").is_some_and(|w| {
+            w["metadata"]["annotations"]["artgc.io/offloaded-deleted"] == "moved-1/a\nmoved-2/a"
+        })
+    })
+    .await;
+    assert_eq!(s3.keys(&bucket).await, ["gone/a.tgz"]);
     ctl.shutdown().await;
 }
 

@@ -273,9 +273,36 @@ impl Pass<'_> {
             }
         })?;
         let mut wf = wf.clone();
-        match crate::offload::hydrate(&shared.offload, &state, &mut wf).await? {
-            true => Ok(Some(Arc::new(WorkflowInput::Valid(Box::new(wf))))),
-            false => Ok(None),
+        match crate::offload::hydrate(&shared.offload, &state, &mut wf).await {
+            Ok(true) => Ok(Some(Arc::new(WorkflowInput::Valid(Box::new(wf))))),
+            Ok(false) => Ok(None),
+            // Argo re-offloaded meanwhile (and its offload GC took the old row): not final.
+            Err(artgc_core::error::InputError::Offload {
+                permanent: true,
+                source,
+                ..
+            }) if self.offload_version_changed(&wf).await => {
+                Err(artgc_core::error::InputError::Offload {
+                    category: "offload_version_changed",
+                    permanent: false,
+                    source,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the Workflow now records another offloaded version than `wf` (a failed read
+    /// says yes: the pass is then retried rather than given up).
+    async fn offload_version_changed(&self, wf: &Workflow) -> bool {
+        let (_, name) = split_key(self.key);
+        match self.api.get_opt(name).await {
+            Ok(Some(now)) => {
+                now.data["status"]["offloadNodeStatusVersion"].as_str()
+                    != wf.status.offload_node_status_version.as_deref()
+            }
+            Ok(None) => false,
+            Err(_) => true,
         }
     }
 
