@@ -14,8 +14,11 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
-/// How long a query (and waiting for a connection) may take.
+/// How long a query may take.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long getting a connection may take: a database that refuses or does not answer fails
+/// the pass soon (it is retried with backoff).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The database user and password (from the Secrets `persistence` names).
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -207,7 +210,7 @@ fn connect_lazy(p: &Persistence, creds: &Credentials) -> DbPool {
                 PgPoolOptions::new()
                     .max_connections(p.pool.max_open)
                     .min_connections(0)
-                    .acquire_timeout(QUERY_TIMEOUT)
+                    .acquire_timeout(CONNECT_TIMEOUT)
                     .max_lifetime(p.pool.max_lifetime)
                     .idle_timeout(idle_timeout(max_idle))
                     .connect_lazy_with(options),
@@ -232,7 +235,7 @@ fn connect_lazy(p: &Persistence, creds: &Credentials) -> DbPool {
                 MySqlPoolOptions::new()
                     .max_connections(p.pool.max_open)
                     .min_connections(0)
-                    .acquire_timeout(QUERY_TIMEOUT)
+                    .acquire_timeout(CONNECT_TIMEOUT)
                     .max_lifetime(p.pool.max_lifetime)
                     .idle_timeout(idle_timeout(max_idle))
                     .connect_lazy_with(options),

@@ -465,7 +465,21 @@ async fn purge_reads_the_database_the_files_name(s: Server) {
     };
     let (cli, cli_nodes) = offload(wf("cli", "cli/1/a.tgz"), "fnv:21");
     let (lost, _) = offload(wf("lost", "cli/2/a.tgz"), "fnv:22");
-    let p = argo_database(&s, &[("default", "uid-cli", "fnv:21", "team", &cli_nodes)]).await;
+    let (garbled, _) = offload(wf("garbled", "cli/2/a.tgz"), "fnv:23");
+    let p = argo_database(
+        &s,
+        &[
+            ("default", "uid-cli", "fnv:21", "team", &cli_nodes),
+            (
+                "default",
+                "uid-garbled",
+                "fnv:23",
+                "team",
+                "{\"n\": [not json",
+            ),
+        ],
+    )
+    .await;
     let engine = match p.engine {
         Engine::Postgres { .. } => "postgresql",
         Engine::MySql { .. } => "mysql",
@@ -478,6 +492,7 @@ async fn purge_reads_the_database_the_files_name(s: Server) {
     let objects = [
         cli,
         lost,
+        garbled,
         support::secret("team", "s3-creds", &s3.access_key, &s3.secret_key),
         json!({"apiVersion": "v1", "kind": "ConfigMap",
                "metadata": {"name": "workflow-controller-configmap", "namespace": "argo"},
@@ -512,6 +527,19 @@ async fn purge_reads_the_database_the_files_name(s: Server) {
         .find(|w| w["name"] == "lost")
         .expect("lost is reported");
     assert_eq!(lost["error_category"], "offload_missing", "{lost}");
+    let garbled = doc["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "garbled")
+        .expect("garbled is reported");
+    assert_eq!(garbled["error_category"], "invalid_field", "{garbled}");
+    assert!(
+        garbled["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a node map")),
+        "{garbled}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,5 +553,111 @@ async fn purge_reads_the_postgres_database_the_files_name() {
 async fn purge_reads_the_mariadb_database_the_files_name() {
     if let Some(s) = mysql() {
         purge_reads_the_database_the_files_name(s).await;
+    }
+}
+
+/// Argo's database down: each pass fails `offload_unreachable` and is retried; a deleted
+/// Workflow with `forceFinalizerRemoval` is let go once the retry budget is spent, and says so.
+async fn an_unreachable_database_counts_toward_forced_release(s: Server) {
+    let kube = KubeApiServer::start().await;
+    let s3 = S3Server::start().await;
+    let bucket = s3.bucket("offload-down").await;
+    let ns = "team";
+    let mut repo = s3_repo(&s3.endpoint, &bucket, "s3-creds");
+    repo["s3"]["region"] = json!(s3.region);
+    kube.seed(support::secret(
+        ns,
+        "s3-creds",
+        &s3.access_key,
+        &s3.secret_key,
+    ));
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let engine = match s.engine {
+        Engine::Postgres { .. } => "postgresql",
+        Engine::MySql { .. } => "mysql",
+    };
+    let persistence = json!({"nodeStatusOffLoad": true, engine: {
+        "host": "127.0.0.1", "port": port, "database": "argo", "tableName": "argo_workflows",
+        "userNameSecret": {"name": "argo-db", "key": "username"},
+        "passwordSecret": {"name": "argo-db", "key": "password"}}});
+    kube.seed(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "workflow-controller-configmap", "namespace": "argo"},
+        "data": {"artifactRepository": serde_json::to_string(&repo).unwrap(),
+                 "persistence": serde_json::to_string(&persistence).unwrap()},
+    }));
+    kube.seed(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "argo-db", "namespace": "argo"},
+        "stringData": {"username": s.user, "password": s.password},
+    }));
+    let (down, _) = offload(
+        workflow(ns, "down")
+            .set(
+                &["status", "artifactRepositoryRef"],
+                json!({"artifactRepository": repo}),
+            )
+            .set(
+                &["spec", "artifactGC"],
+                json!({"strategy": "OnWorkflowDeletion", "forceFinalizerRemoval": true}),
+            )
+            .set(
+                &["metadata", "finalizers"],
+                json!(["workflows.argoproj.io/artifact-gc"]),
+            )
+            .node("down-1", "main", vec![key_only("a", "down/a.tgz")])
+            .0,
+        "fnv:41",
+    );
+    kube.seed(down);
+    artgc::kube_api::workflows(&kube.client(), Some(ns))
+        .delete("down", &Default::default())
+        .await
+        .expect("delete");
+    let config = artgc::controller::ControllerConfig {
+        namespaces: vec![ns.into()],
+        retry_budget: 2,
+        ..quick_config()
+    };
+    let ctl = artgc::controller::start(kube.client(), config)
+        .await
+        .expect("controller starts");
+    until("released by force after the budget", async || {
+        kube.get("argoproj.io/v1alpha1", "Workflow", Some(ns), "down")
+            .is_none()
+    })
+    .await;
+    until(
+        "the forced release and its cause are reported",
+        async || {
+            let events = kube.list("events.k8s.io/v1", "Event");
+            let said = |reason: &str, what: &str| {
+                events.iter().any(|e| {
+                    e["regarding"]["name"] == "down"
+                        && e["reason"] == reason
+                        && e["note"].as_str().is_some_and(|n| n.contains(what))
+                })
+            };
+            said("ArtifactGCFinalizerForced", "") && said("ArtifactGCFailed", "offload_unreachable")
+        },
+    )
+    .await;
+    ctl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_postgres_counts_toward_forced_release() {
+    if let Some(s) = postgres() {
+        an_unreachable_database_counts_toward_forced_release(s).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_mariadb_counts_toward_forced_release() {
+    if let Some(s) = mysql() {
+        an_unreachable_database_counts_toward_forced_release(s).await;
     }
 }
