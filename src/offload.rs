@@ -238,6 +238,22 @@ fn connect_lazy(p: &Persistence, creds: &Credentials) -> DbPool {
                     .acquire_timeout(CONNECT_TIMEOUT)
                     .max_lifetime(p.pool.max_lifetime)
                     .idle_timeout(idle_timeout(max_idle))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // The server-side statement timeout: MariaDB's (seconds), else
+                            // MySQL's (milliseconds, SELECTs only). Each server refuses the
+                            // other's variable; the client-side timeout holds either way.
+                            let mariadb = sqlx::raw_sql("SET SESSION max_statement_time = 10")
+                                .execute(&mut *conn)
+                                .await;
+                            if mariadb.is_err() {
+                                let _ = sqlx::raw_sql("SET SESSION max_execution_time = 10000")
+                                    .execute(&mut *conn)
+                                    .await;
+                            }
+                            Ok(())
+                        })
+                    })
                     .connect_lazy_with(options),
             )
         }

@@ -115,20 +115,8 @@ async fn argo_database(s: &Server, rows: &[(&str, &str, &str, &str, &str)]) -> P
     }
     exec(s, Some(&db), &sql).await;
     Persistence {
-        engine: s.engine.clone(),
-        host: s.host.clone(),
-        port: s.port,
         database: db,
-        table: "argo_workflows".into(),
-        cluster_name: "default".into(),
-        user_secret: SecretKeySelector::default(),
-        password_secret: SecretKeySelector::default(),
-        offloading: true,
-        pool: PoolSettings {
-            max_open: 2,
-            max_idle: 1,
-            max_lifetime: None,
-        },
+        ..persistence_stub(s)
     }
 }
 
@@ -306,34 +294,7 @@ async fn the_controller_collects_offloaded_workflows(s: Server) {
         .await
         .expect("delete");
     let p = argo_database(&s, &[("default", &uid, "fnv:11", ns, &off_nodes)]).await;
-    let db = match &p.engine {
-        Engine::Postgres { .. } => json!({"postgresql": {
-            "host": p.host, "port": p.port, "database": p.database, "tableName": p.table,
-            "userNameSecret": {"name": "argo-db", "key": "username"},
-            "passwordSecret": {"name": "argo-db", "key": "password"}}}),
-        Engine::MySql { .. } => json!({"mysql": {
-            "host": p.host, "port": p.port, "database": p.database, "tableName": p.table,
-            "userNameSecret": {"name": "argo-db", "key": "username"},
-            "passwordSecret": {"name": "argo-db", "key": "password"}}}),
-    };
-    let mut persistence = json!({"nodeStatusOffLoad": true});
-    persistence
-        .as_object_mut()
-        .unwrap()
-        .extend(db.as_object().unwrap().clone());
-    kube.seed(json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "workflow-controller-configmap", "namespace": "argo"},
-        "data": {
-            "artifactRepository": serde_json::to_string(&repo).unwrap(),
-            "persistence": serde_json::to_string(&persistence).unwrap(),
-        },
-    }));
-    kube.seed(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "argo-db", "namespace": "argo"},
-        "stringData": {"username": s.user, "password": s.password},
-    }));
+    seed_argo_config(&kube, &repo, &persistence_of(&p), &s);
     let config = artgc::controller::ControllerConfig {
         namespaces: vec![ns.into()],
         ..quick_config()
@@ -480,14 +441,7 @@ async fn purge_reads_the_database_the_files_name(s: Server) {
         ],
     )
     .await;
-    let engine = match p.engine {
-        Engine::Postgres { .. } => "postgresql",
-        Engine::MySql { .. } => "mysql",
-    };
-    let persistence = json!({engine: {
-        "host": p.host, "port": p.port, "database": p.database, "tableName": p.table,
-        "userNameSecret": {"name": "argo-db", "key": "username"},
-        "passwordSecret": {"name": "argo-db", "key": "password"}}});
+    let persistence = persistence_of(&p);
     let dir = tempfile::tempdir().unwrap();
     let objects = [
         cli,
@@ -575,25 +529,14 @@ async fn an_unreachable_database_counts_toward_forced_release(s: Server) {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let engine = match s.engine {
-        Engine::Postgres { .. } => "postgresql",
-        Engine::MySql { .. } => "mysql",
+    let down_db = Persistence {
+        host: "127.0.0.1".into(),
+        port,
+        database: "argo".into(),
+        table: "argo_workflows".into(),
+        ..persistence_stub(&s)
     };
-    let persistence = json!({"nodeStatusOffLoad": true, engine: {
-        "host": "127.0.0.1", "port": port, "database": "argo", "tableName": "argo_workflows",
-        "userNameSecret": {"name": "argo-db", "key": "username"},
-        "passwordSecret": {"name": "argo-db", "key": "password"}}});
-    kube.seed(json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "workflow-controller-configmap", "namespace": "argo"},
-        "data": {"artifactRepository": serde_json::to_string(&repo).unwrap(),
-                 "persistence": serde_json::to_string(&persistence).unwrap()},
-    }));
-    kube.seed(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "argo-db", "namespace": "argo"},
-        "stringData": {"username": s.user, "password": s.password},
-    }));
+    seed_argo_config(&kube, &repo, &persistence_of(&down_db), &s);
     let (down, _) = offload(
         workflow(ns, "down")
             .set(
@@ -659,5 +602,166 @@ async fn an_unreachable_postgres_counts_toward_forced_release() {
 async fn an_unreachable_mariadb_counts_toward_forced_release() {
     if let Some(s) = mysql() {
         an_unreachable_database_counts_toward_forced_release(s).await;
+    }
+}
+
+/// Argo's `persistence` settings that reach `p`, its credentials in Secret `argo/argo-db`.
+fn persistence_of(p: &Persistence) -> Value {
+    let engine = match p.engine {
+        Engine::Postgres { .. } => "postgresql",
+        Engine::MySql { .. } => "mysql",
+    };
+    json!({"nodeStatusOffLoad": true, engine: {
+        "host": p.host, "port": p.port, "database": p.database, "tableName": p.table,
+        "userNameSecret": {"name": "argo-db", "key": "username"},
+        "passwordSecret": {"name": "argo-db", "key": "password"}}})
+}
+
+/// Settings for server `s` before any database exists on it.
+fn persistence_stub(s: &Server) -> Persistence {
+    Persistence {
+        engine: s.engine.clone(),
+        host: s.host.clone(),
+        port: s.port,
+        database: String::new(),
+        table: "argo_workflows".into(),
+        cluster_name: "default".into(),
+        user_secret: SecretKeySelector::default(),
+        password_secret: SecretKeySelector::default(),
+        offloading: true,
+        pool: PoolSettings {
+            max_open: 2,
+            max_idle: 1,
+            max_lifetime: None,
+        },
+    }
+}
+
+/// Argo's ConfigMap (`argo/workflow-controller-configmap`: `repo` and `persistence`) and the
+/// database Secret, on the test server.
+fn seed_argo_config(kube: &KubeApiServer, repo: &Value, persistence: &Value, s: &Server) {
+    kube.seed(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "workflow-controller-configmap", "namespace": "argo"},
+        "data": {
+            "artifactRepository": serde_json::to_string(repo).unwrap(),
+            "persistence": serde_json::to_string(persistence).unwrap(),
+        },
+    }));
+    kube.seed(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "argo-db", "namespace": "argo"},
+        "stringData": {"username": s.user, "password": s.password},
+    }));
+}
+
+/// The shared-key guard sees a *running* offloaded workflow's keys (read from the database
+/// when it is indexed): a finished workflow's output that it reads as an input is kept while
+/// it runs, and collected once it finished.
+async fn a_running_offloaded_workflows_inputs_are_kept(s: Server) {
+    let kube = KubeApiServer::start().await;
+    let s3 = S3Server::start().await;
+    let bucket = s3.bucket("offload-shared").await;
+    let ns = "team";
+    let mut repo = s3_repo(&s3.endpoint, &bucket, "s3-creds");
+    repo["s3"]["region"] = json!(s3.region);
+    kube.seed(support::secret(
+        ns,
+        "s3-creds",
+        &s3.access_key,
+        &s3.secret_key,
+    ));
+    s3.put(&bucket, "made/out.tgz", "x").await;
+    let made = workflow(ns, "maker")
+        .set(
+            &["status", "artifactRepositoryRef"],
+            json!({"artifactRepository": repo}),
+        )
+        .node(
+            "maker-1",
+            "main",
+            vec![with_strategy(
+                key_only("out", "made/out.tgz"),
+                "OnWorkflowCompletion",
+            )],
+        );
+    // Running, offloaded: its node reads the maker's output.
+    let mut reader = workflow(ns, "reader")
+        .set(
+            &["status", "artifactRepositoryRef"],
+            json!({"artifactRepository": repo}),
+        )
+        .running()
+        .0;
+    reader["status"]["nodes"]["reader-1"] = json!({
+        "id": "reader-1", "name": "reader-1", "type": "Pod", "phase": "Running",
+        "templateName": "main",
+        "inputs": {"artifacts": [{"name": "in", "s3": {"key": "made/out.tgz"}}]},
+    });
+    let (reader, reader_nodes) = offload(reader, "fnv:51");
+    let uid = kube.seed(reader)["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let p = argo_database(&s, &[("default", &uid, "fnv:51", ns, &reader_nodes)]).await;
+    seed_argo_config(&kube, &repo, &persistence_of(&p), &s);
+    let config = artgc::controller::ControllerConfig {
+        namespaces: vec![ns.into()],
+        reader_recheck: std::time::Duration::from_millis(200),
+        ..quick_config()
+    };
+    let ctl = artgc::controller::start(kube.client(), config)
+        .await
+        .expect("controller starts");
+    // Indexed before the maker arrives.
+    until("the reader is indexed", async || {
+        common::sample(&common::metrics(&ctl).await, "artgc_keys_indexed").is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    let passes = async || {
+        let m = common::metrics(&ctl).await;
+        m.lines()
+            .filter(|l| l.starts_with("artgc_reconcile_duration_seconds_count"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = passes().await;
+    kube.seed(made.0);
+    until("the maker has had a pass", async || passes().await > before).await;
+    assert_eq!(
+        s3.keys(&bucket).await,
+        ["made/out.tgz"],
+        "kept while the offloaded reader runs"
+    );
+    // The reader finishes: the maker's output goes at the next look.
+    artgc::kube_api::workflows(&kube.client(), Some(ns))
+        .patch(
+            "reader",
+            &Default::default(),
+            &kube::api::Patch::Merge(json!({
+                "metadata": {"labels": {"workflows.argoproj.io/completed": "true"}},
+                "status": {"phase": "Succeeded"},
+            })),
+        )
+        .await
+        .expect("finish the reader");
+    until("collected once the reader finished", async || {
+        s3.keys(&bucket).await.is_empty()
+    })
+    .await;
+    ctl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_offloaded_workflows_inputs_are_kept_postgres() {
+    if let Some(s) = postgres() {
+        a_running_offloaded_workflows_inputs_are_kept(s).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_offloaded_workflows_inputs_are_kept_mariadb() {
+    if let Some(s) = mysql() {
+        a_running_offloaded_workflows_inputs_are_kept(s).await;
     }
 }
