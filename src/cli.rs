@@ -99,6 +99,14 @@ pub struct SourceArgs {
     /// Label selector for the Workflows, e.g. `app=etl,env!=prod` (cluster source).
     #[arg(short = 'l', long, conflicts_with = "files")]
     pub selector: Option<String>,
+    /// The kubeconfig file (cluster source; default: `$KUBECONFIG`, `~/.kube/config`, else
+    /// in-cluster), as kubectl's `--kubeconfig`.
+    #[arg(long, value_name = "PATH", conflicts_with = "files")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (cluster source; default: its current context), as kubectl's
+    /// `--context`.
+    #[arg(long, value_name = "NAME", conflicts_with = "files")]
+    pub context: Option<String>,
     /// Only Workflows that finished at least this long ago, e.g. `7d`, `12h`, `90m`.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub older_than: Option<Duration>,
@@ -426,6 +434,8 @@ pub async fn load_plan(source: &SourceArgs) -> Result<LoadedPlan, InputError> {
             older_than: source.older_than,
             argo: source.argo.config_ref(),
             policy,
+            kubeconfig: source.kubeconfig.clone(),
+            context: source.context.clone(),
         })
     } else {
         Source::Files {

@@ -194,18 +194,48 @@ pub struct ClusterSelection {
     pub older_than: Option<Duration>,
     pub argo: ArgoConfigMapRef,
     pub policy: Arc<Policy>,
+    /// kubectl's `--kubeconfig` and `--context`; `None`: as kubectl without them.
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+}
+
+/// A client as kubectl would make one: `--kubeconfig` (else `$KUBECONFIG`, else
+/// `~/.kube/config`, else in-cluster) and `--context` (else the current one).
+pub async fn kube_client(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<kube::Client, InputError> {
+    let err = |setting: &str, e: Box<dyn std::error::Error + Send + Sync>| InputError::Config {
+        setting: setting.into(),
+        source: Arc::from(e),
+    };
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let config = match (kubeconfig, context) {
+        (Some(path), _) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| err(&format!("--kubeconfig {}", path.display()), e.into()))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| err(&format!("--kubeconfig {}", path.display()), e.into()))?
+        }
+        (None, Some(name)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| err(&format!("--context {name}"), e.into()))?,
+        (None, None) => kube::Config::infer()
+            .await
+            .map_err(|e| err("kubeconfig", e.into()))?,
+    };
+    kube::Client::try_from(config).map_err(|e| err("kubeconfig", e.into()))
 }
 
 async fn load_from_cluster(
     source: &ClusterSelection,
     opts: &PlanOptions,
 ) -> Result<LoadedPlan, InputError> {
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| InputError::Config {
-            setting: "kubeconfig".into(),
-            source: Arc::new(e),
-        })?;
+    let client = kube_client(source.kubeconfig.as_deref(), source.context.as_deref()).await?;
     let ns = (!source.all_namespaces).then_some(source.namespace.as_str());
     let api = workflows(&client, ns);
     let mut lp = ListParams::default();

@@ -5,7 +5,7 @@ mod common;
 #[path = "../core/tests/support/mod.rs"]
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use artgc_testkit::S3Server;
@@ -565,4 +565,121 @@ fn the_grafana_dashboard_queries_only_exported_metrics() {
             assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
         }
     }
+}
+
+/// kubectl's conventions: `--kubeconfig` and `--context` choose the cluster as kubectl's do, and
+/// installed as `kubectl-artgc` the binary is `kubectl artgc` (its help says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_conventions_kubeconfig_context_and_the_plugin() {
+    use artgc_testkit::KubeApiServer;
+    let kube = KubeApiServer::start().await;
+    kube.seed(workflow("ns", "wanted").0);
+    let dir = tempfile::tempdir().unwrap();
+    // Two contexts: the current one reaches nothing, `real` the test server.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let served = dir.path().join("served");
+    kube.write_kubeconfig(&served, "ns").unwrap();
+    let server = std::fs::read_to_string(&served)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_string))
+        .unwrap();
+    let kc = dir.path().join("two-contexts");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: real\n  cluster:\n    server: {server}\n- name: off\n  cluster:\n    server: {nowhere}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: real\n  context: {{cluster: real, user: u, namespace: ns}}\n- name: off\n  context: {{cluster: off, user: u, namespace: ns}}\ncurrent-context: off\n"
+        ),
+    )
+    .unwrap();
+    let kc_arg = kc.to_str().unwrap().to_string();
+    let run = move |program: PathBuf, args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(program)
+                .args(&args)
+                .env_remove("KUBECONFIG")
+                .env_remove("KUBERNETES_SERVICE_HOST")
+                .env("HOME", "/nonexistent")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run")
+        })
+    };
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_artgc"));
+    let plan = |extra: &[&str]| {
+        let mut v: Vec<String> = ["plan", "-n", "ns", "-o", "json", "--kubeconfig", &kc_arg]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let out = run(bin.clone(), plan(&["--context", "real"]))
+        .await
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(json_of(&out)["workflows"][0]["name"], "wanted");
+    // The current context (nothing there), and a context that does not exist: errors.
+    let out = run(bin.clone(), plan(&[])).await.unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let out = run(bin.clone(), plan(&["--context", "nope"]))
+        .await
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--kubeconfig"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // As a kubectl plugin: `kubectl artgc ...` (kubectl is needed; CI installs it).
+    let plugins = dir.path().join("bin");
+    std::fs::create_dir(&plugins).unwrap();
+    std::os::unix::fs::symlink(&bin, plugins.join("kubectl-artgc")).unwrap();
+    let help = Command::new(plugins.join("kubectl-artgc"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("Usage: kubectl artgc"),
+        "{}",
+        String::from_utf8_lossy(&help.stdout)
+    );
+    let on_path = || {
+        let found = Command::new("sh")
+            .args(["-c", "command -v kubectl"])
+            .output()
+            .ok()?;
+        let path = String::from_utf8(found.stdout).ok()?.trim().to_string();
+        (!path.is_empty()).then_some(path)
+    };
+    let Some(kubectl) = std::env::var("ARTGC_KUBECTL")
+        .ok()
+        .or_else(on_path)
+        .or_else(|| artgc_testkit::needed_var("ARTGC_KUBECTL", "kubectl on PATH"))
+    else {
+        return;
+    };
+    let path = format!(
+        "{}:{}",
+        plugins.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut args = vec!["artgc".to_string()];
+    args.extend(plan(&["--context", "real"]));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(kubectl)
+            .args(&args)
+            .env("PATH", path)
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kubectl")
+    })
+    .await
+    .unwrap();
+    assert_ok(&out);
+    assert_eq!(json_of(&out)["workflows"][0]["name"], "wanted");
 }
