@@ -153,6 +153,9 @@ pub struct ClusterReader {
     argo_config_map: ArgoConfigMapRef,
     policy: Arc<Policy>,
     config_maps: Mutex<ConfigMapCache>,
+    /// [`ClusterReader::persistence_state`], cached as ConfigMaps are: the watch asks on every
+    /// change of an offloaded Workflow.
+    persistence: Mutex<Option<(Instant, ClusterState)>>,
     ttl: Duration,
 }
 
@@ -176,6 +179,7 @@ impl ClusterReader {
             argo_config_map,
             policy,
             config_maps: Mutex::new(HashMap::new()),
+            persistence: Mutex::new(None),
             ttl: Duration::from_secs(30),
         }
     }
@@ -207,6 +211,11 @@ impl ClusterReader {
     /// Argo's database settings and their two Secrets (in the controller's namespace), for
     /// reading offloaded node status: the controller ConfigMap and those Secrets only.
     pub async fn persistence_state(&self) -> Result<ClusterState, kube::Error> {
+        if let Some((at, state)) = &*self.persistence.lock().expect("lock")
+            && at.elapsed() < self.ttl
+        {
+            return Ok(state.clone());
+        }
         let mut state = ClusterState::new(self.argo_config_map.clone());
         let cns = self.argo_config_map.namespace.clone();
         if let Some(cm) = self.config_map(&cns, &self.argo_config_map.name).await? {
@@ -222,6 +231,7 @@ impl ClusterReader {
                 }
             }
         }
+        *self.persistence.lock().expect("lock") = Some((Instant::now(), state.clone()));
         Ok(state)
     }
 

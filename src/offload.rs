@@ -373,3 +373,20 @@ pub async fn hydrate_all(
         }
     }
 }
+
+/// [`hydrate`] for the controller: the settings and Secrets read through `cluster` (cached).
+pub async fn hydrate_from_cluster(
+    reader: &OffloadReader,
+    cluster: &crate::kube_api::ClusterReader,
+    wf: &mut artgc_core::model::Workflow,
+) -> Result<bool, artgc_core::error::InputError> {
+    let state =
+        cluster
+            .persistence_state()
+            .await
+            .map_err(|e| artgc_core::error::InputError::Cluster {
+                what: "Argo's persistence settings and their Secrets".into(),
+                source: std::sync::Arc::new(e),
+            })?;
+    hydrate(reader, &state, wf).await
+}

@@ -197,20 +197,6 @@ async fn reads_exactly_the_recorded_version(s: Server) {
     );
 }
 
-#[tokio::test]
-async fn postgres_reads_exactly_the_recorded_version() {
-    if let Some(s) = postgres() {
-        reads_exactly_the_recorded_version(s).await;
-    }
-}
-
-#[tokio::test]
-async fn mariadb_reads_exactly_the_recorded_version() {
-    if let Some(s) = mysql() {
-        reads_exactly_the_recorded_version(s).await;
-    }
-}
-
 mod common;
 #[path = "../core/tests/support/mod.rs"]
 mod support;
@@ -236,20 +222,10 @@ fn offload(mut wf: Value, version: &str) -> (Value, String) {
 /// and its deletions recorded in the annotation (status untouched); one whose recorded version
 /// Argo's offload GC already removed is reported (`offload_missing`) and not held.
 async fn the_controller_collects_offloaded_workflows(s: Server) {
-    let kube = KubeApiServer::start().await;
-    let s3 = S3Server::start().await;
-    let bucket = s3.bucket("offload").await;
-    let ns = "team";
-    let mut repo = s3_repo(&s3.endpoint, &bucket, "s3-creds");
-    repo["s3"]["region"] = json!(s3.region);
-    kube.seed(support::secret(
-        ns,
-        "s3-creds",
-        &s3.access_key,
-        &s3.secret_key,
-    ));
+    let team = Team::new("offload").await;
+    let (kube, s3, bucket, repo, ns) = (&team.kube, &team.s3, &team.bucket, &team.repo, TEAM);
     for k in ["off/1/a.tgz", "off/2/a.tgz", "gone/a.tgz"] {
-        s3.put(&bucket, k, "x").await;
+        s3.put(bucket, k, "x").await;
     }
     let wf = |name: &str, key: &str| {
         workflow(ns, name)
@@ -294,7 +270,7 @@ async fn the_controller_collects_offloaded_workflows(s: Server) {
         .await
         .expect("delete");
     let p = argo_database(&s, &[("default", &uid, "fnv:11", ns, &off_nodes)]).await;
-    seed_argo_config(&kube, &repo, &persistence_of(&p), &s);
+    seed_argo_config(kube, repo, &persistence_of(&p), &s);
     let config = artgc::controller::ControllerConfig {
         namespaces: vec![ns.into()],
         ..quick_config()
@@ -335,13 +311,26 @@ async fn the_controller_collects_offloaded_workflows(s: Server) {
         })
     })
     .await;
-    assert_eq!(s3.keys(&bucket).await, ["gone/a.tgz"]);
+    assert_eq!(s3.keys(bucket).await, ["gone/a.tgz"]);
+
+    // A repeat pass deletes nothing more: the same key written again, the Workflow changed (a
+    // watch event, a pass wanted only if something were left to delete). The annotation's
+    // marks settle it; without them it would be deleted again.
+    s3.put(bucket, "off/1/a.tgz", "a later run's").await;
+    artgc::kube_api::workflows(&kube.client(), Some(ns))
+        .patch(
+            "off",
+            &Default::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {"touched": "1"}}})),
+        )
+        .await
+        .expect("touch");
 
     // Offloaded while running (version fnv:31, one output so far), then finished under a new
     // version (fnv:32, two outputs): artgc reads the version the object records when it
     // reconciles, not one it saw earlier.
     for k in ["moved/1/a.tgz", "moved/2/a.tgz"] {
-        s3.put(&bucket, k, "x").await;
+        s3.put(bucket, k, "x").await;
     }
     let one = wf("moved", "moved/1/a.tgz");
     let (early, early_nodes) = offload(one.clone().running().0, "fnv:31");
@@ -382,22 +371,8 @@ async fn the_controller_collects_offloaded_workflows(s: Server) {
         })
     })
     .await;
-    assert_eq!(s3.keys(&bucket).await, ["gone/a.tgz"]);
+    assert_eq!(s3.keys(bucket).await, ["gone/a.tgz", "off/1/a.tgz"]);
     ctl.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_controller_collects_offloaded_workflows_from_postgres() {
-    if let Some(s) = postgres() {
-        the_controller_collects_offloaded_workflows(s).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_controller_collects_offloaded_workflows_from_mariadb() {
-    if let Some(s) = mysql() {
-        the_controller_collects_offloaded_workflows(s).await;
-    }
 }
 
 /// `artgc purge -f` over manifest files: the workflow-controller ConfigMap and the database
@@ -496,35 +471,11 @@ async fn purge_reads_the_database_the_files_name(s: Server) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn purge_reads_the_postgres_database_the_files_name() {
-    if let Some(s) = postgres() {
-        purge_reads_the_database_the_files_name(s).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn purge_reads_the_mariadb_database_the_files_name() {
-    if let Some(s) = mysql() {
-        purge_reads_the_database_the_files_name(s).await;
-    }
-}
-
 /// Argo's database down: each pass fails `offload_unreachable` and is retried; a deleted
 /// Workflow with `forceFinalizerRemoval` is let go once the retry budget is spent, and says so.
 async fn an_unreachable_database_counts_toward_forced_release(s: Server) {
-    let kube = KubeApiServer::start().await;
-    let s3 = S3Server::start().await;
-    let bucket = s3.bucket("offload-down").await;
-    let ns = "team";
-    let mut repo = s3_repo(&s3.endpoint, &bucket, "s3-creds");
-    repo["s3"]["region"] = json!(s3.region);
-    kube.seed(support::secret(
-        ns,
-        "s3-creds",
-        &s3.access_key,
-        &s3.secret_key,
-    ));
+    let team = Team::new("offload-down").await;
+    let (kube, repo, ns) = (&team.kube, &team.repo, TEAM);
     // Nothing listens there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
@@ -536,7 +487,7 @@ async fn an_unreachable_database_counts_toward_forced_release(s: Server) {
         table: "argo_workflows".into(),
         ..persistence_stub(&s)
     };
-    seed_argo_config(&kube, &repo, &persistence_of(&down_db), &s);
+    seed_argo_config(kube, repo, &persistence_of(&down_db), &s);
     let (down, _) = offload(
         workflow(ns, "down")
             .set(
@@ -589,20 +540,6 @@ async fn an_unreachable_database_counts_toward_forced_release(s: Server) {
     )
     .await;
     ctl.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_postgres_counts_toward_forced_release() {
-    if let Some(s) = postgres() {
-        an_unreachable_database_counts_toward_forced_release(s).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_mariadb_counts_toward_forced_release() {
-    if let Some(s) = mysql() {
-        an_unreachable_database_counts_toward_forced_release(s).await;
-    }
 }
 
 /// Argo's `persistence` settings that reach `p`, its credentials in Secret `argo/argo-db`.
@@ -659,19 +596,9 @@ fn seed_argo_config(kube: &KubeApiServer, repo: &Value, persistence: &Value, s: 
 /// when it is indexed): a finished workflow's output that it reads as an input is kept while
 /// it runs, and collected once it finished.
 async fn a_running_offloaded_workflows_inputs_are_kept(s: Server) {
-    let kube = KubeApiServer::start().await;
-    let s3 = S3Server::start().await;
-    let bucket = s3.bucket("offload-shared").await;
-    let ns = "team";
-    let mut repo = s3_repo(&s3.endpoint, &bucket, "s3-creds");
-    repo["s3"]["region"] = json!(s3.region);
-    kube.seed(support::secret(
-        ns,
-        "s3-creds",
-        &s3.access_key,
-        &s3.secret_key,
-    ));
-    s3.put(&bucket, "made/out.tgz", "x").await;
+    let team = Team::new("offload-shared").await;
+    let (kube, s3, bucket, repo, ns) = (&team.kube, &team.s3, &team.bucket, &team.repo, TEAM);
+    s3.put(bucket, "made/out.tgz", "x").await;
     let made = workflow(ns, "maker")
         .set(
             &["status", "artifactRepositoryRef"],
@@ -704,7 +631,7 @@ async fn a_running_offloaded_workflows_inputs_are_kept(s: Server) {
         .unwrap()
         .to_string();
     let p = argo_database(&s, &[("default", &uid, "fnv:51", ns, &reader_nodes)]).await;
-    seed_argo_config(&kube, &repo, &persistence_of(&p), &s);
+    seed_argo_config(kube, repo, &persistence_of(&p), &s);
     let config = artgc::controller::ControllerConfig {
         namespaces: vec![ns.into()],
         reader_recheck: std::time::Duration::from_millis(200),
@@ -729,7 +656,7 @@ async fn a_running_offloaded_workflows_inputs_are_kept(s: Server) {
     kube.seed(made.0);
     until("the maker has had a pass", async || passes().await > before).await;
     assert_eq!(
-        s3.keys(&bucket).await,
+        s3.keys(bucket).await,
         ["made/out.tgz"],
         "kept while the offloaded reader runs"
     );
@@ -746,22 +673,75 @@ async fn a_running_offloaded_workflows_inputs_are_kept(s: Server) {
         .await
         .expect("finish the reader");
     until("collected once the reader finished", async || {
-        s3.keys(&bucket).await.is_empty()
+        s3.keys(bucket).await.is_empty()
     })
     .await;
     ctl.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_offloaded_workflows_inputs_are_kept_postgres() {
-    if let Some(s) = postgres() {
-        a_running_offloaded_workflows_inputs_are_kept(s).await;
-    }
+/// Each scenario on both servers: `postgres::NAME` and `mariadb::NAME`.
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(s) = super::postgres() {
+                        super::$name(s).await;
+                    }
+                }
+            )*
+        }
+        mod mariadb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(s) = super::mysql() {
+                        super::$name(s).await;
+                    }
+                }
+            )*
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_offloaded_workflows_inputs_are_kept_mariadb() {
-    if let Some(s) = mysql() {
-        a_running_offloaded_workflows_inputs_are_kept(s).await;
+on_both_databases!(
+    reads_exactly_the_recorded_version,
+    the_controller_collects_offloaded_workflows,
+    purge_reads_the_database_the_files_name,
+    an_unreachable_database_counts_toward_forced_release,
+    a_running_offloaded_workflows_inputs_are_kept,
+);
+
+const TEAM: &str = "team";
+
+/// Namespace `team` on a test server of its own, its S3 bucket and credentials Secret, and
+/// the repository its workflows froze into their status.
+struct Team {
+    kube: KubeApiServer,
+    s3: S3Server,
+    bucket: String,
+    repo: Value,
+}
+
+impl Team {
+    async fn new(bucket_prefix: &str) -> Self {
+        let kube = KubeApiServer::start().await;
+        let s3 = S3Server::start().await;
+        let bucket = s3.bucket(bucket_prefix).await;
+        let mut repo = s3_repo(&s3.endpoint, &bucket, "s3-creds");
+        repo["s3"]["region"] = json!(s3.region);
+        kube.seed(support::secret(
+            TEAM,
+            "s3-creds",
+            &s3.access_key,
+            &s3.secret_key,
+        ));
+        Self {
+            kube,
+            s3,
+            bucket,
+            repo,
+        }
     }
 }

@@ -950,23 +950,7 @@ async fn argos_compressed_nodes_are_collected_and_recorded_compressed() {
         .filter(|n| n["type"] == "Pod")
         .collect();
     assert_eq!(pods.len(), 12);
-    for node in &pods {
-        assert_eq!(node["phase"], "Succeeded", "{node}");
-        let deleted: Vec<(&Value, &Value)> = node["outputs"]["artifacts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| (&a["name"], &a["deleted"]))
-            .collect();
-        assert_eq!(
-            deleted,
-            [
-                (&json!("out"), &json!(true)),
-                (&json!("main-logs"), &Value::Null)
-            ],
-            "{node}"
-        );
-    }
+    completion_outputs_deleted_logs_kept(&pods);
     let keys = argo.keys().await;
     assert_eq!(keys.len(), 12, "the logs stay: {keys:?}");
     assert!(keys.iter().all(|k| k.ends_with("/main.log")), "{keys:?}");
@@ -997,6 +981,27 @@ async fn argos_compressed_nodes_are_collected_and_recorded_compressed() {
         .await;
     assert!(argo.keys().await.is_empty(), "{:?}", argo.keys().await);
     ctl.shutdown().await;
+}
+
+/// Every pod of a [`fan_out`] succeeded, its `out` is marked deleted and its log is not.
+fn completion_outputs_deleted_logs_kept(pods: &[&Value]) {
+    for node in pods {
+        assert_eq!(node["phase"], "Succeeded", "{node}");
+        let deleted: Vec<(&Value, &Value)> = node["outputs"]["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (&a["name"], &a["deleted"]))
+            .collect();
+        assert_eq!(
+            deleted,
+            [
+                (&json!("out"), &json!(true)),
+                (&json!("main-logs"), &Value::Null)
+            ],
+            "{node}"
+        );
+    }
 }
 
 /// Argo's `compressedNodes`: base64 of gzip of the nodes' JSON.
@@ -1117,23 +1122,7 @@ async fn argo_and_artgc_writing_at_once_lose_nothing() {
     );
     let pods = pod_nodes(&w);
     assert_eq!(pods.len(), 30);
-    for node in &pods {
-        assert_eq!(node["phase"], "Succeeded", "{node}");
-        let deleted: Vec<(&Value, &Value)> = node["outputs"]["artifacts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| (&a["name"], &a["deleted"]))
-            .collect();
-        assert_eq!(
-            deleted,
-            [
-                (&json!("out"), &json!(true)),
-                (&json!("main-logs"), &Value::Null)
-            ],
-            "{node}"
-        );
-    }
+    completion_outputs_deleted_logs_kept(&pods);
     let keys = argo.keys().await;
     assert_eq!(keys.len(), 30, "the logs stay: {keys:?}");
     argo.delete("busy").await;

@@ -266,14 +266,8 @@ impl Pass<'_> {
             return Ok(None);
         }
         let shared = self.shared;
-        let state = shared.reader.persistence_state().await.map_err(|e| {
-            artgc_core::error::InputError::Cluster {
-                what: "Argo's persistence settings and their Secrets".into(),
-                source: Arc::new(e),
-            }
-        })?;
         let mut wf = wf.clone();
-        match crate::offload::hydrate(&shared.offload, &state, &mut wf).await {
+        match crate::offload::hydrate_from_cluster(&shared.offload, &shared.reader, &mut wf).await {
             Ok(true) => Ok(Some(Arc::new(WorkflowInput::Valid(Box::new(wf))))),
             Ok(false) => Ok(None),
             // Argo re-offloaded meanwhile (and its offload GC took the old row): not final.

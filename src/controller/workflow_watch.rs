@@ -224,22 +224,6 @@ async fn index(shared: &ControllerState, backlog: &Backlog, big: bool) {
     }
 }
 
-/// Puts back `wf`'s offloaded nodes (no database configured: left as it is).
-async fn hydrate_for_index(
-    shared: &ControllerState,
-    wf: &mut artgc_core::model::Workflow,
-) -> Result<(), artgc_core::error::InputError> {
-    let state = shared.reader.persistence_state().await.map_err(|e| {
-        artgc_core::error::InputError::Cluster {
-            what: "Argo's persistence settings and their Secrets".into(),
-            source: std::sync::Arc::new(e),
-        }
-    })?;
-    crate::offload::hydrate(&shared.offload, &state, wf)
-        .await
-        .map(|_| ())
-}
-
 /// A workflow that is gone: out of the index and the queue (with its failure count).
 async fn forget_workflow(shared: &ControllerState, key: &str) {
     shared.index.delete(key).await;
@@ -269,8 +253,10 @@ async fn observe(shared: &ControllerState, wf: WatchedWorkflow) {
         // Offloaded nodes: read from Argo's database, running or not, so that the keys such a
         // workflow uses are in the shared-key index too. Unreadable now: its old entries stay.
         WorkflowInput::Valid(mut w) if artgc_core::nodes::is_offloaded(&w) => {
-            match hydrate_for_index(shared, &mut w).await {
-                Ok(()) => Some(WorkflowInput::Valid(w)),
+            match crate::offload::hydrate_from_cluster(&shared.offload, &shared.reader, &mut w)
+                .await
+            {
+                Ok(_) => Some(WorkflowInput::Valid(w)),
                 Err(e) => {
                     warn!(workflow = %key, error = %e, category = e.category(), "reading offloaded nodes to index them");
                     shared.index.apply_unreadable(&key);
