@@ -11,8 +11,9 @@ cp "${1:?kubeconfig}" "$kc"
 kubectl --kubeconfig "$kc" config set-context --current --namespace artgc-helm > /dev/null
 k() { kubectl --kubeconfig "$kc" "$@"; }
 chart=deploy/helm/artgc
-k apply -f testenv/crds/servicemonitors.yaml > /dev/null
-k wait --for condition=established --timeout 60s crd/servicemonitors.monitoring.coreos.com > /dev/null
+k apply -f testenv/crds/servicemonitors.yaml -f testenv/crds/prometheusrules.yaml > /dev/null
+k wait --for condition=established --timeout 60s crd/servicemonitors.monitoring.coreos.com \
+    crd/prometheusrules.monitoring.coreos.com > /dev/null
 for ns in artgc-helm team-a argo; do
     k get namespace "$ns" > /dev/null 2>&1 || k create namespace "$ns" > /dev/null
 done
@@ -20,7 +21,7 @@ matrix=(
     "defaults|"
     "namespaced RBAC (and Argo's database Secret)|--set rbac.scope=namespaced --set controller.namespaces={team-a} --set controller.argoDatabaseSecrets={argo-postgres-config}"
     "leader election off|--set controller.leaderElection.enabled=false"
-    "ServiceMonitor, NetworkPolicy, PDB, dashboard|--set serviceMonitor.enabled=true --set networkPolicy.enabled=true --set podDisruptionBudget.enabled=true --set dashboard.enabled=true"
+    "ServiceMonitor, PrometheusRule, NetworkPolicy, PDB, dashboard|--set serviceMonitor.enabled=true --set prometheusRule.enabled=true --set prometheusRule.labels.release=prometheus --set networkPolicy.enabled=true --set podDisruptionBudget.enabled=true --set dashboard.enabled=true"
     "service-account identity for team-a|--set serviceAccountIdentity.enabled=true --set serviceAccountIdentity.namespaces.team-a={gc}"
 )
 for row in "${matrix[@]}"; do

@@ -28,10 +28,15 @@ pub struct AdminState {
     workers: AtomicUsize,
     workers_started: AtomicUsize,
     watch_running: AtomicBool,
-    /// Since when every watch attempt has failed; `None` while it works.
-    watch_failing_since: Mutex<Option<Instant>>,
+    /// Since when every watch attempt has failed, and the latest failure; `None` while it
+    /// works.
+    watch_failing_since: Mutex<Option<(Instant, Instant)>>,
     /// How long the watch may fail before `/ready` says so.
     pub watch_stale_after: Duration,
+    /// No failure for this long: the watch works again. A watch that resumes without a change
+    /// to report yields no event, so a silence longer than the watcher's longest backoff (30 s)
+    /// plus one failing request is the sign that its retry succeeded.
+    pub watch_recovered_after: Duration,
 }
 
 /// Counts a running task for `/live`; dropping it (a return or a panic) counts it gone.
@@ -61,6 +66,7 @@ impl AdminState {
             watch_running: AtomicBool::new(false),
             watch_failing_since: Mutex::new(None),
             watch_stale_after: Duration::from_secs(120),
+            watch_recovered_after: Duration::from_secs(90),
         }
     }
 
@@ -91,11 +97,21 @@ impl AdminState {
     /// The watch failed (it retries by itself) or delivered something.
     pub fn watch_result(&self, ok: bool) {
         let mut since = self.watch_failing_since.lock().expect("lock");
-        match ok {
-            true => *since = None,
-            false => {
-                since.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        *since = match (ok, *since) {
+            (true, _) => None,
+            (false, Some((first, last))) if last.elapsed() <= self.watch_recovered_after => {
+                Some((first, now))
             }
+            (false, _) => Some((now, now)),
+        };
+    }
+
+    /// How long every watch attempt has failed; zero while it works.
+    pub fn watch_failing_for(&self) -> Duration {
+        match *self.watch_failing_since.lock().expect("lock") {
+            Some((first, last)) if last.elapsed() <= self.watch_recovered_after => first.elapsed(),
+            _ => Duration::ZERO,
         }
     }
 
@@ -120,13 +136,13 @@ impl AdminState {
         if !self.ready.load(Ordering::Relaxed) {
             return Some("waiting for the first watch events\n".into());
         }
-        let since = *self.watch_failing_since.lock().expect("lock");
-        match since {
-            Some(t) if t.elapsed() > self.watch_stale_after => Some(format!(
+        let failing = self.watch_failing_for();
+        match failing > self.watch_stale_after {
+            true => Some(format!(
                 "the watch has been failing for {} s\n",
-                t.elapsed().as_secs()
+                failing.as_secs()
             )),
-            _ => None,
+            false => None,
         }
     }
 }
@@ -183,4 +199,42 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Failing is measured from the first failure, ends with an event, and ends by itself
+    /// after a silence longer than the watcher's backoff (a resumed watch yields nothing).
+    #[test]
+    fn the_watch_fails_from_its_first_failure_until_an_event_or_a_long_silence() {
+        let mut state = AdminState::new(Metrics::new());
+        state.watch_recovered_after = Duration::from_millis(300);
+        state.watch_stale_after = Duration::from_millis(100);
+        state.ready.store(true, Ordering::Relaxed);
+        assert_eq!(state.watch_failing_for(), Duration::ZERO);
+        state.watch_result(false);
+        std::thread::sleep(Duration::from_millis(150));
+        state.watch_result(false);
+        assert!(state.watch_failing_for() >= Duration::from_millis(150));
+        assert!(state.not_ready().is_some_and(|w| w.contains("failing")));
+        state.watch_result(true);
+        assert_eq!(state.watch_failing_for(), Duration::ZERO);
+        assert_eq!(state.not_ready(), None);
+
+        state.watch_result(false);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(state.watch_failing_for() >= Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            state.watch_failing_for(),
+            Duration::ZERO,
+            "recovered silently"
+        );
+        assert_eq!(state.not_ready(), None);
+        // A failure after the silence starts a new count.
+        state.watch_result(false);
+        assert!(state.watch_failing_for() < Duration::from_millis(100));
+    }
 }

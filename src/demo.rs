@@ -26,6 +26,10 @@ pub struct DemoArgs {
     /// Address of the controller's admin server.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub admin_addr: std::net::SocketAddr,
+    /// Pause this long after the controller starts and after each completion, deletion and
+    /// step, so a Prometheus scraping the admin server (and a dashboard) sees the work happen.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = crate::cli::parse_duration)]
+    pub pace: Duration,
 }
 
 fn art(name: &str, key: &str, strategy: Option<&str>) -> Value {
@@ -439,6 +443,8 @@ async fn run_inner(args: &DemoArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let metrics_url = format!("http://{}/metrics", ctl.admin_addr);
     view.line(&format!("controller started; metrics at {metrics_url}"));
+    let pace = async || tokio::time::sleep(args.pace).await;
+    pace().await;
     let names: Vec<String> = sc
         .workflows
         .iter()
@@ -465,6 +471,7 @@ async fn run_inner(args: &DemoArgs) -> Result<(), String> {
     }
     view.line("finalizers added to the running workflows that will need GC");
     view.step("finalizers");
+    pace().await;
 
     let api = crate::kube_api::workflows(&kube.client(), Some(NS));
     let complete = |name: String| {
@@ -489,6 +496,7 @@ async fn run_inner(args: &DemoArgs) -> Result<(), String> {
     for n in &finishing {
         view.line(&format!("complete  {n}"));
         complete(n.clone()).await?;
+        pace().await;
     }
     {
         let finishing = finishing.clone();
@@ -499,18 +507,21 @@ async fn run_inner(args: &DemoArgs) -> Result<(), String> {
     }
     view.line("completion passes done; reports/latest.csv kept: nightly-publish-29382 still runs and writes it");
     view.step("completed");
+    pace().await;
 
     for n in ["train-dag-m4q9z", "etl-steps-x7k2p"] {
         view.line(&format!("delete    {n}"));
         api.delete(n, &DeleteParams::default())
             .await
             .map_err(|e| format!("deleting {n}: {e}"))?;
+        pace().await;
     }
     wait_until("deletion passes", &kube, &mut shown, &view, |k| {
         get(k, "train-dag-m4q9z").is_none() && get(k, "etl-steps-x7k2p").is_none()
     })
     .await?;
     view.step("deleted");
+    pace().await;
 
     view.line("complete  nightly-publish-29382 (the last user of reports/latest.csv)");
     complete("nightly-publish-29382".into()).await?;

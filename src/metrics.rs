@@ -40,9 +40,33 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Forced {
+pub struct NamespaceCategory {
+    pub namespace: String,
+    pub category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceForced {
+    pub namespace: String,
     pub forced: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabel {
+    pub namespace: String,
+}
+
+/// An S3 request attempt: the endpoint (`host:port`, one the policy let artgc reach) and how
+/// it ended: `answered` (any answer but those below), `throttled` (429, 503), `failed` (another
+/// 5xx, or no answer: network, timeout).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointOutcome {
+    pub endpoint: String,
+    pub outcome: &'static str,
+}
+
+/// S3 request attempts, counted by the store's clients (every retry is one).
+pub type S3Requests = Family<EndpointOutcome, Counter>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildInfo {
@@ -83,13 +107,28 @@ impl Drop for ReconcileTimer<'_> {
 
 /// The controller's state as the gauges show it, read at scrape time: nothing sets a gauge as
 /// the state changes, so no change can be missed.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct StateSnapshot {
     pub workflows_pending: usize,
     pub workflows_watched: usize,
     pub keys_indexed: usize,
     pub key_index_bytes: usize,
     pub leader: bool,
+    /// The watch listed every stream and indexed what it listed.
+    pub watch_ready: bool,
+    /// How long every watch attempt has failed; 0 while it works.
+    pub watch_failing_seconds: f64,
+    /// Per namespace, the Workflows being deleted that still hold artgc's finalizer.
+    pub waiting: Vec<FinalizerWait>,
+}
+
+/// A namespace's Workflows waiting on artgc's finalizer (being deleted, the finalizer still on).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinalizerWait {
+    pub namespace: String,
+    pub workflows: usize,
+    /// Since the oldest one's deletionTimestamp.
+    pub oldest_seconds: f64,
 }
 
 /// What the state gauges are read from.
@@ -146,8 +185,61 @@ impl Collector for StateCollector {
             let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric)?;
         }
+        let gauge = ConstGauge::new(i64::from(s.watch_ready));
+        let metric = encoder.encode_descriptor(
+            "watch_ready",
+            "1 once the watch listed every watched namespace and indexed what it listed",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)?;
+        let gauge = ConstGauge::new(s.watch_failing_seconds);
+        let metric = encoder.encode_descriptor(
+            "watch_failing",
+            "How long every attempt of the Workflow watch has failed; 0 while it works",
+            Some(&Unit::Seconds),
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)?;
+        // Per namespace, only where some Workflow waits: no series lingers for a namespace
+        // whose Workflows are gone.
+        let mut family = encoder.encode_descriptor(
+            "finalizer_waiting_workflows",
+            "Workflows being deleted that still hold artgc's finalizer, by namespace",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for w in &s.waiting {
+            let labels = NamespaceLabel {
+                namespace: w.namespace.clone(),
+            };
+            let gauge = ConstGauge::new(i64::try_from(w.workflows).unwrap_or(i64::MAX));
+            gauge.encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "finalizer_oldest_wait",
+            "Since the deletionTimestamp of the namespace's oldest Workflow waiting on artgc's finalizer",
+            Some(&Unit::Seconds),
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for w in &s.waiting {
+            let labels = NamespaceLabel {
+                namespace: w.namespace.clone(),
+            };
+            gauge_f64(w.oldest_seconds).encode(family.encode_family(&labels)?)?;
+        }
         Ok(())
     }
+}
+
+/// The strategies whose artifacts are collected (and counted).
+const COLLECTED: [artgc_core::plan::Strategy; 2] = [
+    artgc_core::plan::Strategy::OnWorkflowCompletion,
+    artgc_core::plan::Strategy::OnWorkflowDeletion,
+];
+
+fn gauge_f64(v: f64) -> ConstGauge<f64> {
+    ConstGauge::new(v)
 }
 
 fn latency_histogram() -> Histogram {
@@ -212,9 +304,10 @@ pub struct Metrics {
     pub objects_deleted: Family<NamespaceStrategy, Counter>,
     pub bytes_reclaimed: Family<NamespaceStrategy, Counter>,
     pub artifacts_deleted: Family<NamespaceStrategy, Counter>,
-    pub artifacts_failed: Family<Category, Counter>,
+    pub artifacts_failed: Family<NamespaceCategory, Counter>,
     pub artifacts_kept: Family<Reason, Counter>,
-    pub finalizers_removed: Family<Forced, Counter>,
+    pub finalizers_removed: Family<NamespaceForced, Counter>,
+    pub s3_requests: S3Requests,
     pub gc_latency: Family<StrategyLabel, Histogram>,
     pub reconcile_duration: Family<ResultLabel, Histogram>,
     pub reconcile_errors: Family<Category, Counter>,
@@ -238,6 +331,7 @@ impl Metrics {
             artifacts_failed: Family::default(),
             artifacts_kept: Family::default(),
             finalizers_removed: Family::default(),
+            s3_requests: Family::default(),
             gc_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             reconcile_duration: Family::new_with_constructor(
                 duration_histogram as fn() -> Histogram,
@@ -271,7 +365,7 @@ impl Metrics {
         );
         r.counter(
             "artifacts_failed",
-            "Artifacts whose collection failed, by error category",
+            "Artifacts whose collection failed, by namespace and error category",
             None,
             m.artifacts_failed.clone(),
         );
@@ -283,9 +377,15 @@ impl Metrics {
         );
         r.counter(
             "finalizers_removed",
-            "Finalizers released; forced by forceFinalizerRemoval or not",
+            "Finalizers released, by namespace; forced by forceFinalizerRemoval or not",
             None,
             m.finalizers_removed.clone(),
+        );
+        r.counter(
+            "s3_requests",
+            "S3 request attempts (each retry counts), by endpoint and outcome: answered, throttled, failed",
+            None,
+            m.s3_requests.clone(),
         );
         r.histogram(
             "gc_latency",
@@ -299,11 +399,19 @@ impl Metrics {
         );
         r.counter(
             "reconcile_errors",
-            "Reconciles that ended in an error, by category",
+            "Reconciles that ended in an error of artgc's own (Kubernetes API, status write, internal), by category; artifact failures are artifacts_failed",
             None,
             m.reconcile_errors.clone(),
         );
         for (name, _) in STATE_GAUGES {
+            r.series.push(format!("artgc_{name}"));
+        }
+        for name in [
+            "watch_ready",
+            "watch_failing_seconds",
+            "finalizer_waiting_workflows",
+            "finalizer_oldest_wait_seconds",
+        ] {
             r.series.push(format!("artgc_{name}"));
         }
         r.registry.register_collector(Box::new(m.state.clone()));
@@ -315,10 +423,35 @@ impl Metrics {
             .set(1);
         r.gauge("build_info", "Build information", build);
         let series = r.series;
+        // Series of closed label sets exist from the start at 0: a series that first appears
+        // with its value already counted is lost to rate() and increase() (the first GC
+        // latency observed would give a quantile of NaN).
+        for strategy in COLLECTED {
+            drop(m.gc_latency.get_or_create(&StrategyLabel {
+                strategy: strategy.as_str(),
+            }));
+        }
+        for result in ["ok", "error"] {
+            drop(m.reconcile_duration.get_or_create(&ResultLabel { result }));
+        }
         Self {
             registry,
             series,
             ..m
+        }
+    }
+
+    /// A namespace's Workflows are watched: its reclaim counters exist from now on, at 0, so
+    /// that its first collection shows in increase() and rate().
+    pub fn namespace_seen(&self, namespace: &str) {
+        for strategy in COLLECTED {
+            let l = NamespaceStrategy {
+                namespace: namespace.to_string(),
+                strategy: strategy.as_str(),
+            };
+            drop(self.artifacts_deleted.get_or_create(&l));
+            drop(self.objects_deleted.get_or_create(&l));
+            drop(self.bytes_reclaimed.get_or_create(&l));
         }
     }
 
@@ -380,7 +513,7 @@ mod tests {
 
     impl StateSource for Fixed {
         fn snapshot(&self) -> StateSnapshot {
-            self.0
+            self.0.clone()
         }
     }
 
@@ -394,6 +527,13 @@ mod tests {
             keys_indexed: 11,
             key_index_bytes: 64,
             leader: true,
+            watch_ready: true,
+            watch_failing_seconds: 2.5,
+            waiting: vec![FinalizerWait {
+                namespace: "team-a".into(),
+                workflows: 2,
+                oldest_seconds: 90.5,
+            }],
         }));
         m.observe_state(Arc::downgrade(&source));
         let text = m.encode();
@@ -405,6 +545,11 @@ mod tests {
             "artgc_leader 1",
             "# HELP artgc_leader 1 while this replica leads",
             "# TYPE artgc_workflows_pending gauge",
+            "artgc_watch_ready 1",
+            "artgc_watch_failing_seconds 2.5",
+            "# UNIT artgc_watch_failing_seconds seconds",
+            "artgc_finalizer_waiting_workflows{namespace=\"team-a\"} 2",
+            "artgc_finalizer_oldest_wait_seconds{namespace=\"team-a\"} 90.5",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
@@ -412,6 +557,12 @@ mod tests {
             assert!(m.series.iter().any(|s| s == series), "{series}");
         }
         drop(source);
-        assert!(m.encode().contains("artgc_workflows_watched 0"));
+        let text = m.encode();
+        assert!(text.contains("artgc_workflows_watched 0"));
+        // No waiting workflow, no per-namespace series: none lingers.
+        assert!(
+            !text.contains("artgc_finalizer_oldest_wait_seconds{"),
+            "{text}"
+        );
     }
 }

@@ -99,6 +99,47 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
 }
 
+/// Counts every S3 request attempt of a client by how it ended, for the throttling signal:
+/// the SDK retries a throttled request by itself, so only the attempts show the store pushing
+/// back before a failure does.
+#[derive(Debug)]
+struct CountAttempts {
+    endpoint: String,
+    requests: crate::metrics::S3Requests,
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for CountAttempts {
+    fn name(&self) -> &'static str {
+        "CountAttempts"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let status = context.response().map(|r| r.status().as_u16());
+        self.requests
+            .get_or_create(&crate::metrics::EndpointOutcome {
+                endpoint: self.endpoint.clone(),
+                outcome: attempt_outcome(status),
+            })
+            .inc();
+        Ok(())
+    }
+}
+
+/// How an attempt ended, from its HTTP status (`None`: no answer).
+fn attempt_outcome(status: Option<u16>) -> &'static str {
+    match status {
+        Some(429 | 503) => "throttled",
+        Some(s) if s >= 500 => "failed",
+        Some(_) => "answered",
+        None => "failed",
+    }
+}
+
 /// A bucket's region, asked of its store once.
 type BucketRegion = Arc<OnceCell<String>>;
 
@@ -224,6 +265,8 @@ pub struct ObjectStore {
     permits: Arc<Semaphore>,
     /// Regions found for (endpoint URL, bucket), for connections that set none.
     regions: std::sync::Mutex<HashMap<(String, String), BucketRegion>>,
+    /// Where request attempts are counted, if anywhere.
+    requests: Option<crate::metrics::S3Requests>,
 }
 
 impl ObjectStore {
@@ -238,7 +281,14 @@ impl ObjectStore {
             identities: IdentityCache::default(),
             permits,
             regions: Default::default(),
+            requests: None,
         }
+    }
+
+    /// Counts every request attempt of the store's clients in `requests`.
+    pub fn with_request_counter(mut self, requests: crate::metrics::S3Requests) -> Self {
+        self.requests = Some(requests);
+        self
     }
 
     /// Lets the store act as workflows' GC service accounts (the policy decides for whom).
@@ -468,6 +518,12 @@ impl ObjectStore {
                 .tls_context(ctx)
                 .build_https();
             b = b.http_client(http);
+        }
+        if let Some(requests) = &self.requests {
+            b = b.interceptor(CountAttempts {
+                endpoint: endpoint_of(&conn.url),
+                requests: requests.clone(),
+            });
         }
         Ok(Client::from_conf(b.build()))
     }
@@ -760,6 +816,23 @@ mod tests {
         );
         for other in ["https://s3.eu-west-1.amazonaws.com", "http://minio:9000"] {
             assert_eq!(regional_url(other, "eu-west-2"), other);
+        }
+    }
+
+    #[test]
+    fn attempts_are_throttled_on_429_and_503_failed_on_other_5xx_or_no_answer() {
+        for (status, outcome) in [
+            (Some(200), "answered"),
+            (Some(204), "answered"),
+            (Some(403), "answered"),
+            (Some(404), "answered"),
+            (Some(429), "throttled"),
+            (Some(503), "throttled"),
+            (Some(500), "failed"),
+            (Some(502), "failed"),
+            (None, "failed"),
+        ] {
+            assert_eq!(attempt_outcome(status), outcome, "{status:?}");
         }
     }
 }

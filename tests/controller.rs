@@ -484,7 +484,10 @@ async fn completion_then_deletion_with_mixed_strategies_and_never(e: Env) {
     until("metrics counted", async || {
         sample(
             &metrics(&ctl).await,
-            "artgc_finalizers_removed_total{forced=\"false\"}",
+            &format!(
+                "artgc_finalizers_removed_total{{namespace=\"{}\",forced=\"false\"}}",
+                e.ns
+            ),
         )
         .is_some()
     })
@@ -512,9 +515,11 @@ async fn completion_then_deletion_with_mixed_strategies_and_never(e: Env) {
         ),
         ("artgc_artifacts_kept_total{reason=\"never\"}".into(), 1.0),
         (
-            "artgc_finalizers_removed_total{forced=\"false\"}".into(),
+            format!("artgc_finalizers_removed_total{{namespace=\"{ns}\",forced=\"false\"}}"),
             1.0,
         ),
+        ("artgc_watch_ready".into(), 1.0),
+        ("artgc_watch_failing_seconds".into(), 0.0),
         (
             "artgc_gc_latency_seconds_count{strategy=\"OnWorkflowDeletion\"}".into(),
             1.0,
@@ -523,6 +528,15 @@ async fn completion_then_deletion_with_mixed_strategies_and_never(e: Env) {
     ] {
         assert_eq!(sample(&m, &series), Some(value), "{series} in\n{m}");
     }
+    // Every S3 request attempt is counted by endpoint; none was throttled.
+    let endpoint = e.s3.endpoint.trim_start_matches("http://");
+    let answered =
+        format!("artgc_s3_requests_total{{endpoint=\"{endpoint}\",outcome=\"answered\"}}");
+    assert!(
+        sample(&m, &answered).is_some_and(|n| n >= 2.0),
+        "{answered} in\n{m}"
+    );
+    assert!(!m.contains("outcome=\"throttled\""), "{m}");
     ctl.shutdown().await;
 }
 
@@ -619,18 +633,26 @@ async fn force_finalizer_removal_releases_after_the_retry_budget_of_persistent_4
     .await;
     assert_eq!(e.keys().await, ["f/denied.tgz"], "nothing was deletable");
     let m = metrics(&ctl).await;
+    let ns = &e.ns;
     assert!(
-        sample(&m, "artgc_finalizers_removed_total{forced=\"true\"}") == Some(1.0),
+        sample(
+            &m,
+            &format!("artgc_finalizers_removed_total{{namespace=\"{ns}\",forced=\"true\"}}")
+        ) == Some(1.0),
         "{m}"
     );
     // One failure per attempt: the budget (3) was spent before the release.
     assert!(
         sample(
             &m,
-            "artgc_artifacts_failed_total{category=\"access_denied\"}"
+            &format!(
+                "artgc_artifacts_failed_total{{namespace=\"{ns}\",category=\"access_denied\"}}"
+            )
         ) == Some(3.0),
         "{m}"
     );
+    // Artifact failures are not reconcile errors (artgc's own): they are not counted twice.
+    assert!(!m.contains("artgc_reconcile_errors_total{"), "{m}");
     ctl.shutdown().await;
 }
 
@@ -682,6 +704,18 @@ async fn failure_without_force_holds_the_finalizer_sets_the_condition_and_recove
     })
     .await;
     assert_eq!(e.keys().await, ["g/a.tgz"]);
+    // The held workflow is in the finalizer-wait gauges, aged from its deletionTimestamp.
+    let waiting = format!(
+        "artgc_finalizer_waiting_workflows{{namespace=\"{}\"}}",
+        e.ns
+    );
+    let oldest = format!(
+        "artgc_finalizer_oldest_wait_seconds{{namespace=\"{}\"}}",
+        e.ns
+    );
+    let m = metrics(&ctl).await;
+    assert_eq!(sample(&m, &waiting), Some(1.0), "{m}");
+    assert!(sample(&m, &oldest).is_some_and(|s| s >= 1.0), "{m}");
 
     // The credentials get fixed: the next retry succeeds and lets the workflow go.
     let fixed = secret(&e.ns, "bad-creds", &e.s3.access_key, &e.s3.secret_key);
@@ -694,6 +728,11 @@ async fn failure_without_force_holds_the_finalizer_sets_the_condition_and_recove
     })
     .await;
     assert!(e.keys().await.is_empty());
+    until("no longer waiting", async || {
+        !metrics(&ctl).await.contains(&waiting)
+    })
+    .await;
+    assert!(!metrics(&ctl).await.contains(&oldest));
     ctl.shutdown().await;
 }
 
@@ -942,6 +981,28 @@ async fn watch_drops_and_410_gone_are_survived() {
         http_get(&format!("http://{}/live", ctl.admin_addr)).await.0,
         200
     );
+    // A watch that keeps failing shows in artgc_watch_failing_seconds (what the alert reads),
+    // and the gauge is back to 0 once the watch works again.
+    let failing = async || sample(&metrics(&ctl).await, "artgc_watch_failing_seconds");
+    assert_eq!(failing().await, Some(0.0));
+    e.server().inject(KubeFault {
+        method: "GET",
+        path: "/workflows".into(),
+        status: 500,
+        times: 1_000_000,
+    });
+    e.server().drop_watches();
+    until("the watch failing is measured", async || {
+        failing().await.is_some_and(|s| s >= 1.0)
+    })
+    .await;
+    e.server().clear_faults();
+    // A change reaches the resumed watch (a silent recovery is the unit test's).
+    e.create(e.one("d3", "d/3.tgz", COMPLETION)).await;
+    until("the watch works again", async || {
+        failing().await == Some(0.0)
+    })
+    .await;
     ctl.shutdown().await;
 }
 

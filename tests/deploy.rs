@@ -424,3 +424,43 @@ fn the_default_render_and_the_plain_manifests_agree() {
         }
     }
 }
+
+/// With prometheusRule.enabled the chart renders one PrometheusRule whose groups are exactly
+/// deploy/prometheus/artgc-alerts.yaml's (Prometheus' `{{ $labels }}` templates untouched by
+/// Helm), labelled for the operator's ruleSelector; off by default.
+#[test]
+fn the_chart_ships_the_alert_rules_as_a_prometheus_rule() {
+    let Some(default) = helm_template(&[]) else {
+        return;
+    };
+    assert!(!default.iter().any(|d| d["kind"] == "PrometheusRule"));
+    let docs = helm_template(&[
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "prometheusRule.labels.release=prometheus",
+    ])
+    .unwrap();
+    let rules: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "PrometheusRule")
+        .collect();
+    assert_eq!(rules.len(), 1);
+    let rule = rules[0];
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let plain = &parse_documents(
+        "artgc-alerts.yaml",
+        &read("deploy/prometheus/artgc-alerts.yaml"),
+    )
+    .unwrap()[0];
+    assert_eq!(rule["spec"]["groups"], plain["groups"]);
+    let text = serde_json::to_string(&rule["spec"]).unwrap();
+    assert!(text.contains("{{ $labels.namespace }}"), "{text}");
+    let monitor = helm_template(&["--set", "serviceMonitor.enabled=true"]).unwrap();
+    let sm = monitor
+        .iter()
+        .find(|d| d["kind"] == "ServiceMonitor")
+        .unwrap();
+    assert_eq!(sm["spec"]["endpoints"][0]["honorLabels"], true);
+}

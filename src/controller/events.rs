@@ -116,7 +116,8 @@ fn count(m: &metrics::Metrics, ns: &str, outcome: &PassOutcome, since: &Since) {
     }
     for f in &outcome.failures {
         m.artifacts_failed
-            .get_or_create(&metrics::Category {
+            .get_or_create(&metrics::NamespaceCategory {
+                namespace: ns.into(),
                 category: f.category,
             })
             .inc();
@@ -145,7 +146,8 @@ fn count(m: &metrics::Metrics, ns: &str, outcome: &PassOutcome, since: &Since) {
     }
     if let FinalizerChange::Remove { forced } = outcome.update.finalizer {
         m.finalizers_removed
-            .get_or_create(&metrics::Forced {
+            .get_or_create(&metrics::NamespaceForced {
+                namespace: ns.into(),
                 forced: if forced { "true" } else { "false" },
             })
             .inc();

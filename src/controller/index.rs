@@ -3,18 +3,23 @@
 //! indexes: `apply` one workflow, `delete` one, `reset` after a stream's (re-)list. Passes only
 //! read it, through [`WorkflowIndex::keys`], for their shared-key check.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use artgc_core::keys::{KeyIndex, WorkflowKeyUse};
 use tokio::sync::{Mutex as AsyncMutex, MutexGuard};
 
+use crate::metrics::FinalizerWait;
+
 #[derive(Default)]
 pub(super) struct WorkflowIndex {
     keys: AsyncMutex<KeyIndex>,
     /// Every workflow the watch delivered, readable or not.
     watched: Mutex<HashSet<String>>,
+    /// The watched workflows being deleted that hold artgc's finalizer, with their
+    /// deletionTimestamp: what the finalizer-wait gauges show.
+    waiting: Mutex<HashMap<String, jiff::Timestamp>>,
     /// The index's size as of its last change, for scrapes that must not wait on its lock.
     keys_indexed: AtomicUsize,
     run_bytes: AtomicUsize,
@@ -29,19 +34,25 @@ pub(super) struct IndexSize {
 }
 
 impl WorkflowIndex {
-    /// A readable workflow, with its key uses.
-    pub async fn apply(&self, key: &str, uses: Vec<WorkflowKeyUse>) {
+    /// A readable workflow, with its key uses; `waiting`: its deletionTimestamp, when it is
+    /// being deleted and holds artgc's finalizer.
+    pub async fn apply(
+        &self,
+        key: &str,
+        uses: Vec<WorkflowKeyUse>,
+        waiting: Option<jiff::Timestamp>,
+    ) {
         let mut keys = self.keys.lock().await;
         keys.set_workflow(key, uses);
         self.measured(&keys);
         drop(keys);
-        self.watch(key);
+        self.watch(key, waiting);
     }
 
     /// A workflow that cannot be read: watched, and its earlier key uses (if any) are kept, to
     /// be safe.
-    pub fn apply_unreadable(&self, key: &str) {
-        self.watch(key);
+    pub fn apply_unreadable(&self, key: &str, waiting: Option<jiff::Timestamp>) {
+        self.watch(key, waiting);
     }
 
     /// A workflow that is gone.
@@ -51,6 +62,7 @@ impl WorkflowIndex {
         self.measured(&keys);
         drop(keys);
         self.watched.lock().expect("lock").remove(key);
+        self.waiting.lock().expect("lock").remove(key);
     }
 
     /// After a (re-)list: drops the workflows for which `keep` is false (deleted while the watch
@@ -61,6 +73,7 @@ impl WorkflowIndex {
         self.measured(&keys);
         drop(keys);
         self.watched.lock().expect("lock").retain(|k| keep(k));
+        self.waiting.lock().expect("lock").retain(|k, _| keep(k));
     }
 
     /// The shared-key index, for a pass's check; held only for that check.
@@ -76,10 +89,41 @@ impl WorkflowIndex {
         }
     }
 
-    fn watch(&self, key: &str) {
+    /// Per namespace (in name order), how many workflows wait on artgc's finalizer and since
+    /// when the oldest has, as of `now`.
+    pub fn waiting(&self, now: jiff::Timestamp) -> Vec<FinalizerWait> {
+        let waiting = self.waiting.lock().expect("lock");
+        let mut by_ns: BTreeMap<&str, (usize, jiff::Timestamp)> = BTreeMap::new();
+        for (key, since) in waiting.iter() {
+            let ns = key.split_once('/').map_or("default", |(ns, _)| ns);
+            let e = by_ns.entry(ns).or_insert((0, *since));
+            e.0 += 1;
+            e.1 = e.1.min(*since);
+        }
+        by_ns
+            .into_iter()
+            .map(|(ns, (workflows, oldest))| FinalizerWait {
+                namespace: ns.to_string(),
+                workflows,
+                oldest_seconds: now.duration_since(oldest).as_secs_f64().max(0.0),
+            })
+            .collect()
+    }
+
+    fn watch(&self, key: &str, waiting: Option<jiff::Timestamp>) {
         let mut watched = self.watched.lock().expect("lock");
         if !watched.contains(key) {
             watched.insert(key.to_string());
+        }
+        drop(watched);
+        let mut w = self.waiting.lock().expect("lock");
+        match waiting {
+            Some(t) => {
+                w.insert(key.to_string(), t);
+            }
+            None => {
+                w.remove(key);
+            }
         }
     }
 
@@ -96,13 +140,53 @@ mod tests {
     #[tokio::test]
     async fn reset_drops_only_what_the_relist_did_not_see_from_both_the_keys_and_the_watched_set() {
         let index = WorkflowIndex::default();
-        index.apply("ns/a", Vec::new()).await;
-        index.apply_unreadable("ns/broken");
-        index.apply("other/b", Vec::new()).await;
+        index.apply("ns/a", Vec::new(), None).await;
+        index.apply_unreadable("ns/broken", None);
+        index.apply("other/b", Vec::new(), None).await;
         assert_eq!(index.size().watched, 3);
         index.reset(|k| k != "ns/a" && k != "ns/broken").await;
         assert_eq!(index.size().watched, 1);
         index.delete("other/b").await;
         assert_eq!(index.size().watched, 0);
+    }
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    /// The gauges count only workflows still deleting with the finalizer: one released (seen
+    /// again without it), deleted or gone at a re-list no longer waits.
+    #[tokio::test]
+    async fn waiting_counts_deleting_holders_per_namespace_with_the_oldest_age() {
+        let index = WorkflowIndex::default();
+        let now = at("2026-01-01T01:00:00Z");
+        index
+            .apply("a/one", Vec::new(), Some(at("2026-01-01T00:50:00Z")))
+            .await;
+        index.apply_unreadable("a/two", Some(at("2026-01-01T00:30:00Z")));
+        index
+            .apply("b/three", Vec::new(), Some(at("2026-01-01T00:59:00Z")))
+            .await;
+        index.apply("b/running", Vec::new(), None).await;
+        let waits = index.waiting(now);
+        assert_eq!(
+            waits,
+            vec![
+                FinalizerWait {
+                    namespace: "a".into(),
+                    workflows: 2,
+                    oldest_seconds: 1800.0
+                },
+                FinalizerWait {
+                    namespace: "b".into(),
+                    workflows: 1,
+                    oldest_seconds: 60.0
+                },
+            ]
+        );
+        index.apply("a/two", Vec::new(), None).await;
+        index.delete("a/one").await;
+        index.reset(|k| k != "b/three").await;
+        assert!(index.waiting(now).is_empty());
     }
 }

@@ -141,6 +141,12 @@ enum ReconcileError {
 }
 
 impl ReconcileError {
+    /// artgc's own failure: artifact failures are counted per artifact (and namespace)
+    /// already, and a fenced pass is leadership or shutdown at work, not an error.
+    fn is_own(&self) -> bool {
+        !matches!(self, Self::Gc(_) | Self::Fenced)
+    }
+
     fn category(&self) -> &'static str {
         match self {
             Self::Kube(_) => "kube_api",
@@ -219,6 +225,12 @@ impl metrics::StateSource for ControllerState {
             keys_indexed: size.keys_indexed,
             key_index_bytes: size.run_bytes,
             leader: *self.leading.borrow(),
+            watch_ready: self
+                .admin_state
+                .ready
+                .load(std::sync::atomic::Ordering::Relaxed),
+            watch_failing_seconds: self.admin_state.watch_failing_for().as_secs_f64(),
+            waiting: self.index.waiting(jiff::Timestamp::now()),
         }
     }
 }
@@ -291,10 +303,12 @@ pub async fn start(
             config.policy.clone(),
         ),
         offload: Default::default(),
-        store: ObjectStore::new(config.store.clone()).with_web_identity(WebIdentityConfig {
-            client: client.clone(),
-            sts: config.sts.clone(),
-        }),
+        store: ObjectStore::new(config.store.clone())
+            .with_web_identity(WebIdentityConfig {
+                client: client.clone(),
+                sts: config.sts.clone(),
+            })
+            .with_request_counter(admin_state.metrics.s3_requests.clone()),
         index: WorkflowIndex::default(),
         queue: WorkQueue::new(
             |k: &String| split_key(k).0,

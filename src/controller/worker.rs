@@ -84,13 +84,15 @@ pub(super) async fn worker(
         match result {
             Ok(recheck) => shared.queue.done(&key, recheck.map(|d| Instant::now() + d)),
             Err(e) => {
-                shared
-                    .metrics()
-                    .reconcile_errors
-                    .get_or_create(&metrics::Category {
-                        category: e.category(),
-                    })
-                    .inc();
+                if e.is_own() {
+                    shared
+                        .metrics()
+                        .reconcile_errors
+                        .get_or_create(&metrics::Category {
+                            category: e.category(),
+                        })
+                        .inc();
+                }
                 let (n, delay) = shared.queue.failed(&key, |n| backoff(&shared.config, n));
                 warn!(workflow = %key, attempt = n, retry_in = ?delay, error = %e, "reconcile failed");
             }

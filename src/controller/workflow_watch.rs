@@ -239,7 +239,12 @@ async fn observe(shared: &ControllerState, wf: WatchedWorkflow) {
         .unwrap_or_else(|| "default".into());
     let name = wf.metadata.name.clone().unwrap_or_default();
     let key = key_of(&ns, &name);
+    shared.metrics().namespace_seen(&ns);
     let holds = has_finalizer(&wf.metadata, &shared.config.finalizer);
+    let waiting = match (&wf.metadata.deletion_timestamp, holds) {
+        (Some(t), true) => Some(t.0),
+        _ => None,
+    };
     let big = is_big(wf.raw.get());
     let _big = shared.big_turn(big).await;
     let WatchedWorkflow { metadata, raw } = wf;
@@ -259,7 +264,7 @@ async fn observe(shared: &ControllerState, wf: WatchedWorkflow) {
                 Ok(_) => Some(WorkflowInput::Valid(w)),
                 Err(e) => {
                     warn!(workflow = %key, error = %e, category = e.category(), "reading offloaded nodes to index them");
-                    shared.index.apply_unreadable(&key);
+                    shared.index.apply_unreadable(&key, waiting);
                     if w.is_finished() || metadata.deletion_timestamp.is_some() {
                         shared.queue.add(key, Instant::now());
                     }
@@ -288,7 +293,7 @@ async fn observe(shared: &ControllerState, wf: WatchedWorkflow) {
                     (wants_pass(&w, &wp, holds), uses)
                 })
                 .await;
-            shared.index.apply(&key, uses).await;
+            shared.index.apply(&key, uses, waiting).await;
             wants
         }
         // Unreadable: reported (condition, event) once it finished or is being deleted with our
@@ -299,7 +304,7 @@ async fn observe(shared: &ControllerState, wf: WatchedWorkflow) {
                 .as_ref()
                 .and_then(|l| l.get(artgc_core::model::LABEL_COMPLETED))
                 .is_some_and(|v| v == "true");
-            shared.index.apply_unreadable(&key);
+            shared.index.apply_unreadable(&key, waiting);
             (holds && metadata.deletion_timestamp.is_some()) || completed
         }
     };
