@@ -375,6 +375,11 @@ pub struct StoreArgs {
     /// a workflow's finishedAt plus this are kept as another run's.
     #[arg(long, default_value = "2m", env = "ARTGC_CLOCK_SKEW", value_parser = parse_duration)]
     pub clock_skew: Duration,
+    /// On versioned buckets, also delete the versions each workflow wrote of its artifacts'
+    /// keys, so their bytes are freed, not only hidden behind delete markers (everywhere; the
+    /// policy's reclaimVersions does it per namespace and bucket).
+    #[arg(long, env = "ARTGC_RECLAIM_VERSIONS")]
+    pub reclaim_versions: bool,
 }
 
 impl StoreArgs {
@@ -387,6 +392,7 @@ impl StoreArgs {
             max_objects_per_artifact: self.max_objects_per_artifact,
             request_timeout: Duration::from_secs(self.request_timeout),
             clock_skew: self.clock_skew,
+            reclaim_versions: self.reclaim_versions,
         }
     }
 }

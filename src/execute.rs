@@ -9,9 +9,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures::StreamExt;
 
-use crate::store::{MAX_BATCH, ObjectStore, StoreError, StoreErrorKind, StoredObject};
+use crate::store::{
+    MAX_BATCH, ObjectStore, ObjectVersion, StoreError, StoreErrorKind, StoredObject,
+    VersionDeleted, Versioning,
+};
 use artgc_core::location::{S3Connection, S3Target};
 use artgc_core::plan::{ArtifactRef, Decision, GcPlan, ObjectKind};
+use artgc_core::versions::{RunWindow, VersionScope, versions_to_reclaim};
 
 pub use artgc_core::execution::{ArtifactOutcome, Execution};
 
@@ -205,6 +209,8 @@ pub async fn delete(
     let mut exec = Execution::default();
     let mut groups: KeyGroups<'_> = HashMap::new();
     let mut seen: HashMap<(&S3Connection, &str, String), usize> = HashMap::new();
+    // The current keys each job claimed (its own or shared), for the version rule.
+    let mut claimed: HashMap<usize, Vec<String>> = HashMap::new();
     for (j, result) in results.into_iter().enumerate() {
         let job = &jobs[j];
         let out = exec.outcomes.entry(job.id).or_default();
@@ -222,6 +228,7 @@ pub async fn delete(
                 let group = groups
                     .entry((job.conn, job.target.bucket.as_str()))
                     .or_default();
+                claimed.insert(j, objects.iter().map(|o| o.key.clone()).collect());
                 for obj in objects {
                     let k = (job.conn, job.target.bucket.as_str(), obj.key.clone());
                     match seen.get(&k) {
@@ -240,7 +247,9 @@ pub async fn delete(
             }
         }
     }
+    let versions = versioned(plan, &jobs, &claimed, &mut exec, store, progress).await;
     if dry_run {
+        versions.settle(&jobs, &mut exec, &[]);
         return exec;
     }
     progress.to_delete(groups.values().map(|g| g.len() as u64).sum());
@@ -288,14 +297,280 @@ pub async fn delete(
             }
         }
     }
+    // Then the versions the workflows wrote, where reclaimed: after their keys' delete
+    // markers, so that no key ever shows an older version again.
+    let deleted_versions = versions.delete(&jobs, &exec, store, progress).await;
+    versions.settle(&jobs, &mut exec, &deleted_versions);
     // Only what was really deleted counts.
     for out in exec.outcomes.values_mut() {
         if out.error.is_some() {
             out.objects = 0;
             out.bytes = 0;
+            out.hidden_bytes = 0;
         }
     }
     exec
+}
+
+/// A version to reclaim, and the jobs it belongs to (the first one counts it).
+struct VersionEntry<'a> {
+    conn: &'a S3Connection,
+    bucket: &'a str,
+    version: ObjectVersion,
+    owners: Vec<usize>,
+}
+
+/// The versioned buckets' part of a deletion: per job, whether its bytes only get hidden,
+/// and the versions to reclaim.
+#[derive(Default)]
+struct Versions<'a> {
+    /// Jobs in a bucket that keeps versions, and whether theirs are reclaimed.
+    jobs: HashMap<usize, bool>,
+    entries: Vec<VersionEntry<'a>>,
+}
+
+/// What happened to each entry of [`Versions::entries`], by position.
+type VersionResults = Vec<Result<VersionDeleted, StoreError>>;
+
+/// Asks each bucket's versioning (once per endpoint and bucket) and lists, for the jobs whose
+/// versions are reclaimed, the versions their workflow wrote under their key or prefix.
+async fn versioned<'a>(
+    plan: &GcPlan,
+    jobs: &[Job<'a>],
+    claimed: &HashMap<usize, Vec<String>>,
+    exec: &mut Execution,
+    store: &ObjectStore,
+    progress: &dyn Progress,
+) -> Versions<'a> {
+    let mut buckets: Vec<(&'a S3Connection, &'a str)> = jobs
+        .iter()
+        .filter(|job| {
+            exec.outcomes
+                .get(&job.id)
+                .is_some_and(|o| o.error.is_none())
+        })
+        .map(|job| (job.conn, job.target.bucket.as_str()))
+        .collect();
+    buckets.sort_unstable_by(|a, b| (&a.0.url, a.1).cmp(&(&b.0.url, b.1)));
+    buckets.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    let asked = futures::future::join_all(buckets.iter().map(|&(conn, bucket)| async move {
+        match store.client_for(conn, bucket).await {
+            Ok(client) => store.versioning(&client, conn, bucket).await,
+            Err(_) => None,
+        }
+    }))
+    .await;
+    let state: HashMap<(&S3Connection, &str), Option<Versioning>> =
+        buckets.into_iter().zip(asked).collect();
+
+    let mut out = Versions::default();
+    let mut listings = Vec::new();
+    for (j, job) in jobs.iter().enumerate() {
+        let Some(o) = exec.outcomes.get_mut(&job.id) else {
+            continue;
+        };
+        if o.error.is_some() {
+            continue;
+        }
+        let versioning = state
+            .get(&(job.conn, job.target.bucket.as_str()))
+            .copied()
+            .flatten();
+        o.versioning = versioning;
+        if !versioning.is_some_and(Versioning::keeps_versions) {
+            continue;
+        }
+        let reclaim = plan.artifact(job.id).reclaim_versions || store.options().reclaim_versions;
+        out.jobs.insert(j, reclaim);
+        if reclaim {
+            listings.push(j);
+        }
+    }
+    let skew = jiff::SignedDuration::try_from(store.options().clock_skew).unwrap_or_default();
+    let listed = futures::future::join_all(listings.iter().map(|&j| {
+        let job = &jobs[j];
+        let prefix = match exec.outcomes.get(&job.id).and_then(|o| o.kind) {
+            Some(ObjectKind::Directory) => job.target.directory_prefix(),
+            _ => job.target.key.clone(),
+        };
+        async move {
+            if progress.stopped() {
+                return Err(StoreError::cancelled());
+            }
+            let client = store.client_for(job.conn, &job.target.bucket).await?;
+            let limit = store.options().max_objects_per_artifact;
+            store
+                .list_versions(&client, &job.target.bucket, &prefix, limit, &|| {
+                    progress.stopped()
+                })
+                .await
+        }
+    }))
+    .await;
+    let mut seen: HashMap<(&S3Connection, &str, String, String), usize> = HashMap::new();
+    for (j, listing) in listings.into_iter().zip(listed) {
+        let job = &jobs[j];
+        let listed = match listing {
+            Ok(l) => l,
+            Err(e) => {
+                let o = exec.outcomes.get_mut(&job.id).expect("probed job");
+                o.error = Some(e);
+                continue;
+            }
+        };
+        let dir_prefix = job.target.directory_prefix();
+        let scope = match exec.outcomes.get(&job.id).and_then(|o| o.kind) {
+            Some(ObjectKind::Directory) => VersionScope::Prefix(&dir_prefix),
+            _ => VersionScope::Key(&job.target.key),
+        };
+        let wp = &plan.workflows[job.id.workflow];
+        let window = RunWindow {
+            from: wp.started_at.and_then(|t| t.checked_sub(skew).ok()),
+            until: job.written_by,
+        };
+        let mine: std::collections::HashSet<&str> = claimed
+            .get(&j)
+            .map(|keys| keys.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        for v in versions_to_reclaim(&listed, scope, window, &mine) {
+            let k = (
+                job.conn,
+                job.target.bucket.as_str(),
+                v.key.clone(),
+                v.version_id.clone(),
+            );
+            match seen.get(&k) {
+                Some(&i) => out.entries[i].owners.push(j),
+                None => {
+                    seen.insert(k, out.entries.len());
+                    out.entries.push(VersionEntry {
+                        conn: job.conn,
+                        bucket: job.target.bucket.as_str(),
+                        version: v.clone(),
+                        owners: vec![j],
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Versions<'_> {
+    /// Deletes the versions of jobs whose keys were deleted without error; one result per
+    /// entry (entries of failed jobs are `cancelled`: not attempted).
+    async fn delete(
+        &self,
+        jobs: &[Job<'_>],
+        exec: &Execution,
+        store: &ObjectStore,
+        progress: &dyn Progress,
+    ) -> VersionResults {
+        let mut results: VersionResults = vec![Err(StoreError::cancelled()); self.entries.len()];
+        let mut groups: HashMap<(&S3Connection, &str), Vec<usize>> = HashMap::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            let ok = e
+                .owners
+                .iter()
+                .all(|&j| exec.get(jobs[j].id).is_some_and(|o| o.error.is_none()));
+            if ok {
+                groups.entry((e.conn, e.bucket)).or_default().push(i);
+            }
+        }
+        let work = groups.into_iter().map(|((conn, bucket), idx)| async move {
+            let pairs: Vec<(String, String)> = idx
+                .iter()
+                .map(|&i| {
+                    let v = &self.entries[i].version;
+                    (v.key.clone(), v.version_id.clone())
+                })
+                .collect();
+            let done = match store.client_for(conn, bucket).await {
+                Ok(client) => {
+                    store
+                        .delete_versions(&client, bucket, &pairs, &|| progress.stopped())
+                        .await
+                }
+                Err(e) => vec![Err(e); pairs.len()],
+            };
+            let deleted = done.iter().filter(|r| r.is_ok()).count();
+            tracing::info!(
+                target: "artgc::audit",
+                endpoint = %conn.url,
+                bucket,
+                versions = pairs.len(),
+                deleted,
+                identity = %conn.credentials.identity(),
+                "delete versions request"
+            );
+            (idx, done)
+        });
+        for (idx, done) in futures::future::join_all(work).await {
+            for (i, r) in idx.into_iter().zip(done) {
+                results[i] = r;
+            }
+        }
+        results
+    }
+
+    /// Splits each versioned job's bytes into freed and hidden. `results`: what deleting the
+    /// entries did; empty in a dry run (each entry counts as it would).
+    fn settle(
+        &self,
+        jobs: &[Job<'_>],
+        exec: &mut Execution,
+        results: &[Result<VersionDeleted, StoreError>],
+    ) {
+        let dry_run = results.is_empty();
+        // Per job: bytes of versions freed, of those that were current, versions deleted,
+        // versions locked.
+        let mut freed: HashMap<usize, (u64, u64, u64, u64)> = HashMap::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            let j = e.owners[0];
+            let f = freed.entry(j).or_default();
+            let r = if dry_run {
+                Ok(VersionDeleted::Deleted)
+            } else {
+                results[i].clone()
+            };
+            match r {
+                Ok(VersionDeleted::Deleted) => {
+                    f.0 += e.version.size;
+                    if e.version.is_latest {
+                        f.1 += e.version.size;
+                    }
+                    f.2 += 1;
+                }
+                Ok(VersionDeleted::Locked) => f.3 += 1,
+                // `cancelled` when not attempted: its job failed (that error stands) or the
+                // run stopped (retried).
+                Err(err) => {
+                    let o = exec.outcomes.get_mut(&jobs[j].id).expect("probed job");
+                    o.error.get_or_insert(err);
+                }
+            }
+        }
+        for (&j, &reclaim) in &self.jobs {
+            let Some(o) = exec.outcomes.get_mut(&jobs[j].id) else {
+                continue;
+            };
+            let current = o.bytes;
+            match reclaim {
+                false => {
+                    o.hidden_bytes = current;
+                    o.bytes = 0;
+                }
+                true => {
+                    let (bytes, current_freed, count, locked) =
+                        freed.get(&j).copied().unwrap_or_default();
+                    o.hidden_bytes = current.saturating_sub(current_freed);
+                    o.bytes = bytes;
+                    o.versions_deleted = count;
+                    o.locked = locked;
+                }
+            }
+        }
+    }
 }
 
 fn concurrency(store: &ObjectStore) -> usize {

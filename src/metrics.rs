@@ -303,6 +303,7 @@ pub struct Metrics {
     pub series: Vec<String>,
     pub objects_deleted: Family<NamespaceStrategy, Counter>,
     pub bytes_reclaimed: Family<NamespaceStrategy, Counter>,
+    pub bytes_hidden: Family<NamespaceStrategy, Counter>,
     pub artifacts_deleted: Family<NamespaceStrategy, Counter>,
     pub artifacts_failed: Family<NamespaceCategory, Counter>,
     pub artifacts_kept: Family<Reason, Counter>,
@@ -327,6 +328,7 @@ impl Metrics {
         let m = Self {
             objects_deleted: Family::default(),
             bytes_reclaimed: Family::default(),
+            bytes_hidden: Family::default(),
             artifacts_deleted: Family::default(),
             artifacts_failed: Family::default(),
             artifacts_kept: Family::default(),
@@ -353,9 +355,15 @@ impl Metrics {
         );
         r.counter(
             "reclaimed",
-            "Bytes of S3 objects deleted",
+            "Bytes freed in S3: objects deleted from unversioned buckets, versions deleted from versioned ones",
             Some(Unit::Bytes),
             m.bytes_reclaimed.clone(),
+        );
+        r.counter(
+            "hidden",
+            "Bytes deleted in name only: behind delete markers in versioned buckets, still stored",
+            Some(Unit::Bytes),
+            m.bytes_hidden.clone(),
         );
         r.counter(
             "artifacts_deleted",
@@ -452,6 +460,7 @@ impl Metrics {
             drop(self.artifacts_deleted.get_or_create(&l));
             drop(self.objects_deleted.get_or_create(&l));
             drop(self.bytes_reclaimed.get_or_create(&l));
+            drop(self.bytes_hidden.get_or_create(&l));
         }
     }
 

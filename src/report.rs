@@ -50,6 +50,18 @@ pub struct ArtifactReport {
     pub objects: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// Bytes deleted in name only: left in a versioned bucket's noncurrent versions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden_bytes: Option<u64>,
+    /// Versions deleted by version id (reclaiming a versioned bucket's versions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versions: Option<u64>,
+    /// Versions Object Lock protects, kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked: Option<u64>,
+    /// The bucket's versioning (`off`, `enabled`, `suspended`), when the store said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versioning: Option<&'static str>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -59,8 +71,46 @@ pub struct Totals {
     pub objects_deleted: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_reclaimed: Option<u64>,
+    /// Bytes deleted in name only (versioned buckets): still stored, still billed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_hidden: Option<u64>,
+    /// `endpoint/bucket (enabled|suspended)` of every versioned bucket deleted from.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub versioned_buckets: Vec<String>,
     pub failed: u64,
     pub kept: u64,
+}
+
+/// What a versioned bucket made of an artifact's deletion, for its reason.
+fn versioned_note(o: &artgc_core::execution::ArtifactOutcome, dry_run: bool) -> String {
+    let mut note = String::new();
+    if o.versions_deleted > 0 {
+        let verb = if dry_run {
+            "would reclaim"
+        } else {
+            "reclaimed"
+        };
+        note.push_str(&format!(
+            "; {verb} {} version(s), {}",
+            o.versions_deleted,
+            human_bytes(o.bytes)
+        ));
+    }
+    if o.hidden_bytes > 0 {
+        let verb = if dry_run { "would stay" } else { "stay" };
+        note.push_str(&format!(
+            "; {} {verb} in versions (bucket versioning {})",
+            human_bytes(o.hidden_bytes),
+            o.versioning.map_or("on", |v| v.as_str())
+        ));
+    }
+    if o.locked > 0 {
+        note.push_str(&format!(
+            "; {} version(s) locked (Object Lock), kept",
+            o.locked
+        ));
+    }
+    note
 }
 
 impl Report {
@@ -69,8 +119,10 @@ impl Report {
         let mut totals = Totals {
             objects_deleted: execution.map(|_| 0),
             bytes_reclaimed: execution.map(|_| 0),
+            bytes_hidden: execution.map(|_| 0),
             ..Default::default()
         };
+        let mut versioned = std::collections::BTreeSet::new();
         let mut workflows = Vec::with_capacity(plan.workflows.len());
         for (w, wp) in plan.workflows.iter().enumerate() {
             if wp.error.is_some() {
@@ -93,12 +145,30 @@ impl Report {
                     reason: ap.decision.reason(),
                     objects: None,
                     bytes: None,
+                    hidden_bytes: None,
+                    versions: None,
+                    locked: None,
+                    versioning: None,
                 };
                 match (&ap.decision, outcome) {
                     (Decision::Delete, Some(o)) => {
                         row.kind = o.kind.map(|k| k.as_str()).or(row.kind);
                         row.objects = Some(o.objects);
                         row.bytes = Some(o.bytes);
+                        row.versioning = o.versioning.map(|v| v.as_str());
+                        if o.versioning.is_some_and(|v| v.keeps_versions()) {
+                            row.hidden_bytes = Some(o.hidden_bytes);
+                            row.versions = Some(o.versions_deleted);
+                            row.locked = Some(o.locked);
+                            if let (Some(t), Some(v)) = (&ap.target, o.versioning) {
+                                versioned.insert(format!(
+                                    "{}/{} ({})",
+                                    t.endpoint,
+                                    t.bucket,
+                                    v.as_str()
+                                ));
+                            }
+                        }
                         if let Some(e) = &o.error {
                             row.action = "failed";
                             row.category = e.category();
@@ -108,16 +178,20 @@ impl Report {
                             if !dry_run {
                                 row.action = "deleted";
                             }
-                            row.reason = if o.absent {
+                            row.reason = if o.absent && o.versions_deleted == 0 {
                                 "already absent from the store".into()
                             } else if dry_run {
                                 format!("would delete {} object(s)", o.objects)
                             } else {
                                 format!("deleted {} object(s)", o.objects)
                             };
+                            if o.versioning.is_some_and(|v| v.keeps_versions()) {
+                                row.reason.push_str(&versioned_note(o, dry_run));
+                            }
                             totals.artifacts_deleted += 1;
                             *totals.objects_deleted.get_or_insert(0) += o.objects;
                             *totals.bytes_reclaimed.get_or_insert(0) += o.bytes;
+                            *totals.bytes_hidden.get_or_insert(0) += o.hidden_bytes;
                         }
                     }
                     (Decision::Delete, None) => totals.artifacts_deleted += 1,
@@ -135,6 +209,7 @@ impl Report {
                 artifacts,
             });
         }
+        totals.versioned_buckets = versioned.into_iter().collect();
         Report {
             workflows,
             totals,
@@ -153,8 +228,13 @@ impl Report {
             "WORKFLOW", "NODE", "ARTIFACT", "STRATEGY", "DUE", "ENDPOINT", "BUCKET", "KEY", "KIND",
             "ACTION",
         ];
+        let with_hidden = self.totals.bytes_hidden.is_some_and(|h| h > 0)
+            || !self.totals.versioned_buckets.is_empty();
         if with_sizes {
             header.extend(["OBJECTS", "BYTES"]);
+        }
+        if with_hidden {
+            header.push("HIDDEN");
         }
         header.push("REASON");
         let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
@@ -184,6 +264,9 @@ impl Report {
                 if with_sizes {
                     row.push(a.objects.map_or_else(dash, |n| n.to_string()));
                     row.push(a.bytes.map_or_else(dash, human_bytes));
+                }
+                if with_hidden {
+                    row.push(a.hidden_bytes.map_or_else(dash, human_bytes));
                 }
                 row.push(a.reason.clone());
                 rows.push(row);
@@ -216,14 +299,25 @@ impl Report {
             "deleted"
         };
         match (t.objects_deleted, t.bytes_reclaimed) {
-            (Some(o), Some(b)) => writeln!(
-                out,
-                "\n{verb} {} artifact(s), {o} object(s), {}; {} failed; {} kept",
-                t.artifacts_deleted,
-                human_bytes(b),
-                t.failed,
-                t.kept
-            ),
+            (Some(o), Some(b)) => {
+                writeln!(
+                    out,
+                    "\n{verb} {} artifact(s), {o} object(s), {} reclaimed; {} failed; {} kept",
+                    t.artifacts_deleted,
+                    human_bytes(b),
+                    t.failed,
+                    t.kept
+                )?;
+                if !t.versioned_buckets.is_empty() {
+                    writeln!(
+                        out,
+                        "{} hidden behind delete markers, still stored: versioned bucket(s) {}",
+                        human_bytes(t.bytes_hidden.unwrap_or(0)),
+                        t.versioned_buckets.join(", ")
+                    )?;
+                }
+                Ok(())
+            }
             _ => writeln!(
                 out,
                 "\n{} artifact(s) to delete; {} error(s); {} kept",

@@ -296,8 +296,10 @@ async fn prometheus_scrapes_the_demo_and_answers_every_dashboard_query() {
             .spawn()
             .expect("start prometheus"),
     );
-    common::until("Prometheus answers", async || {
+    // Listening comes before ready (its storage opens in between): /-/ready says when.
+    common::until("Prometheus is ready", async || {
         tokio::net::TcpStream::connect(&prom).await.is_ok()
+            && common::http_get(&format!("http://{prom}/-/ready")).await.0 == 200
     })
     .await;
     // Scraping already (the target down) before the demo starts.

@@ -28,3 +28,4 @@ pub mod plan;
 pub mod policy;
 pub mod status_patch;
 pub mod units;
+pub mod versions;

@@ -75,7 +75,10 @@ pub struct Failure {
 pub struct Reclaimed {
     pub artifacts: u64,
     pub objects: u64,
+    /// Bytes really freed.
     pub bytes: u64,
+    /// Bytes deleted in name only: left in a versioned bucket's noncurrent versions.
+    pub hidden_bytes: u64,
 }
 
 /// What the workflow looked like when the pass was planned, and how often it was tried.
@@ -184,6 +187,9 @@ impl PassOutcome {
     pub fn bytes_reclaimed(&self) -> u64 {
         self.reclaimed.values().map(|r| r.bytes).sum()
     }
+    pub fn bytes_hidden(&self) -> u64 {
+        self.reclaimed.values().map(|r| r.hidden_bytes).sum()
+    }
 }
 
 /// A declared strategy that may need GC: one that collects, or one Argo does not know (which
@@ -222,6 +228,8 @@ pub enum KeptReason {
     Memoized,
     /// Deleted, but objects written after the workflow finished were left.
     WrittenAfterWorkflow,
+    /// Deleted, but versions Object Lock protects (retention, legal hold) were left.
+    Locked,
     /// A driver artgc cannot delete.
     Unsupported,
 }
@@ -235,6 +243,7 @@ impl KeptReason {
             Self::BucketRoot => "bucket_root",
             Self::Memoized => "memoized",
             Self::WrittenAfterWorkflow => "written_after_workflow",
+            Self::Locked => "locked",
             Self::Unsupported => "unsupported",
         }
     }
@@ -253,11 +262,15 @@ impl KeptReason {
 /// What one planned artifact came to in a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArtifactVerdict {
-    /// Deleted; `written_after`: objects written after the workflow finished were left.
+    /// Deleted; `written_after`: objects written after the workflow finished were left;
+    /// `hidden_bytes`: left in versions behind delete markers; `locked`: versions Object Lock
+    /// kept.
     Deleted {
         objects: u64,
         bytes: u64,
+        hidden_bytes: u64,
         written_after: bool,
+        locked: bool,
     },
     /// Kept on purpose. `pending`: only for now (running readers), deleted once they finish.
     Kept {
@@ -294,7 +307,9 @@ pub fn decide_artifact(
                 None => ArtifactVerdict::Deleted {
                     objects: o.objects,
                     bytes: o.bytes,
+                    hidden_bytes: o.hidden_bytes,
                     written_after: o.written_after > 0,
+                    locked: o.locked > 0,
                 },
                 // Stopped between batches: not a failure, and no proof earlier ones are over.
                 Some(e) if e.is_cancelled() => ArtifactVerdict::Pending { cancelled: true },
@@ -341,15 +356,21 @@ impl Tally {
             ArtifactVerdict::Deleted {
                 objects,
                 bytes,
+                hidden_bytes,
                 written_after,
+                locked,
             } => {
                 if written_after {
                     self.kept.push((strategy, KeptReason::WrittenAfterWorkflow));
+                }
+                if locked {
+                    self.kept.push((strategy, KeptReason::Locked));
                 }
                 let r = out.reclaimed.entry(strategy).or_default();
                 r.artifacts += 1;
                 r.objects += objects;
                 r.bytes += bytes;
+                r.hidden_bytes += hidden_bytes;
             }
             ArtifactVerdict::Kept { reason, pending } => {
                 if pending {

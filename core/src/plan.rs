@@ -194,6 +194,9 @@ pub struct ArtifactPlan {
     pub connection: Option<S3Connection>,
     /// Uploaded with SSE-C: probed by listing, never HEAD (which needs the customer key).
     pub customer_key: bool,
+    /// The policy has the namespace's versions reclaimed in this bucket: on a versioned
+    /// bucket, the versions its workflow wrote are deleted too, not only hidden.
+    pub reclaim_versions: bool,
     pub decision: Decision,
 }
 
@@ -560,6 +563,12 @@ impl<'a> WorkflowScope<'a> {
             Some(d) => (d, None, false),
             None => self.location_decision(art, resolved, &field),
         };
+        let reclaim_versions = connection.is_some()
+            && target.as_ref().is_some_and(|t| {
+                self.state
+                    .grant_for(self.wf.namespace())
+                    .reclaims_versions_in(&t.bucket)
+            });
         ArtifactPlan {
             node: id.to_string(),
             index,
@@ -572,6 +581,7 @@ impl<'a> WorkflowScope<'a> {
             file_seen: self.file_seen.contains(&(id, art.name.as_str())),
             connection,
             customer_key,
+            reclaim_versions,
             decision,
         }
     }

@@ -53,6 +53,19 @@ pub struct Grant {
     /// When set, only keys under one of these prefixes.
     #[serde(default)]
     pub key_prefixes: Vec<String>,
+    /// Where a versioned bucket's versions of an artifact's keys are deleted too (its bytes
+    /// really freed), not only hidden behind a delete marker. Unset: nowhere.
+    #[serde(default)]
+    pub reclaim_versions: Option<ReclaimVersions>,
+}
+
+/// Where versions are reclaimed for a namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReclaimVersions {
+    /// Only these buckets; empty: every bucket the namespace may use.
+    #[serde(default)]
+    pub buckets: Vec<String>,
 }
 
 fn default_identities() -> Vec<IdentityKind> {
@@ -67,11 +80,19 @@ impl Default for Grant {
             endpoints: Vec::new(),
             buckets: Vec::new(),
             key_prefixes: Vec::new(),
+            reclaim_versions: None,
         }
     }
 }
 
 impl Grant {
+    /// Whether versions of the namespace's artifacts in `bucket` are reclaimed.
+    pub fn reclaims_versions_in(&self, bucket: &str) -> bool {
+        self.reclaim_versions
+            .as_ref()
+            .is_some_and(|r| r.buckets.is_empty() || r.buckets.iter().any(|b| b == bucket))
+    }
+
     pub fn allows(&self, identity: IdentityKind) -> bool {
         self.identities.contains(&identity)
     }
@@ -112,6 +133,8 @@ struct RuleText {
     buckets: Vec<String>,
     #[serde(default)]
     key_prefixes: Vec<String>,
+    #[serde(default)]
+    reclaim_versions: Option<ReclaimVersions>,
 }
 
 impl TryFrom<RuleText> for Rule {
@@ -129,6 +152,7 @@ impl TryFrom<RuleText> for Rule {
                 endpoints: r.endpoints,
                 buckets: r.buckets,
                 key_prefixes: r.key_prefixes,
+                reclaim_versions: r.reclaim_versions,
             },
         })
     }

@@ -1243,3 +1243,44 @@ fn workflow_parameters_in_an_archive_location_are_resolved_or_refused() {
     assert_eq!(steered.decision.category(), "endpoint_not_allowed");
     assert!(steered.connection.is_none());
 }
+
+/// The policy's `reclaimVersions` marks a namespace's artifacts for reclaiming versions, in
+/// the buckets it names (none named: every bucket); without it, nowhere. A misspelt field is
+/// refused.
+#[test]
+fn reclaim_versions_follows_the_policy_per_namespace_and_bucket() {
+    let art_in = |name: &str, bucket: &str| {
+        json!({"name": name, "artifactGC": {"strategy": "OnWorkflowCompletion"}, "s3": {
+            "endpoint": "s3.amazonaws.com", "bucket": bucket, "key": format!("k/{name}"),
+            "useSDKCreds": true, "region": "eu-west-1"}})
+    };
+    let w = wf("w").node(
+        "n1",
+        "t",
+        vec![art_in("a", "versioned"), art_in("b", "plain")],
+    );
+    let with = |text: &str| {
+        let policy = artgc_core::policy::Policy::parse(text).unwrap();
+        plan_with_policy(vec![w.clone()], vec![], StrategyFilter::Due, policy.into())
+    };
+    let base = "defaults:\n  identities: [controller]\n  endpoints: [s3.amazonaws.com]\n";
+    let plan = with(base);
+    assert!(!art(&plan, "w", "a").reclaim_versions);
+    let plan = with(&format!(
+        "{base}  reclaimVersions: {{buckets: [versioned]}}\n"
+    ));
+    assert_eq!(art(&plan, "w", "a").decision, Decision::Delete);
+    assert!(art(&plan, "w", "a").reclaim_versions);
+    assert!(!art(&plan, "w", "b").reclaim_versions);
+    let plan = with(&format!("{base}  reclaimVersions: {{}}\n"));
+    assert!(art(&plan, "w", "b").reclaim_versions);
+    // Another namespace's rule grants nothing here.
+    let plan = with(&format!(
+        "{base}rules:\n- namespaces: [other]\n  identities: [controller]\n  reclaimVersions: {{}}\n"
+    ));
+    assert!(!art(&plan, "w", "a").reclaim_versions);
+    assert!(
+        artgc_core::policy::Policy::parse(&format!("{base}  reclaimVersions: {{bucket: [x]}}\n"))
+            .is_err()
+    );
+}

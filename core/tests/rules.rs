@@ -190,6 +190,7 @@ fn artifact(strategy: Strategy, decision: Decision) -> ArtifactPlan {
         file_seen: false,
         connection: None,
         customer_key: false,
+        reclaim_versions: false,
         decision,
     }
 }
@@ -223,6 +224,12 @@ fn artifact_rule() {
     let resolve = Decision::Error(artgc_core::error::ResolveError::Secret("no secret".into()));
     let ok = done(2, 0, None);
     let late = done(2, 1, None);
+    let versioned = ArtifactOutcome {
+        hidden_bytes: 15,
+        bytes: 5,
+        locked: 1,
+        ..done(2, 0, None)
+    };
     let denied = done(0, 0, Some(StoreErrorKind::AccessDenied));
     let stopped = done(0, 0, Some(StoreErrorKind::Cancelled));
     let rows: Vec<(
@@ -240,7 +247,9 @@ fn artifact_rule() {
             Deleted {
                 objects: 2,
                 bytes: 20,
+                hidden_bytes: 0,
                 written_after: false,
+                locked: false,
             },
         ),
         (
@@ -251,7 +260,22 @@ fn artifact_rule() {
             Deleted {
                 objects: 2,
                 bytes: 20,
+                hidden_bytes: 0,
                 written_after: true,
+                locked: false,
+            },
+        ),
+        (
+            "deleted in a versioned bucket: some bytes hidden, a version locked",
+            artifact(c, Decision::Delete),
+            Some(&versioned),
+            true,
+            Deleted {
+                objects: 2,
+                bytes: 5,
+                hidden_bytes: 15,
+                written_after: false,
+                locked: true,
             },
         ),
         (

@@ -92,6 +92,7 @@ pub(super) async fn publish_outcome(
             artifacts = outcome.artifacts_deleted(),
             objects = outcome.objects_deleted(),
             bytes = outcome.bytes_reclaimed(),
+            hidden_bytes = outcome.bytes_hidden(),
             failed = outcome.failures.len(),
             "artifact GC pass"
         );
@@ -113,6 +114,7 @@ fn count(m: &metrics::Metrics, ns: &str, outcome: &PassOutcome, since: &Since) {
         m.artifacts_deleted.get_or_create(&l).inc_by(r.artifacts);
         m.objects_deleted.get_or_create(&l).inc_by(r.objects);
         m.bytes_reclaimed.get_or_create(&l).inc_by(r.bytes);
+        m.bytes_hidden.get_or_create(&l).inc_by(r.hidden_bytes);
     }
     for f in &outcome.failures {
         m.artifacts_failed
@@ -181,10 +183,17 @@ fn events_of(outcome: &PassOutcome, deleted: bool) -> Vec<KubeEvent> {
             type_: EventType::Normal,
             reason: "ArtifactGCSucceeded".into(),
             note: Some(format!(
-                "deleted {} artifact(s): {} object(s), {} reclaimed",
+                "deleted {} artifact(s): {} object(s), {} reclaimed{}",
                 outcome.artifacts_deleted(),
                 outcome.objects_deleted(),
-                artgc_core::units::human_bytes(outcome.bytes_reclaimed())
+                artgc_core::units::human_bytes(outcome.bytes_reclaimed()),
+                match outcome.bytes_hidden() {
+                    0 => String::new(),
+                    h => format!(
+                        ", {} hidden in a versioned bucket",
+                        artgc_core::units::human_bytes(h)
+                    ),
+                }
             )),
             action: action.into(),
             secondary: None,
