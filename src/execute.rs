@@ -299,7 +299,9 @@ pub async fn delete(
     }
     // Then the versions the workflows wrote, where reclaimed: after their keys' delete
     // markers, so that no key ever shows an older version again.
-    let deleted_versions = versions.delete(&jobs, &exec, store, progress).await;
+    let deleted_versions = versions
+        .delete(&jobs, &exec, store, progress, &owners)
+        .await;
     versions.settle(&jobs, &mut exec, &deleted_versions);
     // Only what was really deleted counts.
     for out in exec.outcomes.values_mut() {
@@ -465,6 +467,7 @@ impl Versions<'_> {
         exec: &Execution,
         store: &ObjectStore,
         progress: &dyn Progress,
+        owners: &[AuditOwner],
     ) -> VersionResults {
         let mut results: VersionResults = vec![Err(StoreError::cancelled()); self.entries.len()];
         let mut groups: HashMap<(&S3Connection, &str), Vec<usize>> = HashMap::new();
@@ -494,8 +497,18 @@ impl Versions<'_> {
                 Err(e) => vec![Err(e); pairs.len()],
             };
             let deleted = done.iter().filter(|r| r.is_ok()).count();
+            let mut workflows: Vec<String> = idx
+                .iter()
+                .map(|&i| {
+                    let o = &owners[self.entries[i].owners[0]];
+                    format!("{}/{} ({}) {}", o.namespace, o.workflow, o.uid, o.artifact)
+                })
+                .collect();
+            workflows.sort_unstable();
+            workflows.dedup();
             tracing::info!(
                 target: "artgc::audit",
+                artifacts = %workflows.join(","),
                 endpoint = %conn.url,
                 bucket,
                 versions = pairs.len(),

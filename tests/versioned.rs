@@ -270,7 +270,10 @@ async fn by_default_a_versioned_bucket_hides_bytes_and_reports_them() {
     assert_eq!(report.totals.bytes_reclaimed, Some(0));
     assert_eq!(report.totals.bytes_hidden, Some(25));
     let place = format!("{}/{b} (enabled)", moto.endpoint);
-    assert_eq!(report.totals.versioned_buckets, std::slice::from_ref(&place));
+    assert_eq!(
+        report.totals.versioned_buckets,
+        std::slice::from_ref(&place)
+    );
     let mut table = Vec::new();
     report.write_table(&mut table).unwrap();
     let table = String::from_utf8(table).unwrap();

@@ -280,6 +280,8 @@ async fn observe(shared: &ControllerState, wf: WatchedWorkflow) {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(workflow = %key, error = %e, "reading repository ConfigMaps");
+                    // Its earlier key uses stay; its wait on the finalizer shows.
+                    shared.index.apply_unreadable(&key, waiting);
                     shared
                         .queue
                         .add(key, Instant::now() + shared.config.backoff_base);
