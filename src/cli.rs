@@ -377,7 +377,7 @@ pub struct StoreArgs {
     pub clock_skew: Duration,
     /// On versioned buckets, also delete the versions each workflow wrote of its artifacts'
     /// keys, so their bytes are freed, not only hidden behind delete markers (everywhere; the
-    /// policy's reclaimVersions does it per namespace and bucket).
+    /// policy's reclaimVersions does it per namespace, endpoint and bucket).
     #[arg(long, env = "ARTGC_RECLAIM_VERSIONS")]
     pub reclaim_versions: bool,
 }

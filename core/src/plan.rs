@@ -563,12 +563,16 @@ impl<'a> WorkflowScope<'a> {
             Some(d) => (d, None, false),
             None => self.location_decision(art, resolved, &field),
         };
-        let reclaim_versions = connection.is_some()
-            && target.as_ref().is_some_and(|t| {
-                self.state
-                    .grant_for(self.wf.namespace())
-                    .reclaims_versions_in(&t.bucket)
-            });
+        let ns = self.wf.namespace();
+        let reclaim_versions = match (&connection, &target) {
+            (Some(c), Some(t)) => self.state.grant_for(ns).reclaims_versions_in(
+                &self.state.policy,
+                ns,
+                &c.url,
+                &t.bucket,
+            ),
+            _ => false,
+        };
         ArtifactPlan {
             node: id.to_string(),
             index,

@@ -63,6 +63,10 @@ pub struct Grant {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReclaimVersions {
+    /// Only at these endpoints (as the policy's `endpoints` name them, aliases included);
+    /// empty: every endpoint the namespace may use.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
     /// Only these buckets; empty: every bucket the namespace may use.
     #[serde(default)]
     pub buckets: Vec<String>,
@@ -86,11 +90,25 @@ impl Default for Grant {
 }
 
 impl Grant {
-    /// Whether versions of the namespace's artifacts in `bucket` are reclaimed.
-    pub fn reclaims_versions_in(&self, bucket: &str) -> bool {
-        self.reclaim_versions
-            .as_ref()
-            .is_some_and(|r| r.buckets.is_empty() || r.buckets.iter().any(|b| b == bucket))
+    /// Whether versions of the namespace's artifacts in `bucket` at the endpoint of
+    /// `url` (a connection's, with its scheme) are reclaimed.
+    pub fn reclaims_versions_in(
+        &self,
+        policy: &Policy,
+        namespace: &str,
+        url: &str,
+        bucket: &str,
+    ) -> bool {
+        let Some(r) = &self.reclaim_versions else {
+            return false;
+        };
+        let insecure = url.starts_with("http://");
+        let at = policy.canonical(url, insecure, namespace);
+        let endpoint_ok = r.endpoints.is_empty()
+            || r.endpoints.iter().any(|e| {
+                matches!((policy.canonical(e, insecure, namespace), &at), (Ok(e), Ok(at)) if e == *at)
+            });
+        endpoint_ok && (r.buckets.is_empty() || r.buckets.iter().any(|b| b == bucket))
     }
 
     pub fn allows(&self, identity: IdentityKind) -> bool {

@@ -1274,6 +1274,15 @@ fn reclaim_versions_follows_the_policy_per_namespace_and_bucket() {
     assert!(!art(&plan, "w", "b").reclaim_versions);
     let plan = with(&format!("{base}  reclaimVersions: {{}}\n"));
     assert!(art(&plan, "w", "b").reclaim_versions);
+    // By endpoint: the artifacts' (https, as AWS's is reached) or another.
+    let plan = with(&format!(
+        "{base}  reclaimVersions: {{endpoints: [s3.amazonaws.com]}}\n"
+    ));
+    assert!(art(&plan, "w", "a").reclaim_versions);
+    let plan = with(&format!(
+        "{base}  reclaimVersions: {{endpoints: [minio.example.com:9000]}}\n"
+    ));
+    assert!(!art(&plan, "w", "a").reclaim_versions);
     // Another namespace's rule grants nothing here.
     let plan = with(&format!(
         "{base}rules:\n- namespaces: [other]\n  identities: [controller]\n  reclaimVersions: {{}}\n"
