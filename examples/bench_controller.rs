@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use artgc_testkit::{KubeApiServer, S3Server, flag};
+use artgc_testkit::{KubeApiServer, S3Server, flag, free_port};
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher;
@@ -51,14 +51,6 @@ fn binary() -> PathBuf {
         .and_then(|p| p.parent())
         .expect("target/<profile>")
         .join("artgc")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Controller {

@@ -249,7 +249,7 @@ pub async fn delete(
     }
     let versions = versioned(plan, &jobs, &claimed, &mut exec, store, progress).await;
     if dry_run {
-        versions.settle(&jobs, &mut exec, &[]);
+        versions.settle(&jobs, &mut exec, None);
         return exec;
     }
     progress.to_delete(groups.values().map(|g| g.len() as u64).sum());
@@ -302,7 +302,7 @@ pub async fn delete(
     let deleted_versions = versions
         .delete(&jobs, &exec, store, progress, &owners)
         .await;
-    versions.settle(&jobs, &mut exec, &deleted_versions);
+    versions.settle(&jobs, &mut exec, Some(&deleted_versions));
     // Only what was really deleted counts.
     for out in exec.outcomes.values_mut() {
         if out.error.is_some() {
@@ -320,6 +320,21 @@ struct VersionEntry<'a> {
     bucket: &'a str,
     version: ObjectVersion,
     owners: Vec<usize>,
+}
+
+/// An artifact's place in the store, owned (see [`VersionScope`]).
+enum Place {
+    Key(String),
+    Prefix(String),
+}
+
+impl Place {
+    fn scope(&self) -> VersionScope<'_> {
+        match self {
+            Self::Key(k) => VersionScope::Key(k),
+            Self::Prefix(p) => VersionScope::Prefix(p),
+        }
+    }
 }
 
 /// The versioned buckets' part of a deletion: per job, whether its bytes only get hidden,
@@ -389,20 +404,29 @@ async fn versioned<'a>(
         }
     }
     let skew = jiff::SignedDuration::try_from(store.options().clock_skew).unwrap_or_default();
-    let listed = futures::future::join_all(listings.iter().map(|&j| {
-        let job = &jobs[j];
-        let prefix = match exec.outcomes.get(&job.id).and_then(|o| o.kind) {
-            Some(ObjectKind::Directory) => job.target.directory_prefix(),
-            _ => job.target.key.clone(),
-        };
+    // Where each reclaimed job's versions are: its key, or the directory the probe found.
+    let places: Vec<(usize, Place)> = listings
+        .into_iter()
+        .map(|j| {
+            let target = jobs[j].target;
+            let place = match exec.outcomes.get(&jobs[j].id).and_then(|o| o.kind) {
+                Some(ObjectKind::Directory) => Place::Prefix(target.directory_prefix()),
+                _ => Place::Key(target.key.clone()),
+            };
+            (j, place)
+        })
+        .collect();
+    let listed = futures::future::join_all(places.iter().map(|(j, place)| {
+        let job = &jobs[*j];
         async move {
             if progress.stopped() {
                 return Err(StoreError::cancelled());
             }
             let client = store.client_for(job.conn, &job.target.bucket).await?;
             let limit = store.options().max_objects_per_artifact;
+            let prefix = place.scope().list_prefix();
             store
-                .list_versions(&client, &job.target.bucket, &prefix, limit, &|| {
+                .list_versions(&client, &job.target.bucket, prefix, limit, &|| {
                     progress.stopped()
                 })
                 .await
@@ -410,7 +434,8 @@ async fn versioned<'a>(
     }))
     .await;
     let mut seen: HashMap<(&S3Connection, &str, String, String), usize> = HashMap::new();
-    for (j, listing) in listings.into_iter().zip(listed) {
+    for ((j, place), listing) in places.iter().zip(listed) {
+        let (j, scope) = (*j, place.scope());
         let job = &jobs[j];
         let listed = match listing {
             Ok(l) => l,
@@ -419,11 +444,6 @@ async fn versioned<'a>(
                 o.error = Some(e);
                 continue;
             }
-        };
-        let dir_prefix = job.target.directory_prefix();
-        let scope = match exec.outcomes.get(&job.id).and_then(|o| o.kind) {
-            Some(ObjectKind::Directory) => VersionScope::Prefix(&dir_prefix),
-            _ => VersionScope::Key(&job.target.key),
         };
         let wp = &plan.workflows[job.id.workflow];
         let window = RunWindow {
@@ -527,25 +547,15 @@ impl Versions<'_> {
     }
 
     /// Splits each versioned job's bytes into freed and hidden. `results`: what deleting the
-    /// entries did; empty in a dry run (each entry counts as it would).
-    fn settle(
-        &self,
-        jobs: &[Job<'_>],
-        exec: &mut Execution,
-        results: &[Result<VersionDeleted, StoreError>],
-    ) {
-        let dry_run = results.is_empty();
+    /// entries did; `None` in a dry run (each entry counts as it would).
+    fn settle(&self, jobs: &[Job<'_>], exec: &mut Execution, results: Option<&VersionResults>) {
         // Per job: bytes of versions freed, of those that were current, versions deleted,
         // versions locked.
         let mut freed: HashMap<usize, (u64, u64, u64, u64)> = HashMap::new();
         for (i, e) in self.entries.iter().enumerate() {
             let j = e.owners[0];
             let f = freed.entry(j).or_default();
-            let r = if dry_run {
-                Ok(VersionDeleted::Deleted)
-            } else {
-                results[i].clone()
-            };
+            let r = results.map_or(Ok(VersionDeleted::Deleted), |r| r[i].clone());
             match r {
                 Ok(VersionDeleted::Deleted) => {
                     f.0 += e.version.size;

@@ -226,7 +226,7 @@ impl Collector for StateCollector {
             let labels = NamespaceLabel {
                 namespace: w.namespace.clone(),
             };
-            gauge_f64(w.oldest_seconds).encode(family.encode_family(&labels)?)?;
+            ConstGauge::new(w.oldest_seconds).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }
@@ -237,10 +237,6 @@ const COLLECTED: [artgc_core::plan::Strategy; 2] = [
     artgc_core::plan::Strategy::OnWorkflowCompletion,
     artgc_core::plan::Strategy::OnWorkflowDeletion,
 ];
-
-fn gauge_f64(v: f64) -> ConstGauge<f64> {
-    ConstGauge::new(v)
-}
 
 fn latency_histogram() -> Histogram {
     // 10 ms .. ~1.5 h

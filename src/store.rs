@@ -733,37 +733,12 @@ impl ObjectStore {
                 .map(|&i| ObjectIdentifier::builder().key(&keys[i]).build())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| StoreError::new(StoreErrorKind::Request, e.to_string()))?;
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(|e| StoreError::new(StoreErrorKind::Request, e.to_string()))?;
-            let out = {
-                let _delete = client
-                    .endpoint
-                    .deletes
-                    .acquire()
-                    .await
-                    .expect("semaphore never closed");
-                let _permit = self.permit(client).await;
-                // Checked again once the permit is ours: the wait for it may outlast the
-                // leadership (or the process) the pass started with. Keys an earlier attempt
-                // deleted stay counted.
-                if stopped() {
-                    for &i in &pending {
-                        results[i] = Err(StoreError::cancelled());
-                    }
-                    return Ok(results);
+            let Some(out) = self.send_delete(client, bucket, objects, stopped).await? else {
+                // Keys an earlier attempt deleted stay counted.
+                for &i in &pending {
+                    results[i] = Err(StoreError::cancelled());
                 }
-                client
-                    .delete_objects()
-                    .bucket(bucket)
-                    .delete(delete)
-                    .customize()
-                    .mutate_request(add_content_md5)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("DeleteObjects", &format!("s3://{bucket}"), e))?
+                return Ok(results);
             };
             let mut retry = Vec::new();
             for err in out.errors() {
@@ -958,11 +933,10 @@ impl ObjectStore {
     ) -> Vec<Result<VersionDeleted, StoreError>> {
         let mut results = Vec::with_capacity(versions.len());
         for chunk in versions.chunks(MAX_BATCH) {
-            if stopped() {
-                results.extend(chunk.iter().map(|_| Err(StoreError::cancelled())));
-                continue;
-            }
-            match self.delete_version_batch(client, bucket, chunk).await {
+            match self
+                .delete_version_batch(client, bucket, chunk, stopped)
+                .await
+            {
                 Ok(r) => results.extend(r),
                 Err(e) => results.extend(chunk.iter().map(|_| Err(e.clone()))),
             }
@@ -975,34 +949,15 @@ impl ObjectStore {
         client: &StoreClient,
         bucket: &str,
         chunk: &[(String, String)],
+        stopped: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<Result<VersionDeleted, StoreError>>, StoreError> {
         let objects = chunk
             .iter()
             .map(|(k, v)| ObjectIdentifier::builder().key(k).version_id(v).build())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::new(StoreErrorKind::Request, e.to_string()))?;
-        let delete = Delete::builder()
-            .set_objects(Some(objects))
-            .quiet(true)
-            .build()
-            .map_err(|e| StoreError::new(StoreErrorKind::Request, e.to_string()))?;
-        let out = {
-            let _delete = client
-                .endpoint
-                .deletes
-                .acquire()
-                .await
-                .expect("semaphore never closed");
-            let _permit = self.permit(client).await;
-            client
-                .delete_objects()
-                .bucket(bucket)
-                .delete(delete)
-                .customize()
-                .mutate_request(add_content_md5)
-                .send()
-                .await
-                .map_err(|e| sdk_error("DeleteObjects", &format!("s3://{bucket}"), e))?
+        let Some(out) = self.send_delete(client, bucket, objects, stopped).await? else {
+            return Ok(chunk.iter().map(|_| Err(StoreError::cancelled())).collect());
         };
         let position: HashMap<(&str, &str), usize> = chunk
             .iter()
@@ -1090,6 +1045,44 @@ impl ObjectStore {
                 .await
                 .ok()
                 .is_some_and(|h| h.legal_hold().and_then(|h| h.status()) == Some(&hold))
+    }
+
+    /// One quiet DeleteObjects request, under the endpoint's places for deletes and requests.
+    /// `None`: `stopped` once they were ours (the wait may outlast the leadership, or the
+    /// process, the pass started with), and nothing was sent.
+    async fn send_delete(
+        &self,
+        client: &StoreClient,
+        bucket: &str,
+        objects: Vec<ObjectIdentifier>,
+        stopped: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Option<aws_sdk_s3::operation::delete_objects::DeleteObjectsOutput>, StoreError>
+    {
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|e| StoreError::new(StoreErrorKind::Request, e.to_string()))?;
+        let _delete = client
+            .endpoint
+            .deletes
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        let _permit = self.permit(client).await;
+        if stopped() {
+            return Ok(None);
+        }
+        client
+            .delete_objects()
+            .bucket(bucket)
+            .delete(delete)
+            .customize()
+            .mutate_request(add_content_md5)
+            .send()
+            .await
+            .map(Some)
+            .map_err(|e| sdk_error("DeleteObjects", &format!("s3://{bucket}"), e))
     }
 
     async fn delete_one(

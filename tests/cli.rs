@@ -403,11 +403,7 @@ async fn the_controller_binary_serves_probes_and_stops_on_sigterm_releasing_its_
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kubeconfig");
     kube.write_kubeconfig(&kc, "ns").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = artgc_testkit::free_port();
     let admin = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_artgc"))
         // Long enough that a loaded machine never lets it lapse between renewals: the

@@ -179,15 +179,6 @@ sys.stdout.write(generate_latest(registry).decode())
     (checked.status.success() && said.trim().is_empty(), said)
 }
 
-/// A free local port (bound and released: Prometheus and the demo take fixed addresses).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Kills the process when dropped, so a failing test leaves nothing running.
 struct Running(Child);
 
@@ -268,8 +259,8 @@ async fn prometheus_scrapes_the_demo_and_answers_every_dashboard_query() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let prom = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", artgc_testkit::free_port());
+    let prom = format!("127.0.0.1:{}", artgc_testkit::free_port());
     let rules = std::fs::canonicalize(RULES).unwrap();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(

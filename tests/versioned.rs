@@ -44,11 +44,7 @@ impl Moto {
             "ARTGC_MOTO_SERVER",
             "moto's server: pip install 'moto[server]' (.ci/run does)",
         )?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = artgc_testkit::free_port();
         let child = Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())

@@ -26,7 +26,7 @@ pub enum VersionScope<'a> {
     Prefix(&'a str),
 }
 
-impl VersionScope<'_> {
+impl<'a> VersionScope<'a> {
     pub fn contains(&self, key: &str) -> bool {
         match self {
             Self::Key(k) => key == *k,
@@ -35,7 +35,7 @@ impl VersionScope<'_> {
     }
 
     /// What to list: the key itself lists its longer neighbours too (filtered by `contains`).
-    pub fn list_prefix(&self) -> &str {
+    pub fn list_prefix(&self) -> &'a str {
         match self {
             Self::Key(k) | Self::Prefix(k) => k,
         }

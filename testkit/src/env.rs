@@ -16,3 +16,12 @@ pub fn needed_var(var: &str, how: &str) -> Option<String> {
         }
     }
 }
+
+/// A free loopback port, bound and released: for programs that take a fixed address (a
+/// child process, Prometheus). Another process may take it meanwhile; rare enough in tests.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}

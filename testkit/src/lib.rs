@@ -15,7 +15,7 @@ pub mod real_kube;
 pub mod s3;
 pub mod sts;
 
-pub use env::needed_var;
+pub use env::{free_port, needed_var};
 pub use faults::{FaultProxy, FaultRule, SeenRequest};
 pub use http::flag;
 pub use kube::{KubeApiServer, KubeFault, KubeRequest, ResourceType};
