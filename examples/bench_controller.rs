@@ -66,7 +66,7 @@ impl Controller {
         kube.write_kubeconfig(&kc, NS).unwrap();
         let admin = format!("127.0.0.1:{}", free_port());
         let child = Command::new(binary())
-            .args(["controller", "--admin-addr", &admin])
+            .args(["controller", "--allow-loopback", "--admin-addr", &admin])
             .env("KUBECONFIG", &kc)
             .env("RUST_LOG", "warn")
             .envs(std::env::var("BENCH_CHILD_ENV").ok().and_then(|v| {

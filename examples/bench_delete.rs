@@ -190,7 +190,13 @@ async fn artgc_purge(
     let started = Instant::now();
     let mut inv = Inventory::default();
     inv.add_text("bench", &text, "bench").unwrap();
-    let mut state = ClusterState::new(ArgoConfigMapRef::default());
+    // garage and s3s-fs listen on loopback.
+    let mut state = ClusterState::new(ArgoConfigMapRef::default()).with_policy(
+        std::sync::Arc::new(artgc_core::policy::Policy {
+            allow_loopback: true,
+            ..Default::default()
+        }),
+    );
     inv.secrets.into_iter().for_each(|s| state.insert_secret(s));
     inv.config_maps
         .into_iter()

@@ -37,6 +37,22 @@ pub struct AdminState {
     /// to report yields no event, so a silence longer than the watcher's longest backoff (30 s)
     /// plus one failing request is the sign that its retry succeeded.
     pub watch_recovered_after: Duration,
+    /// Passes in flight, and when one last ended (or the process started).
+    passes: AtomicUsize,
+    last_pass_ended: Mutex<Instant>,
+    /// Passes in flight and none ended for this long: the workers make no progress (each pass
+    /// has a deadline, so this is a backstop for a worker stuck outside it).
+    pub stalled_after: Duration,
+}
+
+/// Counts a pass in flight; dropping it marks the moment a pass ended.
+pub struct PassGuard<'a>(&'a AdminState);
+
+impl Drop for PassGuard<'_> {
+    fn drop(&mut self) {
+        self.0.passes.fetch_sub(1, Ordering::SeqCst);
+        *self.0.last_pass_ended.lock().expect("lock") = Instant::now();
+    }
 }
 
 /// Counts a running task for `/live`; dropping it (a return or a panic) counts it gone.
@@ -67,7 +83,22 @@ impl AdminState {
             watch_failing_since: Mutex::new(None),
             watch_stale_after: Duration::from_secs(120),
             watch_recovered_after: Duration::from_secs(90),
+            passes: AtomicUsize::new(0),
+            last_pass_ended: Mutex::new(Instant::now()),
+            stalled_after: Duration::from_secs(900),
         }
+    }
+
+    /// A pass starts; keep the guard until it ends.
+    pub fn pass(&self) -> PassGuard<'_> {
+        self.passes.fetch_add(1, Ordering::SeqCst);
+        PassGuard(self)
+    }
+
+    /// Passes are in flight and none has ended for longer than `stalled_after`.
+    fn stalled(&self) -> Option<Duration> {
+        let since = self.last_pass_ended.lock().expect("lock").elapsed();
+        (self.passes.load(Ordering::SeqCst) > 0 && since > self.stalled_after).then_some(since)
     }
 
     /// A worker starts; keep the guard for as long as it runs.
@@ -127,6 +158,12 @@ impl AdminState {
         }
         if started > 0 && !self.watch_running.load(Ordering::SeqCst) {
             return Some("the watch task is gone\n".into());
+        }
+        if let Some(since) = self.stalled() {
+            return Some(format!(
+                "no pass has ended for {} s while passes are in flight\n",
+                since.as_secs()
+            ));
         }
         None
     }
@@ -207,6 +244,27 @@ mod tests {
 
     /// Failing is measured from the first failure, ends with an event, and ends by itself
     /// after a silence longer than the watcher's backoff (a resumed watch yields nothing).
+    /// A pass in flight with none ended for longer than `stalled_after` makes `/live` fail: the
+    /// workers are making no progress. Idle workers (no pass in flight) are live.
+    #[test]
+    fn live_fails_when_passes_stop_ending() {
+        let mut s = AdminState::new(Metrics::new());
+        s.stalled_after = Duration::from_millis(50);
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(s.not_live(), None, "idle is live");
+        let pass = s.pass();
+        assert!(
+            s.not_live()
+                .is_some_and(|w| w.contains("no pass has ended"))
+        );
+        drop(pass);
+        assert_eq!(s.not_live(), None, "a pass ended");
+        let _stuck = s.pass();
+        assert_eq!(s.not_live(), None, "just started");
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(s.not_live().is_some());
+    }
+
     #[test]
     fn the_watch_fails_from_its_first_failure_until_an_event_or_a_long_silence() {
         let mut state = AdminState::new(Metrics::new());

@@ -249,6 +249,15 @@ pub struct ControllerArgs {
     /// Time in-flight work may take after SIGTERM.
     #[arg(long, default_value = "30s", env = "ARTGC_SHUTDOWN_GRACE", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// The longest one pass over one workflow may take: a pass still running then (a request
+    /// to the API server or a store that never answers) is abandoned, reported and retried
+    /// with backoff, so no dead connection holds a worker.
+    #[arg(long, default_value = "10m", env = "ARTGC_PASS_DEADLINE", value_parser = parse_duration)]
+    pub pass_deadline: Duration,
+    /// The longest the reads for one workflow (ConfigMaps, Secrets, ServiceAccounts) may take,
+    /// in a pass or in the watch: a silent API server fails them instead of stopping the watch.
+    #[arg(long, default_value = "30s", env = "ARTGC_API_TIMEOUT", value_parser = parse_duration)]
+    pub api_timeout: Duration,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -296,6 +305,8 @@ impl ControllerArgs {
                     duration: self.lease_duration,
                 }),
             shutdown_grace: self.shutdown_grace,
+            pass_deadline: self.pass_deadline,
+            api_timeout: self.api_timeout,
         })
     }
 }
@@ -308,6 +319,11 @@ pub struct TenancyArgs {
     /// for it, and nothing else.
     #[arg(long, env = "ARTGC_POLICY", value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Let stores be reached on loopback addresses (127.0.0.0/8, ::1, localhost), as the
+    /// policy's `allowLoopback` does: for a store behind `kubectl port-forward`, or tests. In a
+    /// pod, loopback is artgc itself and its sidecars, so it is refused by default.
+    #[arg(long, env = "ARTGC_ALLOW_LOOPBACK")]
+    pub allow_loopback: bool,
     /// Audience of the tokens requested for workflows' GC service accounts.
     #[arg(
         long,
@@ -325,14 +341,16 @@ pub struct TenancyArgs {
 
 impl TenancyArgs {
     pub fn policy(&self) -> Result<std::sync::Arc<Policy>, String> {
-        let Some(path) = &self.policy else {
-            return Ok(Default::default());
+        let mut policy = match &self.policy {
+            None => Policy::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--policy {}: {e}", path.display()))?;
+                Policy::parse(&text).map_err(|e| format!("--policy {}: {e}", path.display()))?
+            }
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("--policy {}: {e}", path.display()))?;
-        Policy::parse(&text)
-            .map(std::sync::Arc::new)
-            .map_err(|e| format!("--policy {}: {e}", path.display()))
+        policy.allow_loopback |= self.allow_loopback;
+        Ok(std::sync::Arc::new(policy))
     }
 
     pub fn sts(&self) -> StsSettings {
@@ -393,6 +411,7 @@ impl StoreArgs {
             request_timeout: Duration::from_secs(self.request_timeout),
             clock_skew: self.clock_skew,
             reclaim_versions: self.reclaim_versions,
+            max_response_bytes: crate::store::MAX_RESPONSE_BYTES,
         }
     }
 }

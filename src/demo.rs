@@ -436,6 +436,11 @@ async fn run_inner(args: &DemoArgs) -> Result<(), String> {
         admin_addr: args.admin_addr,
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_secs(2),
+        // The embedded S3 store listens on loopback.
+        policy: std::sync::Arc::new(artgc_core::policy::Policy {
+            allow_loopback: true,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let ctl = controller::start(kube.client(), config)

@@ -14,8 +14,10 @@ use crate::store::{
     VersionDeleted, Versioning,
 };
 use artgc_core::location::{S3Connection, S3Target};
+use artgc_core::model::ANNOTATION_FINISHED_SEEN;
+use artgc_core::plan::WorkflowPlan;
 use artgc_core::plan::{ArtifactRef, Decision, GcPlan, ObjectKind};
-use artgc_core::versions::{RunWindow, VersionScope, versions_to_reclaim};
+use artgc_core::versions::{RunBounds, RunWindow, VersionScope, versions_to_reclaim};
 
 pub use artgc_core::execution::{ArtifactOutcome, Execution};
 
@@ -101,6 +103,27 @@ impl Probed<'_> {
     }
 }
 
+/// The workflow's run window as the API server's and artgc's own facts bound the author's
+/// times ([`artgc_core::versions::run_bounds`]); an `artgc.io/finished-seen` record later than
+/// now (plus the skew) is not artgc's, and refuses reclaim.
+fn run_bounds(wp: &WorkflowPlan, skew: jiff::SignedDuration) -> RunBounds {
+    let mut facts = wp.run_facts();
+    let now = jiff::Timestamp::now();
+    let future = facts
+        .finished_seen
+        .filter(|t| t.checked_sub(skew).is_ok_and(|t| t > now));
+    if future.is_some() {
+        facts.finished_seen = None;
+    }
+    let mut b = artgc_core::versions::run_bounds(&facts, skew);
+    if let Some(t) = future {
+        b.refused.get_or_insert(format!(
+            "{ANNOTATION_FINISHED_SEEN} {t} is in the future: not artgc's record"
+        ));
+    }
+    b
+}
+
 /// Probes and (unless `dry_run`) deletes every artifact the plan marks `Delete`.
 pub async fn execute(
     plan: &GcPlan,
@@ -126,15 +149,18 @@ pub async fn probe<'a>(
         .flat_map(|(w, wp)| {
             wp.artifacts.iter().enumerate().filter_map(move |(a, ap)| {
                 match (&ap.decision, &ap.connection, &ap.target) {
-                    (Decision::Delete, Some(conn), Some(target)) => Some(Job {
-                        id: ArtifactRef::new(w, a),
-                        conn,
-                        target,
-                        widen: may_widen(ap.archive_none, ap.file_seen),
-                        written_by: wp.finished_at.and_then(|t| t.checked_add(skew).ok()),
-                        written_from: wp.started_at.and_then(|t| t.checked_sub(skew).ok()),
-                        find_file: find_file(ap.customer_key),
-                    }),
+                    (Decision::Delete, Some(conn), Some(target)) => {
+                        let window = run_bounds(wp, skew).window;
+                        Some(Job {
+                            id: ArtifactRef::new(w, a),
+                            conn,
+                            target,
+                            widen: may_widen(ap.archive_none, ap.file_seen),
+                            written_by: window.until,
+                            written_from: window.from,
+                            find_file: find_file(ap.customer_key),
+                        })
+                    }
                     _ => None,
                 }
             })
@@ -380,6 +406,7 @@ async fn versioned<'a>(
     let state: HashMap<(&S3Connection, &str), Option<Versioning>> =
         buckets.into_iter().zip(asked).collect();
 
+    let skew = jiff::SignedDuration::try_from(store.options().clock_skew).unwrap_or_default();
     let mut out = Versions::default();
     let mut listings = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
@@ -397,13 +424,18 @@ async fn versioned<'a>(
         if !versioning.is_some_and(Versioning::keeps_versions) {
             continue;
         }
-        let reclaim = plan.artifact(job.id).reclaim_versions || store.options().reclaim_versions;
+        let mut reclaim =
+            plan.artifact(job.id).reclaim_versions || store.options().reclaim_versions;
+        if reclaim && let Some(why) = run_bounds(&plan.workflows[job.id.workflow], skew).refused {
+            // The author's times contradict the server's: its versions stay, and it says so.
+            o.reclaim_refused = Some(why);
+            reclaim = false;
+        }
         out.jobs.insert(j, reclaim);
         if reclaim {
             listings.push(j);
         }
     }
-    let skew = jiff::SignedDuration::try_from(store.options().clock_skew).unwrap_or_default();
     // Where each reclaimed job's versions are: its key, or the directory the probe found.
     let places: Vec<(usize, Place)> = listings
         .into_iter()
@@ -445,9 +477,8 @@ async fn versioned<'a>(
                 continue;
             }
         };
-        let wp = &plan.workflows[job.id.workflow];
         let window = RunWindow {
-            from: wp.started_at.and_then(|t| t.checked_sub(skew).ok()),
+            from: job.written_from,
             until: job.written_by,
         };
         let mine: std::collections::HashSet<&str> = claimed

@@ -157,6 +157,17 @@ pub struct ClusterReader {
     /// change of an offloaded Workflow.
     persistence: Mutex<Option<(Instant, ClusterState)>>,
     ttl: Duration,
+    /// The longest one batch of reads for a workflow may take: the watch reads through here
+    /// too, and kube's client has no read timeout, so a silent API server would stop it.
+    timeout: Duration,
+}
+
+/// A read that ran past the reader's timeout, as the client's own errors look.
+fn timed_out(what: &str, after: Duration) -> kube::Error {
+    kube::Error::Service(Box::new(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what}: no answer from the API server within {after:?}"),
+    )))
 }
 
 /// ConfigMaps cached at once (repositories are few; a namespace per tenant at most).
@@ -181,7 +192,14 @@ impl ClusterReader {
             config_maps: Mutex::new(HashMap::new()),
             persistence: Mutex::new(None),
             ttl: Duration::from_secs(30),
+            timeout: Duration::from_secs(30),
         }
+    }
+
+    /// Bounds each batch of reads ([`Self::state_for`], [`Self::persistence_state`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, kube::Error> {
@@ -211,6 +229,12 @@ impl ClusterReader {
     /// Argo's database settings and their two Secrets (in the controller's namespace), for
     /// reading offloaded node status: the controller ConfigMap and those Secrets only.
     pub async fn persistence_state(&self) -> Result<ClusterState, kube::Error> {
+        tokio::time::timeout(self.timeout, self.read_persistence_state())
+            .await
+            .map_err(|_| timed_out("reading Argo's persistence settings", self.timeout))?
+    }
+
+    async fn read_persistence_state(&self) -> Result<ClusterState, kube::Error> {
         if let Some((at, state)) = &*self.persistence.lock().expect("lock")
             && at.elapsed() < self.ttl
         {
@@ -243,6 +267,21 @@ impl ClusterReader {
         wf: &Workflow,
         secrets: Option<BTreeSet<String>>,
     ) -> Result<ClusterState, kube::Error> {
+        tokio::time::timeout(self.timeout, self.read_state_for(wf, secrets))
+            .await
+            .map_err(|_| {
+                timed_out(
+                    "reading the workflow's ConfigMaps and Secrets",
+                    self.timeout,
+                )
+            })?
+    }
+
+    async fn read_state_for(
+        &self,
+        wf: &Workflow,
+        secrets: Option<BTreeSet<String>>,
+    ) -> Result<ClusterState, kube::Error> {
         let mut state =
             ClusterState::new(self.argo_config_map.clone()).with_policy(self.policy.clone());
         let ns = wf.namespace().to_string();
@@ -255,10 +294,11 @@ impl ClusterReader {
             (cns.clone(), REPOSITORIES_CONFIGMAP.to_string()),
             (cns.clone(), self.argo_config_map.name.clone()),
         ];
-        // A recorded ref (Argo before 3.1) names its namespace.
+        // A recorded ref (Argo before 3.1) names its namespace: only the two Argo reads.
         if let Some(r) = &wf.status.artifact_repository_ref
             && r.artifact_repository.is_none()
             && let Some(at) = r.namespace.clone().filter(|n| !n.is_empty())
+            && artgc_core::cluster::ref_namespace_allowed(&at, &ns, &cns)
         {
             let name = r.config_map.clone().filter(|n| !n.is_empty());
             wanted.push((at, name.unwrap_or_else(|| REPOSITORIES_CONFIGMAP.into())));

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod controller;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod dns;
 pub mod execute;
 pub mod identity;
 pub mod kube_api;

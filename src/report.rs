@@ -185,8 +185,18 @@ impl Report {
                             } else {
                                 format!("deleted {} object(s)", o.objects)
                             };
+                            if o.written_after > 0 {
+                                row.reason.push_str(&format!(
+                                    "; kept {} object(s) written after the workflow finished (written_after_workflow)",
+                                    o.written_after
+                                ));
+                            }
                             if o.versioning.is_some_and(|v| v.keeps_versions()) {
                                 row.reason.push_str(&versioned_note(o, dry_run));
+                            }
+                            if let Some(why) = &o.reclaim_refused {
+                                row.reason
+                                    .push_str(&format!("; versions not reclaimed: {why}"));
                             }
                             totals.artifacts_deleted += 1;
                             *totals.objects_deleted.get_or_insert(0) += o.objects;

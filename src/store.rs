@@ -130,6 +130,48 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for CountAttempts {
     }
 }
 
+/// Bounds every response body before the SDK reads it: a declared length over the bound is
+/// refused at once, and any body stops being read past it.
+#[derive(Debug)]
+struct BoundResponses {
+    max: usize,
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for BoundResponses {
+    fn name(&self) -> &'static str {
+        "BoundResponses"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextMut<'_>,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let response = context.response_mut();
+        let declared = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max as u64) {
+            return Err(format!(
+                "the store answered with a body of {} bytes, over artgc's bound of {} bytes",
+                declared.unwrap_or_default(),
+                self.max
+            )
+            .into());
+        }
+        let body = std::mem::replace(
+            response.body_mut(),
+            aws_smithy_types::body::SdkBody::taken(),
+        );
+        *response.body_mut() = aws_smithy_types::body::SdkBody::from_body_1_x(
+            http_body_util::Limited::new(body, self.max),
+        );
+        Ok(())
+    }
+}
+
 /// How an attempt ended, from its HTTP status (`None`: no answer).
 fn attempt_outcome(status: Option<u16>) -> &'static str {
     match status {
@@ -194,7 +236,14 @@ pub struct StoreOptions {
     /// On versioned buckets, delete the versions each workflow wrote too (every namespace and
     /// bucket; the policy's `reclaimVersions` grants it per namespace and bucket).
     pub reclaim_versions: bool,
+    /// The largest response body read from a store: the SDK reads a body whole before parsing
+    /// it, and a store named in a tenant's own ConfigMap may answer with anything (a listing
+    /// page of 1,000 keys is far under 2 MiB).
+    pub max_response_bytes: usize,
 }
+
+/// [`StoreOptions::max_response_bytes`] by default.
+pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -207,6 +256,7 @@ impl Default for StoreOptions {
             request_timeout: Duration::from_secs(30),
             clock_skew: Duration::from_secs(120),
             reclaim_versions: false,
+            max_response_bytes: MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -541,9 +591,13 @@ impl ObjectStore {
                 b.credentials_provider(provider)
             }
         };
-        if let Some(pem) = &conn.ca_pem {
+        // Every client resolves through the address check, the CA from `caSecret` or not.
+        {
             use aws_smithy_http_client::tls;
-            let trust = tls::TrustStore::default().with_pem_certificate(pem.clone());
+            let mut trust = tls::TrustStore::default();
+            if let Some(pem) = &conn.ca_pem {
+                trust = trust.with_pem_certificate(pem.clone());
+            }
             let ctx = tls::TlsContext::builder()
                 .with_trust_store(trust)
                 .build()
@@ -553,9 +607,14 @@ impl ObjectStore {
                     tls::rustls_provider::CryptoMode::AwsLc,
                 ))
                 .tls_context(ctx)
-                .build_https();
+                .build_with_resolver(crate::dns::CheckedResolver {
+                    loopback: conn.loopback,
+                });
             b = b.http_client(http);
         }
+        b = b.interceptor(BoundResponses {
+            max: self.opts.max_response_bytes,
+        });
         if let Some(requests) = &self.requests {
             b = b.interceptor(CountAttempts {
                 endpoint: endpoint_of(&conn.url),

@@ -14,6 +14,7 @@ use support::*;
 
 fn artgc(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_artgc"))
+        .env("ARTGC_ALLOW_LOOPBACK", "true")
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -261,6 +262,7 @@ async fn purge_exits_1_when_an_artifact_fails() {
 
 fn artgc_with_kubeconfig(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_artgc"))
+        .env("ARTGC_ALLOW_LOOPBACK", "true")
         .args(args)
         .env("KUBECONFIG", kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
@@ -279,6 +281,8 @@ async fn purge_over_a_live_cluster_selects_deletes_and_records() {
     let mut repo = s3_repo(&srv.endpoint, &b, "s3");
     repo["s3"]["region"] = json!(srv.region);
     kube.seed(repositories("ns", &repo));
+    // The store is configured for `elsewhere` too: only there does its use protect a key.
+    kube.seed(repositories("elsewhere", &repo));
     let wf = |name: &str, key: &str, team: &str, finished: &str| {
         workflow("ns", name)
             .status_repo(repo.clone())
@@ -406,6 +410,7 @@ async fn the_controller_binary_serves_probes_and_stops_on_sigterm_releasing_its_
     let port = artgc_testkit::free_port();
     let admin = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_artgc"))
+        .env("ARTGC_ALLOW_LOOPBACK", "true")
         // Long enough that a loaded machine never lets it lapse between renewals: the
         // release checked below must be the step-down's, not an expiry's.
         .args(["controller", "--leader-elect", "--lease-duration", "15"])

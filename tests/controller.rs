@@ -108,6 +108,7 @@ on_both_servers!(
     a_workflow_argo_never_started_holds_nothing,
     no_finalizer_without_declared_gc,
     unsupported_drivers_are_reported_and_do_not_hold_the_workflow,
+    a_refusal_no_retry_changes_is_reported_and_settled,
     a_tenants_slow_store_leaves_workers_for_the_other_namespaces,
 );
 
@@ -910,6 +911,59 @@ async fn an_output_read_by_a_running_workflow_is_collected_when_the_reader_finis
     ctl.shutdown().await;
 }
 
+/// The API server goes silent (a load balancer that lost its backend: requests are accepted and
+/// never answered) while a pass runs. The pass is abandoned at `--pass-deadline`, counted
+/// (`artgc_reconcile_errors_total{category="deadline"}`) and retried with backoff; `/live`
+/// stays 200 because workers keep ending passes; once the server answers again the workflow is
+/// collected without a restart. Without the deadline the worker waits on the dead request for
+/// good. Stays on the test server: the silence is its injected latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_api_server_never_holds_a_worker_for_good() {
+    let e = Env::test_server().await;
+    e.put(&["stall/a.tgz"]).await;
+    let ctl = e
+        .start(|c| {
+            c.concurrency = 1;
+            c.pass_deadline = Duration::from_millis(1500);
+            c.api_timeout = Duration::from_millis(500);
+        })
+        .await;
+    until("the controller is ready", async || {
+        http_get(&format!("http://{}/ready", ctl.admin_addr))
+            .await
+            .0
+            == 200
+    })
+    .await;
+    // Requests already streaming (the watch) go on; every new one hangs for an hour.
+    e.server().set_latency(Duration::from_secs(3600));
+    e.create(e.one("stalled", "stall/a.tgz", COMPLETION)).await;
+    until("a pass ran past its deadline", async || {
+        sample(
+            &metrics(&ctl).await,
+            "artgc_reconcile_errors_total{category=\"deadline\"}",
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    let live = http_get(&format!("http://{}/live", ctl.admin_addr)).await;
+    assert_eq!(live.0, 200, "workers still end their passes: {}", live.1);
+    assert_eq!(
+        e.keys().await,
+        ["stall/a.tgz"],
+        "nothing was sent before the silence ended"
+    );
+    e.server().set_latency(Duration::ZERO);
+    until("collected once the server answers", async || {
+        e.get("stalled")
+            .await
+            .is_some_and(|w| processed(&w, COMPLETION))
+    })
+    .await;
+    assert!(e.keys().await.is_empty());
+    ctl.shutdown().await;
+}
+
 /// Stays on the test server: the 409s and 500s are injected answers.
 #[tokio::test]
 async fn conflicts_and_server_errors_on_updates_lose_nothing() {
@@ -1316,6 +1370,40 @@ async fn unsupported_drivers_are_reported_and_do_not_hold_the_workflow(e: Env) {
     let m = metrics(&ctl).await;
     assert!(
         sample(&m, "artgc_artifacts_kept_total{reason=\"unsupported\"}") == Some(1.0),
+        "{m}"
+    );
+    ctl.shutdown().await;
+}
+
+/// A repository moved to a new endpoint: the older workflow's artifact names the old one, which
+/// is no longer configured for the namespace. Decided on a successful read of the namespace's
+/// configuration, the refusal will not change on retry: reported (Event, metric) and settled,
+/// so `kubectl delete` completes instead of hanging for good (no forceFinalizerRemoval).
+async fn a_refusal_no_retry_changes_is_reported_and_settled(e: Env) {
+    let moved = json!({"name": "m", "path": "/tmp/m",
+                       "s3": {"endpoint": "old-minio.storage:9000", "bucket": "b", "key": "k/m",
+                              "insecure": true,
+                              "accessKeySecret": {"name": "s3", "key": "accesskey"},
+                              "secretKeySecret": {"name": "s3", "key": "secretkey"}},
+                       "artifactGC": {"strategy": DELETION}});
+    e.create(
+        e.wf("moved")
+            .node("moved-1", "main", vec![moved])
+            .set(&["metadata", "finalizers"], json!([FINALIZER])),
+    )
+    .await;
+    let ctl = e.start(|_| {}).await;
+    e.delete("moved").await;
+    until("released", async || e.get("moved").await.is_none()).await;
+    until("reported", async || {
+        e.events("moved").await.iter().any(|(t, r, n)| {
+            t == "Warning" && r == "ArtifactGCFailed" && n.contains("endpoint_not_allowed")
+        })
+    })
+    .await;
+    let m = metrics(&ctl).await;
+    assert!(
+        sample(&m, "artgc_artifacts_kept_total{reason=\"refused\"}") == Some(1.0),
         "{m}"
     );
     ctl.shutdown().await;

@@ -235,6 +235,38 @@ async fn the_per_artifact_object_bound_fails_before_deleting_anything() {
     assert_eq!(srv.keys(&b).await.len(), 5);
 }
 
+/// A store answers a listing page far larger than any honest one: the body is bounded before
+/// the SDK reads it whole (a 93 MiB page took 460 MiB of memory), the artifact fails with the
+/// reason, and nothing is deleted. Under the bound the same listing works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_over_the_bound_is_never_read_whole() {
+    let srv = S3Server::start().await;
+    let b = srv.bucket("huge").await;
+    for i in 0..40 {
+        srv.put(&b, &format!("w/d/{i:03}-{}", "x".repeat(100)), "x")
+            .await;
+    }
+    let w = workflow("ns", "w").node("n1", "t", vec![on(&srv, "d", &b, "w/d/", "s3")]);
+    let plan = plan_due(vec![w], vec![good_secret(&srv)]);
+    let small = StoreOptions {
+        max_response_bytes: 2048,
+        ..Default::default()
+    };
+    let exec = run_with(&plan, false, small).await;
+    let err = outcome(&plan, &exec, "w", "d")
+        .error
+        .clone()
+        .expect("the bound must fail it");
+    let chain = format!("{err} {:?}", std::error::Error::source(&err));
+    assert!(
+        chain.contains("bound") || chain.contains("length limit"),
+        "the reason is given: {chain}"
+    );
+    assert_eq!(srv.keys(&b).await.len(), 40, "nothing deleted");
+    let exec = run(&plan, false).await;
+    assert_eq!(outcome(&plan, &exec, "w", "d").objects, 40);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_artifacts_are_never_touched() {
     let srv = S3Server::start().await;

@@ -300,6 +300,129 @@ async fn by_default_a_versioned_bucket_hides_bytes_and_reports_them() {
     assert_eq!((file.bytes, file.hidden_bytes), (13, 0));
 }
 
+/// A Workflow's author writes its status: one claiming it ran from 2000 to 2099 must not get
+/// every version of its fixed key (an earlier run's, a later run's current one) deleted. The
+/// window is bounded by the object's creation (the API server's) and artgc's record of when it
+/// saw the workflow finished; times that contradict them refuse reclaim, and the report says
+/// so; the later run's current version is kept as written after the workflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn author_written_run_times_never_widen_version_reclaim() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    let b = "forged";
+    moto.bucket(b, Some(BucketVersioningStatus::Enabled)).await;
+    let (created, seen) = history(&moto, b).await;
+    let (before, _) = moto.versions(b).await;
+    let arts = ARTS
+        .iter()
+        .map(|(name, key)| on_server("us-east-1", &moto.endpoint, name, b, key, "s3"))
+        .collect();
+    let w = workflow("ns", "w")
+        .node("n1", "t", arts)
+        .set(
+            &["metadata", "creationTimestamp"],
+            json!(created.to_string()),
+        )
+        .set(
+            &["metadata", "annotations"],
+            json!({"artgc.io/finished-seen": seen.to_string()}),
+        )
+        .set(&["status", "startedAt"], json!("2000-01-01T00:00:00Z"))
+        .set(&["status", "finishedAt"], json!("2099-01-01T00:00:00Z"));
+    let p = plan_due(vec![w], vec![secret("ns", "s3", "moto", "moto")]);
+    let exec = run(&p, false, true).await;
+    for (name, _) in ARTS {
+        let o = outcome(&p, &exec, name);
+        assert_eq!(o.versions_deleted, 0, "{name}: no version reclaimed");
+        assert!(
+            o.reclaim_refused
+                .as_deref()
+                .is_some_and(|r| r.contains("before the Workflow was created")),
+            "{name}: {:?}",
+            o.reclaim_refused
+        );
+    }
+    let fixed = outcome(&p, &exec, "fixed");
+    assert_eq!(
+        (fixed.written_after, fixed.objects),
+        (1, 0),
+        "the later run's current version is kept: finishedAt is bounded by the record"
+    );
+    let (after, _) = moto.versions(b).await;
+    assert_eq!(after, before, "every version stays");
+    assert!(
+        moto.visible(b)
+            .await
+            .contains(&"shared/latest.csv".to_string())
+    );
+    let report = Report::new(&p, Some(&exec), false);
+    let fixed_row = &report.workflows[0].artifacts[2];
+    assert!(
+        fixed_row.reason.contains("versions not reclaimed"),
+        "{}",
+        fixed_row.reason
+    );
+}
+
+/// S3 keys are literal: Argo writes keys with a leading `/` (a `keyFormat` starting with `/`)
+/// or `//` and deletes them as written. artgc deletes exactly those objects (once refused as
+/// `unsafe_key`, holding the finalizer for good), never the slash-less neighbours, and a
+/// repeat pass deletes nothing more. moto keeps object names literally (s3s-fs maps keys onto
+/// paths, so it cannot tell `/a` from `a`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_with_a_leading_or_double_slash_are_deleted_as_written() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    let b = "slashes";
+    moto.bucket(b, None).await;
+    for k in [
+        "/runs/w/out.tgz",
+        "runs/w/out.tgz",
+        "runs//w/x.tgz",
+        "runs/w/x.tgz",
+        "/runs/w/dir/a",
+        "runs/w/dir/a",
+    ] {
+        moto.put(b, k, "x").await;
+    }
+    let window = (
+        second() - jiff::SignedDuration::from_secs(5),
+        second() + jiff::SignedDuration::from_secs(2),
+    );
+    let arts = [
+        ("lead", "/runs/w/out.tgz"),
+        ("double", "runs//w/x.tgz"),
+        ("dir", "/runs/w/dir/"),
+    ];
+    let p = plan(&moto, b, &arts, window);
+    for (name, _) in arts {
+        let a = p.workflows[0]
+            .artifacts
+            .iter()
+            .find(|a| a.name == name)
+            .unwrap();
+        assert_eq!(a.decision.category(), "due", "{name}: {:?}", a.decision);
+    }
+    let exec = run(&p, false, false).await;
+    for (name, _) in arts {
+        assert_eq!(outcome(&p, &exec, name).objects, 1, "{name}");
+    }
+    let mut left = moto.visible(b).await;
+    left.sort();
+    assert_eq!(left, ["runs/w/dir/a", "runs/w/out.tgz", "runs/w/x.tgz"]);
+    let again = run(&p, false, false).await;
+    for (name, _) in arts {
+        assert_eq!(
+            outcome(&p, &again, name).objects,
+            0,
+            "{name}: a repeat deletes nothing"
+        );
+    }
+    assert_eq!(moto.visible(b).await.len(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reclaiming_deletes_exactly_the_versions_the_workflow_wrote() {
     let Some(moto) = Moto::start().await else {

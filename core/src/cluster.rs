@@ -212,6 +212,11 @@ impl ClusterState {
             if r.config_map.is_some() || r.key.is_some() || r.namespace.is_some() {
                 let field = "status.artifactRepositoryRef";
                 let at = set(&r.namespace).unwrap_or_else(|| ns.to_string());
+                if !ref_namespace_allowed(&at, ns, cns) {
+                    return Err(ResolveError::RefNotAllowed(format!(
+                        "{field}.namespace: {at:?} is neither the workflow's namespace nor Argo's controller namespace ({cns}); artgc reads no other namespace's ConfigMap"
+                    )));
+                }
                 let name = set(&r.config_map).unwrap_or_else(|| REPOSITORIES_CONFIGMAP.into());
                 let cm = self.config_map(&at, &name).ok_or_else(|| {
                     ResolveError::Repository(format!("{field}: ConfigMap {at}/{name} not found"))
@@ -270,7 +275,10 @@ impl ClusterState {
         let cm = self.config_map(namespace, name).ok_or_else(missing)?;
         let data = cm.data.as_ref().ok_or_else(missing)?;
         let bad = |field: &str, e: serde_saphyr::Error| {
-            ResolveError::Repository(format!("ConfigMap {namespace}/{name} {field}: {e}"))
+            ResolveError::Repository(format!(
+                "ConfigMap {namespace}/{name} {field}: {}",
+                unparsed(&e)
+            ))
         };
         if let Some(text) = data.get("artifactRepository") {
             return serde_saphyr::from_str::<ArtifactLocation>(text)
@@ -303,7 +311,7 @@ impl ClusterState {
         }
         if let Some(text) = data.get("config") {
             let cfg = serde_saphyr::from_str::<ControllerConfig>(text)
-                .map_err(|e| at(format!("data.config: {e}")))?;
+                .map_err(|e| at(format!("data.config: {}", unparsed(&e))))?;
             if let Some(p) = cfg.persistence {
                 let text = serde_json::to_string(&p).map_err(|e| at(e.to_string()))?;
                 return crate::persistence::parse(&text).map_err(at);
@@ -311,6 +319,26 @@ impl ClusterState {
         }
         Ok(None)
     }
+}
+
+/// Why a ConfigMap's text did not parse, without quoting any of it: the parser's message can
+/// carry the text (a snippet, a value), and it goes into another tenant's condition, Event and
+/// logs. Where, not what.
+pub fn unparsed(e: &serde_saphyr::Error) -> String {
+    match e.without_snippet().location() {
+        Some(at) => format!(
+            "does not parse (line {}, column {}; the text is not quoted)",
+            at.line(),
+            at.column()
+        ),
+        None => "does not parse (the text is not quoted)".into(),
+    }
+}
+
+/// A ref recorded in status may name only the workflow's own namespace or Argo's controller
+/// namespace, the two Argo's `Get` reads: the namespace is the Workflow author's to write.
+pub fn ref_namespace_allowed(at: &str, namespace: &str, controller_namespace: &str) -> bool {
+    at == namespace || at == controller_namespace
 }
 
 /// The repository under `key` (or the annotated default key) of an `artifact-repositories`
@@ -336,6 +364,9 @@ fn repository_in(
     serde_saphyr::from_str::<ArtifactLocation>(text)
         .map(Some)
         .map_err(|e| {
-            ResolveError::Repository(format!("{field}: ConfigMap {ns}/{name} key {key:?}: {e}"))
+            ResolveError::Repository(format!(
+                "{field}: ConfigMap {ns}/{name} key {key:?}: {}",
+                unparsed(&e)
+            ))
         })
 }

@@ -104,6 +104,9 @@ pub enum ResolveError {
     /// A key that could reach outside the artifact on some store.
     #[error("{0}")]
     UnsafeKey(String),
+    /// A ref in status names a namespace artgc does not read for this workflow.
+    #[error("{0}")]
+    RefNotAllowed(String),
 }
 
 impl ResolveError {
@@ -117,6 +120,23 @@ impl ResolveError {
             Self::EndpointNotAllowed(_) => "endpoint_not_allowed",
             Self::BucketNotAllowed(_) => "bucket_not_allowed",
             Self::UnsafeKey(_) => "unsafe_key",
+            Self::RefNotAllowed(_) => "ref_not_allowed",
+        }
+    }
+
+    /// A refusal that no retry changes: the Workflow (its author's, status included) and the
+    /// operator's policy decide it, not a read that may go better next time. Reported and
+    /// settled, so it never holds a finalizer. A missing Secret, ServiceAccount or repository
+    /// ConfigMap may appear later: those stay failures, retried.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::EndpointNotAllowed(_)
+            | Self::BucketNotAllowed(_)
+            | Self::UnsafeKey(_)
+            | Self::RefNotAllowed(_)
+            | Self::Strategy(_)
+            | Self::Location(_) => true,
+            Self::Repository(_) | Self::Secret(_) | Self::Identity(_) => false,
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct ArtifactOutcome {
     pub absent: bool,
     /// Objects kept because they were written after the workflow finished: not its outputs.
     pub written_after: u64,
+    /// Why the versions of its keys were not reclaimed although reclaim was asked for.
+    pub reclaim_refused: Option<String>,
     pub error: Option<StoreError>,
 }
 

@@ -55,6 +55,9 @@ pub struct S3Connection {
     pub credentials: Credentials,
     /// Extra trusted CA (PEM) from `caSecret`.
     pub ca_pem: Option<Vec<u8>>,
+    /// The operator lets this store be reached on a loopback address (the connect-time check
+    /// of resolved addresses refuses loopback otherwise).
+    pub loopback: bool,
 }
 
 /// Who a request is signed as. Debug and [`Credentials::identity`] never show a secret value.
@@ -122,6 +125,7 @@ impl fmt::Debug for S3Connection {
             .field("path_style", &self.path_style)
             .field("credentials", &self.credentials)
             .field("ca", &self.ca_pem.is_some())
+            .field("loopback", &self.loopback)
             .finish()
     }
 }
@@ -402,7 +406,8 @@ pub fn authorize(
             target.key
         )));
     }
-    let endpoint = allowed_endpoint(auth, target, loc.insecure == Some(true), field)?;
+    let insecure = loc.insecure == Some(true);
+    let (endpoint, loopback) = allowed_endpoint(auth, target, insecure, field)?;
     let grant = state.grant_for(namespace);
     allowed_place(grant, target, namespace, field)?;
     let credentials = credentials(auth, grant, loc, field)?;
@@ -411,14 +416,18 @@ pub fn authorize(
         .as_ref()
         .map(|c| state.secret_value(namespace, c, &format!("{field}.s3.caSecret")))
         .transpose()?;
-    let url = if target.endpoint.contains("://") {
-        target.endpoint.clone()
-    } else {
-        format!("{}://{}", endpoint.scheme, target.endpoint)
-    };
+    // Dial what was checked: a short service name is sent fully qualified (relative to the
+    // workflow's namespace), not through artgc's own DNS search path.
+    let dialled = crate::policy::Endpoint::parse(
+        &target.endpoint,
+        insecure,
+        namespace,
+        &state.policy.cluster_domain,
+    )
+    .map_err(|e| ResolveError::EndpointNotAllowed(format!("{field}.s3.endpoint: {e}")))?;
     let region = loc.region.clone().filter(|r| !r.is_empty());
     Ok(S3Connection {
-        url,
+        url: dialled.url(),
         discover_region: region.is_none(),
         region: region.unwrap_or_else(|| "us-east-1".into()),
         path_style: path_style(
@@ -428,18 +437,36 @@ pub fn authorize(
         ),
         credentials,
         ca_pem,
+        loopback,
     })
 }
 
+/// Whether a use of `target` by a workflow of the authority's namespace protects the key from
+/// deletion: only where artgc would accept that location for the *user's* namespace (a safe
+/// key, an endpoint configured or granted for it, the policy's buckets and prefixes). A
+/// namespace with no business at a store cannot pin other tenants' keys there.
+pub fn may_protect(auth: &Authority<'_>, target: &S3Target, loc: &S3Location) -> bool {
+    crate::policy::unsafe_key(&target.key).is_none()
+        && allowed_endpoint(auth, target, loc.insecure == Some(true), "").is_ok()
+        && allowed_place(
+            auth.state.grant_for(auth.namespace),
+            target,
+            auth.namespace,
+            "",
+        )
+        .is_ok()
+}
+
 /// The endpoint as the policy names it, if artgc may contact it for this namespace: never a
-/// link-local or metadata address, and only a repository configured for the namespace or an
-/// endpoint the policy grants it.
+/// link-local or metadata address, loopback only with the operator's leave, and only a
+/// repository configured for the namespace or an endpoint the policy grants it. The second
+/// value says whether loopback is allowed for it (for the connect-time check).
 fn allowed_endpoint(
     auth: &Authority<'_>,
     target: &S3Target,
     insecure: bool,
     field: &str,
-) -> Result<crate::policy::Endpoint, ResolveError> {
+) -> Result<(crate::policy::Endpoint, bool), ResolveError> {
     let Authority {
         state,
         namespace,
@@ -450,27 +477,24 @@ fn allowed_endpoint(
     let endpoint = policy
         .canonical(&target.endpoint, insecure, namespace)
         .map_err(|e| ResolveError::EndpointNotAllowed(format!("{field}.s3.endpoint: {e}")))?;
-    if endpoint.is_forbidden() {
-        return Err(ResolveError::EndpointNotAllowed(format!(
-            "{field}.s3.endpoint: {endpoint} is a link-local or metadata address; artgc never contacts it"
-        )));
-    }
-    let granted = state
+    let mut granted = state
         .grant_for(namespace)
         .endpoints
         .iter()
         .filter_map(|e| policy.canonical(e, insecure, namespace).ok());
-    if !configured
-        .iter()
-        .cloned()
-        .chain(granted)
-        .any(|c| c == endpoint)
-    {
+    let named_by_operator = granted.any(|c| c == endpoint);
+    let loopback = policy.allow_loopback || named_by_operator;
+    if endpoint.is_forbidden(loopback) {
+        return Err(ResolveError::EndpointNotAllowed(format!(
+            "{field}.s3.endpoint: {endpoint} is a link-local, metadata, unspecified or loopback address; artgc never contacts it (loopback only where the policy allows it)"
+        )));
+    }
+    if !named_by_operator && !configured.contains(&endpoint) {
         return Err(ResolveError::EndpointNotAllowed(format!(
             "{field}.s3.endpoint: {endpoint} is not a repository configured for namespace {namespace} and the policy does not allow it"
         )));
     }
-    Ok(endpoint)
+    Ok((endpoint, loopback))
 }
 
 /// The bucket and key lie where the policy confines the namespace (when it does).
@@ -486,8 +510,7 @@ fn allowed_place(
             target.bucket
         )));
     }
-    let in_prefix = |p: &String| target.key.starts_with(p.as_str());
-    if !grant.key_prefixes.is_empty() && !grant.key_prefixes.iter().any(in_prefix) {
+    if !grant.allows_key(&target.key) {
         return Err(ResolveError::BucketNotAllowed(format!(
             "{field}.s3.key: {:?} is outside the key prefixes the policy allows namespace {namespace}",
             target.key

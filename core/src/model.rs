@@ -29,6 +29,11 @@ pub const ANNOTATION_DELETION_ATTEMPTS: &str = "artgc.io/deletion-attempts";
 /// on every pass as `deleted: true`; a mark can only make artgc keep more.
 pub const ANNOTATION_OFFLOADED_DELETED: &str = "artgc.io/offloaded-deleted";
 
+/// When artgc first saw the workflow finished (RFC 3339), written by the controller: the latest
+/// a version of the workflow's keys can be its output. Only ever lowered: a value later than
+/// the moment a pass sees it is replaced by that moment.
+pub const ANNOTATION_FINISHED_SEEN: &str = "artgc.io/finished-seen";
+
 /// The (node, artifact) pairs of an [`ANNOTATION_PROBED_FILES`] value.
 pub fn parse_probed_files(text: &str) -> std::collections::HashSet<(&str, &str)> {
     text.lines()
@@ -531,55 +536,37 @@ impl Workflow {
         self.status.stored_workflow_template_spec.as_ref()
     }
 
-    /// The workflow-level strategy: spec, then the stored WorkflowTemplate spec.
-    pub fn workflow_strategy(&self) -> Option<&str> {
-        let own = self
-            .spec
-            .artifact_gc
-            .as_ref()
-            .and_then(|g| g.strategy.as_deref());
-        let stored = || {
-            self.stored_spec()?
-                .artifact_gc
-                .as_ref()?
-                .strategy
-                .as_deref()
-        };
-        own.filter(|s| !s.is_empty())
-            .or_else(|| stored().filter(|s| !s.is_empty()))
+    /// The spec Argo executes (`GetExecSpec`): the stored WorkflowTemplate spec (already the
+    /// workflow's spec merged over the template's) when there is one, else the workflow's own.
+    /// Argo reads the workflow-level strategy, `forceFinalizerRemoval` and the GC service
+    /// account from it, and so does artgc.
+    fn exec_gc(&self) -> Option<&WorkflowArtifactGc> {
+        match self.stored_spec() {
+            Some(stored) => stored.artifact_gc.as_ref(),
+            None => self.spec.artifact_gc.as_ref(),
+        }
     }
 
-    /// The workflow-level GC service account: spec, then the stored WorkflowTemplate spec.
+    /// The workflow-level strategy, from the executed spec.
+    pub fn workflow_strategy(&self) -> Option<&str> {
+        self.exec_gc()?
+            .strategy
+            .as_deref()
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The workflow-level GC service account, from the executed spec.
     pub fn gc_service_account(&self) -> Option<&str> {
-        let own = self
-            .spec
-            .artifact_gc
-            .as_ref()
-            .and_then(|g| g.service_account_name.as_deref());
-        let stored = || {
-            self.stored_spec()?
-                .artifact_gc
-                .as_ref()?
-                .service_account_name
-                .as_deref()
-        };
-        own.filter(|s| !s.is_empty())
-            .or_else(|| stored().filter(|s| !s.is_empty()))
+        self.exec_gc()?
+            .service_account_name
+            .as_deref()
+            .filter(|s| !s.is_empty())
     }
 
     pub fn force_finalizer_removal(&self) -> bool {
-        let own = self
-            .spec
-            .artifact_gc
-            .as_ref()
-            .and_then(|g| g.force_finalizer_removal);
-        let stored = || {
-            self.stored_spec()?
-                .artifact_gc
-                .as_ref()?
-                .force_finalizer_removal
-        };
-        own.or_else(stored).unwrap_or(false)
+        self.exec_gc()
+            .and_then(|g| g.force_finalizer_removal)
+            .unwrap_or(false)
     }
 
     /// Every template the workflow can run: own, stored WorkflowTemplate spec, stored

@@ -47,6 +47,9 @@ pub struct StatusUpdate {
     pub finalizer: FinalizerChange,
     /// Failed deletion passes so far, when this pass was one of them.
     pub deletion_attempts: Option<u32>,
+    /// artgc's record of when it first saw the workflow finished, to write (see
+    /// [`finished_seen_record`]).
+    pub finished_seen: Option<jiff::Timestamp>,
 }
 
 impl StatusUpdate {
@@ -57,7 +60,24 @@ impl StatusUpdate {
             condition: ConditionChange::Keep,
             finalizer: FinalizerChange::Keep,
             deletion_attempts: None,
+            finished_seen: None,
         }
+    }
+}
+
+/// The `artgc.io/finished-seen` record a pass at `now` writes: `now`, for a finished workflow
+/// whose versions may be reclaimed (`reclaims`), unless a record no later than now is there.
+/// A record from the future is the author's, and replaced; one from the past only narrows.
+pub fn finished_seen_record(
+    wp: &WorkflowPlan,
+    finished: bool,
+    reclaims: bool,
+    now: jiff::Timestamp,
+) -> Option<jiff::Timestamp> {
+    match wp.finished_seen {
+        _ if !finished || !reclaims => None,
+        Some(t) if t <= now => None,
+        _ => Some(now),
     }
 }
 
@@ -232,6 +252,8 @@ pub enum KeptReason {
     Locked,
     /// A driver artgc cannot delete.
     Unsupported,
+    /// Refused for good (policy, an unsafe key, a location that cannot be resolved).
+    Refused,
 }
 
 impl KeptReason {
@@ -245,6 +267,7 @@ impl KeptReason {
             Self::WrittenAfterWorkflow => "written_after_workflow",
             Self::Locked => "locked",
             Self::Unsupported => "unsupported",
+            Self::Refused => "refused",
         }
     }
 
@@ -283,8 +306,9 @@ pub enum ArtifactVerdict {
         cancelled: bool,
     },
     Failed(Failure),
-    /// Never collectable by artgc (a driver it does not support): reported, but settled.
-    Noted(Failure),
+    /// Never collectable by artgc (a driver it does not support, a refusal no retry changes):
+    /// reported, but settled, kept for the reason given.
+    Noted(Failure, KeptReason),
     /// Nothing to do: already deleted, or `Never` and not due.
     Settled,
 }
@@ -331,9 +355,12 @@ pub fn decide_artifact(
             }
         }
         d @ Decision::Unsupported(_) if finished => {
-            ArtifactVerdict::Noted(failure(d.category(), d.reason()))
+            ArtifactVerdict::Noted(failure(d.category(), d.reason()), KeptReason::Unsupported)
         }
         Decision::Unsupported(_) => ArtifactVerdict::Settled,
+        d @ Decision::Error(e) if finished && e.is_permanent() => {
+            ArtifactVerdict::Noted(failure(d.category(), d.reason()), KeptReason::Refused)
+        }
         d @ Decision::Error(_) if finished => {
             ArtifactVerdict::Failed(failure(d.category(), d.reason()))
         }
@@ -387,9 +414,9 @@ impl Tally {
                 self.failed.insert(strategy);
                 out.failures.push(f);
             }
-            ArtifactVerdict::Noted(f) => {
+            ArtifactVerdict::Noted(f, reason) => {
                 out.notes.push(f);
-                self.kept.push((strategy, KeptReason::Unsupported));
+                self.kept.push((strategy, reason));
             }
             ArtifactVerdict::Settled => {}
         }

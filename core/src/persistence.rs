@@ -126,8 +126,8 @@ struct RawPool {
 /// Reads `persistence:` (YAML text, as the ConfigMap holds it). `Ok(None)`: no database is
 /// configured. Errors name the field.
 pub fn parse(text: &str) -> Result<Option<Persistence>, String> {
-    let raw: RawPersistence =
-        serde_saphyr::from_str(text).map_err(|e| format!("persistence: {e}"))?;
+    let raw: RawPersistence = serde_saphyr::from_str(text)
+        .map_err(|e| format!("persistence: {}", crate::cluster::unparsed(&e)))?;
     from_raw(raw)
 }
 

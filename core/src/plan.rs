@@ -218,6 +218,10 @@ pub struct WorkflowPlan {
     /// When it started and finished: objects written outside that window are not its outputs.
     pub started_at: Option<jiff::Timestamp>,
     pub finished_at: Option<jiff::Timestamp>,
+    /// `metadata.creationTimestamp` (the API server's) and artgc's record of when it first saw
+    /// the workflow finished: what bounds the author-written times above.
+    pub created_at: Option<jiff::Timestamp>,
+    pub finished_seen: Option<jiff::Timestamp>,
     pub artifacts: Vec<ArtifactPlan>,
 }
 
@@ -232,7 +236,19 @@ impl WorkflowPlan {
             node_encoding: None,
             started_at: None,
             finished_at: None,
+            created_at: None,
+            finished_seen: None,
             artifacts: Vec::new(),
+        }
+    }
+
+    /// The facts that bound the run's window (see [`crate::versions::run_bounds`]).
+    pub fn run_facts(&self) -> crate::versions::RunFacts {
+        crate::versions::RunFacts {
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            created_at: self.created_at,
+            finished_seen: self.finished_seen,
         }
     }
 }
@@ -356,6 +372,8 @@ fn plan_workflow(
         node_encoding: None,
         started_at: parse_time(wf.status.started_at.as_deref()),
         finished_at: parse_time(wf.status.finished_at.as_deref()),
+        created_at: wf.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        finished_seen: parse_time(wf.annotation(crate::model::ANNOTATION_FINISHED_SEEN)),
         artifacts: Vec::new(),
     };
     let nodes = match workflow_nodes(wf) {
@@ -380,9 +398,10 @@ fn plan_workflow(
         }
         let cache_hit = node.is_cache_hit();
         for (index, art) in node.outputs.iter().flat_map(|o| &o.artifacts).enumerate() {
-            let planned = scope.plan_output(id, index, art, lookup, cache_hit);
+            let (planned, protects) = scope.plan_output(id, index, art, lookup, cache_hit);
             if let Some(t) = &planned.target
                 && !art.deleted
+                && protects
             {
                 // A cache hit's keys are the producer's, live for as long as this workflow is.
                 let owner = (!cache_hit).then_some(ArtifactRef::new(w, wp.artifacts.len()));
@@ -528,7 +547,7 @@ impl<'a> WorkflowScope<'a> {
         art: &Artifact,
         lookup: TemplateLookup<'_>,
         cache_hit: bool,
-    ) -> ArtifactPlan {
+    ) -> (ArtifactPlan, bool) {
         let field = format!("status.nodes[{id}].outputs.artifacts[{}]", art.name);
         let own = art.artifact_gc.as_ref().and_then(|g| g.strategy.as_deref());
         let strategy = match own.filter(|s| !s.is_empty()) {
@@ -559,6 +578,7 @@ impl<'a> WorkflowScope<'a> {
             phase: self.wf.status.phase.as_deref(),
             selected,
         };
+        let protects = resolved.as_ref().is_ok_and(|r| self.protects(r));
         let (decision, connection, customer_key) = match output_decision(&facts) {
             Some(d) => (d, None, false),
             None => self.location_decision(art, resolved, &field),
@@ -573,7 +593,7 @@ impl<'a> WorkflowScope<'a> {
             ),
             _ => false,
         };
-        ArtifactPlan {
+        let planned = ArtifactPlan {
             node: id.to_string(),
             index,
             name: art.name.clone(),
@@ -587,6 +607,30 @@ impl<'a> WorkflowScope<'a> {
             customer_key,
             reclaim_versions,
             decision,
+        };
+        (planned, protects)
+    }
+
+    fn authority(&self, service_account: Option<&'a str>) -> location::Authority<'_> {
+        let namespace = self.wf.namespace();
+        location::Authority {
+            state: self.state,
+            namespace,
+            service_account,
+            configured: self
+                .configured
+                .get_or_init(|| self.state.configured_endpoints(namespace)),
+        }
+    }
+
+    /// Whether this workflow's use of a resolved location protects its key (see
+    /// [`location::may_protect`]).
+    fn protects(&self, resolved: &Resolved) -> bool {
+        match resolved {
+            Resolved::S3 { target, location } => {
+                location::may_protect(&self.authority(None), target, location)
+            }
+            Resolved::Unsupported(_) => false,
         }
     }
 
@@ -606,20 +650,13 @@ impl<'a> WorkflowScope<'a> {
         if target.is_bucket_root() {
             return (Decision::Keep(KeepReason::BucketRoot), None, false);
         }
-        let namespace = self.wf.namespace();
-        let auth = location::Authority {
-            state: self.state,
-            namespace,
-            service_account: art
-                .artifact_gc
+        let auth = self.authority(
+            art.artifact_gc
                 .as_ref()
                 .and_then(|g| g.service_account_name.as_deref())
                 .filter(|s| !s.is_empty())
                 .or_else(|| self.wf.gc_service_account()),
-            configured: self
-                .configured
-                .get_or_init(|| self.state.configured_endpoints(namespace)),
-        };
+        );
         let authorized = location::authorize(&auth, &target, &location, field).and_then(|c| {
             let sse = location::customer_key_encrypted(&auth, &location, field)?;
             Ok((c, sse))
@@ -640,19 +677,26 @@ impl<'a> WorkflowScope<'a> {
         reads: bool,
         uses: &mut Vec<KeyUse>,
     ) {
-        let literal = art
-            .location
-            .s3
-            .as_ref()
-            .and_then(|s| s.key.as_deref())
-            .is_some_and(|k| !k.contains("{{"));
-        if !literal {
-            return;
-        }
         let namespace = self.wf.namespace();
-        let resolved = location::resolve(art, lookup, field, &self.vars, || self.repository());
+        let mut resolved = location::resolve(art, lookup, field, &self.vars, || self.repository());
+        // A key with a tag artgc cannot resolve yet (`{{inputs.parameters.x}}`, `{{steps...}}`)
+        // still names a place: the folder before its first tag is protected, keeping more,
+        // never less (a whole bucket protects nothing, as for any use).
+        let key = art.location.s3.as_ref().and_then(|s| s.key.as_deref());
+        if resolved.is_err()
+            && let Some(folder) = key.and_then(literal_folder)
+        {
+            let mut a = art.clone();
+            if let Some(s3) = a.location.s3.as_mut() {
+                s3.key = Some(folder);
+            }
+            resolved = location::resolve(&a, lookup, field, &self.vars, || self.repository());
+        }
         if let Ok(mut resolved) = resolved {
             location::canonicalize_store(&mut resolved, self.state, namespace);
+            if !self.protects(&resolved) {
+                return;
+            }
             let Resolved::S3 { target, .. } = resolved else {
                 return;
             };
@@ -687,6 +731,14 @@ impl<'a> WorkflowScope<'a> {
             self.live_use(art, unknown, "spec.arguments", label, true, uses);
         }
     }
+}
+
+/// The folder of a key before its first `{{` tag (`models/{{x}}.tgz` -> `models/`); `None` when
+/// the key has no tag, or no folder before it.
+fn literal_folder(key: &str) -> Option<String> {
+    let at = key.find("{{")?;
+    let folder = &key[..key[..at].rfind('/')? + 1];
+    (!folder.trim_matches('/').is_empty()).then(|| folder.to_string())
 }
 
 fn parse_time(t: Option<&str>) -> Option<jiff::Timestamp> {

@@ -90,6 +90,12 @@ impl Default for Grant {
 }
 
 impl Grant {
+    /// Whether `key` lies under one of the grant's key prefixes (or it sets none). A prefix
+    /// matches at a `/` boundary only: `team-a` grants `team-a/...`, never `team-ab/...`.
+    pub fn allows_key(&self, key: &str) -> bool {
+        self.key_prefixes.is_empty() || self.key_prefixes.iter().any(|p| under_prefix(key, p))
+    }
+
     /// Whether versions of the namespace's artifacts in `bucket` at the endpoint of
     /// `url` (a connection's, with its scheme) are reclaimed.
     pub fn reclaims_versions_in(
@@ -207,6 +213,12 @@ pub struct Policy {
     /// The cluster's DNS domain, for service names.
     #[serde(default = "default_domain")]
     pub cluster_domain: String,
+    /// Loopback addresses (`127.0.0.0/8`, `::1`, `localhost`) may be contacted for every
+    /// namespace: in a pod they are artgc itself (its admin server) and its sidecars, so they
+    /// are refused unless the operator says otherwise here (or names one in a grant's
+    /// `endpoints`). For a store reached through a port-forward, or tests.
+    #[serde(default)]
+    pub allow_loopback: bool,
 }
 
 fn default_domain() -> String {
@@ -220,6 +232,7 @@ impl Default for Policy {
             rules: Vec::new(),
             endpoint_aliases: Vec::new(),
             cluster_domain: default_domain(),
+            allow_loopback: false,
         }
     }
 }
@@ -332,8 +345,34 @@ impl Endpoint {
         if host.is_empty() {
             return Err(format!("endpoint {endpoint:?} has no host"));
         }
-        let host = qualify_service(&host, namespace, domain);
+        let host = match host_address(&host) {
+            // `::ffff:a.b.c.d` is reached as `a.b.c.d`: one store, one spelling.
+            Some(ip) => ip.to_canonical().to_string(),
+            None if host.contains(':') => {
+                return Err(format!("endpoint {endpoint:?} has an invalid IPv6 address"));
+            }
+            None if is_reserved_name(&host) => host,
+            None => qualify_service(&host, namespace, domain),
+        };
         Ok(Self { scheme, host, port })
+    }
+
+    /// The URL to send requests to: scheme and host, the port only where it is not the
+    /// scheme's default (a signed `Host` header then reads as the store expects).
+    pub fn url(&self) -> String {
+        let host = match self.host.contains(':') {
+            true => format!("[{}]", self.host),
+            false => self.host.clone(),
+        };
+        match (self.scheme, self.port) {
+            ("http", 80) | ("https", 443) => format!("{}://{host}", self.scheme),
+            _ => format!("{}://{host}:{}", self.scheme, self.port),
+        }
+    }
+
+    /// The address the host names when it is an IP address (canonical text after parsing).
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
     }
 
     /// Same host and port; the scheme does not make another store.
@@ -341,32 +380,126 @@ impl Endpoint {
         self.host == other.host && self.port == other.port
     }
 
-    /// Link-local, cloud metadata and unspecified addresses: never contacted.
-    pub fn is_forbidden(&self) -> bool {
-        const METADATA_HOSTS: [&str; 5] = [
-            "metadata",
-            "metadata.google.internal",
-            "metadata.goog",
-            "instance-data",
-            "instance-data.ec2.internal",
-        ];
-        if METADATA_HOSTS.contains(&self.host.as_str()) {
-            return true;
-        }
-        match self.host.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => {
-                ip.is_link_local() || ip.is_unspecified() || ip.octets() == [100, 100, 100, 200]
+    /// Link-local, cloud metadata, unspecified and (unless `loopback` allows it) loopback
+    /// addresses and names: never contacted. The host is already in canonical form (numeric
+    /// spellings parsed as a resolver reads them), so `0x7f000001` is `127.0.0.1` here.
+    pub fn is_forbidden(&self, loopback: bool) -> bool {
+        match self.ip() {
+            Some(ip) => forbidden_address(ip, loopback),
+            None => {
+                METADATA_HOSTS.contains(&self.host.as_str())
+                    || (!loopback
+                        && (self.host == "localhost" || self.host.ends_with(".localhost")))
             }
-            Ok(IpAddr::V6(ip)) => {
-                let seg = ip.segments();
-                (seg[0] & 0xffc0) == 0xfe80
-                    || ip.is_unspecified()
-                    || seg == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254]
-                    || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
-            }
-            Err(_) => false,
         }
     }
+}
+
+/// Names of cloud metadata services (and `localhost`): checked as written, before a short
+/// name is qualified as a service, since a pod's resolver falls back to them.
+const METADATA_HOSTS: [&str; 7] = [
+    "metadata",
+    "metadata.google.internal",
+    "metadata.goog",
+    "instance-data",
+    "instance-data.ec2.internal",
+    "metadata.azure.com",
+    "metadata.tencentyun.com",
+];
+
+fn is_reserved_name(host: &str) -> bool {
+    METADATA_HOSTS.contains(&host) || host == "localhost" || host.ends_with(".localhost")
+}
+
+/// Whether artgc may never send a request to `ip`: link-local (cloud metadata services and
+/// agents live there), the unspecified network (`0.0.0.0/8` reaches the local host), known
+/// metadata addresses outside link-local, and loopback unless the operator allows it. IPv6
+/// forms that carry an IPv4 address (mapped, compatible, NAT64) are checked as that address.
+/// Used at plan time on the endpoint and at connect time on every resolved address.
+pub fn forbidden_address(ip: IpAddr, loopback: bool) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
+            ip.is_link_local()
+                || ip.octets()[0] == 0
+                || ip.octets() == [100, 100, 100, 200]
+                || ip.is_broadcast()
+                || (!loopback && ip.is_loopback())
+        }
+        IpAddr::V6(ip) => {
+            let seg = ip.segments();
+            if let Some(v4) = embedded_ipv4(&ip) {
+                return forbidden_address(IpAddr::V4(v4), loopback);
+            }
+            (seg[0] & 0xffc0) == 0xfe80
+                || ip.is_unspecified()
+                || (seg[0] == 0xfd00 && seg[1] == 0x0ec2)
+                || (!loopback && ip.is_loopback())
+        }
+    }
+}
+
+/// The IPv4 address an IPv6 address stands for: mapped (`::ffff:a.b.c.d`), compatible
+/// (`::a.b.c.d`, not `::` or `::1`) or the NAT64 well-known prefix (`64:ff9b::a.b.c.d`).
+fn embedded_ipv4(ip: &std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let seg = ip.segments();
+    let tail = std::net::Ipv4Addr::new(
+        (seg[6] >> 8) as u8,
+        seg[6] as u8,
+        (seg[7] >> 8) as u8,
+        seg[7] as u8,
+    );
+    match seg[..6] {
+        [0, 0, 0, 0, 0, 0] if seg[6] != 0 => Some(tail),
+        [0x64, 0xff9b, 0, 0, 0, 0] => Some(tail),
+        _ => None,
+    }
+}
+
+/// The address a host names, read as the C resolver reads it (`inet_aton`): an IPv6 address,
+/// or an IPv4 address in any of its numeric spellings (`2852039166`, `0xa9fea9fe`,
+/// `0251.0376.0251.0376`, `169.254.43518`, `0`). `None`: a name.
+fn host_address(host: &str) -> Option<IpAddr> {
+    if host.contains(':') {
+        return host.parse().ok();
+    }
+    inet_aton(host).map(IpAddr::V4)
+}
+
+fn inet_aton(host: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<u64> = host
+        .split('.')
+        .map(|p| {
+            let (digits, radix) = match p.as_bytes() {
+                [b'0', b'x' | b'X', ..] => (&p[2..], 16),
+                [b'0', _, ..] => (&p[1..], 8),
+                _ => (p, 10),
+            };
+            // `0x` alone is 0 to glibc.
+            if digits.is_empty() && radix == 16 {
+                return Some(0);
+            }
+            if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+                return None;
+            }
+            u64::from_str_radix(digits, radix).ok()
+        })
+        .collect::<Option<_>>()?;
+    let (last, head) = parts.split_last()?;
+    if head.iter().any(|&p| p > 255) || parts.len() > 4 {
+        return None;
+    }
+    let room = 8 * (4 - head.len() as u32);
+    if room < 64 && *last >= 1u64 << room {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for (i, p) in head.iter().enumerate() {
+        v |= p << (24 - 8 * i as u32);
+    }
+    Some(std::net::Ipv4Addr::from((v | last) as u32))
 }
 
 fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
@@ -401,20 +534,24 @@ fn qualify_service(host: &str, namespace: &str, domain: &str) -> String {
     }
 }
 
+/// `key` is `prefix` itself or lies under it at a `/` boundary.
+pub fn under_prefix(key: &str, prefix: &str) -> bool {
+    let Some(rest) = key.strip_prefix(prefix) else {
+        return false;
+    };
+    prefix.is_empty() || prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')
+}
+
 /// Why a key is refused before anything is sent: `.`/`..` segments (a path-resolving store
-/// reaches outside the artifact), empty segments Argo's uploader would have cleaned (only the
-/// trailing `/` of a directory key is allowed), control characters.
+/// reaches outside the artifact) and control characters. Empty segments (a leading `/`, `//`)
+/// are part of the object's name: Argo writes such keys (a `keyFormat` starting with `/`) and
+/// deletes them as written, and S3 keys are literal.
 pub fn unsafe_key(key: &str) -> Option<&'static str> {
     if key.chars().any(char::is_control) {
         return Some("contains control characters");
     }
-    let body = key.strip_suffix('/').unwrap_or(key);
-    for seg in body.split('/') {
-        match seg {
-            "." | ".." => return Some("has a `.` or `..` segment"),
-            "" => return Some("has an empty segment (`//` or a leading `/`)"),
-            _ => {}
-        }
+    if key.split('/').any(|seg| seg == "." || seg == "..") {
+        return Some("has a `.` or `..` segment");
     }
     None
 }
@@ -487,10 +624,92 @@ mod tests {
             "100.100.100.200",
         ] {
             let e = Endpoint::parse(forbidden, false, "n", "cluster.local").unwrap();
-            assert!(e.is_forbidden(), "{forbidden}");
+            assert!(e.is_forbidden(true), "{forbidden}");
         }
         let ok = Endpoint::parse("10.0.0.5:9000", false, "n", "cluster.local").unwrap();
-        assert!(!ok.is_forbidden());
+        assert!(!ok.is_forbidden(false));
+    }
+
+    /// Every spelling a resolver reads as a metadata, link-local, unspecified or loopback
+    /// address is one: the block reads the address, not the text.
+    #[test]
+    fn other_spellings_of_forbidden_addresses_are_forbidden() {
+        let parse = |e: &str| Endpoint::parse(e, true, "team-a", "cluster.local").unwrap();
+        for (spelling, canonical) in [
+            ("2852039166", "169.254.169.254"),
+            ("0xa9fea9fe", "169.254.169.254"),
+            ("0251.0376.0251.0376", "169.254.169.254"),
+            ("169.254.43518", "169.254.169.254"),
+            ("0xA9.0xFE.0xA9.0xFE", "169.254.169.254"),
+            ("169.16689662", "169.254.169.254"),
+            ("0", "0.0.0.0"),
+            ("0x0", "0.0.0.0"),
+            ("0.0", "0.0.0.0"),
+            ("[::ffff:100.100.100.200]", "100.100.100.200"),
+            ("[::ffff:169.254.169.254]:80", "169.254.169.254"),
+            ("[::ffff:a9fe:a9fe]", "169.254.169.254"),
+            ("[::a9fe:a9fe]", "::a9fe:a9fe"),
+            ("[64:ff9b::a9fe:a9fe]", "64:ff9b::a9fe:a9fe"),
+            ("[fd00:ec2::23]", "fd00:ec2::23"),
+            ("169.254.170.23", "169.254.170.23"),
+            ("[0:0:0:0:0:0:0:0]", "::"),
+            ("metadata", "metadata"),
+            ("METADATA.goog.", "metadata.goog"),
+            ("instance-data", "instance-data"),
+            ("metadata.google.internal", "metadata.google.internal"),
+        ] {
+            let e = parse(spelling);
+            assert_eq!(e.host, canonical, "{spelling}");
+            assert!(e.is_forbidden(true), "{spelling}");
+        }
+        for loopback in [
+            "127.0.0.1:9090",
+            "127.1",
+            "2130706433",
+            "0x7f000001",
+            "017700000001",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+            "localhost",
+            "LOCALHOST.",
+            "artgc.localhost",
+        ] {
+            let e = parse(loopback);
+            assert!(
+                e.is_forbidden(false),
+                "{loopback} without the operator's leave"
+            );
+            assert!(!e.is_forbidden(true), "{loopback} with allowLoopback");
+        }
+        for fine in [
+            "10.0.0.5:9000",
+            "minio",
+            "s3.amazonaws.com",
+            "1.2.3.4.5",
+            "0x1g",
+        ] {
+            assert!(!parse(fine).is_forbidden(false), "{fine}");
+        }
+        // Not an address: a name the resolver would look up (and the connect-time check sees).
+        assert_eq!(parse("1.2.3.4.5").host, "1.2.3.4.5");
+        assert_eq!(parse("256.1.1.1").host, "256.1.1.1");
+        assert!(Endpoint::parse("[::zz]", true, "n", "cluster.local").is_err());
+    }
+
+    #[test]
+    fn key_prefixes_match_at_a_slash_boundary() {
+        for (key, prefix, under) in [
+            ("team-a/x", "team-a", true),
+            ("team-a", "team-a", true),
+            ("team-ab/x", "team-a", false),
+            ("team-ab/x", "team-a/", false),
+            ("team-a/x", "team-a/", true),
+            ("runs/team-a-1/x", "runs/team-a-", false),
+            ("anything", "", true),
+            ("/team-a/x", "team-a", false),
+        ] {
+            assert_eq!(under_prefix(key, prefix), under, "{key} under {prefix}");
+        }
     }
 
     #[test]
@@ -499,15 +718,26 @@ mod tests {
             "a/../b",
             "../x",
             "a/./b",
-            "a//b",
-            "/abs",
             "a/\u{1b}[2J",
             "..",
             "a/..",
+            "/a//../b",
         ] {
             assert!(unsafe_key(bad).is_some(), "{bad:?}");
         }
-        for ok in ["a/b.tgz", "dir/", "a/b..c/d", "数据/报告.csv", ".hidden/x"] {
+        // Argo writes keys with a leading `/` or `//` (a keyFormat starting with `/`): they are
+        // object names, deleted as written.
+        for ok in [
+            "a/b.tgz",
+            "dir/",
+            "a/b..c/d",
+            "数据/报告.csv",
+            ".hidden/x",
+            "/abs",
+            "a//b",
+            "/runs/w/p/main.log",
+            "/runs//dir/",
+        ] {
             assert_eq!(unsafe_key(ok), None, "{ok:?}");
         }
     }

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 
 use crate::model::{
-    ANNOTATION_DELETION_ATTEMPTS, ANNOTATION_OFFLOADED_DELETED, ANNOTATION_PROBED_FILES,
+    ANNOTATION_DELETION_ATTEMPTS, ANNOTATION_FINISHED_SEEN, ANNOTATION_OFFLOADED_DELETED,
+    ANNOTATION_PROBED_FILES,
 };
 use crate::nodes::{compress, decompress};
 use crate::outcome::{
@@ -47,6 +48,9 @@ pub fn merge_patch(
     }
     if let Some(n) = deletion_attempts(raw, update.deletion_attempts) {
         annotations.insert(ANNOTATION_DELETION_ATTEMPTS.into(), Value::String(n));
+    }
+    if let Some(t) = finished_seen(raw, update.finished_seen) {
+        annotations.insert(ANNOTATION_FINISHED_SEEN.into(), Value::String(t));
     }
     if !annotations.is_empty() {
         metadata.insert("annotations".into(), Value::Object(annotations));
@@ -252,6 +256,19 @@ fn preconditions(raw: &Value, metadata: &mut Map<String, Value>) -> Result<(), S
         metadata.insert("uid".into(), uid);
     }
     Ok(())
+}
+
+/// The finished-seen record to write: only ever lowered (the object's own value, when it parses
+/// and is no later, stays).
+fn finished_seen(raw: &Value, record: Option<jiff::Timestamp>) -> Option<String> {
+    let record = record?;
+    let current = raw["metadata"]["annotations"][ANNOTATION_FINISHED_SEEN]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    match current {
+        Some(t) if t <= record => None,
+        _ => Some(record.to_string()),
+    }
 }
 
 /// The merge patch that adds `files` (`node/artifact` lines) to the probed-files annotation,

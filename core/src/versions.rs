@@ -51,6 +51,78 @@ pub struct RunWindow {
     pub until: Option<jiff::Timestamp>,
 }
 
+/// What bounds a workflow's run, and who set each time. `started_at` and `finished_at` are the
+/// status's: the Workflow's author writes them. `created_at` (metadata.creationTimestamp) is
+/// the API server's, and `finished_seen` is artgc's own record of when it first saw the
+/// workflow finished (none in a run over files). An author-written time may only narrow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunFacts {
+    pub started_at: Option<jiff::Timestamp>,
+    pub finished_at: Option<jiff::Timestamp>,
+    pub created_at: Option<jiff::Timestamp>,
+    pub finished_seen: Option<jiff::Timestamp>,
+}
+
+/// The run's window as the facts bound it, and whether versions may be reclaimed at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunBounds {
+    pub window: RunWindow,
+    /// Why reclaiming versions is refused for this workflow: its times contradict what the
+    /// API server or artgc saw.
+    pub refused: Option<String>,
+    /// The bounds that were known and used, for the report.
+    pub used: Vec<&'static str>,
+}
+
+/// The rule: the window starts no earlier than the object's creation and ends no later than
+/// the moment artgc first saw the workflow finished (each widened by the clock skew); a start
+/// before the creation, a finish after artgc saw it finished, or a finish before the start
+/// contradicts the server's facts, and no version is reclaimed for it.
+pub fn run_bounds(f: &RunFacts, skew: jiff::SignedDuration) -> RunBounds {
+    let widen = |t: jiff::Timestamp, by: jiff::SignedDuration| t.checked_add(by).ok();
+    let mut used = Vec::new();
+    let mut refused = None;
+    let from = f.started_at.map(|s| match f.created_at {
+        Some(c) => {
+            used.push("metadata.creationTimestamp");
+            if widen(s, skew).is_some_and(|s| s < c) {
+                refused = Some(format!(
+                    "status.startedAt {s} is before the Workflow was created ({c})"
+                ));
+            }
+            s.max(c)
+        }
+        None => s,
+    });
+    let until = f.finished_at.map(|fin| match f.finished_seen {
+        Some(seen) => {
+            used.push("artgc.io/finished-seen");
+            if widen(seen, skew).is_some_and(|seen| fin > seen) {
+                refused.get_or_insert(format!(
+                    "status.finishedAt {fin} is after artgc first saw the workflow finished ({seen})"
+                ));
+            }
+            fin.min(seen)
+        }
+        None => fin,
+    });
+    if let (Some(s), Some(fin)) = (f.started_at, f.finished_at)
+        && fin < s
+    {
+        refused.get_or_insert(format!(
+            "status.finishedAt {fin} is before status.startedAt {s}"
+        ));
+    }
+    RunBounds {
+        window: RunWindow {
+            from: from.and_then(|t| widen(t, -skew)),
+            until: until.and_then(|t| widen(t, skew)),
+        },
+        refused,
+        used,
+    }
+}
+
 /// Why a listed version is not reclaimed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotReclaimed {
@@ -106,6 +178,86 @@ pub fn versions_to_reclaim<'v>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Workflow whose status claims it ran from 2000 to 2099 gets the window the server's
+    /// facts allow, and no reclaim at all; honest times are used as they are.
+    #[test]
+    fn author_written_times_only_narrow_the_window() {
+        let t = |s: &str| Some(s.parse::<jiff::Timestamp>().unwrap());
+        let skew = jiff::SignedDuration::from_secs(120);
+        let created = t("2026-12-07T10:00:00Z");
+        let seen = t("2026-12-07T10:10:00Z");
+        type Row<'a> = (&'a str, RunFacts, Option<&'a str>, Option<&'a str>, bool);
+        let rows: Vec<Row> = vec![
+            (
+                "honest",
+                RunFacts {
+                    started_at: t("2026-12-07T10:00:05Z"),
+                    finished_at: t("2026-12-07T10:09:55Z"),
+                    created_at: created,
+                    finished_seen: seen,
+                },
+                Some("2026-12-07T09:58:05Z"),
+                Some("2026-12-07T10:11:55Z"),
+                false,
+            ),
+            (
+                "2000 to 2099",
+                RunFacts {
+                    started_at: t("2000-01-01T00:00:00Z"),
+                    finished_at: t("2099-01-01T00:00:00Z"),
+                    created_at: created,
+                    finished_seen: seen,
+                },
+                Some("2026-12-07T09:58:00Z"),
+                Some("2026-12-07T10:12:00Z"),
+                true,
+            ),
+            (
+                "a finish before the start",
+                RunFacts {
+                    started_at: t("2026-12-07T10:05:00Z"),
+                    finished_at: t("2026-12-07T10:01:00Z"),
+                    created_at: created,
+                    finished_seen: seen,
+                },
+                Some("2026-12-07T10:03:00Z"),
+                Some("2026-12-07T10:03:00Z"),
+                true,
+            ),
+            (
+                "files: no record of artgc's, the status's finish stands",
+                RunFacts {
+                    started_at: t("2026-12-07T10:00:05Z"),
+                    finished_at: t("2026-12-07T10:09:55Z"),
+                    created_at: created,
+                    finished_seen: None,
+                },
+                Some("2026-12-07T09:58:05Z"),
+                Some("2026-12-07T10:11:55Z"),
+                false,
+            ),
+            (
+                "no start: only the current claimed version, as before",
+                RunFacts {
+                    started_at: None,
+                    finished_at: t("2026-12-07T10:09:55Z"),
+                    created_at: created,
+                    finished_seen: seen,
+                },
+                None,
+                Some("2026-12-07T10:11:55Z"),
+                false,
+            ),
+        ];
+        for (what, facts, from, until, refused) in rows {
+            let b = run_bounds(&facts, skew);
+            let show = |t: Option<jiff::Timestamp>| t.map(|t| t.to_string());
+            assert_eq!(show(b.window.from).as_deref(), from, "{what}: from");
+            assert_eq!(show(b.window.until).as_deref(), until, "{what}: until");
+            assert_eq!(b.refused.is_some(), refused, "{what}: {:?}", b.refused);
+        }
+    }
 
     fn at(s: &str) -> jiff::Timestamp {
         s.parse().unwrap()

@@ -74,17 +74,38 @@ fn stored_workflow_template_spec_supplies_the_workflow_strategy() {
     );
     assert_eq!(art(&plan, "w", "a").decision, Decision::Delete);
 
-    // The workflow's own spec wins over the template's.
+    // As Argo's `GetExecSpec`: the stored spec (the workflow's spec already merged over the
+    // template's when it started) is what ran; `spec` is read only without one. Likewise for
+    // forceFinalizerRemoval and the GC service account.
     let w = wf("w2")
         .strategy("Never")
         .set(
+            &["spec", "artifactGC", "forceFinalizerRemoval"],
+            json!(true),
+        )
+        .set(
+            &["spec", "artifactGC", "serviceAccountName"],
+            json!("spec-sa"),
+        )
+        .set(
             &["status", "storedWorkflowTemplateSpec"],
-            json!({"artifactGC": {"strategy": "OnWorkflowCompletion"}}),
+            json!({"artifactGC": {"strategy": "OnWorkflowCompletion",
+                                  "serviceAccountName": "stored-sa"}}),
         )
         .node("n1", "t", vec![key_only("a", "w2/a.tgz")]);
-    let plan = plan_due(vec![w], creds());
+    let plan = plan_due(vec![w.clone()], creds());
+    assert_eq!(art(&plan, "w2", "a").decision, Decision::Delete);
+    let WorkflowInput::Valid(parsed) = w.input() else {
+        panic!("valid")
+    };
+    assert_eq!(parsed.gc_service_account(), Some("stored-sa"));
+    assert!(!parsed.force_finalizer_removal());
+    let own = wf("w3")
+        .strategy("Never")
+        .node("n1", "t", vec![key_only("a", "w3/a.tgz")]);
+    let plan = plan_due(vec![own], creds());
     assert_eq!(
-        art(&plan, "w2", "a").decision,
+        art(&plan, "w3", "a").decision,
         Decision::Keep(KeepReason::Never)
     );
 }
@@ -236,7 +257,8 @@ fn complete_own_location_is_used_as_is() {
         ("other:9000", "own-bucket", "k/a.tgz")
     );
     let conn = art(&plan, "w", "a").connection.clone().unwrap();
-    assert_eq!(conn.url, "http://other:9000");
+    // Dialled as checked: the short service name, qualified relative to the namespace.
+    assert_eq!(conn.url, "http://other.ns.svc.cluster.local:9000");
     assert!(conn.path_style);
     assert_eq!(conn.region, "us-east-1");
     assert!(
@@ -487,6 +509,50 @@ fn a_recorded_repository_ref_without_the_repository_is_honoured() {
     );
     let err = bucket_of(&plan, "w").unwrap_err();
     assert!(err.contains("status.artifactRepositoryRef"), "{err}");
+}
+
+/// `status.artifactRepositoryRef.namespace` is the author's to write: naming another tenant's
+/// namespace reads nothing there (Argo's `Get` reads only the workflow's own and the
+/// controller's), is refused for good (settled, never a held finalizer), and no message ever
+/// quotes a ConfigMap's text.
+#[test]
+fn a_recorded_ref_to_another_namespace_is_refused_and_nothing_is_quoted() {
+    let mut team_b = repo_cm(
+        "team-b",
+        "artifact-repositories",
+        Some("a"),
+        &[("a", "team-b-bucket")],
+    );
+    team_b["data"]["broken"] = json!("s3: {bucket: team-b-secret-text, [unclosed");
+    let objs = vec![team_b, global_repository()];
+    let recorded = |r: Value| bare("w").set(&["status", "artifactRepositoryRef"], r);
+    let plan = plan_due(
+        vec![recorded(
+            json!({"namespace": "team-b", "configMap": "artifact-repositories", "key": "a"}),
+        )],
+        objs.clone(),
+    );
+    let a = art(&plan, "w", "a");
+    assert_eq!(a.decision.category(), "ref_not_allowed", "{:?}", a.decision);
+    assert!(matches!(&a.decision, Decision::Error(e) if e.is_permanent()));
+    assert!(
+        !a.decision.reason().contains("team-b-bucket"),
+        "{}",
+        a.decision.reason()
+    );
+
+    // A ConfigMap that does not parse is named, with where, never with what it says.
+    let mut own = repo_cm("ns", "artifact-repositories", None, &[]);
+    own["data"] = json!({"broken": "s3: {bucket: secret-looking-text, [unclosed"});
+    let plan = plan_due(
+        vec![recorded(
+            json!({"namespace": "ns", "configMap": "artifact-repositories", "key": "broken"}),
+        )],
+        vec![own],
+    );
+    let reason = art(&plan, "w", "a").decision.reason();
+    assert!(reason.contains("does not parse (line"), "{reason}");
+    assert!(!reason.contains("secret-looking-text"), "{reason}");
 }
 
 // ---- credentials ----
@@ -895,8 +961,10 @@ fn state() -> ClusterState {
         serde_json::to_string(&json!({"kind": "List", "apiVersion": "v1", "items": creds()}))
             .unwrap();
     inv.add_text("creds.json", &text, "default").unwrap();
-    let mut state =
-        ClusterState::new(Default::default()).with_policy(endpoints_policy(&["minio:9000".into()]));
+    let mut state = ClusterState::new(Default::default()).with_policy(endpoints_policy(&[
+        "minio:9000".into(),
+        "minio.ns:9000".into(),
+    ]));
     inv.secrets.into_iter().for_each(|s| state.insert_secret(s));
     state
 }
@@ -982,6 +1050,131 @@ fn a_workflow_named_like_a_folder_does_not_keep_other_keys_in_it() {
         art(&files, "other", "out").decision,
         Decision::Keep(KeepReason::Shared(_))
     ));
+}
+
+/// A use protects a key only where artgc would accept that location for the user's namespace:
+/// a namespace with no repository for a store (nothing configured or granted there), writing
+/// one `Never` artifact at the store's top folder or running a "reader" of it, pins nothing;
+/// where the policy confines it to other buckets or prefixes, likewise. Both paths decide alike.
+#[test]
+fn a_use_protects_only_where_its_namespace_may_reach() {
+    let owner = fixed(
+        "owner",
+        "OnWorkflowCompletion",
+        "artifacts/owner/owner-1/out.tgz",
+    );
+    let store = s3_repo("minio.ns:9000", "repo-bucket", "cred");
+    let pin = |ns: &str| {
+        workflow(ns, "pin").status_repo(store.clone()).node(
+            "n1",
+            "t",
+            vec![with_strategy(key_only("top", "artifacts"), "Never")],
+        )
+    };
+    let reader = |ns: &str| {
+        workflow(ns, "reader")
+            .status_repo(store.clone())
+            .running()
+            .set(
+                &["status", "nodes", "r1"],
+                json!({"id": "r1", "type": "Pod", "phase": "Running", "templateName": "t",
+                       "inputs": {"artifacts": [key_only("in", "artifacts/owner/")]}}),
+            )
+    };
+    // Only the owner's namespace reaches the store (`minio:9000` relative to ns).
+    let only_ns = || {
+        let mut s = state();
+        s.policy = endpoints_policy(&["minio:9000".into()]);
+        s
+    };
+    for (who, user) in [("pin", pin("tenant-x")), ("reader", reader("tenant-x"))] {
+        let mut index = KeyIndex::default();
+        let WorkflowInput::Valid(wf) = user.clone().input() else {
+            panic!("valid")
+        };
+        let key = KeyIndex::workflow_key(wf.namespace(), wf.name());
+        index.set_workflow(&key, artgc_core::plan::workflow_key_uses(&wf, &only_ns()));
+        let plan = artgc_core::plan::plan_with_index(
+            &[owner.clone().input()],
+            &only_ns(),
+            &Default::default(),
+            Some(&index),
+        );
+        assert_eq!(
+            art(&plan, "owner", "out").decision,
+            Decision::Delete,
+            "{who}"
+        );
+        // The same use from a namespace that may reach the store protects the key.
+        let plan = plan_against(
+            owner.clone(),
+            &index_of(vec![match who {
+                "pin" => pin("tenant-x"),
+                _ => reader("tenant-x"),
+            }]),
+        );
+        assert!(
+            matches!(art(&plan, "owner", "out").decision, Decision::Keep(_)),
+            "{who} allowed: {:?}",
+            art(&plan, "owner", "out").decision
+        );
+    }
+}
+
+/// A running workflow's next step reads `models/{{workflow.parameters.model}}.tgz`: the
+/// parameter is substituted as Argo substitutes it, so the finished producer's pass keeps
+/// `models/model-v3.tgz`. A tag artgc cannot resolve yet (`{{inputs.parameters.x}}`) protects
+/// the folder before it, keeping more, never less.
+#[test]
+fn a_running_workflows_parameterised_inputs_are_protected() {
+    let producer = fixed("producer", "OnWorkflowCompletion", "models/model-v3.tgz");
+    let neighbour = fixed("neighbour", "OnWorkflowCompletion", "other/model-v3.tgz");
+    let consumer = |key: &str| {
+        wf("consumer")
+            .running()
+            .set(
+                &["spec", "arguments"],
+                json!({"parameters": [{"name": "model", "value": "model-v3"}]}),
+            )
+            .set(
+                &["spec", "templates"],
+                json!([{"name": "train", "inputs": {"artifacts": [
+                    {"name": "model", "path": "/m", "s3": {"key": key}}]}}]),
+            )
+    };
+    for key in [
+        "models/{{workflow.parameters.model}}.tgz",
+        "models/{{inputs.parameters.model}}.tgz",
+    ] {
+        for plan in [
+            plan_due(
+                vec![producer.clone(), neighbour.clone(), consumer(key)],
+                creds(),
+            ),
+            plan_against(producer.clone(), &index_of(vec![consumer(key)])),
+        ] {
+            assert!(
+                matches!(art(&plan, "producer", "out").decision, Decision::Keep(_)),
+                "{key}: {:?}",
+                art(&plan, "producer", "out").decision
+            );
+        }
+        let plan = plan_due(vec![neighbour.clone(), consumer(key)], creds());
+        assert_eq!(
+            art(&plan, "neighbour", "out").decision,
+            Decision::Delete,
+            "{key}"
+        );
+    }
+    // A tag before any folder names no place short of the bucket: nothing protected.
+    let plan = plan_due(
+        vec![
+            producer.clone(),
+            consumer("{{inputs.parameters.model}}.tgz"),
+        ],
+        creds(),
+    );
+    assert_eq!(art(&plan, "producer", "out").decision, Decision::Delete);
 }
 
 /// A running reader holds the owner's deletion (`read_by_running`, pending) only within its own

@@ -365,11 +365,14 @@ fn artifact_rule() {
             artifact(c, unsupported.clone()),
             None,
             true,
-            Noted(Failure {
-                what: "n1/out".into(),
-                category: "unsupported_driver",
-                reason: "artgc cannot delete hdfs artifacts".into(),
-            }),
+            Noted(
+                Failure {
+                    what: "n1/out".into(),
+                    category: "unsupported_driver",
+                    reason: "artgc cannot delete hdfs artifacts".into(),
+                },
+                KeptReason::Unsupported,
+            ),
         ),
         (
             "unsupported driver, running",
@@ -393,8 +396,101 @@ fn artifact_rule() {
             Pending { cancelled: false },
         ),
     ];
+    // Refusals no retry changes: reported and settled once finished, never a held finalizer.
+    use artgc_core::error::ResolveError as R;
+    let mut rows = rows;
+    for (e, category) in [
+        (
+            R::EndpointNotAllowed("moved".into()),
+            "endpoint_not_allowed",
+        ),
+        (R::BucketNotAllowed("moved".into()), "bucket_not_allowed"),
+        (R::UnsafeKey("moved".into()), "unsafe_key"),
+        (R::RefNotAllowed("moved".into()), "ref_not_allowed"),
+        (R::Location("moved".into()), "location"),
+        (R::Strategy("moved".into()), "invalid_strategy"),
+    ] {
+        rows.push((
+            category,
+            artifact(c, Decision::Error(e.clone())),
+            None,
+            true,
+            Noted(
+                Failure {
+                    what: "n1/out".into(),
+                    category,
+                    reason: "moved".into(),
+                },
+                KeptReason::Refused,
+            ),
+        ));
+        rows.push((
+            "a refusal while running: later",
+            artifact(c, Decision::Error(e)),
+            None,
+            false,
+            Pending { cancelled: false },
+        ));
+    }
+    for (e, category) in [
+        (R::Repository("later".into()), "repository"),
+        (R::Identity("later".into()), "identity"),
+    ] {
+        rows.push((
+            "may change: a failure, retried",
+            artifact(c, Decision::Error(e)),
+            None,
+            true,
+            failed(category, "later"),
+        ));
+    }
     for (what, art, outcome, is_finished, want) in rows {
         assert_eq!(decide_artifact(&art, outcome, is_finished), want, "{what}");
+    }
+}
+
+/// The finished-seen record a pass writes: only for a finished workflow whose versions may be
+/// reclaimed, and only where none no later than now is there.
+#[test]
+fn finished_seen_record_rule() {
+    use artgc_core::outcome::finished_seen_record;
+    let now: jiff::Timestamp = "2026-12-07T10:00:00Z".parse().unwrap();
+    let plan = |seen: Option<&str>| {
+        let mut wp = artgc_core::plan::WorkflowPlan::unplannable(
+            "ns",
+            "w",
+            artgc_core::error::InputError::Offloaded {
+                version: "v".into(),
+            },
+        );
+        wp.error = None;
+        wp.finished_seen = seen.map(|s| s.parse().unwrap());
+        wp
+    };
+    for (what, seen, finished, reclaims, want) in [
+        ("first finished pass", None, true, true, Some(now)),
+        ("running", None, false, true, None),
+        ("no reclaim anywhere", None, true, false, None),
+        (
+            "recorded before",
+            Some("2026-12-07T09:00:00Z"),
+            true,
+            true,
+            None,
+        ),
+        (
+            "from the future",
+            Some("2099-01-01T00:00:00Z"),
+            true,
+            true,
+            Some(now),
+        ),
+    ] {
+        assert_eq!(
+            finished_seen_record(&plan(seen), finished, reclaims, now),
+            want,
+            "{what}"
+        );
     }
 }
 

@@ -68,8 +68,36 @@ fn meta(extra: Value) -> Value {
 #[test]
 fn merge_patch_rules() {
     let ours_set = json!({"type": "ArtifactGCError", "status": "True", "message": "m"});
+    let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    let seen = |v: &str| json!({"artgc.io/finished-seen": v});
     let rows: Vec<(&str, Value, StatusUpdate, Option<Value>)> = vec![
         ("nothing to change", workflow(), StatusUpdate::none(), None),
+        (
+            "finished-seen: recorded when absent",
+            workflow(),
+            update(|u| u.finished_seen = Some(t("2026-12-07T10:00:00Z"))),
+            Some(json!({"metadata": meta(json!({"annotations": seen("2026-12-07T10:00:00Z")}))})),
+        ),
+        (
+            "finished-seen: an earlier record (narrower) stays",
+            with(
+                workflow(),
+                &["metadata", "annotations"],
+                seen("2026-12-07T09:00:00Z"),
+            ),
+            update(|u| u.finished_seen = Some(t("2026-12-07T10:00:00Z"))),
+            None,
+        ),
+        (
+            "finished-seen: a later (the author's) or unreadable record is lowered",
+            with(
+                workflow(),
+                &["metadata", "annotations"],
+                seen("2099-01-01T00:00:00Z"),
+            ),
+            update(|u| u.finished_seen = Some(t("2026-12-07T10:00:00Z"))),
+            Some(json!({"metadata": meta(json!({"annotations": seen("2026-12-07T10:00:00Z")}))})),
+        ),
         (
             "one artifact deleted: only its node's list, marked",
             workflow(),

@@ -73,6 +73,11 @@ pub struct ControllerConfig {
     pub leader_election: Option<LeaderElection>,
     /// Time allowed for in-flight reconciles on shutdown.
     pub shutdown_grace: Duration,
+    /// The longest one pass may take before it is abandoned and retried.
+    pub pass_deadline: Duration,
+    /// The longest the reads for one workflow (its ConfigMaps, Secrets, ServiceAccounts) may
+    /// take, in a pass or in the watch.
+    pub api_timeout: Duration,
     /// The operator's tenancy policy.
     pub policy: Arc<artgc_core::policy::Policy>,
     /// STS for workflows' GC service accounts.
@@ -96,6 +101,8 @@ impl Default for ControllerConfig {
             admin_addr: ([0, 0, 0, 0], 9090).into(),
             leader_election: None,
             shutdown_grace: Duration::from_secs(30),
+            pass_deadline: Duration::from_secs(600),
+            api_timeout: Duration::from_secs(30),
             policy: Default::default(),
             sts: Default::default(),
         }
@@ -138,6 +145,10 @@ enum ReconcileError {
     /// Stopped, or not the leader (any more): nothing more sent or written.
     #[error("stopped: shutting down or not the leader")]
     Fenced,
+    /// The pass ran past `--pass-deadline` (a request that never answered): abandoned, as a
+    /// crash would leave it, and retried.
+    #[error("the pass ran past its deadline of {0:?} and was abandoned")]
+    Deadline(Duration),
 }
 
 impl ReconcileError {
@@ -154,6 +165,7 @@ impl ReconcileError {
             Self::Gc(c) => c,
             Self::Internal(_) => "internal",
             Self::Fenced => "fenced",
+            Self::Deadline(_) => "deadline",
         }
     }
 }
@@ -280,7 +292,9 @@ pub async fn start(
     client: Client,
     config: ControllerConfig,
 ) -> Result<ControllerHandle, ControllerError> {
-    let admin_state = Arc::new(AdminState::new(Metrics::new()));
+    let mut admin = AdminState::new(Metrics::new());
+    admin.stalled_after = config.pass_deadline + Duration::from_secs(300);
+    let admin_state = Arc::new(admin);
     let stop = CancellationToken::new();
     let admin_addr = admin::serve(config.admin_addr, admin_state.clone(), stop.clone())
         .await
@@ -301,7 +315,8 @@ pub async fn start(
             client.clone(),
             config.argo_config_map.clone(),
             config.policy.clone(),
-        ),
+        )
+        .with_timeout(config.api_timeout),
         offload: Default::default(),
         store: ObjectStore::new(config.store.clone())
             .with_web_identity(WebIdentityConfig {

@@ -53,18 +53,20 @@ pub(super) async fn worker(
             k = shared.queue.next() => k,
         };
         let mut timer = metrics::ReconcileTimer::start(shared.metrics());
+        let _pass = admin_state.pass();
+        let deadline = shared.config.pass_deadline;
         let work = async {
-            match AssertUnwindSafe(reconcile(&shared, &key))
-                .catch_unwind()
-                .await
-            {
-                Ok(r) => r,
-                Err(panic) => {
+            // Dropping a pass at its deadline is what a crash does: every step can be redone.
+            let pass = AssertUnwindSafe(reconcile(&shared, &key)).catch_unwind();
+            match tokio::time::timeout(deadline, pass).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(panic)) => {
                     let what = panic_message(&*panic);
                     error!(workflow = %key, panic = %what, "reconcile panicked; the worker goes on");
                     publish_internal_error(&shared, &key, &what).await;
                     Err(ReconcileError::Internal(what))
                 }
+                Err(_) => Err(ReconcileError::Deadline(deadline)),
             }
         };
         // Shutdown lets the reconcile finish, within the grace time; a kill aborts the task.
@@ -195,7 +197,13 @@ async fn reconcile(
             (plan, None, ctx)
         }
     };
-    let outcome = assess(&plan.workflows[0], 0, execution.as_ref(), &ctx);
+    let mut outcome = assess(&plan.workflows[0], 0, execution.as_ref(), &ctx);
+    let wp = &plan.workflows[0];
+    let reclaims =
+        shared.config.store.reclaim_versions || wp.artifacts.iter().any(|a| a.reclaim_versions);
+    let finished = matches!(&*input, WorkflowInput::Valid(wf) if wf.is_finished());
+    outcome.update.finished_seen =
+        artgc_core::outcome::finished_seen_record(wp, finished, reclaims, jiff::Timestamp::now());
     pass.record(&outcome).await?;
     match outcome.failures.first() {
         Some(f) => Err(ReconcileError::Gc(f.category)),

@@ -6,15 +6,25 @@ use std::time::Duration;
 
 use artgc::controller::{ControllerConfig, ControllerHandle};
 
-/// A controller that answers quickly: an ephemeral admin port, short backoffs, 5 s to stop.
+/// A controller that answers quickly: an ephemeral admin port, short backoffs, 5 s to stop;
+/// the test stores listen on loopback, which the operator must allow.
 pub fn quick_config() -> ControllerConfig {
     ControllerConfig {
+        policy: loopback_policy(),
         admin_addr: ([127, 0, 0, 1], 0).into(),
         backoff_base: Duration::from_millis(50),
         backoff_max: Duration::from_millis(400),
         shutdown_grace: Duration::from_secs(5),
         ..Default::default()
     }
+}
+
+/// The default policy, with loopback stores allowed (`allowLoopback: true`).
+pub fn loopback_policy() -> std::sync::Arc<artgc_core::policy::Policy> {
+    std::sync::Arc::new(artgc_core::policy::Policy {
+        allow_loopback: true,
+        ..Default::default()
+    })
 }
 
 /// Polls `check` every 50 ms until it holds; fails naming `what` after 30 s (the real API
