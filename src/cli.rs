@@ -324,6 +324,10 @@ pub struct TenancyArgs {
     /// pod, loopback is artgc itself and its sidecars, so it is refused by default.
     #[arg(long, env = "ARTGC_ALLOW_LOOPBACK")]
     pub allow_loopback: bool,
+    /// This pod's own addresses (the chart sets the downward API's status.podIPs): never
+    /// contacted unless a policy rule's `endpoints` names them.
+    #[arg(long, env = "POD_IPS", value_delimiter = ',')]
+    pub pod_ip: Vec<std::net::IpAddr>,
     /// Audience of the tokens requested for workflows' GC service accounts.
     #[arg(
         long,
@@ -350,6 +354,7 @@ impl TenancyArgs {
             }
         };
         policy.allow_loopback |= self.allow_loopback;
+        policy.own_addresses = self.pod_ip.iter().map(|ip| ip.to_canonical()).collect();
         Ok(std::sync::Arc::new(policy))
     }
 

@@ -14,11 +14,21 @@ use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError
 #[derive(Debug, Clone)]
 pub struct CheckedResolver {
     pub loopback: bool,
+    /// artgc's own pod addresses, refused like loopback.
+    pub own: Vec<IpAddr>,
 }
 
 impl ResolveDns for CheckedResolver {
     fn resolve_dns<'a>(&'a self, name: &'a str) -> DnsFuture<'a> {
-        DnsFuture::new(async move { resolve_checked(name, self.loopback).await })
+        DnsFuture::new(async move {
+            let addrs = resolve_checked(name, self.loopback).await?;
+            match addrs.iter().find(|a| self.own.contains(&a.to_canonical())) {
+                Some(a) => Err(ResolveDnsError::new(format!(
+                    "{name} resolves to {a}, artgc's own pod address; artgc never connects to it"
+                ))),
+                None => Ok(addrs),
+            }
+        })
     }
 }
 

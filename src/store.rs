@@ -609,6 +609,7 @@ impl ObjectStore {
                 .tls_context(ctx)
                 .build_with_resolver(crate::dns::CheckedResolver {
                     loopback: conn.loopback,
+                    own: conn.own_addresses.clone(),
                 });
             b = b.http_client(http);
         }

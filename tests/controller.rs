@@ -1351,28 +1351,7 @@ async fn no_finalizer_without_declared_gc(e: Env) {
 async fn unsupported_drivers_are_reported_and_do_not_hold_the_workflow(e: Env) {
     let gcs = json!({"name": "g", "gcs": {"bucket": "b", "key": "k"},
                      "artifactGC": {"strategy": DELETION}});
-    e.create(
-        e.wf("gcs")
-            .node("gcs-1", "main", vec![gcs])
-            .set(&["metadata", "finalizers"], json!([FINALIZER])),
-    )
-    .await;
-    let ctl = e.start(|_| {}).await;
-    e.delete("gcs").await;
-    until("released", async || e.get("gcs").await.is_none()).await;
-    until("reported", async || {
-        e.events("gcs")
-            .await
-            .iter()
-            .any(|(t, r, n)| t == "Warning" && r == "ArtifactGCFailed" && n.contains("gcs"))
-    })
-    .await;
-    let m = metrics(&ctl).await;
-    assert!(
-        sample(&m, "artgc_artifacts_kept_total{reason=\"unsupported\"}") == Some(1.0),
-        "{m}"
-    );
-    ctl.shutdown().await;
+    settled_on_deletion(&e, "gcs", gcs, "gcs", "unsupported").await;
 }
 
 /// A repository moved to a new endpoint: the older workflow's artifact names the old one, which
@@ -1386,26 +1365,31 @@ async fn a_refusal_no_retry_changes_is_reported_and_settled(e: Env) {
                               "accessKeySecret": {"name": "s3", "key": "accesskey"},
                               "secretKeySecret": {"name": "s3", "key": "secretkey"}},
                        "artifactGC": {"strategy": DELETION}});
+    settled_on_deletion(&e, "moved", moved, "endpoint_not_allowed", "refused").await;
+}
+
+/// Deletes workflow `name` (holding artgc's finalizer, one `artifact`) and expects it released,
+/// a Warning Event naming `reported`, and one artifact kept for `kept`.
+async fn settled_on_deletion(e: &Env, name: &str, artifact: Value, reported: &str, kept: &str) {
     e.create(
-        e.wf("moved")
-            .node("moved-1", "main", vec![moved])
+        e.wf(name)
+            .node(&format!("{name}-1"), "main", vec![artifact])
             .set(&["metadata", "finalizers"], json!([FINALIZER])),
     )
     .await;
     let ctl = e.start(|_| {}).await;
-    e.delete("moved").await;
-    until("released", async || e.get("moved").await.is_none()).await;
+    e.delete(name).await;
+    until("released", async || e.get(name).await.is_none()).await;
     until("reported", async || {
-        e.events("moved").await.iter().any(|(t, r, n)| {
-            t == "Warning" && r == "ArtifactGCFailed" && n.contains("endpoint_not_allowed")
-        })
+        e.events(name)
+            .await
+            .iter()
+            .any(|(t, r, n)| t == "Warning" && r == "ArtifactGCFailed" && n.contains(reported))
     })
     .await;
     let m = metrics(&ctl).await;
-    assert!(
-        sample(&m, "artgc_artifacts_kept_total{reason=\"refused\"}") == Some(1.0),
-        "{m}"
-    );
+    let series = format!("artgc_artifacts_kept_total{{reason=\"{kept}\"}}");
+    assert!(sample(&m, &series) == Some(1.0), "{m}");
     ctl.shutdown().await;
 }
 

@@ -160,6 +160,40 @@ async fn other_spellings_of_forbidden_addresses_and_loopback_receive_nothing() {
         &Decision::Delete
     );
 
+    // artgc's own pod address (the downward API's podIPs), configured by the tenant: refused,
+    // unless the operator names it in a grant.
+    let pod = "10.1.2.3:9000";
+    let mut own = artgc_core::policy::Policy {
+        own_addresses: vec!["10.1.2.3".parse().unwrap()],
+        ..Default::default()
+    };
+    let own_repo_at_pod = {
+        let mut r = repo.clone();
+        r["s3"]["endpoint"] = json!(pod);
+        repositories("tenant-a", &r)
+    };
+    let at_pod = || {
+        let mut a = full("pod", pod, "b", "k/pod", "s3");
+        a["s3"]["insecure"] = json!(true);
+        workflow("tenant-a", "w").node("n1", "t", vec![with_strategy(a, COMPLETION)])
+    };
+    let creds = secret("tenant-a", "s3", "AK", "SK");
+    let plan = plan_with_policy(
+        vec![at_pod()],
+        vec![creds.clone(), own_repo_at_pod.clone()],
+        StrategyFilter::Due,
+        std::sync::Arc::new(own.clone()),
+    );
+    assert_eq!(category(&plan, "w", "pod"), "endpoint_not_allowed");
+    own.defaults.endpoints = vec![pod.into()];
+    let plan = plan_with_policy(
+        vec![at_pod()],
+        vec![creds, own_repo_at_pod],
+        StrategyFilter::Due,
+        std::sync::Arc::new(own),
+    );
+    assert_eq!(decision(&plan, "w", "pod"), &Decision::Delete);
+
     // At connect time: a name (not an address) that resolves to loopback is refused unless the
     // connection allows loopback.
     let store = ObjectStore::new(StoreOptions {
@@ -179,6 +213,7 @@ async fn other_spellings_of_forbidden_addresses_and_loopback_receive_nothing() {
         },
         ca_pem: None,
         loopback,
+        own_addresses: Vec::new(),
     };
     let client = store.client(&conn(false)).await.expect("a client");
     let err = store.check_bucket(&client, "b").await.expect_err("refused");

@@ -58,6 +58,8 @@ pub struct S3Connection {
     /// The operator lets this store be reached on a loopback address (the connect-time check
     /// of resolved addresses refuses loopback otherwise).
     pub loopback: bool,
+    /// artgc's own pod addresses, refused at connect time unless the operator named the store.
+    pub own_addresses: Vec<std::net::IpAddr>,
 }
 
 /// Who a request is signed as. Debug and [`Credentials::identity`] never show a secret value.
@@ -138,6 +140,10 @@ pub enum TemplateLookup<'a> {
     /// the workflow has its own archiveLocation, in which case the repository cannot be assumed.
     Unknown {
         any_archive_location: bool,
+        /// `templateDefaults.archiveLocation`, merged into every template before it ran, an
+        /// inline one included: where an unknown template's outputs went when no template set
+        /// its own.
+        defaults: Option<&'a ArtifactLocation>,
     },
 }
 
@@ -190,11 +196,15 @@ pub fn resolve(
         },
         TemplateLookup::Unknown {
             any_archive_location: true,
+            ..
         } => {
             return Err(ResolveError::Location(format!(
                 "{field}: the node's template cannot be found and some templates set their own archiveLocation, so the bucket of this key-only artifact is unknown"
             )));
         }
+        TemplateLookup::Unknown {
+            defaults: Some(d), ..
+        } if archive_has_location(d) => d.clone(),
         TemplateLookup::Unknown { .. } => repository()?,
     };
     if let Some(driver) = location_driver(&base) {
@@ -240,6 +250,9 @@ fn finish(
 pub struct Variables<'w> {
     wf: &'w crate::model::Workflow,
     values: std::cell::OnceCell<std::collections::HashMap<String, String>>,
+    /// The node's input parameters as it ran (`inputs.parameters.*`), for a template's
+    /// `archiveLocation`: Argo substitutes them into the pod, and the node records them.
+    inputs: &'w [crate::model::Parameter],
 }
 
 impl<'w> Variables<'w> {
@@ -247,7 +260,34 @@ impl<'w> Variables<'w> {
         Self {
             wf,
             values: std::cell::OnceCell::new(),
+            inputs: &[],
         }
+    }
+
+    /// The variables of one node: the workflow's, and its recorded input parameters.
+    pub fn of_node(wf: &'w crate::model::Workflow, node: &'w crate::model::NodeStatus) -> Self {
+        Self {
+            inputs: node
+                .inputs
+                .as_ref()
+                .map_or(&[], |i| i.parameters.as_slice()),
+            ..Self::of(wf)
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Option<String> {
+        if let Some(p) = name.strip_prefix("inputs.parameters.") {
+            return self
+                .inputs
+                .iter()
+                .find(|x| x.name == p)
+                .and_then(|x| match &x.value {
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    Some(serde_json::Value::Null) | None => None,
+                    Some(other) => Some(other.to_string()),
+                });
+        }
+        self.values().get(name).cloned()
     }
 
     fn values(&self) -> &std::collections::HashMap<String, String> {
@@ -296,8 +336,8 @@ impl<'w> Variables<'w> {
                 return Err(rest[start..].to_string());
             };
             let tag = &rest[start..start + len + 2];
-            match self.values().get(tag[2..tag.len() - 2].trim()) {
-                Some(v) => out.push_str(v),
+            match self.lookup(tag[2..tag.len() - 2].trim()) {
+                Some(v) => out.push_str(&v),
                 None => return Err(tag.to_string()),
             }
             rest = &rest[start + len + 2..];
@@ -309,7 +349,7 @@ impl<'w> Variables<'w> {
     fn substitute_location(&self, loc: &mut S3Location, field: &str) -> Result<(), ResolveError> {
         let err = |name: &str, tag: String| {
             ResolveError::Location(format!(
-                "{field}: s3.{name} uses {tag}, which artgc cannot resolve from the Workflow (only workflow.name, .namespace, .uid, .labels.*, .annotations.* and literal workflow.parameters.*); refused rather than used as written"
+                "{field}: s3.{name} uses {tag}, which artgc cannot resolve from the Workflow (only workflow.name, .namespace, .uid, .labels.*, .annotations.*, literal workflow.parameters.* and the node's recorded inputs.parameters.*); refused rather than used as written"
             ))
         };
         let fields = [
@@ -438,6 +478,11 @@ pub fn authorize(
         credentials,
         ca_pem,
         loopback,
+        own_addresses: match loopback && !state.policy.allow_loopback {
+            // Named by the operator in a grant: allowed, as loopback is.
+            true => Vec::new(),
+            false => state.policy.own_addresses.clone(),
+        },
     })
 }
 
@@ -484,9 +529,12 @@ fn allowed_endpoint(
         .filter_map(|e| policy.canonical(e, insecure, namespace).ok());
     let named_by_operator = granted.any(|c| c == endpoint);
     let loopback = policy.allow_loopback || named_by_operator;
-    if endpoint.is_forbidden(loopback) {
+    let own = endpoint
+        .ip()
+        .is_some_and(|ip| policy.own_addresses.contains(&ip.to_canonical()));
+    if endpoint.is_forbidden(loopback) || (own && !named_by_operator) {
         return Err(ResolveError::EndpointNotAllowed(format!(
-            "{field}.s3.endpoint: {endpoint} is a link-local, metadata, unspecified or loopback address; artgc never contacts it (loopback only where the policy allows it)"
+            "{field}.s3.endpoint: {endpoint} is a link-local, metadata, unspecified, loopback or artgc's own address; artgc never contacts it (loopback and its own only where the policy allows it)"
         )));
     }
     if !named_by_operator && !configured.contains(&endpoint) {

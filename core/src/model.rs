@@ -53,6 +53,18 @@ pub struct Workflow {
     pub spec: WorkflowSpec,
     #[serde(default, deserialize_with = "null_default")]
     pub status: WorkflowStatus,
+    /// Set by [`Workflow::apply_template_defaults`]: where the templates' outputs went by
+    /// default, and whether some template set a complete archive location of its own (then a
+    /// template artgc cannot find may have archived elsewhere).
+    #[serde(skip)]
+    pub archive_defaults: ArchiveDefaults,
+}
+
+/// What `templateDefaults` says of archive locations, before it is merged into the templates.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveDefaults {
+    pub location: Option<ArtifactLocation>,
+    pub own_locations: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -160,6 +172,9 @@ impl Template {
 pub struct IoArtifacts {
     #[serde(default, deserialize_with = "null_default")]
     pub artifacts: Vec<Artifact>,
+    /// A node's input parameters as it ran (their values substituted).
+    #[serde(default, deserialize_with = "null_default")]
+    pub parameters: Vec<Parameter>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -490,6 +505,14 @@ impl Workflow {
             }),
         };
         let Ok(defaults) = defaults else { return };
+        let complete = |l: &ArtifactLocation| l.has_complete_s3() || l.other_driver().is_some();
+        self.archive_defaults = ArchiveDefaults {
+            location: serde_json::from_value(defaults.clone()).ok(),
+            own_locations: self
+                .all_templates()
+                .iter()
+                .any(|t| t.archive_location.as_ref().is_some_and(complete)),
+        };
         let apply = |t: &mut Template| {
             let mut merged = defaults.clone();
             if let Some(own) = &t.archive_location

@@ -611,5 +611,7 @@ pub fn wants_pass(wf: &Workflow, wp: &WorkflowPlan, has_finalizer: bool) -> bool
         a.strategy != Strategy::Never
             && matches!(a.decision, Decision::Skip(SkipReason::NotSelected { .. }))
     });
-    work || (has_finalizer && !pending)
+    // Versions may be reclaimed later (at deletion): record now when artgc saw it finished.
+    let record_finish = wp.may_reclaim && wp.finished_seen.is_none() && pending;
+    work || (has_finalizer && !pending) || record_finish
 }

@@ -222,6 +222,9 @@ pub struct WorkflowPlan {
     /// the workflow finished: what bounds the author-written times above.
     pub created_at: Option<jiff::Timestamp>,
     pub finished_seen: Option<jiff::Timestamp>,
+    /// The policy reclaims versions somewhere for its namespace: artgc records when it first
+    /// saw the workflow finished, for the bound on the run's window.
+    pub may_reclaim: bool,
     pub artifacts: Vec<ArtifactPlan>,
 }
 
@@ -238,6 +241,7 @@ impl WorkflowPlan {
             finished_at: None,
             created_at: None,
             finished_seen: None,
+            may_reclaim: false,
             artifacts: Vec::new(),
         }
     }
@@ -300,6 +304,8 @@ struct KeyUse {
     /// The namespace of an unfinished workflow that only reads the key (an input): it will
     /// never delete it.
     reader: Option<String>,
+    /// A memoization cache hit's output (the producer's keys).
+    cache_hit: bool,
 }
 
 /// Builds the plan for every workflow of the input.
@@ -374,6 +380,7 @@ fn plan_workflow(
         finished_at: parse_time(wf.status.finished_at.as_deref()),
         created_at: wf.metadata.creation_timestamp.as_ref().map(|t| t.0),
         finished_seen: parse_time(wf.annotation(crate::model::ANNOTATION_FINISHED_SEEN)),
+        may_reclaim: state.grant_for(wf.namespace()).reclaim_versions.is_some(),
         artifacts: Vec::new(),
     };
     let nodes = match workflow_nodes(wf) {
@@ -384,6 +391,7 @@ fn plan_workflow(
         }
     };
     wp.node_encoding = Some(nodes.encoding);
+    let first_use = uses.len();
     let scope = WorkflowScope::new(wf, state, opts);
     for (id, node) in &nodes.nodes {
         let lookup = scope.lookup(node);
@@ -397,8 +405,9 @@ fn plan_workflow(
             continue;
         }
         let cache_hit = node.is_cache_hit();
+        let vars = location::Variables::of_node(wf, node);
         for (index, art) in node.outputs.iter().flat_map(|o| &o.artifacts).enumerate() {
-            let (planned, protects) = scope.plan_output(id, index, art, lookup, cache_hit);
+            let (planned, protects) = scope.plan_output(id, index, art, lookup, cache_hit, &vars);
             if let Some(t) = &planned.target
                 && !art.deleted
                 && protects
@@ -410,6 +419,7 @@ fn plan_workflow(
                     owner,
                     label: scope.label(id, &art.name),
                     reader: None,
+                    cache_hit,
                 });
             }
             wp.artifacts.push(planned);
@@ -418,7 +428,39 @@ fn plan_workflow(
     if !scope.finished {
         scope.running_uses(uses);
     }
+    drop_own_cache_hits(uses, first_use, w);
     wp
+}
+
+/// A cache hit on an earlier step of the *same* workflow carries that step's keys: the
+/// workflow's own artifact decides them (deleted with it), so the hit's use does not keep them
+/// for ever as "shared" with itself.
+fn drop_own_cache_hits(uses: &mut Vec<KeyUse>, first: usize, w: usize) {
+    let own: HashSet<(&str, &str, &str)> = uses[first..]
+        .iter()
+        .filter(|u| u.owner.is_some_and(|o| o.workflow == w))
+        .map(|u| {
+            (
+                u.target.store.as_str(),
+                u.target.bucket.as_str(),
+                u.target.key.as_str(),
+            )
+        })
+        .collect();
+    let hits: Vec<usize> = (first..uses.len())
+        .filter(|&i| {
+            let u = &uses[i];
+            u.cache_hit
+                && own.contains(&(
+                    u.target.store.as_str(),
+                    u.target.bucket.as_str(),
+                    u.target.key.as_str(),
+                ))
+        })
+        .collect();
+    for i in hits.into_iter().rev() {
+        uses.remove(i);
+    }
 }
 
 /// Whether a run's strategy filter selects an artifact of `strategy` (`deleting`: the
@@ -500,11 +542,16 @@ impl<'a> WorkflowScope<'a> {
             vars: location::Variables::of(wf),
             repository: OnceCell::new(),
             configured: OnceCell::new(),
-            any_archive_location: wf.all_templates().iter().any(|t| {
-                t.archive_location
-                    .as_ref()
-                    .is_some_and(|a| a.has_complete_s3() || a.other_driver().is_some())
-            }),
+            // Where templateDefaults set it, every template has it now: only a template's own
+            // complete location makes an unknown template's place uncertain.
+            any_archive_location: match &wf.archive_defaults.location {
+                Some(_) => wf.archive_defaults.own_locations,
+                None => wf.all_templates().iter().any(|t| {
+                    t.archive_location
+                        .as_ref()
+                        .is_some_and(|a| a.has_complete_s3() || a.other_driver().is_some())
+                }),
+            },
             finished: wf.is_finished(),
             deleting: wf.is_being_deleted(),
             file_seen: crate::model::parse_probed_files(
@@ -527,6 +574,7 @@ impl<'a> WorkflowScope<'a> {
             Some(t) => TemplateLookup::Found(t),
             None => TemplateLookup::Unknown {
                 any_archive_location: self.any_archive_location,
+                defaults: self.wf.archive_defaults.location.as_ref(),
             },
         }
     }
@@ -547,6 +595,7 @@ impl<'a> WorkflowScope<'a> {
         art: &Artifact,
         lookup: TemplateLookup<'_>,
         cache_hit: bool,
+        vars: &location::Variables<'_>,
     ) -> (ArtifactPlan, bool) {
         let field = format!("status.nodes[{id}].outputs.artifacts[{}]", art.name);
         let own = art.artifact_gc.as_ref().and_then(|g| g.strategy.as_deref());
@@ -556,7 +605,7 @@ impl<'a> WorkflowScope<'a> {
             }
             None => self.strategy.clone(),
         };
-        let mut resolved = location::resolve(art, lookup, &field, &self.vars, || self.repository());
+        let mut resolved = location::resolve(art, lookup, &field, vars, || self.repository());
         if let Ok(r) = resolved.as_mut() {
             location::canonicalize_store(r, self.state, self.wf.namespace());
         }
@@ -705,6 +754,7 @@ impl<'a> WorkflowScope<'a> {
                 owner: None,
                 label,
                 reader: reads.then(|| namespace.to_string()),
+                cache_hit: false,
             });
         }
     }
@@ -725,6 +775,7 @@ impl<'a> WorkflowScope<'a> {
         }
         let unknown = TemplateLookup::Unknown {
             any_archive_location: false,
+            defaults: None,
         };
         for art in self.wf.spec.arguments.iter().flat_map(|a| &a.artifacts) {
             let label = format!("{ns}/{name} argument {}", art.name);

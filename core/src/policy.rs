@@ -219,6 +219,10 @@ pub struct Policy {
     /// `endpoints`). For a store reached through a port-forward, or tests.
     #[serde(default)]
     pub allow_loopback: bool,
+    /// artgc's own pod addresses (`--pod-ip`, the downward API's `status.podIPs`): contacted
+    /// only where a grant's `endpoints` names them, like loopback. Set at start, not in the file.
+    #[serde(skip)]
+    pub own_addresses: Vec<IpAddr>,
 }
 
 fn default_domain() -> String {
@@ -233,6 +237,7 @@ impl Default for Policy {
             endpoint_aliases: Vec::new(),
             cluster_domain: default_domain(),
             allow_loopback: false,
+            own_addresses: Vec::new(),
         }
     }
 }

@@ -370,3 +370,50 @@ fn a_key_read_by_a_running_workflow_is_pending_not_settled() {
         FinalizerChange::Remove { forced: false }
     );
 }
+
+/// Where the policy reclaims versions, a finished workflow whose artifacts wait for its
+/// deletion still gets a pass now: it records when artgc saw it finished
+/// (`artgc.io/finished-seen`), the bound on its run's window when it is deleted days later.
+/// Once recorded, or where nothing is reclaimed, nothing asks for that pass.
+#[test]
+fn a_finished_workflow_is_passed_once_to_record_its_finish_where_versions_are_reclaimed() {
+    use artgc_core::outcome::wants_pass;
+    let deletion_only = |seen: Option<&str>| {
+        let mut w = workflow("ns", "w")
+            .status_repo(s3_repo("minio:9000", "b", "cred"))
+            .node(
+                "n1",
+                "t",
+                vec![with_strategy(
+                    key_only("d", "w/d.tgz"),
+                    "OnWorkflowDeletion",
+                )],
+            );
+        if let Some(t) = seen {
+            w = w.set(
+                &["metadata", "annotations"],
+                serde_json::json!({"artgc.io/finished-seen": t}),
+            );
+        }
+        w
+    };
+    let reclaiming = "defaults:\n  endpoints: [\"minio:9000\"]\n  reclaimVersions: {}\n";
+    let plain = "defaults:\n  endpoints: [\"minio:9000\"]\n";
+    for (text, seen, want) in [
+        (reclaiming, None, true),
+        (reclaiming, Some("2026-12-07T10:00:00Z"), false),
+        (plain, None, false),
+    ] {
+        let w = deletion_only(seen);
+        let policy = std::sync::Arc::new(artgc_core::policy::Policy::parse(text).unwrap());
+        let plan = plan_with_policy(vec![w.clone()], creds(), Default::default(), policy);
+        let artgc_core::inventory::WorkflowInput::Valid(parsed) = w.input() else {
+            panic!("valid")
+        };
+        assert_eq!(
+            wants_pass(&parsed, &plan.workflows[0], false),
+            want,
+            "{text} {seen:?}"
+        );
+    }
+}

@@ -1052,6 +1052,44 @@ fn a_workflow_named_like_a_folder_does_not_keep_other_keys_in_it() {
     ));
 }
 
+/// A memoization cache hit on an earlier step of the same workflow carries that step's keys:
+/// the workflow's own artifact decides them, so they are deleted with it instead of being kept
+/// for ever as "shared" with the workflow itself. A hit on another workflow's keys still keeps
+/// them for their producer.
+#[test]
+fn a_cache_hit_on_the_same_workflow_does_not_pin_its_own_output() {
+    let key = "w/w-1/out.tgz";
+    let hit = |w: Wf, node: &str| {
+        w.set(
+            &["status", "nodes", node],
+            json!({"id": node, "name": node, "type": "Pod", "phase": "Succeeded", "templateName": "t",
+                   "memoizationStatus": {"hit": true, "key": "k", "cacheName": "c"},
+                   "outputs": {"artifacts": [with_strategy(key_only("out", key), "OnWorkflowCompletion")]}}),
+        )
+    };
+    let w = hit(fixed("w", "OnWorkflowCompletion", key), "w-2");
+    let plan = plan_due(vec![w], creds());
+    let own: Vec<&Decision> = plan.workflows[0]
+        .artifacts
+        .iter()
+        .map(|a| &a.decision)
+        .collect();
+    assert_eq!(
+        own,
+        [&Decision::Delete, &Decision::Keep(KeepReason::Memoized)]
+    );
+    // Another workflow's hit on the same key keeps it.
+    let other = hit(wf("consumer"), "c-1");
+    let plan = plan_due(
+        vec![fixed("w", "OnWorkflowCompletion", key), other],
+        creds(),
+    );
+    assert!(matches!(
+        art(&plan, "w", "out").decision,
+        Decision::Keep(KeepReason::Shared(_))
+    ));
+}
+
 /// A use protects a key only where artgc would accept that location for the user's namespace:
 /// a namespace with no repository for a store (nothing configured or granted there), writing
 /// one `Never` artifact at the store's top folder or running a "reader" of it, pins nothing;
@@ -1258,6 +1296,66 @@ fn a_decompression_bomb_is_an_error_and_memory_stays_flat() {
 /// Argo merges `spec.templateDefaults` into every template it runs
 /// (`mergedTemplateDefaultsInto`): a default archiveLocation is where outputs went. Argo's own
 /// GC reads the raw template and looks in the repository instead.
+/// Argo substitutes a template's input parameters into its `archiveLocation` for the pod, and
+/// the node records the values it ran with: artgc resolves the location as Argo did. A node
+/// of an inline template (which artgc cannot find by name) archived where `templateDefaults`
+/// says when no template sets a location of its own.
+#[test]
+fn input_parameters_and_template_defaults_resolve_as_argo_ran_the_pod() {
+    let mut archive = s3_repo(EP, "{{inputs.parameters.bucket}}", "cred");
+    archive["s3"]["key"] = json!("x");
+    let w = wf("w")
+        .strategy("OnWorkflowCompletion")
+        .template(json!({"name": "t", "archiveLocation": archive,
+                         "inputs": {"parameters": [{"name": "bucket"}]}}))
+        .node("n1", "t", vec![key_only("a", "w/a.tgz")])
+        .set(
+            &["status", "nodes", "n1", "inputs"],
+            json!({"parameters": [{"name": "bucket", "value": "team-data"}]}),
+        )
+        .node("n2", "t", vec![key_only("b", "w/b.tgz")]);
+    let plan = plan_due(vec![w], creds());
+    assert_eq!(
+        art(&plan, "w", "a").target.as_ref().unwrap().bucket,
+        "team-data"
+    );
+    assert_eq!(art(&plan, "w", "a").decision, Decision::Delete);
+    // A node that recorded no value: refused, never the literal tag.
+    let b = art(&plan, "w", "b");
+    assert_eq!(b.decision.category(), "location", "{:?}", b.decision);
+
+    let mut defaults = s3_repo("defaults:9000", "defaults-bucket", "cred");
+    defaults["s3"]["key"] = json!("x");
+    let inline = |own: Option<Value>| {
+        let mut steps =
+            json!({"name": "main", "steps": [[{"name": "s", "inline": {"container": {}}}]]});
+        if let Some(own) = own {
+            steps["steps"][0][0]["inline"]["archiveLocation"] = own;
+        }
+        wf("w")
+            .strategy("OnWorkflowCompletion")
+            .set(
+                &["spec", "templateDefaults"],
+                json!({"archiveLocation": defaults}),
+            )
+            .template(steps)
+            .node("n1", "", vec![key_only("a", "w/a.tgz")])
+    };
+    let plan = plan_due(vec![inline(None)], creds());
+    let a = art(&plan, "w", "a");
+    assert_eq!(
+        a.target.as_ref().map(|t| t.bucket.as_str()),
+        Some("defaults-bucket"),
+        "{:?}",
+        a.decision
+    );
+    // Some template archives elsewhere on its own: the inline node's place is unknown.
+    let mut own = s3_repo("other:9000", "own", "cred");
+    own["s3"]["key"] = json!("x");
+    let plan = plan_due(vec![inline(Some(own))], creds());
+    assert_eq!(art(&plan, "w", "a").decision.category(), "location");
+}
+
 #[test]
 fn template_defaults_archive_location_is_where_outputs_went() {
     let mut archive = s3_repo("defaults:9000", "defaults-bucket", "cred");
