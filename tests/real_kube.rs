@@ -300,13 +300,17 @@ impl Irsa {
     }
 }
 
-/// A policy that lets the namespace reach `endpoints`, with more `defaults:` lines.
+/// A policy that lets the namespace reach `endpoints`, with more `defaults:` lines; loopback
+/// allowed, where every test store listens (the other stores the tests configure, too).
 fn endpoints_policy_with(
     endpoints: &[String],
     more: &str,
 ) -> std::sync::Arc<artgc_core::policy::Policy> {
     let list: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
-    let text = format!("defaults:\n  endpoints: [{}]\n{more}", list.join(", "));
+    let text = format!(
+        "allowLoopback: true\ndefaults:\n  endpoints: [{}]\n{more}",
+        list.join(", ")
+    );
     std::sync::Arc::new(artgc_core::policy::Policy::parse(&text).expect("policy"))
 }
 
