@@ -51,6 +51,8 @@ struct Job<'a> {
     written_by: Option<jiff::Timestamp>,
     /// With widening: objects written before this are not the workflow's.
     written_from: Option<jiff::Timestamp>,
+    /// Why its workflow's versions are never reclaimed (times that contradict the server's).
+    reclaim_refused: Option<String>,
     /// How a file at the key is looked for.
     find_file: FindFile,
 }
@@ -150,14 +152,15 @@ pub async fn probe<'a>(
             wp.artifacts.iter().enumerate().filter_map(move |(a, ap)| {
                 match (&ap.decision, &ap.connection, &ap.target) {
                     (Decision::Delete, Some(conn), Some(target)) => {
-                        let window = run_bounds(wp, skew).window;
+                        let bounds = run_bounds(wp, skew);
                         Some(Job {
                             id: ArtifactRef::new(w, a),
                             conn,
                             target,
                             widen: may_widen(ap.archive_none, ap.file_seen),
-                            written_by: window.until,
-                            written_from: window.from,
+                            written_by: bounds.window.until,
+                            written_from: bounds.window.from,
+                            reclaim_refused: bounds.refused,
                             find_file: find_file(ap.customer_key),
                         })
                     }
@@ -406,7 +409,6 @@ async fn versioned<'a>(
     let state: HashMap<(&S3Connection, &str), Option<Versioning>> =
         buckets.into_iter().zip(asked).collect();
 
-    let skew = jiff::SignedDuration::try_from(store.options().clock_skew).unwrap_or_default();
     let mut out = Versions::default();
     let mut listings = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
@@ -426,9 +428,9 @@ async fn versioned<'a>(
         }
         let mut reclaim =
             plan.artifact(job.id).reclaim_versions || store.options().reclaim_versions;
-        if reclaim && let Some(why) = run_bounds(&plan.workflows[job.id.workflow], skew).refused {
+        if reclaim && let Some(why) = &job.reclaim_refused {
             // The author's times contradict the server's: its versions stay, and it says so.
-            o.reclaim_refused = Some(why);
+            o.reclaim_refused = Some(why.clone());
             reclaim = false;
         }
         out.jobs.insert(j, reclaim);
