@@ -53,6 +53,8 @@ struct Job<'a> {
     written_from: Option<jiff::Timestamp>,
     /// Why its workflow's versions are never reclaimed (times that contradict the server's).
     reclaim_refused: Option<String>,
+    /// What bounded its workflow's window besides the status's times.
+    bounded_by: Vec<&'static str>,
     /// How a file at the key is looked for.
     find_file: FindFile,
 }
@@ -161,6 +163,7 @@ pub async fn probe<'a>(
                             written_by: bounds.window.until,
                             written_from: bounds.window.from,
                             reclaim_refused: bounds.refused,
+                            bounded_by: bounds.used,
                             find_file: find_file(ap.customer_key),
                         })
                     }
@@ -435,6 +438,7 @@ async fn versioned<'a>(
         }
         out.jobs.insert(j, reclaim);
         if reclaim {
+            o.reclaim_bounds = job.bounded_by.clone();
             listings.push(j);
         }
     }

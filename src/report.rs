@@ -194,6 +194,18 @@ impl Report {
                             if o.versioning.is_some_and(|v| v.keeps_versions()) {
                                 row.reason.push_str(&versioned_note(o, dry_run));
                             }
+                            if o.versions_deleted > 0 {
+                                let by = match o.reclaim_bounds.is_empty() {
+                                    true => {
+                                        "the status's startedAt and finishedAt only".to_string()
+                                    }
+                                    false => format!(
+                                        "the status's times within {}",
+                                        o.reclaim_bounds.join(" and ")
+                                    ),
+                                };
+                                row.reason.push_str(&format!("; run window: {by}"));
+                            }
                             if let Some(why) = &o.reclaim_refused {
                                 row.reason
                                     .push_str(&format!("; versions not reclaimed: {why}"));

@@ -455,6 +455,16 @@ async fn reclaiming_deletes_exactly_the_versions_the_workflow_wrote() {
         ),
         (1, 2, 28, 0)
     );
+    // The report says which facts bounded the run's window (here the status's times only: the
+    // objects were written from files, with no creationTimestamp and no record of artgc's).
+    let report = Report::new(&p, Some(&exec), false);
+    assert!(
+        report.workflows[0].artifacts[0]
+            .reason
+            .contains("run window: the status's startedAt and finishedAt only"),
+        "{}",
+        report.workflows[0].artifacts[0].reason
+    );
     let dir = outcome(&p, &exec, "dir");
     assert_eq!(
         (dir.versions_deleted, dir.bytes, dir.hidden_bytes),

@@ -32,6 +32,9 @@ pub struct ArtifactOutcome {
     pub written_after: u64,
     /// Why the versions of its keys were not reclaimed although reclaim was asked for.
     pub reclaim_refused: Option<String>,
+    /// The server's and artgc's own facts that bounded the run's window when its versions were
+    /// reclaimed (besides the status's own times), for the report.
+    pub reclaim_bounds: Vec<&'static str>,
     pub error: Option<StoreError>,
 }
 
