@@ -964,6 +964,36 @@ async fn a_silent_api_server_never_holds_a_worker_for_good() {
     ctl.shutdown().await;
 }
 
+/// Where the policy reclaims versions, a finished workflow whose artifacts wait for its
+/// deletion is passed once and carries artgc's record of when it was seen finished
+/// (`artgc.io/finished-seen`), the bound on its run's window when it is deleted later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finish_is_recorded_where_versions_are_reclaimed() {
+    let e = Env::test_server().await;
+    e.put(&["later/a.tgz"]).await;
+    e.create(e.one("later", "later/a.tgz", DELETION)).await;
+    let before = jiff::Timestamp::now();
+    let ctl = e
+        .start(|c| {
+            let mut p = artgc_core::policy::Policy::parse("defaults:\n  reclaimVersions: {}\n")
+                .expect("policy");
+            p.allow_loopback = true;
+            c.policy = std::sync::Arc::new(p);
+        })
+        .await;
+    until("the finish is recorded", async || {
+        e.get("later").await.is_some_and(|w| {
+            w["metadata"]["annotations"]["artgc.io/finished-seen"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| t >= before - jiff::SignedDuration::from_secs(1))
+        })
+    })
+    .await;
+    assert_eq!(e.keys().await, ["later/a.tgz"], "nothing is due yet");
+    ctl.shutdown().await;
+}
+
 /// Stays on the test server: the 409s and 500s are injected answers.
 #[tokio::test]
 async fn conflicts_and_server_errors_on_updates_lose_nothing() {

@@ -447,7 +447,8 @@ pub fn authorize(
         )));
     }
     let insecure = loc.insecure == Some(true);
-    let (endpoint, loopback) = allowed_endpoint(auth, target, insecure, field)?;
+    let (endpoint, named_by_operator) = allowed_endpoint(auth, target, insecure, field)?;
+    let loopback = state.policy.allow_loopback || named_by_operator;
     let grant = state.grant_for(namespace);
     allowed_place(grant, target, namespace, field)?;
     let credentials = credentials(auth, grant, loc, field)?;
@@ -478,8 +479,8 @@ pub fn authorize(
         credentials,
         ca_pem,
         loopback,
-        own_addresses: match loopback && !state.policy.allow_loopback {
-            // Named by the operator in a grant: allowed, as loopback is.
+        // Named by the operator in a grant: its own addresses are allowed, as loopback is.
+        own_addresses: match named_by_operator {
             true => Vec::new(),
             false => state.policy.own_addresses.clone(),
         },
@@ -505,7 +506,8 @@ pub fn may_protect(auth: &Authority<'_>, target: &S3Target, loc: &S3Location) ->
 /// The endpoint as the policy names it, if artgc may contact it for this namespace: never a
 /// link-local or metadata address, loopback only with the operator's leave, and only a
 /// repository configured for the namespace or an endpoint the policy grants it. The second
-/// value says whether loopback is allowed for it (for the connect-time check).
+/// value says whether the operator named it in the namespace's grant (which opens loopback and
+/// artgc's own addresses for it, at plan time and at the connect-time check).
 fn allowed_endpoint(
     auth: &Authority<'_>,
     target: &S3Target,
@@ -542,7 +544,7 @@ fn allowed_endpoint(
             "{field}.s3.endpoint: {endpoint} is not a repository configured for namespace {namespace} and the policy does not allow it"
         )));
     }
-    Ok((endpoint, loopback))
+    Ok((endpoint, named_by_operator))
 }
 
 /// The bucket and key lie where the policy confines the namespace (when it does).

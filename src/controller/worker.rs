@@ -199,8 +199,9 @@ async fn reconcile(
     };
     let mut outcome = assess(&plan.workflows[0], 0, execution.as_ref(), &ctx);
     let wp = &plan.workflows[0];
-    let reclaims =
-        shared.config.store.reclaim_versions || wp.artifacts.iter().any(|a| a.reclaim_versions);
+    let reclaims = shared.config.store.reclaim_versions
+        || wp.may_reclaim
+        || wp.artifacts.iter().any(|a| a.reclaim_versions);
     let finished = matches!(&*input, WorkflowInput::Valid(wf) if wf.is_finished());
     outcome.update.finished_seen =
         artgc_core::outcome::finished_seen_record(wp, finished, reclaims, jiff::Timestamp::now());
