@@ -236,7 +236,7 @@ async fn the_per_artifact_object_bound_fails_before_deleting_anything() {
 }
 
 /// A store answers a listing page far larger than any honest one: the body is bounded before
-/// the SDK reads it whole (a 93 MiB page took 460 MiB of memory), the artifact fails with the
+/// the SDK reads it whole, the artifact fails with the
 /// reason, and nothing is deleted. Under the bound the same listing works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_body_over_the_bound_is_never_read_whole() {
