@@ -102,6 +102,7 @@ on_both_servers!(
     compressed_nodes_are_written_back_in_their_own_encoding,
     a_shared_key_is_kept_until_the_last_user_goes,
     an_output_read_by_a_running_workflow_is_collected_when_the_reader_finishes,
+    a_memoized_key_is_collected_by_the_pass_that_sees_its_last_user_go,
     only_the_leader_acts_and_hand_over_works,
     keys_that_differ_inside_a_character_are_collected_and_the_process_stays_healthy,
     live_fails_when_the_workers_are_gone,
@@ -866,6 +867,47 @@ async fn a_shared_key_is_kept_until_the_last_user_goes(e: Env) {
         "model"
     ));
     assert!(e.keys().await.is_empty());
+    ctl.shutdown().await;
+}
+
+/// A consumer's memoization cache hit carries its producer's key. The producer is deleted while
+/// the consumer lives: the key is kept for the consumer and the producer released. When the
+/// consumer goes too, its pass sees no other user and deletes the key: never left without an
+/// owner, never deleted under a live user.
+async fn a_memoized_key_is_collected_by_the_pass_that_sees_its_last_user_go(e: Env) {
+    let key = "producer/producer-1/out.tgz";
+    e.put(&[key]).await;
+    let held = json!([FINALIZER]);
+    e.create(
+        e.one("producer", key, DELETION)
+            .set(&["metadata", "finalizers"], held.clone()),
+    )
+    .await;
+    e.create(e.wf("consumer").set(&["metadata", "finalizers"], held).set(
+        &["status", "nodes", "consumer-1"],
+        json!({"id": "consumer-1", "name": "consumer-1", "type": "Pod", "phase": "Succeeded",
+                       "templateName": "main",
+                       "memoizationStatus": {"hit": true, "key": "k", "cacheName": "c"},
+                       "outputs": {"artifacts": [with_strategy(key_only("a", key), DELETION)]}}),
+    ))
+    .await;
+    let ctl = e.start(|_| {}).await;
+    e.delete("producer").await;
+    until("producer released", async || {
+        e.get("producer").await.is_none()
+    })
+    .await;
+    assert_eq!(e.keys().await, [key], "kept for the live consumer");
+
+    e.delete("consumer").await;
+    until("consumer released", async || {
+        e.get("consumer").await.is_none()
+    })
+    .await;
+    assert!(
+        e.keys().await.is_empty(),
+        "the last user's pass collects it"
+    );
     ctl.shutdown().await;
 }
 

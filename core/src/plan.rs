@@ -197,6 +197,9 @@ pub struct ArtifactPlan {
     /// The policy has the namespace's versions reclaimed in this bucket: on a versioned
     /// bucket, the versions its workflow wrote are deleted too, not only hidden.
     pub reclaim_versions: bool,
+    /// Its node is a memoization cache hit: the key is the producer's (see
+    /// [`memoized_without_a_view`]).
+    pub cache_hit: bool,
     pub decision: Decision,
 }
 
@@ -335,6 +338,14 @@ impl DraftPlan {
     /// Keeps the keys that another use, in the plan or (through `external`) outside it, still
     /// needs; the inputs' own entries in `external` are ignored.
     pub fn check_shared(mut self, external: Option<&KeyIndex>) -> GcPlan {
+        for wp in &mut self.plan.workflows {
+            for art in &mut wp.artifacts {
+                if let Some(d) = memoized_without_a_view(external.is_some(), art) {
+                    art.decision = d;
+                    art.connection = None;
+                }
+            }
+        }
         keep_shared_keys(&mut self.plan, &self.uses, external);
         self.plan
     }
@@ -407,20 +418,27 @@ fn plan_workflow(
         let cache_hit = node.is_cache_hit();
         let vars = location::Variables::of_node(wf, node);
         for (index, art) in node.outputs.iter().flat_map(|o| &o.artifacts).enumerate() {
-            let (planned, protects) = scope.plan_output(id, index, art, lookup, cache_hit, &vars);
-            if let Some(t) = &planned.target
-                && !art.deleted
-                && protects
-            {
-                // A cache hit's keys are the producer's, live for as long as this workflow is.
-                let owner = (!cache_hit).then_some(ArtifactRef::new(w, wp.artifacts.len()));
-                uses.push(KeyUse {
-                    target: t.clone(),
-                    owner,
-                    label: scope.label(id, &art.name),
-                    reader: None,
-                    cache_hit,
-                });
+            let (mut planned, protects) =
+                scope.plan_output(id, index, art, lookup, cache_hit, &vars);
+            match &planned.target {
+                Some(t) if !art.deleted && protects => {
+                    // A cache hit's keys are the producer's: its use is live until this
+                    // workflow would delete them, and the shared-key check keeps them while
+                    // any other workflow uses them.
+                    uses.push(KeyUse {
+                        target: t.clone(),
+                        owner: Some(ArtifactRef::new(w, wp.artifacts.len())),
+                        label: scope.label(id, &art.name),
+                        reader: None,
+                        cache_hit,
+                    });
+                }
+                // A hit without a use the shared-key check could weigh is never deleted.
+                _ if cache_hit && planned.decision == Decision::Delete => {
+                    planned.decision = Decision::Keep(KeepReason::Memoized);
+                    planned.connection = None;
+                }
+                _ => {}
             }
             wp.artifacts.push(planned);
         }
@@ -428,17 +446,17 @@ fn plan_workflow(
     if !scope.finished {
         scope.running_uses(uses);
     }
-    drop_own_cache_hits(uses, first_use, w);
+    drop_own_cache_hits(&mut wp, uses, first_use, w);
     wp
 }
 
 /// A cache hit on an earlier step of the *same* workflow carries that step's keys: the
-/// workflow's own artifact decides them (deleted with it), so the hit's use does not keep them
-/// for ever as "shared" with itself.
-fn drop_own_cache_hits(uses: &mut Vec<KeyUse>, first: usize, w: usize) {
+/// workflow's own artifact decides them (deleted with it, or kept for its own reasons), so the
+/// hit is kept (`memoized`) and its use does not keep them for ever as "shared" with itself.
+fn drop_own_cache_hits(wp: &mut WorkflowPlan, uses: &mut Vec<KeyUse>, first: usize, w: usize) {
     let own: HashSet<(&str, &str, &str)> = uses[first..]
         .iter()
-        .filter(|u| u.owner.is_some_and(|o| o.workflow == w))
+        .filter(|u| !u.cache_hit && u.owner.is_some_and(|o| o.workflow == w))
         .map(|u| {
             (
                 u.target.store.as_str(),
@@ -459,8 +477,23 @@ fn drop_own_cache_hits(uses: &mut Vec<KeyUse>, first: usize, w: usize) {
         })
         .collect();
     for i in hits.into_iter().rev() {
-        uses.remove(i);
+        let hit = uses.remove(i);
+        if let Some(o) = hit.owner {
+            let art = &mut wp.artifacts[o.artifact];
+            art.decision = Decision::Keep(KeepReason::Memoized);
+            art.connection = None;
+        }
     }
+}
+
+/// The rule for a memoization cache hit's output that its own rules would delete: the key is
+/// the producer's. Only a plan that sees every live workflow's keys (the controller's index, a
+/// listing of the cluster) may delete it, and then only where no other workflow, the producer
+/// included, still uses it: whichever pass sees the last use go collects it. A plan over files
+/// cannot know the producer is gone, so it keeps the key.
+pub fn memoized_without_a_view(sees_every_workflow: bool, art: &ArtifactPlan) -> Option<Decision> {
+    (art.cache_hit && art.decision == Decision::Delete && !sees_every_workflow)
+        .then_some(Decision::Keep(KeepReason::Memoized))
 }
 
 /// Whether a run's strategy filter selects an artifact of `strategy` (`deleting`: the
@@ -492,13 +525,15 @@ pub struct OutputFacts<'a> {
     pub selected: bool,
 }
 
-/// The rule for an output artifact, in order: already deleted, a cache hit's (the producer's
-/// keys), an unknown strategy, `Never`, not finished, not selected. `None`: it is due, and
-/// its location decides.
+/// The rule for an output artifact, in order: already deleted, a cache hit with an unknown
+/// strategy (the producer's keys), an unknown strategy, `Never`, not finished, not selected.
+/// `None`: it is due, and its location decides (a cache hit then also by
+/// [`memoized_without_a_view`] and the shared-key check).
 pub fn output_decision(f: &OutputFacts) -> Option<Decision> {
     let strategy = match f.strategy {
         _ if f.deleted => return Some(Decision::Skip(SkipReason::AlreadyDeleted)),
-        _ if f.cache_hit => return Some(Decision::Keep(KeepReason::Memoized)),
+        // Nothing to decide a cache hit's (the producer's) keys by.
+        Err(_) if f.cache_hit => return Some(Decision::Keep(KeepReason::Memoized)),
         Err(e) => return Some(Decision::Error(ResolveError::Strategy(e.clone()))),
         Ok(s) => s.unwrap_or(Strategy::Never),
     };
@@ -655,6 +690,7 @@ impl<'a> WorkflowScope<'a> {
             connection,
             customer_key,
             reclaim_versions,
+            cache_hit,
             decision,
         };
         (planned, protects)

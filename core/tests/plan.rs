@@ -1090,6 +1090,66 @@ fn a_cache_hit_on_the_same_workflow_does_not_pin_its_own_output() {
     ));
 }
 
+/// A key kept only for its users is collected once no live workflow uses it, by whichever pass
+/// sees the last use go: a consumer's cache hit on another workflow's output is deleted with
+/// the consumer when the producer is gone (the controller's index sees every live workflow),
+/// kept while the producer or another consumer still uses it, and kept by a plan over files,
+/// which cannot know whether the producer lives.
+#[test]
+fn a_key_kept_only_for_a_consumer_is_collected_once_its_last_user_goes() {
+    let key = "producer/producer-1/out.tgz";
+    let consumer = |name: &str, strategy: &str| {
+        wf(name).set(
+            &["status", "nodes", "c-1"],
+            json!({"id": "c-1", "name": "c-1", "type": "Pod", "phase": "Succeeded", "templateName": "t",
+                   "memoizationStatus": {"hit": true, "key": "k", "cacheName": "c"},
+                   "outputs": {"artifacts": [with_strategy(key_only("out", key), strategy)]}}),
+        )
+    };
+    let due = consumer("consumer", "OnWorkflowCompletion");
+    // The producer gone, no other user: the consumer's pass deletes it.
+    let plan = plan_against(due.clone(), &index_of(vec![]));
+    assert_eq!(art(&plan, "consumer", "out").decision, Decision::Delete);
+    // The producer lives (its artifact not due): kept for it.
+    let producer = fixed("producer", "OnWorkflowDeletion", key);
+    let plan = plan_against(due.clone(), &index_of(vec![producer.clone()]));
+    let Decision::Keep(KeepReason::Shared(by)) = &art(&plan, "consumer", "out").decision else {
+        panic!(
+            "expected shared: {:?}",
+            art(&plan, "consumer", "out").decision
+        )
+    };
+    assert!(by.contains("ns/producer"), "{by}");
+    // Another consumer whose own hit is not due keeps it too.
+    let other = consumer("other", "OnWorkflowDeletion");
+    let plan = plan_against(due.clone(), &index_of(vec![other.clone()]));
+    assert!(matches!(
+        art(&plan, "consumer", "out").decision,
+        Decision::Keep(KeepReason::Shared(_))
+    ));
+    // And the producer's own pass, seen from the other side: a live consumer keeps it; a
+    // consumer that would delete it (due) does not.
+    let plan = plan_against(
+        fixed("producer", "OnWorkflowCompletion", key),
+        &index_of(vec![other]),
+    );
+    assert!(matches!(
+        art(&plan, "producer", "out").decision,
+        Decision::Keep(KeepReason::Shared(_))
+    ));
+    let plan = plan_against(
+        fixed("producer", "OnWorkflowCompletion", key),
+        &index_of(vec![due.clone()]),
+    );
+    assert_eq!(art(&plan, "producer", "out").decision, Decision::Delete);
+    // A plan over files cannot know the producer is gone.
+    let files = plan_due(vec![due], creds());
+    assert_eq!(
+        art(&files, "consumer", "out").decision,
+        Decision::Keep(KeepReason::Memoized)
+    );
+}
+
 /// A use protects a key only where artgc would accept that location for the user's namespace:
 /// a namespace with no repository for a store (nothing configured or granted there), writing
 /// one `Never` artifact at the store's top folder or running a "reader" of it, pins nothing;

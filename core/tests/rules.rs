@@ -14,7 +14,7 @@ use artgc_core::outcome::{
 };
 use artgc_core::plan::{
     ArtifactPlan, Decision, KeepReason, OutputFacts, SkipReason, Strategy, StrategyFilter,
-    output_decision, selected_by_filter,
+    memoized_without_a_view, output_decision, selected_by_filter,
 };
 use support::{Situation, completed_pass};
 
@@ -191,6 +191,7 @@ fn artifact(strategy: Strategy, decision: Decision) -> ArtifactPlan {
         connection: None,
         customer_key: false,
         reclaim_versions: false,
+        cache_hit: false,
         decision,
     }
 }
@@ -668,6 +669,48 @@ fn strategy_filter_rule() {
     }
 }
 
+/// A cache hit's output that its own rules would delete is the producer's key: only a plan
+/// that sees every live workflow may delete it (the shared-key check then keeps it while any
+/// other workflow uses it).
+#[test]
+fn memoized_rule() {
+    let hit = |decision: Decision| ArtifactPlan {
+        cache_hit: true,
+        ..artifact(Strategy::OnWorkflowDeletion, decision)
+    };
+    let memoized = Some(Decision::Keep(KeepReason::Memoized));
+    // (what, sees every workflow, artifact, answer)
+    let rows = [
+        (
+            "a plan over files keeps a due hit",
+            false,
+            hit(Decision::Delete),
+            memoized,
+        ),
+        (
+            "the controller's index: shared-key check decides",
+            true,
+            hit(Decision::Delete),
+            None,
+        ),
+        (
+            "not due: nothing to change",
+            false,
+            hit(Decision::Keep(KeepReason::Never)),
+            None,
+        ),
+        (
+            "not a cache hit",
+            false,
+            artifact(Strategy::OnWorkflowDeletion, Decision::Delete),
+            None,
+        ),
+    ];
+    for (what, sees, art, want) in rows {
+        assert_eq!(memoized_without_a_view(sees, &art), want, "{what}");
+    }
+}
+
 /// An output artifact's decision before its location, and the order of the checks.
 #[test]
 fn output_rule() {
@@ -697,13 +740,30 @@ fn output_rule() {
             Some(Decision::Skip(SkipReason::AlreadyDeleted)),
         ),
         (
-            "cache hit: the producer's keys, even with a bad strategy",
+            "cache hit with a bad strategy: the producer's keys, nothing to decide them by",
             OutputFacts {
                 cache_hit: true,
                 strategy: &unknown,
                 ..due.clone()
             },
             keep(KeepReason::Memoized),
+        ),
+        (
+            "a due cache hit: its location and the shared-key check decide",
+            OutputFacts {
+                cache_hit: true,
+                ..due.clone()
+            },
+            None,
+        ),
+        (
+            "a cache hit of Never is kept as Never",
+            OutputFacts {
+                cache_hit: true,
+                strategy: &never,
+                ..due.clone()
+            },
+            keep(KeepReason::Never),
         ),
         (
             "unknown strategy",
