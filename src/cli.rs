@@ -258,6 +258,12 @@ pub struct ControllerArgs {
     /// in a pass or in the watch: a silent API server fails them instead of stopping the watch.
     #[arg(long, default_value = "30s", env = "ARTGC_API_TIMEOUT", value_parser = parse_duration)]
     pub api_timeout: Duration,
+    /// Entries one namespace's workflows may hold in the shared-key index (25 bytes or more
+    /// each, see the README's Sizing). Past it, a workflow's keys are held coarser (its workflow folder, then parent
+    /// folders): memory stays bounded, and the check only keeps more, never less
+    /// (`artgc_index_coarse_workflows`).
+    #[arg(long, default_value_t = 100_000, env = "ARTGC_INDEX_KEYS_PER_NAMESPACE", value_parser = clap::value_parser!(u64).range(1..))]
+    pub index_keys_per_namespace: u64,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -307,6 +313,8 @@ impl ControllerArgs {
             shutdown_grace: self.shutdown_grace,
             pass_deadline: self.pass_deadline,
             api_timeout: self.api_timeout,
+            index_keys_per_namespace: usize::try_from(self.index_keys_per_namespace)
+                .unwrap_or(usize::MAX),
         })
     }
 }

@@ -120,6 +120,8 @@ pub struct StateSnapshot {
     pub watch_failing_seconds: f64,
     /// Per namespace, the Workflows being deleted that still hold artgc's finalizer.
     pub waiting: Vec<FinalizerWait>,
+    /// The namespaces past their share of the shared-key index.
+    pub coarse: Vec<artgc_core::keys::NamespaceShare>,
 }
 
 /// A namespace's Workflows waiting on artgc's finalizer (being deleted, the finalizer still on).
@@ -227,6 +229,33 @@ impl Collector for StateCollector {
                 namespace: w.namespace.clone(),
             };
             ConstGauge::new(w.oldest_seconds).encode(family.encode_family(&labels)?)?;
+        }
+        // Per namespace, only where its share of the index is full.
+        let mut family = encoder.encode_descriptor(
+            "index_coarse_workflows",
+            "Workflows whose keys the shared-key index holds as coarser folders because their namespace reached --index-keys-per-namespace, by namespace",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for c in &s.coarse {
+            let labels = NamespaceLabel {
+                namespace: c.namespace.clone(),
+            };
+            let gauge = ConstGauge::new(i64::try_from(c.coarse_workflows).unwrap_or(i64::MAX));
+            gauge.encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "index_namespace_keys",
+            "Shared-key index entries held by a namespace whose share is full, by namespace",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for c in &s.coarse {
+            let labels = NamespaceLabel {
+                namespace: c.namespace.clone(),
+            };
+            let gauge = ConstGauge::new(i64::try_from(c.entries).unwrap_or(i64::MAX));
+            gauge.encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }
@@ -415,6 +444,8 @@ impl Metrics {
             "watch_failing_seconds",
             "finalizer_waiting_workflows",
             "finalizer_oldest_wait_seconds",
+            "index_coarse_workflows",
+            "index_namespace_keys",
         ] {
             r.series.push(format!("artgc_{name}"));
         }
@@ -539,6 +570,11 @@ mod tests {
                 workflows: 2,
                 oldest_seconds: 90.5,
             }],
+            coarse: vec![artgc_core::keys::NamespaceShare {
+                namespace: "team-b".into(),
+                entries: 100,
+                coarse_workflows: 4,
+            }],
         }));
         m.observe_state(Arc::downgrade(&source));
         let text = m.encode();
@@ -555,6 +591,8 @@ mod tests {
             "# UNIT artgc_watch_failing_seconds seconds",
             "artgc_finalizer_waiting_workflows{namespace=\"team-a\"} 2",
             "artgc_finalizer_oldest_wait_seconds{namespace=\"team-a\"} 90.5",
+            "artgc_index_coarse_workflows{namespace=\"team-b\"} 4",
+            "artgc_index_namespace_keys{namespace=\"team-b\"} 100",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -103,6 +103,7 @@ on_both_servers!(
     a_shared_key_is_kept_until_the_last_user_goes,
     an_output_read_by_a_running_workflow_is_collected_when_the_reader_finishes,
     a_memoized_key_is_collected_by_the_pass_that_sees_its_last_user_go,
+    a_namespace_past_its_index_share_is_held_coarser_and_keeps_more,
     only_the_leader_acts_and_hand_over_works,
     keys_that_differ_inside_a_character_are_collected_and_the_process_stays_healthy,
     live_fails_when_the_workers_are_gone,
@@ -867,6 +868,46 @@ async fn a_shared_key_is_kept_until_the_last_user_goes(e: Env) {
         "model"
     ));
     assert!(e.keys().await.is_empty());
+    ctl.shutdown().await;
+}
+
+/// A namespace's workflows may hold only `--index-keys-per-namespace` entries of the shared-key
+/// index: a running workflow with five pods' folders, past a bound of 2, is held as its
+/// workflow folder. That folder covers a key of it no node names yet, so another workflow's
+/// due artifact there is kept (`shared`) where the pods' folders would have let it go: the
+/// bound keeps more, never less, and says so in a gauge.
+async fn a_namespace_past_its_index_share_is_held_coarser_and_keeps_more(e: Env) {
+    let stray = "art/big/big-9/late.tgz";
+    e.put(&[stray]).await;
+    let mut big = e.wf("big").running();
+    for i in 0..5 {
+        big = big.node(
+            &format!("big-{i}"),
+            "main",
+            vec![with_strategy(
+                key_only("out", &format!("art/big/big-{i}/out.tgz")),
+                DELETION,
+            )],
+        );
+    }
+    e.create(big).await;
+    e.create(e.one("other", stray, COMPLETION)).await;
+    let ctl = e.start(|c| c.index_keys_per_namespace = 2).await;
+    until("other processed", async || {
+        e.get("other")
+            .await
+            .is_some_and(|w| processed(&w, COMPLETION))
+    })
+    .await;
+    assert!(!deleted_flag(
+        &e.get("other").await.unwrap(),
+        "other-1",
+        "a"
+    ));
+    assert_eq!(e.keys().await, [stray], "kept under big's coarse folder");
+    let m = metrics(&ctl).await;
+    let series = format!("artgc_index_coarse_workflows{{namespace=\"{}\"}}", e.ns);
+    assert_eq!(sample(&m, &series), Some(1.0), "{m}");
     ctl.shutdown().await;
 }
 

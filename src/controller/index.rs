@@ -7,13 +7,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use artgc_core::keys::{KeyIndex, WorkflowKeyUse};
+use artgc_core::keys::{Coarseness, KeyIndex, NamespaceShare, WorkflowKeyUse};
 use tokio::sync::{Mutex as AsyncMutex, MutexGuard};
 
 use crate::metrics::FinalizerWait;
 
 #[derive(Default)]
 pub(super) struct WorkflowIndex {
+    /// Entries one namespace may hold before a workflow's keys are held coarser.
+    bound: usize,
     keys: AsyncMutex<KeyIndex>,
     /// Every workflow the watch delivered, readable or not.
     watched: Mutex<HashSet<String>>,
@@ -23,6 +25,8 @@ pub(super) struct WorkflowIndex {
     /// The index's size as of its last change, for scrapes that must not wait on its lock.
     keys_indexed: AtomicUsize,
     run_bytes: AtomicUsize,
+    /// The namespaces past their bound, as of the index's last change.
+    coarse: Mutex<Vec<NamespaceShare>>,
 }
 
 /// The index's size, as the metrics show it.
@@ -34,6 +38,16 @@ pub(super) struct IndexSize {
 }
 
 impl WorkflowIndex {
+    /// An index in which one namespace's workflows hold at most `bound` entries before a
+    /// workflow's keys are held coarser (protection only widens).
+    pub fn with_namespace_bound(bound: usize) -> Self {
+        Self {
+            bound,
+            keys: AsyncMutex::new(KeyIndex::with_namespace_bound(bound)),
+            ..Self::default()
+        }
+    }
+
     /// A readable workflow, with its key uses; `waiting`: its deletionTimestamp, when it is
     /// being deleted and holds artgc's finalizer.
     pub async fn apply(
@@ -43,7 +57,13 @@ impl WorkflowIndex {
         waiting: Option<jiff::Timestamp>,
     ) {
         let mut keys = self.keys.lock().await;
+        let before = keys.coarseness(key);
         keys.set_workflow(key, uses);
+        let now = keys.coarseness(key);
+        if let Some(level) = now.filter(|&l| l > Coarseness::PodFolders && now != before) {
+            tracing::warn!(workflow = %key, level = level.as_str(), bound = self.bound,
+                "the namespace's share of the shared-key index is full: this workflow's keys are held as coarser folders, which keeps more of other workflows' keys");
+        }
         self.measured(&keys);
         drop(keys);
         self.watch(key, waiting);
@@ -130,6 +150,12 @@ impl WorkflowIndex {
     fn measured(&self, keys: &KeyIndex) {
         self.keys_indexed.store(keys.len(), Ordering::Relaxed);
         self.run_bytes.store(keys.run_bytes(), Ordering::Relaxed);
+        *self.coarse.lock().expect("lock") = keys.coarse_namespaces();
+    }
+
+    /// The namespaces whose workflows are held coarser, for the gauges.
+    pub fn coarse(&self) -> Vec<NamespaceShare> {
+        self.coarse.lock().expect("lock").clone()
     }
 }
 

@@ -78,6 +78,9 @@ pub struct ControllerConfig {
     /// The longest the reads for one workflow (its ConfigMaps, Secrets, ServiceAccounts) may
     /// take, in a pass or in the watch.
     pub api_timeout: Duration,
+    /// Entries one namespace's workflows may hold in the shared-key index before a workflow's
+    /// keys are held coarser.
+    pub index_keys_per_namespace: usize,
     /// The operator's tenancy policy.
     pub policy: Arc<artgc_core::policy::Policy>,
     /// STS for workflows' GC service accounts.
@@ -103,6 +106,7 @@ impl Default for ControllerConfig {
             shutdown_grace: Duration::from_secs(30),
             pass_deadline: Duration::from_secs(600),
             api_timeout: Duration::from_secs(30),
+            index_keys_per_namespace: 100_000,
             policy: Default::default(),
             sts: Default::default(),
         }
@@ -243,6 +247,7 @@ impl metrics::StateSource for ControllerState {
                 .load(std::sync::atomic::Ordering::Relaxed),
             watch_failing_seconds: self.admin_state.watch_failing_for().as_secs_f64(),
             waiting: self.index.waiting(jiff::Timestamp::now()),
+            coarse: self.index.coarse(),
         }
     }
 }
@@ -324,7 +329,7 @@ pub async fn start(
                 sts: config.sts.clone(),
             })
             .with_request_counter(admin_state.metrics.s3_requests.clone()),
-        index: WorkflowIndex::default(),
+        index: WorkflowIndex::with_namespace_bound(config.index_keys_per_namespace),
         queue: WorkQueue::new(
             |k: &String| split_key(k).0,
             config.per_namespace_concurrency(),

@@ -181,6 +181,67 @@ fn own_folder<'k>(key: &'k str, name: &str) -> Option<&'k str> {
     None
 }
 
+/// The workflow's own folder in `key` (`.../<name>`, the folder of its pods' folders in Argo's
+/// default key format), where the key is under one of its pods' folders (see `own_folder`).
+fn workflow_folder<'k>(key: &'k str, name: &str) -> Option<&'k str> {
+    let pod = own_folder(key, name)?;
+    Some(&pod[..pod.rfind('/')?])
+}
+
+/// How coarsely a workflow's key uses are held in the index. Each level keeps at least what
+/// the one before kept: an entry for a folder covers every key below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Coarseness {
+    /// One entry per pod folder of the workflow, every other key as it is.
+    #[default]
+    PodFolders,
+    /// One entry for the workflow's own folder, every other key as it is.
+    WorkflowFolder,
+    /// As `WorkflowFolder`, with every other key cut to its parent folder this many times
+    /// (never above a key's first segment: never the bucket root).
+    Parents(u8),
+}
+
+impl Coarseness {
+    fn next(self) -> Self {
+        match self {
+            Self::PodFolders => Self::WorkflowFolder,
+            Self::WorkflowFolder => Self::Parents(1),
+            Self::Parents(n) => Self::Parents(n.saturating_add(1)),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PodFolders => "pod_folders",
+            Self::WorkflowFolder => "workflow_folder",
+            Self::Parents(_) => "parent_folders",
+        }
+    }
+}
+
+/// The base under which `b` (a key without trailing `/`) of workflow `name` is held at `level`.
+/// The rule that keeps a namespace's share of the index bounded: coarser only ever covers more.
+pub fn coarse_base<'k>(b: &'k str, name: &str, level: Coarseness) -> &'k str {
+    match level {
+        Coarseness::PodFolders => own_folder(b, name).unwrap_or(b),
+        Coarseness::WorkflowFolder => workflow_folder(b, name).unwrap_or(b),
+        Coarseness::Parents(n) => match workflow_folder(b, name) {
+            Some(f) => f,
+            None => {
+                let mut out = b;
+                for _ in 0..n {
+                    match out.rfind('/') {
+                        Some(i) if i > 0 => out = &out[..i],
+                        _ => break,
+                    }
+                }
+                out
+            }
+        },
+    }
+}
+
 /// One key a workflow uses, as the index stores it.
 #[derive(Debug, Clone)]
 pub struct WorkflowKeyUse {
@@ -192,6 +253,15 @@ pub struct WorkflowKeyUse {
     pub label: String,
     /// A running workflow only reads the key (an input): it will never delete it.
     pub reads: bool,
+}
+
+/// One namespace's share of the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceShare {
+    pub namespace: String,
+    pub entries: usize,
+    /// Its workflows held coarser than pod folders (the bound was reached).
+    pub coarse_workflows: usize,
 }
 
 /// A use found in the index: whose it is, and whether that workflow wants it deleted now.
@@ -228,6 +298,10 @@ struct Slot {
     /// Hash of the uses, to skip re-indexing a workflow whose keys did not change (keyed per
     /// process, so no Workflow can be written to collide with another state of itself).
     fingerprint: u64,
+    /// The workflow's current entries, counted toward its namespace's bound.
+    indexed: u32,
+    /// How coarsely they are held.
+    level: Coarseness,
 }
 
 /// The keys used by workflows outside the plan at hand: the controller keeps one, fed from its
@@ -249,6 +323,12 @@ pub struct KeyIndex {
     live: usize,
     retired: usize,
     hasher: std::hash::RandomState,
+    /// Entries one namespace's workflows may hold before a workflow's are held coarser; `None`:
+    /// unbounded.
+    namespace_bound: Option<usize>,
+    /// Per namespace: its workflows' current entries, and how many of them are held coarser
+    /// than pod folders.
+    per_namespace: HashMap<Arc<str>, (usize, usize)>,
 }
 
 /// The sort key of a base: store and bucket, length-prefixed so that no two spell the same
@@ -278,31 +358,34 @@ impl KeyIndex {
     /// more cautious for it. Other keys (fixed keys, another workflow's outputs read as
     /// inputs) are held one by one. A use of a bucket's root is not indexed (see
     /// [`OverlapIndex::insert`]), nor a key longer than S3 allows many times over.
+    ///
+    /// Where the namespace's bound (see [`KeyIndex::with_namespace_bound`]) would be passed,
+    /// the workflow's uses are held coarser, a level at a time ([`Coarseness`]), until they fit
+    /// or no level folds more: protection only ever widens.
     pub fn set_workflow(&mut self, workflow: &str, uses: Vec<WorkflowKeyUse>) {
-        let name = workflow.rsplit_once('/').map_or(workflow, |(_, n)| n);
-        let mut entries: Vec<(Vec<u8>, bool, bool)> = Vec::with_capacity(uses.len());
-        for u in &uses {
-            let b = base(&u.target.key);
-            if b.is_empty() {
-                continue;
-            }
-            let b = own_folder(b, name).unwrap_or(b);
-            let k = sort_key(&u.target, b);
-            if k.len() <= runs::MAX_KEY {
-                entries.push((k, u.due, u.reads));
-            }
-        }
-        // One entry per base, live if any use of it is, a read only if all of them are.
-        entries.sort();
-        entries.dedup_by(|next, kept| {
-            if next.0 == kept.0 {
-                kept.1 &= next.1;
-                kept.2 &= next.2;
-                true
-            } else {
-                false
-            }
+        let (namespace, name) = workflow.rsplit_once('/').unwrap_or(("", workflow));
+        let room = self.namespace_bound.map(|bound| {
+            let own = self
+                .by_workflow
+                .get(workflow)
+                .map_or(0, |&s| self.slots[s as usize].indexed as usize);
+            let others = self.per_namespace.get(namespace).map_or(0, |n| n.0) - own;
+            bound.saturating_sub(others).max(1)
         });
+        let mut level = Coarseness::default();
+        let mut entries = Self::entries(&uses, name, level);
+        while let Some(room) = room
+            && entries.len() > room
+        {
+            let next = level.next();
+            let coarser = Self::entries(&uses, name, next);
+            if coarser == entries && matches!(level, Coarseness::Parents(_)) {
+                break;
+            }
+            level = next;
+            entries = coarser;
+        }
+        drop(uses);
         let fingerprint = std::hash::BuildHasher::hash_one(&self.hasher, &entries);
         if let Some(&slot) = self.by_workflow.get(workflow)
             && self.slots[slot as usize].fingerprint == fingerprint
@@ -328,7 +411,12 @@ impl KeyIndex {
             workflow: Some(wf.clone()),
             refs: entries.len() as u32,
             fingerprint,
+            indexed: entries.len() as u32,
+            level,
         };
+        let share = self.per_namespace.entry(Arc::from(namespace)).or_default();
+        share.0 += entries.len();
+        share.1 += usize::from(level > Coarseness::PodFolders);
         self.live += entries.len();
         self.overlay_entries += entries.len();
         for (k, due, reads) in entries {
@@ -350,6 +438,16 @@ impl KeyIndex {
         };
         let s = &mut self.slots[slot as usize];
         s.workflow = None;
+        let namespace = workflow.rsplit_once('/').map_or("", |(ns, _)| ns);
+        if let Some(n) = self.per_namespace.get_mut(namespace) {
+            n.0 -= s.indexed as usize;
+            n.1 -= usize::from(s.level > Coarseness::PodFolders);
+            if *n == (0, 0) {
+                self.per_namespace.remove(namespace);
+            }
+        }
+        s.indexed = 0;
+        s.level = Coarseness::default();
         self.live -= s.refs as usize;
         self.retired += s.refs as usize;
         if s.refs == 0 {
@@ -358,6 +456,85 @@ impl KeyIndex {
         if self.retired > self.live.max(OVERLAY_ENTRIES * 4) {
             self.compact();
         }
+    }
+
+    /// An index in which one namespace's workflows hold at most `bound` entries before a
+    /// workflow's uses are held coarser (see [`KeyIndex::set_workflow`]).
+    pub fn with_namespace_bound(bound: usize) -> Self {
+        Self {
+            namespace_bound: Some(bound),
+            ..Self::default()
+        }
+    }
+
+    /// The sorted entries for `uses` at `level`: one per base, live if any use of it is, a
+    /// read only if all of them are.
+    fn entries(
+        uses: &[WorkflowKeyUse],
+        name: &str,
+        level: Coarseness,
+    ) -> Vec<(Vec<u8>, bool, bool)> {
+        let mut entries: Vec<(Vec<u8>, bool, bool)> = Vec::with_capacity(uses.len());
+        for u in uses {
+            let b = base(&u.target.key);
+            if b.is_empty() {
+                continue;
+            }
+            let k = sort_key(&u.target, coarse_base(b, name, level));
+            if k.len() <= runs::MAX_KEY {
+                entries.push((k, u.due, u.reads));
+            }
+        }
+        entries.sort();
+        entries.dedup_by(|next, kept| {
+            if next.0 == kept.0 {
+                kept.1 &= next.1;
+                kept.2 &= next.2;
+                true
+            } else {
+                false
+            }
+        });
+        entries
+    }
+
+    /// Per namespace (in name order), the entries its workflows hold and how many of its
+    /// workflows are held coarser than pod folders: what the index gauges show.
+    pub fn namespaces(&self) -> Vec<NamespaceShare> {
+        let mut out: Vec<NamespaceShare> = self
+            .per_namespace
+            .iter()
+            .map(|(ns, &(entries, coarse_workflows))| NamespaceShare {
+                namespace: ns.to_string(),
+                entries,
+                coarse_workflows,
+            })
+            .collect();
+        out.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        out
+    }
+
+    /// The namespaces with workflows held coarser than pod folders (see [`KeyIndex::namespaces`]).
+    pub fn coarse_namespaces(&self) -> Vec<NamespaceShare> {
+        let mut out: Vec<NamespaceShare> = self
+            .per_namespace
+            .iter()
+            .filter(|(_, n)| n.1 > 0)
+            .map(|(ns, &(entries, coarse_workflows))| NamespaceShare {
+                namespace: ns.to_string(),
+                entries,
+                coarse_workflows,
+            })
+            .collect();
+        out.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        out
+    }
+
+    /// How coarsely a workflow's uses are held, while it is indexed.
+    pub fn coarseness(&self, workflow: &str) -> Option<Coarseness> {
+        self.by_workflow
+            .get(workflow)
+            .map(|&s| self.slots[s as usize].level)
     }
 
     /// Keeps only the workflows for which `keep` says yes.
@@ -618,6 +795,75 @@ mod tests {
         elsewhere.bucket = "c".into();
         idx.overlapping(&elsewhere, &mut other);
         assert!(other.is_empty());
+    }
+
+    /// The coarsening rule, level by level: each level covers what the one before did.
+    #[test]
+    fn coarser_levels_cover_more_and_never_the_bucket_root() {
+        use Coarseness::*;
+        // (key base, level, held as)
+        let rows = [
+            ("wf/wf-1/out.tgz", PodFolders, "wf/wf-1"),
+            ("wf/wf-1/out.tgz", WorkflowFolder, "wf"),
+            ("a/2026/wf/wf-x/y/z", WorkflowFolder, "a/2026/wf"),
+            ("a/2026/wf/wf-x/y/z", Parents(9), "a/2026/wf"),
+            ("reports/latest.csv", WorkflowFolder, "reports/latest.csv"),
+            ("a/b/c/d.tgz", Parents(1), "a/b/c"),
+            ("a/b/c/d.tgz", Parents(2), "a/b"),
+            ("a/b/c/d.tgz", Parents(7), "a"),
+            ("fixed", Parents(3), "fixed"),
+        ];
+        for (key, level, want) in rows {
+            assert_eq!(coarse_base(key, "wf", level), want, "{key} at {level:?}");
+        }
+    }
+
+    /// Past its namespace's bound a workflow's uses are held coarser until they fit; other
+    /// namespaces keep theirs; a coarser entry still covers every key it stands for.
+    #[test]
+    fn a_namespace_past_its_bound_is_held_coarser_and_still_covers_its_keys() {
+        let mut idx = KeyIndex::with_namespace_bound(4);
+        let u = key_use;
+        let pods = |wf: &str, n: usize| -> Vec<WorkflowKeyUse> {
+            (0..n)
+                .map(|i| u(&format!("art/{wf}/{wf}-{i}/out.tgz"), false))
+                .collect()
+        };
+        idx.set_workflow("a/one", pods("one", 3));
+        assert_eq!(idx.coarseness("a/one"), Some(Coarseness::PodFolders));
+        idx.set_workflow("a/two", pods("two", 3));
+        assert_eq!(idx.coarseness("a/two"), Some(Coarseness::WorkflowFolder));
+        assert_eq!(bases(&idx, "art/two/two-2/out.tgz"), ["art/two"]);
+        idx.set_workflow("b/three", pods("three", 3));
+        assert_eq!(idx.coarseness("b/three"), Some(Coarseness::PodFolders));
+        // Fixed keys with no workflow folder: cut to parents until they fit.
+        let fixed: Vec<WorkflowKeyUse> = (0..10)
+            .map(|i| u(&format!("shared/{}/m{i}.bin", i % 2), false))
+            .collect();
+        idx.set_workflow("a/fixed", fixed);
+        assert_eq!(idx.coarseness("a/fixed"), Some(Coarseness::Parents(2)));
+        assert_eq!(bases(&idx, "shared/1/m3.bin"), ["shared"]);
+        assert_eq!(
+            idx.namespaces(),
+            [
+                NamespaceShare {
+                    namespace: "a".into(),
+                    entries: 5,
+                    coarse_workflows: 2
+                },
+                NamespaceShare {
+                    namespace: "b".into(),
+                    entries: 3,
+                    coarse_workflows: 0
+                },
+            ]
+        );
+        // Room freed: a changed workflow is indexed finely again.
+        idx.remove_workflow("a/fixed");
+        idx.remove_workflow("a/one");
+        idx.set_workflow("a/two", pods("two", 4));
+        assert_eq!(idx.coarseness("a/two"), Some(Coarseness::PodFolders));
+        assert_eq!(idx.namespaces()[0].entries, 4);
     }
 
     #[test]
