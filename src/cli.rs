@@ -596,13 +596,6 @@ async fn purge_command(args: &PurgeArgs) -> u8 {
 }
 
 async fn controller_command(args: &ControllerArgs) -> u8 {
-    let client = match kube::Client::try_default().await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: no Kubernetes config (kubeconfig or in-cluster): {e}");
-            return EXIT_USAGE;
-        }
-    };
     let config = match args.config() {
         Ok(c) => c,
         Err(e) => {
@@ -610,7 +603,21 @@ async fn controller_command(args: &ControllerArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let handle = match crate::controller::start(client, config).await {
+    let clients = match kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)
+    {
+        Ok(k) => crate::controller::KubeClients::from_config(k, config.api_timeout),
+        Err(e) => Err(e),
+    };
+    let clients = match clients {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: no Kubernetes config (kubeconfig or in-cluster): {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let handle = match crate::controller::start(clients, config).await {
         Ok(h) => h,
         Err(e) => {
             eprintln!("error: {e}");

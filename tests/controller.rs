@@ -994,6 +994,52 @@ async fn an_output_read_by_a_running_workflow_is_collected_when_the_reader_finis
     ctl.shutdown().await;
 }
 
+/// Writes go silent (every PATCH is accepted and never answered) while reads still answer: the
+/// status write of a pass fails at `--api-timeout` through the request client's read timeout,
+/// is counted (`kube_api`) and retried, long before the pass deadline (an hour here); once the
+/// server answers, the workflow is recorded. With one client for everything (kube's default,
+/// no read timeout), the write waits for the whole deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_write_fails_at_the_request_timeout_not_the_pass_deadline() {
+    let e = Env::test_server().await;
+    e.put(&["stall/a.tgz"]).await;
+    let mut c = config();
+    c.concurrency = 1;
+    c.pass_deadline = Duration::from_secs(3600);
+    c.api_timeout = Duration::from_millis(500);
+    let clients = artgc::controller::KubeClients::from_config(
+        kube::Config::new(e.server().url.parse().unwrap()),
+        c.api_timeout,
+    )
+    .unwrap();
+    let ctl = artgc::controller::start(clients, c).await.unwrap();
+    e.server()
+        .set_method_latency(Some(("PATCH", Duration::from_secs(3600))));
+    e.create(e.one("stalled", "stall/a.tgz", COMPLETION)).await;
+    until("a write timed out and was counted", async || {
+        sample(
+            &metrics(&ctl).await,
+            "artgc_reconcile_errors_total{category=\"kube_api\"}",
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(
+        !e.get("stalled")
+            .await
+            .is_some_and(|w| processed(&w, COMPLETION))
+    );
+    e.server().set_method_latency(None);
+    until("recorded once writes are answered", async || {
+        e.get("stalled")
+            .await
+            .is_some_and(|w| processed(&w, COMPLETION))
+    })
+    .await;
+    assert!(e.keys().await.is_empty());
+    ctl.shutdown().await;
+}
+
 /// The API server goes silent (a load balancer that lost its backend: requests are accepted and
 /// never answered) while a pass runs. The pass is abandoned at `--pass-deadline`, counted
 /// (`artgc_reconcile_errors_total{category="deadline"}`) and retried with backoff; `/live`

@@ -175,7 +175,11 @@ impl ReconcileError {
 }
 
 struct ControllerState {
+    /// Every request but the watch's: bounded by a read timeout where built from a config
+    /// (see [`KubeClients`]).
     client: Client,
+    /// The watch's long-lived streams, which its own idle timeout bounds.
+    watch_client: Client,
     config: ControllerConfig,
     reader: ClusterReader,
     /// Argo's database, for offloaded node status.
@@ -293,10 +297,50 @@ fn split_key(key: &str) -> (&str, &str) {
 }
 
 /// Starts the controller's tasks: admin server, leader election, watch and workers.
+/// The controller's API clients: one for the watch's streams, which must stay open for minutes,
+/// and one for every other request, whose connections a read timeout bounds, so that an API
+/// server that accepts a request and never answers fails it instead of holding a worker.
+#[derive(Clone)]
+pub struct KubeClients {
+    pub watch: Client,
+    pub requests: Client,
+}
+
+impl From<Client> for KubeClients {
+    /// One client for both (its own timeouts, if any, for both).
+    fn from(client: Client) -> Self {
+        Self {
+            watch: client.clone(),
+            requests: client,
+        }
+    }
+}
+
+impl KubeClients {
+    /// Both clients from one config; requests time out after `timeout` without a byte of
+    /// answer (counted from when the request was written, not from when a pooled connection
+    /// went idle).
+    pub fn from_config(config: kube::Config, timeout: Duration) -> Result<Self, kube::Error> {
+        let watch = Client::try_from(config.clone())?;
+        let mut requests = config;
+        requests.read_timeout = Some(timeout);
+        requests.write_timeout = Some(timeout);
+        requests.reset_reader_on_write = true;
+        Ok(Self {
+            watch,
+            requests: Client::try_from(requests)?,
+        })
+    }
+}
+
 pub async fn start(
-    client: Client,
+    clients: impl Into<KubeClients>,
     config: ControllerConfig,
 ) -> Result<ControllerHandle, ControllerError> {
+    let KubeClients {
+        watch: watch_client,
+        requests: client,
+    } = clients.into();
     let mut admin = AdminState::new(Metrics::new());
     admin.stalled_after = config.pass_deadline + Duration::from_secs(300);
     let admin_state = Arc::new(admin);
@@ -338,6 +382,7 @@ pub async fn start(
         recorder: Recorder::new(client.clone(), reporter),
         synced: watch::channel(false).0,
         client,
+        watch_client,
         config,
     });
     let source: Arc<dyn metrics::StateSource> = shared.clone();

@@ -52,13 +52,13 @@ pub(super) async fn watch_workflows(shared: Arc<ControllerState>, stop: Cancella
         .labels(&label_selector(shared.config.instance_id.as_deref()))
         .page_size(WATCH_PAGE_SIZE);
     let apis: Vec<Api<WatchedWorkflow>> = if shared.config.namespaces.is_empty() {
-        vec![Api::all(shared.client.clone())]
+        vec![Api::all(shared.watch_client.clone())]
     } else {
         shared
             .config
             .namespaces
             .iter()
-            .map(|ns| Api::namespaced(shared.client.clone(), ns))
+            .map(|ns| Api::namespaced(shared.watch_client.clone(), ns))
             .collect()
     };
     // Each event tagged with its stream, so a re-list prunes only its own namespace.

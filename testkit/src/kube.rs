@@ -175,6 +175,8 @@ struct State {
     watchers: Vec<Watcher>,
     faults: Vec<KubeFault>,
     latency: Duration,
+    /// Latency for requests of one method only (e.g. every PATCH), on top of `latency`.
+    method_latency: Option<(String, Duration)>,
     log: Vec<KubeRequest>,
     log_requests: bool,
 }
@@ -211,6 +213,7 @@ impl KubeApiServer {
             watchers: Vec::new(),
             faults: Vec::new(),
             latency: Duration::ZERO,
+            method_latency: None,
             log: Vec::new(),
             log_requests: true,
         }));
@@ -337,6 +340,11 @@ impl KubeApiServer {
     /// Delay before every request is handled.
     pub fn set_latency(&self, latency: Duration) {
         self.state.lock().unwrap().latency = latency;
+    }
+
+    /// Delays every new request of `method` (`"PATCH"`, ...) by `latency`; `None` ends it.
+    pub fn set_method_latency(&self, method: Option<(&str, Duration)>) {
+        self.state.lock().unwrap().method_latency = method.map(|(m, d)| (m.to_string(), d));
     }
 
     /// Closes every open watch stream (clients must re-watch).
@@ -994,7 +1002,12 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>) -> Response<Body>
                 f.times -= 1;
                 f.status
             });
-        (s.latency, fault)
+        let extra = s
+            .method_latency
+            .as_ref()
+            .filter(|(m, _)| *m == method)
+            .map_or(Duration::ZERO, |(_, d)| *d);
+        (s.latency + extra, fault)
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
