@@ -1093,23 +1093,32 @@ async fn a_silent_api_server_never_holds_a_worker_for_good() {
     ctl.shutdown().await;
 }
 
-/// Where the policy reclaims versions, a finished workflow whose artifacts wait for its
-/// deletion is passed once and carries artgc's record of when it was seen finished
-/// (`artgc.io/finished-seen`), the bound on its run's window when it is deleted later.
+/// Where the policy (or `--reclaim-versions`, for every namespace) reclaims versions, a
+/// finished workflow whose artifacts wait for its deletion is passed once and carries artgc's
+/// record of when it was seen finished (`artgc.io/finished-seen`), the bound on its run's
+/// window when it is deleted later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finish_is_recorded_where_versions_are_reclaimed() {
+    finish_recorded(|c| {
+        let mut p = artgc_core::policy::Policy::parse("defaults:\n  reclaimVersions: {}\n")
+            .expect("policy");
+        p.allow_loopback = true;
+        c.policy = std::sync::Arc::new(p);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finish_is_recorded_where_the_flag_reclaims_versions() {
+    finish_recorded(|c| c.store.reclaim_versions = true).await;
+}
+
+async fn finish_recorded(tweak: impl FnOnce(&mut ControllerConfig)) {
     let e = Env::test_server().await;
     e.put(&["later/a.tgz"]).await;
     e.create(e.one("later", "later/a.tgz", DELETION)).await;
     let before = jiff::Timestamp::now();
-    let ctl = e
-        .start(|c| {
-            let mut p = artgc_core::policy::Policy::parse("defaults:\n  reclaimVersions: {}\n")
-                .expect("policy");
-            p.allow_loopback = true;
-            c.policy = std::sync::Arc::new(p);
-        })
-        .await;
+    let ctl = e.start(tweak).await;
     until("the finish is recorded", async || {
         e.get("later").await.is_some_and(|w| {
             w["metadata"]["annotations"]["artgc.io/finished-seen"]

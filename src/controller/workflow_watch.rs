@@ -289,9 +289,11 @@ async fn observe(shared: &ControllerState, wf: WatchedWorkflow) {
                 }
             };
             // The workflow and its plan are also dropped there: freeing a big tree takes a while.
+            let reclaims_everywhere = shared.config.store.reclaim_versions;
             let (wants, uses) = shared
                 .cpu(big, move || {
-                    let (wp, uses) = plan_alone(&w, &state);
+                    let (mut wp, uses) = plan_alone(&w, &state);
+                    wp.may_reclaim |= reclaims_everywhere;
                     (wants_pass(&w, &wp, holds), uses)
                 })
                 .await;
