@@ -1092,6 +1092,95 @@ async fn beside_argos_own_gc_under_its_own_finalizer() {
     ctl.shutdown().await;
 }
 
+/// A leftover `WorkflowTaskResult` (Argo deletes a fulfilled workflow's, but its list can miss
+/// some) takes artgc's marks back: while artgc's finalizer holds the completed Workflow, Argo
+/// reconciles it every 5 s and copies the result's outputs, without `deleted`, onto the node
+/// (deleting the leftover as it persists that). artgc's watch sees the write and its next pass
+/// marks the artifact again (its key already gone), so the mark comes back and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_argo_takes_back_is_restored_and_stays() {
+    let Some(argo) = argo_with_its_gc_off().await else {
+        return;
+    };
+    let ctl = argo.artgc(|_| {}).await;
+    argo.submit(fan_out("reset", 3, "OnWorkflowDeletion")).await;
+    let all_marked = |w: &Value| {
+        pod_nodes(w).len() == 3
+            && pod_nodes(w)
+                .iter()
+                .all(|n| n["outputs"]["artifacts"][0]["deleted"] == true)
+    };
+    argo.until("Argo completes it and artgc collects it", async || {
+        argo.workflow("reset")
+            .await
+            .is_some_and(|w| completion_processed(&w) && all_marked(&w))
+    })
+    .await;
+    let w = argo.workflow("reset").await.unwrap();
+    let node = pod_nodes(&w)[0].clone();
+    let id = node["id"].as_str().unwrap().to_string();
+    let mut outputs = node["outputs"].clone();
+    for a in outputs["artifacts"].as_array_mut().unwrap() {
+        a.as_object_mut().unwrap().remove("deleted");
+    }
+    // Every version of the Workflow from here on, to see the mark taken back however briefly.
+    let taken_back = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = {
+        let api = argo.space.api(&w);
+        let taken_back = taken_back.clone();
+        let all_marked = all_marked;
+        tokio::spawn(async move {
+            let config = watcher::Config::default().fields("metadata.name=reset");
+            let mut events = watcher(api, config).applied_objects().boxed();
+            while let Some(event) = events.next().await {
+                let Ok(obj) = event else { continue };
+                if !all_marked(&serde_json::to_value(&obj).unwrap()) {
+                    taken_back.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let results = argo.space.api(&json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTaskResult", "metadata": {}}));
+    let leftover = json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTaskResult",
+        "metadata": {
+            "name": id, "namespace": argo.space.ns,
+            "labels": {"workflows.argoproj.io/workflow": "reset",
+                       "workflows.argoproj.io/report-outputs-completed": "true"},
+            "ownerReferences": [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                                 "name": "reset", "uid": w["metadata"]["uid"]}],
+        },
+        "outputs": outputs,
+    });
+    results
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(leftover).unwrap(),
+        )
+        .await
+        .expect("leftover task result");
+    argo.until("Argo takes a mark back", async || {
+        taken_back.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    argo.until("the leftover is gone and every mark is back", async || {
+        let gone = results.get_opt(&id).await.expect("get").is_none();
+        gone && argo.workflow("reset").await.is_some_and(|w| all_marked(&w))
+    })
+    .await;
+    seen.abort();
+    // Past Argo's next reconcile (5 s): nothing takes them back again.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let w = argo.workflow("reset").await.unwrap();
+    assert!(all_marked(&w), "{}", w["status"]["nodes"]);
+    argo.delete("reset").await;
+    argo.until("deleted", async || argo.workflow("reset").await.is_none())
+        .await;
+    ctl.shutdown().await;
+}
+
 /// Concurrent writers: artgc adds its finalizer while Argo is still writing the nodes of 30
 /// parallel pods, and records its completion pass while Argo reconciles the finished Workflow.
 /// Neither loses the other's writes: every node Argo finished is there with its outputs, every
@@ -1109,10 +1198,15 @@ async fn argo_and_artgc_writing_at_once_lose_nothing() {
         })
     })
     .await;
+    // A mark Argo takes back (its conflict path, a leftover task result) is restored by the
+    // next pass: wait for every one, not only the first record.
     argo.until("Argo completes it and artgc collects it", async || {
-        argo.workflow("busy")
-            .await
-            .is_some_and(|w| completion_processed(&w))
+        argo.workflow("busy").await.is_some_and(|w| {
+            completion_processed(&w)
+                && pod_nodes(&w)
+                    .iter()
+                    .all(|n| n["outputs"]["artifacts"][0]["deleted"] == true)
+        })
     })
     .await;
     let w = argo.workflow("busy").await.unwrap();
