@@ -633,6 +633,162 @@ async fn a_dag_from_a_workflow_template_is_collected_by_the_templates_strategy()
     ctl.shutdown().await;
 }
 
+/// The stored spec decides, as Argo's `GetExecSpec` does: a Workflow from a WorkflowTemplate
+/// whose strategy is `OnWorkflowCompletion`, its own `spec.artifactGC` rewritten to `Never` after
+/// Argo stored the merged spec (while a suspend step waits). Argo runs on the stored spec; so
+/// does artgc, which collects it at completion instead of keeping everything for the edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stored_spec_decides_not_a_later_edit_of_spec() {
+    let Some(argo) = argo_with_its_gc_off().await else {
+        return;
+    };
+    let ctl = argo.artgc(|_| {}).await;
+    argo.space
+        .create(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTemplate",
+            "metadata": {"name": "stored"},
+            "spec": {
+                "entrypoint": "main",
+                "artifactGC": {"strategy": "OnWorkflowCompletion"},
+                "templates": [
+                    {"name": "main", "steps": [[{"name": "p", "template": "produce"}],
+                                               [{"name": "hold", "template": "hold"}]]},
+                    {"name": "produce", "container": {"image": "busybox", "command": ["true"]},
+                     "outputs": {"artifacts": [{"name": "out", "path": "/tmp/out"}]}},
+                    {"name": "hold", "suspend": {"duration": "4s"}},
+                ],
+            },
+        }))
+        .await;
+    argo.submit(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "edited"},
+        "spec": {"workflowTemplateRef": {"name": "stored"}},
+    }))
+    .await;
+    argo.until("Argo stored the spec and runs it", async || {
+        argo.workflow("edited").await.is_some_and(|w| {
+            w["status"]["storedWorkflowTemplateSpec"].is_object()
+                && w["status"]["phase"] == "Running"
+        })
+    })
+    .await;
+    let edit = json!({"spec": {"artifactGC": {"strategy": "Never"}}});
+    argo.space
+        .api(&argo.workflow("edited").await.unwrap())
+        .patch("edited", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .expect("edit spec");
+    argo.until("Argo completes it and artgc collects it", async || {
+        argo.workflow("edited")
+            .await
+            .is_some_and(|w| w["status"]["phase"] == "Succeeded" && completion_processed(&w))
+    })
+    .await;
+    let w = argo.workflow("edited").await.unwrap();
+    assert_eq!(
+        w["spec"]["artifactGC"]["strategy"], "Never",
+        "the edit stayed"
+    );
+    let pods = pod_nodes(&w);
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert!(
+        pods[0]["outputs"]["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["deleted"] == true),
+        "{}",
+        pods[0]
+    );
+    assert!(argo.keys().await.is_empty(), "{:?}", argo.keys().await);
+    argo.delete("edited").await;
+    argo.until("deleted", async || argo.workflow("edited").await.is_none())
+        .await;
+    ctl.shutdown().await;
+}
+
+/// Where Argo ran the pod: a template's `archiveLocation` names its bucket by
+/// `{{inputs.parameters.bucket}}`, which Argo substitutes for the pod and records on the node
+/// (`inputs.parameters`); in another Workflow, an inline template archives where
+/// `spec.templateDefaults` says, merged in by Argo before it runs. artgc resolves both as Argo
+/// ran them and collects every output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_parameters_and_template_defaults_locate_outputs_as_argo_ran_them() {
+    let Some(argo) = argo_with_its_gc_off().await else {
+        return;
+    };
+    let ctl = argo.artgc(|_| {}).await;
+    let s3 = &argo.s3;
+    let location = |bucket: &str, key: &str| {
+        json!({"archiveLogs": true, "s3": {
+            "bucket": bucket, "endpoint": s3.endpoint.trim_start_matches("http://"),
+            "insecure": true, "region": s3.region, "key": key,
+            "accessKeySecret": {"name": "s3-creds", "key": "accesskey"},
+            "secretKeySecret": {"name": "s3-creds", "key": "secretkey"}}})
+    };
+    let out = json!({"artifacts": [{"name": "out", "path": "/tmp/out"}]});
+    let container = json!({"image": "busybox", "command": ["true"]});
+    let workflow = |name: &str, spec: Value| {
+        let mut spec = spec;
+        spec["entrypoint"] = json!("main");
+        spec["artifactGC"] = json!({"strategy": "OnWorkflowCompletion"});
+        json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+               "metadata": {"name": name}, "spec": spec})
+    };
+    argo.submit(workflow(
+        "param",
+        json!({"templates": [
+            {"name": "main", "steps": [[
+                {"name": "p", "template": "produce",
+                 "arguments": {"parameters": [{"name": "bucket", "value": argo.bucket}]}}]]},
+            {"name": "produce", "inputs": {"parameters": [{"name": "bucket"}]},
+             "archiveLocation": location("{{inputs.parameters.bucket}}", "params/{{pod.name}}"),
+             "container": container, "outputs": out},
+        ]}),
+    ))
+    .await;
+    argo.submit(workflow("inline", json!({
+        "templateDefaults": {"archiveLocation": location(&argo.bucket, "defaults/{{pod.name}}")},
+        "templates": [{"name": "main", "steps": [[
+            {"name": "i", "inline": {"container": container, "outputs": out}}]]}],
+    })))
+    .await;
+    for (name, prefix) in [("param", "params/"), ("inline", "defaults/")] {
+        argo.until("Argo completes it and artgc collects it", async || {
+            argo.workflow(name)
+                .await
+                .is_some_and(|w| w["status"]["phase"] == "Succeeded" && completion_processed(&w))
+        })
+        .await;
+        let w = argo.workflow(name).await.unwrap();
+        let pods = pod_nodes(&w);
+        assert_eq!(pods.len(), 1, "{pods:?}");
+        let recorded = pods[0]["outputs"]["artifacts"].as_array().unwrap();
+        assert!(
+            recorded.iter().all(|a| a["s3"]["key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with(prefix))),
+            "archived where its template says: {recorded:?}"
+        );
+        assert!(recorded.iter().all(|a| a["deleted"] == true), "{}", pods[0]);
+        if name == "param" {
+            assert_eq!(
+                pods[0]["inputs"]["parameters"][0]["value"],
+                json!(argo.bucket),
+                "Argo recorded the parameter"
+            );
+        }
+    }
+    assert!(argo.keys().await.is_empty(), "{:?}", argo.keys().await);
+    for name in ["param", "inline"] {
+        argo.delete(name).await;
+        argo.until("deleted", async || argo.workflow(name).await.is_none())
+            .await;
+    }
+    ctl.shutdown().await;
+}
+
 /// Pod nodes of a Workflow, by their name in Argo (`wf[0].step(1)`).
 fn pod_nodes(w: &Value) -> Vec<&Value> {
     let mut nodes: Vec<&Value> = w["status"]["nodes"]
