@@ -258,6 +258,11 @@ pub struct ControllerArgs {
     /// in a pass or in the watch: a silent API server fails them instead of stopping the watch.
     #[arg(long, default_value = "30s", env = "ARTGC_API_TIMEOUT", value_parser = parse_duration)]
     pub api_timeout: Duration,
+    /// How long one watch request stays open before the API server ends it and the watch resumes
+    /// where it was. A watch that hears nothing for this long plus 5 s is taken for dead (a
+    /// connection a load balancer dropped without a word) and re-made.
+    #[arg(long, default_value = "60s", env = "ARTGC_WATCH_TIMEOUT", value_parser = parse_duration)]
+    pub watch_timeout: Duration,
     /// Entries one namespace's workflows may hold in the shared-key index (25 bytes or more
     /// each, see the README's Sizing). Past it, a workflow's keys are held coarser (its workflow folder, then parent
     /// folders): memory stays bounded, and the check only keeps more, never less
@@ -313,6 +318,7 @@ impl ControllerArgs {
             shutdown_grace: self.shutdown_grace,
             pass_deadline: self.pass_deadline,
             api_timeout: self.api_timeout,
+            watch_timeout: self.watch_timeout,
             index_keys_per_namespace: usize::try_from(self.index_keys_per_namespace)
                 .unwrap_or(usize::MAX),
         })

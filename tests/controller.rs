@@ -994,6 +994,64 @@ async fn an_output_read_by_a_running_workflow_is_collected_when_the_reader_finis
     ctl.shutdown().await;
 }
 
+/// The hold-out: every connection to the API server black-holed for 5 s while passes
+/// run (a load balancer that lost its backend; the connections it held stay dead for good),
+/// 20 completed Workflows waiting. Requests on dead connections time out (`--api-timeout`),
+/// passes end by their deadline, the dead watch is re-made after `--watch-timeout` (+5 s), and
+/// every Workflow is collected on new connections without a restart; `/live` stays 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_api_server_stops_collection_only_while_it_lasts() {
+    let e = Env::test_server().await;
+    let upstream: std::net::SocketAddr = e
+        .server()
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = artgc_testkit::BlackHoleProxy::start(upstream).await;
+    let mut c = config();
+    c.concurrency = 4;
+    c.pass_deadline = Duration::from_secs(3);
+    c.api_timeout = Duration::from_secs(1);
+    c.watch_timeout = Duration::from_secs(2);
+    let clients = artgc::controller::KubeClients::from_config(
+        kube::Config::new(proxy.url.parse().unwrap()),
+        c.api_timeout,
+    )
+    .unwrap();
+    let ctl = artgc::controller::start(clients, c).await.unwrap();
+    until("the controller is ready", async || {
+        http_get(&format!("http://{}/ready", ctl.admin_addr))
+            .await
+            .0
+            == 200
+    })
+    .await;
+    let names: Vec<String> = (0..20).map(|i| format!("hole-{i}")).collect();
+    for n in &names {
+        e.put(&[&format!("{n}/a.tgz")]).await;
+    }
+    proxy.set_black_hole(true);
+    for n in &names {
+        e.create(e.one(n, &format!("{n}/a.tgz"), COMPLETION)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    proxy.set_black_hole(false);
+    let live = http_get(&format!("http://{}/live", ctl.admin_addr)).await;
+    assert_eq!(live.0, 200, "{}", live.1);
+    until("every workflow collected after the hole", async || {
+        for n in &names {
+            if !e.get(n).await.is_some_and(|w| processed(&w, COMPLETION)) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(e.keys().await.is_empty());
+    ctl.shutdown().await;
+}
+
 /// Writes go silent (every PATCH is accepted and never answered) while reads still answer: the
 /// status write of a pass fails at `--api-timeout` through the request client's read timeout,
 /// is counted (`kube_api`) and retried, long before the pass deadline (an hour here); once the

@@ -78,6 +78,10 @@ pub struct ControllerConfig {
     /// The longest the reads for one workflow (its ConfigMaps, Secrets, ServiceAccounts) may
     /// take, in a pass or in the watch.
     pub api_timeout: Duration,
+    /// How long one watch request may stay open before the API server ends it and the watch
+    /// resumes from where it was; a watch that receives nothing for this long (plus 5 s) is
+    /// taken for dead and re-made (a connection a load balancer silently dropped).
+    pub watch_timeout: Duration,
     /// Entries one namespace's workflows may hold in the shared-key index before a workflow's
     /// keys are held coarser.
     pub index_keys_per_namespace: usize,
@@ -106,6 +110,7 @@ impl Default for ControllerConfig {
             shutdown_grace: Duration::from_secs(30),
             pass_deadline: Duration::from_secs(600),
             api_timeout: Duration::from_secs(30),
+            watch_timeout: Duration::from_secs(60),
             index_keys_per_namespace: 100_000,
             policy: Default::default(),
             sts: Default::default(),

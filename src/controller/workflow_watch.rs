@@ -50,7 +50,12 @@ pub(super) async fn watch_workflows(shared: Arc<ControllerState>, stop: Cancella
     // Small pages: a list page of Workflows is held in memory whole while it is indexed.
     let cfg = watcher::Config::default()
         .labels(&label_selector(shared.config.instance_id.as_deref()))
-        .page_size(WATCH_PAGE_SIZE);
+        .page_size(WATCH_PAGE_SIZE)
+        .timeout(
+            u32::try_from(shared.config.watch_timeout.as_secs())
+                .unwrap_or(u32::MAX)
+                .max(1),
+        );
     let apis: Vec<Api<WatchedWorkflow>> = if shared.config.namespaces.is_empty() {
         vec![Api::all(shared.watch_client.clone())]
     } else {

@@ -7,6 +7,7 @@
 //! [`S3Server`] is a real S3 endpoint over HTTP: `s3s-fs` in this process (SigV4 checked), or,
 //! when `ARTGC_TEST_S3_ENDPOINT` is set, an external store such as garage started by `.ci/run`.
 
+pub mod blackhole;
 pub mod env;
 pub mod faults;
 mod http;
@@ -15,6 +16,7 @@ pub mod real_kube;
 pub mod s3;
 pub mod sts;
 
+pub use blackhole::BlackHoleProxy;
 pub use env::{free_port, needed_var};
 pub use faults::{FaultProxy, FaultRule, SeenRequest};
 pub use http::flag;
