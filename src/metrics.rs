@@ -203,62 +203,72 @@ impl Collector for StateCollector {
             gauge.metric_type(),
         )?;
         gauge.encode(metric)?;
-        // Per namespace, only where some Workflow waits: no series lingers for a namespace
-        // whose Workflows are gone.
-        let mut family = encoder.encode_descriptor(
-            "finalizer_waiting_workflows",
-            "Workflows being deleted that still hold artgc's finalizer, by namespace",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
+        // Per namespace, only where some Workflow waits (or the index share is full): no series
+        // lingers for a namespace whose Workflows are gone.
+        let count = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+        per_namespace(
+            &mut encoder,
+            (
+                "finalizer_waiting_workflows",
+                "Workflows being deleted that still hold artgc's finalizer, by namespace",
+                None,
+            ),
+            s.waiting.iter().map(|w| (&w.namespace, count(w.workflows))),
         )?;
-        for w in &s.waiting {
-            let labels = NamespaceLabel {
-                namespace: w.namespace.clone(),
-            };
-            let gauge = ConstGauge::new(i64::try_from(w.workflows).unwrap_or(i64::MAX));
-            gauge.encode(family.encode_family(&labels)?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "finalizer_oldest_wait",
-            "Since the deletionTimestamp of the namespace's oldest Workflow waiting on artgc's finalizer",
-            Some(&Unit::Seconds),
-            prometheus_client::metrics::MetricType::Gauge,
+        per_namespace(
+            &mut encoder,
+            (
+                "finalizer_oldest_wait",
+                "Since the deletionTimestamp of the namespace's oldest Workflow waiting on artgc's finalizer",
+                Some(&Unit::Seconds),
+            ),
+            s.waiting
+                .iter()
+                .map(|w| (&w.namespace, ConstGauge::new(w.oldest_seconds))),
         )?;
-        for w in &s.waiting {
-            let labels = NamespaceLabel {
-                namespace: w.namespace.clone(),
-            };
-            ConstGauge::new(w.oldest_seconds).encode(family.encode_family(&labels)?)?;
-        }
-        // Per namespace, only where its share of the index is full.
-        let mut family = encoder.encode_descriptor(
-            "index_coarse_workflows",
-            "Workflows whose keys the shared-key index holds as coarser folders because their namespace reached --index-keys-per-namespace, by namespace",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
+        per_namespace(
+            &mut encoder,
+            (
+                "index_coarse_workflows",
+                "Workflows whose keys the shared-key index holds as coarser folders because their namespace reached --index-keys-per-namespace, by namespace",
+                None,
+            ),
+            s.coarse
+                .iter()
+                .map(|c| (&c.namespace, count(c.coarse_workflows))),
         )?;
-        for c in &s.coarse {
-            let labels = NamespaceLabel {
-                namespace: c.namespace.clone(),
-            };
-            let gauge = ConstGauge::new(i64::try_from(c.coarse_workflows).unwrap_or(i64::MAX));
-            gauge.encode(family.encode_family(&labels)?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "index_namespace_keys",
-            "Shared-key index entries held by a namespace whose share is full, by namespace",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
+        per_namespace(
+            &mut encoder,
+            (
+                "index_namespace_keys",
+                "Shared-key index entries held by a namespace whose share is full, by namespace",
+                None,
+            ),
+            s.coarse.iter().map(|c| (&c.namespace, count(c.entries))),
         )?;
-        for c in &s.coarse {
-            let labels = NamespaceLabel {
-                namespace: c.namespace.clone(),
-            };
-            let gauge = ConstGauge::new(i64::try_from(c.entries).unwrap_or(i64::MAX));
-            gauge.encode(family.encode_family(&labels)?)?;
-        }
         Ok(())
     }
+}
+
+/// One gauge family labelled by namespace: `(name, help, unit)` and each namespace's value.
+fn per_namespace<'a, N: prometheus_client::encoding::EncodeGaugeValue + 'a>(
+    encoder: &mut DescriptorEncoder,
+    (name, help, unit): (&str, &str, Option<&Unit>),
+    values: impl Iterator<Item = (&'a String, ConstGauge<N>)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        unit,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (namespace, gauge) in values {
+        let labels = NamespaceLabel {
+            namespace: namespace.clone(),
+        };
+        gauge.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// The strategies whose artifacts are collected (and counted).

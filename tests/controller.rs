@@ -1009,17 +1009,13 @@ async fn a_black_holed_api_server_stops_collection_only_while_it_lasts() {
         .parse()
         .unwrap();
     let proxy = artgc_testkit::BlackHoleProxy::start(upstream).await;
-    let mut c = config();
-    c.concurrency = 4;
-    c.pass_deadline = Duration::from_secs(3);
-    c.api_timeout = Duration::from_secs(1);
-    c.watch_timeout = Duration::from_secs(2);
-    let clients = artgc::controller::KubeClients::from_config(
-        kube::Config::new(proxy.url.parse().unwrap()),
-        c.api_timeout,
-    )
-    .unwrap();
-    let ctl = artgc::controller::start(clients, c).await.unwrap();
+    let ctl = start_through(&proxy.url, |c| {
+        c.concurrency = 4;
+        c.pass_deadline = Duration::from_secs(3);
+        c.api_timeout = Duration::from_secs(1);
+        c.watch_timeout = Duration::from_secs(2);
+    })
+    .await;
     until("the controller is ready", async || {
         http_get(&format!("http://{}/ready", ctl.admin_addr))
             .await
@@ -1052,6 +1048,19 @@ async fn a_black_holed_api_server_stops_collection_only_while_it_lasts() {
     ctl.shutdown().await;
 }
 
+/// The controller on the API server at `url` with the clients `artgc controller` makes (the
+/// requests' own read timeout), on the test server's config tweaked by `tweak`.
+async fn start_through(url: &str, tweak: impl FnOnce(&mut ControllerConfig)) -> ControllerHandle {
+    let mut c = config();
+    tweak(&mut c);
+    let clients = artgc::controller::KubeClients::from_config(
+        kube::Config::new(url.parse().unwrap()),
+        c.api_timeout,
+    )
+    .unwrap();
+    artgc::controller::start(clients, c).await.unwrap()
+}
+
 /// Writes go silent (every PATCH is accepted and never answered) while reads still answer: the
 /// status write of a pass fails at `--api-timeout` through the request client's read timeout,
 /// is counted (`kube_api`) and retried, long before the pass deadline (an hour here); once the
@@ -1061,16 +1070,12 @@ async fn a_black_holed_api_server_stops_collection_only_while_it_lasts() {
 async fn a_silent_write_fails_at_the_request_timeout_not_the_pass_deadline() {
     let e = Env::test_server().await;
     e.put(&["stall/a.tgz"]).await;
-    let mut c = config();
-    c.concurrency = 1;
-    c.pass_deadline = Duration::from_secs(3600);
-    c.api_timeout = Duration::from_millis(500);
-    let clients = artgc::controller::KubeClients::from_config(
-        kube::Config::new(e.server().url.parse().unwrap()),
-        c.api_timeout,
-    )
-    .unwrap();
-    let ctl = artgc::controller::start(clients, c).await.unwrap();
+    let ctl = start_through(&e.server().url, |c| {
+        c.concurrency = 1;
+        c.pass_deadline = Duration::from_secs(3600);
+        c.api_timeout = Duration::from_millis(500);
+    })
+    .await;
     e.server()
         .set_method_latency(Some(("PATCH", Duration::from_secs(3600))));
     e.create(e.one("stalled", "stall/a.tgz", COMPLETION)).await;

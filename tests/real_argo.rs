@@ -155,6 +155,13 @@ impl Argo {
         self.space.create(wf).await;
     }
 
+    /// Deletes Workflow `name` and waits until it is gone (every finalizer released).
+    async fn delete_until_gone(&self, name: &str) {
+        self.delete(name).await;
+        self.until("deleted", async || self.workflow(name).await.is_none())
+            .await;
+    }
+
     async fn workflow(&self, name: &str) -> Option<Value> {
         self.space
             .get("argoproj.io/v1alpha1", "Workflow", name)
@@ -702,9 +709,7 @@ async fn the_stored_spec_decides_not_a_later_edit_of_spec() {
         pods[0]
     );
     assert!(argo.keys().await.is_empty(), "{:?}", argo.keys().await);
-    argo.delete("edited").await;
-    argo.until("deleted", async || argo.workflow("edited").await.is_none())
-        .await;
+    argo.delete_until_gone("edited").await;
     ctl.shutdown().await;
 }
 
@@ -782,9 +787,7 @@ async fn input_parameters_and_template_defaults_locate_outputs_as_argo_ran_them(
     }
     assert!(argo.keys().await.is_empty(), "{:?}", argo.keys().await);
     for name in ["param", "inline"] {
-        argo.delete(name).await;
-        argo.until("deleted", async || argo.workflow(name).await.is_none())
-            .await;
+        argo.delete_until_gone(name).await;
     }
     ctl.shutdown().await;
 }
@@ -1133,9 +1136,7 @@ async fn argos_compressed_nodes_are_collected_and_recorded_compressed() {
     let w = argo.workflow("wide").await.unwrap();
     assert_eq!(w["status"]["phase"], "Succeeded");
 
-    argo.delete("wide").await;
-    argo.until("deleted", async || argo.workflow("wide").await.is_none())
-        .await;
+    argo.delete_until_gone("wide").await;
     assert!(argo.keys().await.is_empty(), "{:?}", argo.keys().await);
     ctl.shutdown().await;
 }
@@ -1284,7 +1285,6 @@ async fn a_mark_argo_takes_back_is_restored_and_stays() {
     let seen = {
         let api = argo.space.api(&w);
         let taken_back = taken_back.clone();
-        let all_marked = all_marked;
         tokio::spawn(async move {
             let config = watcher::Config::default().fields("metadata.name=reset");
             let mut events = watcher(api, config).applied_objects().boxed();
@@ -1331,9 +1331,7 @@ async fn a_mark_argo_takes_back_is_restored_and_stays() {
     tokio::time::sleep(Duration::from_secs(7)).await;
     let w = argo.workflow("reset").await.unwrap();
     assert!(all_marked(&w), "{}", w["status"]["nodes"]);
-    argo.delete("reset").await;
-    argo.until("deleted", async || argo.workflow("reset").await.is_none())
-        .await;
+    argo.delete_until_gone("reset").await;
     ctl.shutdown().await;
 }
 
@@ -1376,9 +1374,7 @@ async fn argo_and_artgc_writing_at_once_lose_nothing() {
     completion_outputs_deleted_logs_kept(&pods);
     let keys = argo.keys().await;
     assert_eq!(keys.len(), 30, "the logs stay: {keys:?}");
-    argo.delete("busy").await;
-    argo.until("deleted", async || argo.workflow("busy").await.is_none())
-        .await;
+    argo.delete_until_gone("busy").await;
     assert!(argo.keys().await.is_empty(), "{:?}", argo.keys().await);
     // How often the two met, from the API server's audit log (informative: the interleaving
     // is the scheduler's).

@@ -516,17 +516,8 @@ impl KeyIndex {
 
     /// The namespaces with workflows held coarser than pod folders (see [`KeyIndex::namespaces`]).
     pub fn coarse_namespaces(&self) -> Vec<NamespaceShare> {
-        let mut out: Vec<NamespaceShare> = self
-            .per_namespace
-            .iter()
-            .filter(|(_, n)| n.1 > 0)
-            .map(|(ns, &(entries, coarse_workflows))| NamespaceShare {
-                namespace: ns.to_string(),
-                entries,
-                coarse_workflows,
-            })
-            .collect();
-        out.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        let mut out = self.namespaces();
+        out.retain(|n| n.coarse_workflows > 0);
         out
     }
 
