@@ -64,7 +64,10 @@ fn main() {
     let bound = flag("--bound", 100_000);
     // Bounded first: the peak RSS only grows, so the unbounded run's peak is its own.
     for (what, mut index) in [
-        (format!("bound {bound}"), KeyIndex::with_namespace_bound(bound)),
+        (
+            format!("bound {bound}"),
+            KeyIndex::with_namespace_bound(bound),
+        ),
         ("unbounded".to_string(), KeyIndex::default()),
     ] {
         let secs = run(&mut index, workflows, pods);
