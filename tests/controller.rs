@@ -82,6 +82,7 @@ macro_rules! on_both_servers {
         }
         mod real_api_server {
             $(
+                #[ignore = "needs the real API server: eval \"$(.ci/kube.sh start DIR)\", then cargo test -- --include-ignored (.ci/run does both)"]
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     if let Some(e) = super::Env::real_api_server(stringify!($name)).await {

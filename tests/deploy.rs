@@ -302,6 +302,7 @@ fn rendered_policy(docs: &[Value]) -> artgc_core::policy::Policy {
 
 /// The chart's policy is one artgc reads, and enabling the service-account identity for named
 /// namespaces grants exactly those namespaces and accounts, in the policy and in RBAC.
+#[ignore = "needs helm: eval \"$(.ci/tools.sh)\", then cargo test -- --include-ignored"]
 #[test]
 fn the_rendered_policy_and_service_account_rbac_agree() {
     use artgc_core::policy::IdentityKind;
@@ -348,6 +349,7 @@ fn the_rendered_policy_and_service_account_rbac_agree() {
 
 /// The chart's default render and the plain manifests are the same install: the same objects
 /// (kind and name), the same RBAC rules, the same policy, and the same controller settings.
+#[ignore = "needs helm: eval \"$(.ci/tools.sh)\", then cargo test -- --include-ignored"]
 #[test]
 fn the_default_render_and_the_plain_manifests_agree() {
     let Some(rendered) = helm_template(&[]) else {
@@ -428,6 +430,7 @@ fn the_default_render_and_the_plain_manifests_agree() {
 /// With prometheusRule.enabled the chart renders one PrometheusRule whose groups are exactly
 /// deploy/prometheus/artgc-alerts.yaml's (Prometheus' `{{ $labels }}` templates untouched by
 /// Helm), labelled for the operator's ruleSelector; off by default.
+#[ignore = "needs helm: eval \"$(.ci/tools.sh)\", then cargo test -- --include-ignored"]
 #[test]
 fn the_chart_ships_the_alert_rules_as_a_prometheus_rule() {
     let Some(default) = helm_template(&[]) else {

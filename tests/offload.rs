@@ -685,6 +685,7 @@ macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod postgres {
             $(
+                #[ignore = "needs PostgreSQL and MariaDB: eval \"$(.ci/db.sh start DIR)\", then cargo test -- --include-ignored (.ci/run does both)"]
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     if let Some(s) = super::postgres() {
@@ -695,6 +696,7 @@ macro_rules! on_both_databases {
         }
         mod mariadb {
             $(
+                #[ignore = "needs PostgreSQL and MariaDB: eval \"$(.ci/db.sh start DIR)\", then cargo test -- --include-ignored (.ci/run does both)"]
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     if let Some(s) = super::mysql() {

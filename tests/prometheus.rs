@@ -54,6 +54,7 @@ fn alert_names() -> Vec<String> {
         .collect()
 }
 
+#[ignore = "needs Debian's prometheus (ARTGC_PROMETHEUS, ARTGC_PROMTOOL, ARTGC_PROMETHEUS_PYTHON), then cargo test -- --include-ignored (.ci/run sets them)"]
 #[test]
 fn the_alert_rules_are_valid_and_pass_their_unit_tests() {
     let Some(promtool) = promtool() else { return };
@@ -245,6 +246,7 @@ fn dashboard_queries(namespace: &str) -> Vec<(String, String)> {
     out
 }
 
+#[ignore = "needs Debian's prometheus (ARTGC_PROMETHEUS, ARTGC_PROMTOOL, ARTGC_PROMETHEUS_PYTHON), then cargo test -- --include-ignored (.ci/run sets them)"]
 #[tokio::test]
 async fn prometheus_scrapes_the_demo_and_answers_every_dashboard_query() {
     let Some(prometheus) =

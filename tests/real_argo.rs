@@ -496,6 +496,7 @@ impl Kubelet {
 /// `archive: none`, archived logs, and a strategy each: Argo's GC off, artgc owning Argo's
 /// finalizer. After completion only the completion artifacts are gone; after `delete` the
 /// deletion ones too, the `Never` one stays, and the Workflow is gone.
+#[ignore = "needs the real API server and Argo's controller: eval \"$(.ci/kube.sh start DIR)\" \"$(.ci/argo.sh)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steps_with_every_strategy_argo_gc_off_artgc_owning_the_finalizer() {
     let Some(argo) = argo_with_its_gc_off().await else {
@@ -566,6 +567,7 @@ async fn steps_with_every_strategy_argo_gc_off_artgc_owning_the_finalizer() {
 /// A DAG run from a WorkflowTemplate (`workflowTemplateRef`): the strategy is the template's,
 /// which Argo stores in `status.storedWorkflowTemplateSpec`. Completion collects it all and
 /// releases the finalizer; deleting is then immediate.
+#[ignore = "needs the real API server and Argo's controller: eval \"$(.ci/kube.sh start DIR)\" \"$(.ci/argo.sh)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dag_from_a_workflow_template_is_collected_by_the_templates_strategy() {
     let Some(argo) = argo_with_its_gc_off().await else {
@@ -644,6 +646,7 @@ async fn a_dag_from_a_workflow_template_is_collected_by_the_templates_strategy()
 /// whose strategy is `OnWorkflowCompletion`, its own `spec.artifactGC` rewritten to `Never` after
 /// Argo stored the merged spec (while a suspend step waits). Argo runs on the stored spec; so
 /// does artgc, which collects it at completion instead of keeping everything for the edit.
+#[ignore = "needs the real API server and Argo's controller: eval \"$(.ci/kube.sh start DIR)\" \"$(.ci/argo.sh)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stored_spec_decides_not_a_later_edit_of_spec() {
     let Some(argo) = argo_with_its_gc_off().await else {
@@ -718,6 +721,7 @@ async fn the_stored_spec_decides_not_a_later_edit_of_spec() {
 /// (`inputs.parameters`); in another Workflow, an inline template archives where
 /// `spec.templateDefaults` says, merged in by Argo before it runs. artgc resolves both as Argo
 /// ran them and collects every output.
+#[ignore = "needs the real API server and Argo's controller: eval \"$(.ci/kube.sh start DIR)\" \"$(.ci/argo.sh)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_parameters_and_template_defaults_locate_outputs_as_argo_ran_them() {
     let Some(argo) = argo_with_its_gc_off().await else {
@@ -810,6 +814,7 @@ fn completion_processed(w: &Value) -> bool {
 /// A `templateRef` into a WorkflowTemplate whose template retries: the first attempt fails
 /// (its outputs saved all the same, as Argo's wait container does), the second succeeds. Both
 /// attempts' outputs are collected on completion and recorded on both Pod nodes.
+#[ignore = "needs the real API server and Argo's controller: eval \"$(.ci/kube.sh start DIR)\" \"$(.ci/argo.sh)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_template_ref_has_every_attempts_outputs_collected() {
     let Some(argo) = argo_with_its_gc_off().await else {
@@ -879,6 +884,7 @@ async fn a_retried_template_ref_has_every_attempts_outputs_collected() {
 /// keeps the cached outputs for the live producer (`shared`). Deleting the producer then
 /// collects them: the consumer, finished, would have deleted them itself, so nobody else uses
 /// them, and the consumer's later deletion finds nothing left of them.
+#[ignore = "needs the real API server and Argo's controller: eval \"$(.ci/kube.sh start DIR)\" \"$(.ci/argo.sh)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memoized_consumer_keeps_the_producers_outputs_while_the_producer_lives() {
     let Some(argo) = argo_with_its_gc_off().await else {
@@ -979,6 +985,7 @@ async fn a_memoized_consumer_keeps_the_producers_outputs_while_the_producer_live
 /// `forceFinalizerRemoval`: the artifact's own Secret is gone by the time the Workflow is
 /// deleted, so its deletion fails every time; after the retry budget artgc releases the
 /// finalizer anyway, says so in an Event, and the object stays in the bucket.
+#[ignore = "needs the real API server and Argo's controller: eval \"$(.ci/kube.sh start DIR)\" \"$(.ci/argo.sh)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_finalizer_removal_lets_a_workflow_go_whose_deletion_keeps_failing() {
     let Some(argo) = argo_with_its_gc_off().await else {
@@ -1074,6 +1081,7 @@ fn fan_out(name: &str, count: usize, strategy: &str) -> Value {
 /// record back compressed: the nodes decode (here with flate2, not artgc's code) to exactly
 /// those artifacts `deleted`, and Argo, which reconciles the Workflow while the finalizer is
 /// on, reads artgc's encoding without error. Deleting it then collects the logs.
+#[ignore = "needs the real API server and Argo's controller: eval \"$(.ci/kube.sh start DIR)\" \"$(.ci/argo.sh)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn argos_compressed_nodes_are_collected_and_recorded_compressed() {
     let env = [
@@ -1180,6 +1188,7 @@ fn decompress(packed: &str) -> Value {
 /// the double as `argoexec artifact delete`), artgc under its own `--finalizer`. Each holds the
 /// Workflow until its own pass is done; deleting the same keys twice harms nothing: no
 /// failure from either, every finalizer released, only the `Never` outputs left.
+#[ignore = "needs the real API server and Argo's controller: eval \"$(.ci/kube.sh start DIR)\" \"$(.ci/argo.sh)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beside_argos_own_gc_under_its_own_finalizer() {
     const OURS: &str = "artgc.io/artifact-gc";
@@ -1254,6 +1263,7 @@ async fn beside_argos_own_gc_under_its_own_finalizer() {
 /// reconciles it every 5 s and copies the result's outputs, without `deleted`, onto the node
 /// (deleting the leftover as it persists that). artgc's watch sees the write and its next pass
 /// marks the artifact again (its key already gone), so the mark comes back and stays.
+#[ignore = "needs the real API server and Argo's controller: eval \"$(.ci/kube.sh start DIR)\" \"$(.ci/argo.sh)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mark_argo_takes_back_is_restored_and_stays() {
     let Some(argo) = argo_with_its_gc_off().await else {
@@ -1339,6 +1349,7 @@ async fn a_mark_argo_takes_back_is_restored_and_stays() {
 /// parallel pods, and records its completion pass while Argo reconciles the finished Workflow.
 /// Neither loses the other's writes: every node Argo finished is there with its outputs, every
 /// completion output artgc deleted is marked, the finalizer is on once, and the deletion ends.
+#[ignore = "needs the real API server and Argo's controller: eval \"$(.ci/kube.sh start DIR)\" \"$(.ci/argo.sh)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn argo_and_artgc_writing_at_once_lose_nothing() {
     let Some(argo) = argo_with_its_gc_off().await else {

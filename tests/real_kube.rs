@@ -143,6 +143,7 @@ fn repository(s3: &S3Server, bucket: &str) -> Value {
 /// A completion pass is recorded where Argo reads it, and a deleted Workflow that holds
 /// artgc's finalizer stays until its deletion pass is done, then goes: the real API server's
 /// finalizer and merge-patch semantics, not the test server's.
+#[ignore = "needs the real API server: eval \"$(.ci/kube.sh start DIR)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_are_recorded_and_the_finalizer_released_on_a_real_api_server() {
     let Some(kube) = RealKube::from_env().await else {
@@ -199,6 +200,7 @@ async fn passes_are_recorded_and_the_finalizer_released_on_a_real_api_server() {
 
 /// A workflow's GC service account acts through a token the real API server mints and signs
 /// (TokenRequest for the STS audience), and STS sees that account as the caller.
+#[ignore = "needs the real API server: eval \"$(.ci/kube.sh start DIR)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gc_service_account_token_from_the_real_api_server_reaches_sts() {
     let Some(kube) = RealKube::from_env().await else {
@@ -317,6 +319,7 @@ fn endpoints_policy_with(
 /// The controller acting as the ServiceAccount `deploy/manifests` creates, with exactly the
 /// RBAC it ships (and leader election on, as deployed): a completion pass, a deletion pass and
 /// the Lease all work, so no verb it needs is missing.
+#[ignore = "needs the real API server: eval \"$(.ci/kube.sh start DIR)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_rbac_is_enough_for_every_pass() {
     let Some(kube) = RealKube::from_env().await else {
@@ -485,6 +488,7 @@ fn granted_verbs_were_used(rbac: &[Value], user: &str) {
 /// render's Roles, collects through the workflow's GC service account (reading it, minting its
 /// token), runs every other kind of pass and holds the Lease; and every verb those Roles grant
 /// was used. Needs the real helm too (`ARTGC_HELM`, from `.ci/tools.sh`).
+#[ignore = "needs the real API server: eval \"$(.ci/kube.sh start DIR)\", then cargo test -- --include-ignored (.ci/run does both)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_namespaced_rbac_with_the_service_account_identity_is_enough() {
     let Some(kube) = RealKube::from_env().await else {

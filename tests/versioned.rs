@@ -227,6 +227,7 @@ const ARTS: [(&str, &str); 3] = [
     ("fixed", "shared/latest.csv"),
 ];
 
+#[ignore = "needs moto's S3 server: ARTGC_MOTO_SERVER (.ci/run installs it), then cargo test -- --include-ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_default_a_versioned_bucket_hides_bytes_and_reports_them() {
     let Some(moto) = Moto::start().await else {
@@ -305,6 +306,7 @@ async fn by_default_a_versioned_bucket_hides_bytes_and_reports_them() {
 /// window is bounded by the object's creation (the API server's) and artgc's record of when it
 /// saw the workflow finished; times that contradict them refuse reclaim, and the report says
 /// so; the later run's current version is kept as written after the workflow.
+#[ignore = "needs moto's S3 server: ARTGC_MOTO_SERVER (.ci/run installs it), then cargo test -- --include-ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn author_written_run_times_never_widen_version_reclaim() {
     let Some(moto) = Moto::start().await else {
@@ -370,6 +372,7 @@ async fn author_written_run_times_never_widen_version_reclaim() {
 /// `unsafe_key`, holding the finalizer for good), never the slash-less neighbours, and a
 /// repeat pass deletes nothing more. moto keeps object names literally (s3s-fs maps keys onto
 /// paths, so it cannot tell `/a` from `a`).
+#[ignore = "needs moto's S3 server: ARTGC_MOTO_SERVER (.ci/run installs it), then cargo test -- --include-ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_with_a_leading_or_double_slash_are_deleted_as_written() {
     let Some(moto) = Moto::start().await else {
@@ -423,6 +426,7 @@ async fn keys_with_a_leading_or_double_slash_are_deleted_as_written() {
     assert_eq!(moto.visible(b).await.len(), 3);
 }
 
+#[ignore = "needs moto's S3 server: ARTGC_MOTO_SERVER (.ci/run installs it), then cargo test -- --include-ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reclaiming_deletes_exactly_the_versions_the_workflow_wrote() {
     let Some(moto) = Moto::start().await else {
@@ -527,6 +531,7 @@ async fn reclaiming_deletes_exactly_the_versions_the_workflow_wrote() {
     assert_eq!(moto.versions(b).await.0, versions);
 }
 
+#[ignore = "needs moto's S3 server: ARTGC_MOTO_SERVER (.ci/run installs it), then cargo test -- --include-ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_version_is_kept_and_reported_never_bypassed() {
     let Some(moto) = Moto::start().await else {
