@@ -45,6 +45,7 @@ fn uses(name: &str, pods: usize) -> Vec<WorkflowKeyUse> {
             due: false,
             label: String::new(),
             reads: false,
+            floor: 0,
         })
         .collect()
 }

@@ -1110,9 +1110,16 @@ pub fn workflow_key_uses(wf: &Workflow, state: &ClusterState) -> Vec<WorkflowKey
 pub fn plan_alone(wf: &Workflow, state: &ClusterState) -> (WorkflowPlan, Vec<WorkflowKeyUse>) {
     let mut uses = Vec::new();
     let wp = plan_workflow(wf, state, &PlanOptions::default(), 0, &mut uses);
+    let prefixes = &state.grant_for(wf.namespace()).key_prefixes;
     let uses = uses
         .into_iter()
         .map(|u| WorkflowKeyUse {
+            floor: prefixes
+                .iter()
+                .filter(|p| crate::policy::under_prefix(&u.target.key, p))
+                .map(|p| p.trim_end_matches('/').len())
+                .max()
+                .unwrap_or(0),
             // Due by its strategy, whatever its credentials say: the controller indexes
             // without reading Secrets.
             due: u.owner.is_some_and(|r| wp.artifacts[r.artifact].due),

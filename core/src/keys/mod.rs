@@ -253,6 +253,10 @@ pub struct WorkflowKeyUse {
     pub label: String,
     /// A running workflow only reads the key (an input): it will never delete it.
     pub reads: bool,
+    /// The shortest base (in bytes of the key) a coarser entry may stand for: the policy's key
+    /// prefix the namespace is confined to (0: the whole bucket is the namespace's to reach).
+    /// Coarsening never covers more than the namespace itself may reach.
+    pub floor: usize,
 }
 
 /// One namespace's share of the index.
@@ -480,7 +484,11 @@ impl KeyIndex {
             if b.is_empty() {
                 continue;
             }
-            let k = sort_key(&u.target, coarse_base(b, name, level));
+            let mut c = coarse_base(b, name, level);
+            if c.len() < u.floor && b.len() >= u.floor {
+                c = &b[..u.floor];
+            }
+            let k = sort_key(&u.target, c);
             if k.len() <= runs::MAX_KEY {
                 entries.push((k, u.due, u.reads));
             }
@@ -501,9 +509,21 @@ impl KeyIndex {
     /// Per namespace (in name order), the entries its workflows hold and how many of its
     /// workflows are held coarser than pod folders: what the index gauges show.
     pub fn namespaces(&self) -> Vec<NamespaceShare> {
+        self.shares(|_| true)
+    }
+
+    /// The namespaces with workflows held coarser than pod folders (see [`KeyIndex::namespaces`]).
+    pub fn coarse_namespaces(&self) -> Vec<NamespaceShare> {
+        self.shares(|&(_, coarse)| coarse > 0)
+    }
+
+    /// The namespaces whose (entries, coarse workflows) `keep` accepts, in name order; only
+    /// those are copied out (the watch asks after every change).
+    fn shares(&self, keep: impl Fn(&(usize, usize)) -> bool) -> Vec<NamespaceShare> {
         let mut out: Vec<NamespaceShare> = self
             .per_namespace
             .iter()
+            .filter(|(_, n)| keep(n))
             .map(|(ns, &(entries, coarse_workflows))| NamespaceShare {
                 namespace: ns.to_string(),
                 entries,
@@ -511,13 +531,6 @@ impl KeyIndex {
             })
             .collect();
         out.sort_by(|a, b| a.namespace.cmp(&b.namespace));
-        out
-    }
-
-    /// The namespaces with workflows held coarser than pod folders (see [`KeyIndex::namespaces`]).
-    pub fn coarse_namespaces(&self) -> Vec<NamespaceShare> {
-        let mut out = self.namespaces();
-        out.retain(|n| n.coarse_workflows > 0);
         out
     }
 
@@ -857,6 +870,30 @@ mod tests {
         assert_eq!(idx.namespaces()[0].entries, 4);
     }
 
+    /// A namespace confined to key prefixes is never held coarser than them: fixed keys cut to
+    /// their parents stop at each use's own prefix, so nothing outside what the namespace may
+    /// reach is pinned.
+    #[test]
+    fn coarser_entries_stay_inside_the_namespaces_prefix() {
+        let mut idx = KeyIndex::with_namespace_bound(1);
+        let confined = |key: &str| WorkflowKeyUse {
+            floor: "team/a".len(),
+            ..key_use(key, false)
+        };
+        let uses = ["a", "b"]
+            .iter()
+            .flat_map(|p| (0..3).map(move |i| format!("team/{p}/x{i}/deep/f.tgz")))
+            .map(|k| confined(&k))
+            .collect();
+        idx.set_workflow("ns/w", uses);
+        assert!(idx.coarseness("ns/w") > Some(Coarseness::WorkflowFolder));
+        assert_eq!(bases(&idx, "team/a/x0/deep/f.tgz"), ["team/a"]);
+        assert!(
+            bases(&idx, "team/c/z.tgz").is_empty(),
+            "another prefix stays free"
+        );
+    }
+
     #[test]
     fn a_pods_folder_is_one_entry_live_if_any_use_is() {
         assert_eq!(own_folder("wf/wf-1/out.tgz", "wf"), Some("wf/wf-1"));
@@ -913,6 +950,7 @@ mod tests {
             due,
             label: key.into(),
             reads: false,
+            floor: 0,
         }
     }
 
@@ -985,6 +1023,7 @@ mod tests {
                         due: *due,
                         label: String::new(),
                         reads: false,
+                        floor: 0,
                     })
                     .collect(),
             );
