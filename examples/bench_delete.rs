@@ -16,7 +16,7 @@
 
 use std::time::Instant;
 
-use artgc::execute::execute;
+use artgc::execute::{Run, execute};
 use artgc::store::{ObjectStore, StoreOptions};
 use artgc_core::cluster::{ArgoConfigMapRef, ClusterState};
 use artgc_core::inventory::Inventory;
@@ -209,7 +209,7 @@ async fn artgc_purge(
         started: Instant::now(),
         probed: Default::default(),
     };
-    let exec = execute(&p, &store, false, &phases).await;
+    let exec = execute(&p, &store, Run::DELETE.with_progress(&phases)).await;
     let mut objects = 0;
     for o in exec.outcomes.values() {
         assert!(o.error.is_none(), "{:?}", o.error);

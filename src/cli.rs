@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::execute::{self, Progress};
+use crate::execute::{Mode, Progress, Run};
 use crate::identity::StsSettings;
+use crate::pass::{self, Finalizers, Recorder, Subject};
 use crate::report::Report;
 use crate::source::{ClusterSelection, LoadedPlan, Source};
 use crate::store::{ObjectStore, StoreOptions};
@@ -147,17 +148,7 @@ impl ArgoConfigArgs {
     }
 }
 
-/// Parses `7d`, `12h`, `90m`, `1h30m`, `45s` (days are 24 hours).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let span: jiff::Span = text
-        .trim()
-        .parse()
-        .map_err(|e| format!("{text:?} is not a duration like 7d, 12h or 90m: {e}"))?;
-    let d = span
-        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(|e| format!("{text:?}: {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("{text:?} must not be negative"))
-}
+pub use artgc_core::units::parse_duration;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -564,35 +555,57 @@ async fn purge_command(args: &PurgeArgs) -> u8 {
         }
     }
     let mut store = ObjectStore::new(args.store.options());
-    if let Some((client, _)) = &cluster {
+    if let Some(c) = &cluster {
         store = store.with_web_identity(crate::identity::WebIdentityConfig {
-            client: client.clone(),
+            client: c.client.clone(),
             sts: args.source.tenancy.sts(),
         });
     }
     let bar = ProgressBar::new(due.len() as u64);
-    let probed = execute::probe(&plan, &store, &bar).await;
-    let mut cluster = cluster;
-    if let Some((client, raws)) = cluster.as_mut()
-        && !args.dry_run
-        && !args.no_record
-        && let Err(e) = crate::purge::mark_files(client, &plan, &probed, raws).await
-    {
-        bar.finish();
-        eprintln!("error: recording what the probe found before deleting: {e}");
-        return EXIT_FAILED;
-    }
-    let execution = execute::delete(&plan, probed, &store, args.dry_run, &bar).await;
+    let mode = match args.dry_run {
+        true => Mode::DryRun,
+        false => Mode::Delete,
+    };
+    let run = Run {
+        mode,
+        ..Run::DELETE.with_progress(&bar)
+    };
+    let recorder = match &cluster {
+        Some(c) if !args.no_record => Some(Recorder {
+            client: &c.client,
+            field_manager: "artgc-purge",
+            finalizer: &args.finalizer,
+            finalizers: Finalizers::ReleaseOnly,
+            low: None,
+            gate: &pass::Open,
+            subjects: c
+                .objects
+                .iter()
+                .zip(&c.inputs)
+                .map(|(object, input)| Subject {
+                    object: object.clone(),
+                    input,
+                })
+                .collect(),
+        }),
+        _ => None,
+    };
+    let reclaims = args.store.options().reclaim_versions;
+    let passed = pass::run(&plan, &store, run, recorder, reclaims).await;
     bar.finish();
+    let passed = match passed {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: recording what the probe found before deleting: {e}");
+            return EXIT_FAILED;
+        }
+    };
     let mut record_failed = false;
-    if let Some((client, raws)) = cluster
-        && !args.dry_run
-        && !args.no_record
-    {
-        record_failed =
-            crate::purge::record_all(&client, &plan, &execution, raws, &args.finalizer).await > 0;
+    for e in passed.recorded.iter().filter_map(|(_, r)| r.as_ref().err()) {
+        record_failed = true;
+        tracing::error!(error = %e, "recording the outcome");
     }
-    let report = Report::new(&plan, Some(&execution), args.dry_run);
+    let report = Report::new(&plan, Some(&passed.execution), args.dry_run);
     let code = print(&report, args.source.output);
     if report.totals.failed > 0 || record_failed {
         EXIT_FAILED

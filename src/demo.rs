@@ -28,7 +28,7 @@ pub struct DemoArgs {
     pub admin_addr: std::net::SocketAddr,
     /// Pause this long after the controller starts and after each completion, deletion and
     /// step, so a Prometheus scraping the admin server (and a dashboard) sees the work happen.
-    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = artgc_core::units::parse_duration)]
     pub pace: Duration,
 }
 

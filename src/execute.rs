@@ -17,25 +17,76 @@ use artgc_core::location::{S3Connection, S3Target};
 use artgc_core::model::ANNOTATION_FINISHED_SEEN;
 use artgc_core::plan::WorkflowPlan;
 use artgc_core::plan::{ArtifactRef, Decision, GcPlan, ObjectKind};
-use artgc_core::versions::{RunBounds, RunWindow, VersionScope, versions_to_reclaim};
+use artgc_core::versions::{
+    ReclaimChoice, RunBounds, RunWindow, VersionScope, reclaim_choice, versions_to_reclaim,
+};
 
 pub use artgc_core::execution::{ArtifactOutcome, Execution};
 
-/// Progress of a run, for a progress bar, and whether it may go on.
+/// Progress of a run, for a progress bar.
 pub trait Progress: Sync {
     fn probed(&self, _artifacts: u64) {}
     fn to_delete(&self, _objects: u64) {}
     fn deleted(&self, _objects: u64) {}
-    /// Checked before every probe and delete request batch: once true, nothing more is sent
-    /// (shutdown, or a controller that lost its leadership) and the rest is `cancelled`.
-    fn stopped(&self) -> bool {
-        false
-    }
 }
 
 /// No progress display.
 pub struct Quiet;
 impl Progress for Quiet {}
+
+/// Whether a run may go on. Checked before every probe and delete request batch: once true,
+/// nothing more is sent (shutdown, or a controller that lost its leadership) and the rest is
+/// `cancelled`.
+pub trait Stop: Sync {
+    fn stopped(&self) -> bool;
+}
+
+/// A run nothing stops but its end.
+pub struct Unstopped;
+impl Stop for Unstopped {
+    fn stopped(&self) -> bool {
+        false
+    }
+}
+
+/// Whether a run sends its deletions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Delete,
+    /// Probes and plans, deleting nothing.
+    DryRun,
+}
+
+/// How one run goes: what it sends, what it shows, what stops it.
+#[derive(Clone, Copy)]
+pub struct Run<'a> {
+    pub mode: Mode,
+    pub progress: &'a dyn Progress,
+    pub stop: &'a dyn Stop,
+}
+
+impl Run<'static> {
+    /// Deletes, shows nothing, stops at the end.
+    pub const DELETE: Self = Run {
+        mode: Mode::Delete,
+        progress: &Quiet,
+        stop: &Unstopped,
+    };
+    pub const DRY_RUN: Self = Run {
+        mode: Mode::DryRun,
+        ..Self::DELETE
+    };
+}
+
+impl<'a> Run<'a> {
+    pub fn with_progress(self, progress: &'a dyn Progress) -> Self {
+        Run { progress, ..self }
+    }
+
+    pub fn with_stop(self, stop: &'a dyn Stop) -> Self {
+        Run { stop, ..self }
+    }
+}
 
 /// What a probe found: the kind, and the objects to delete with their sizes.
 type ProbeResult = Result<(ObjectKind, Vec<StoredObject>), StoreError>;
@@ -128,23 +179,14 @@ fn run_bounds(wp: &WorkflowPlan, skew: jiff::SignedDuration) -> RunBounds {
     b
 }
 
-/// Probes and (unless `dry_run`) deletes every artifact the plan marks `Delete`.
-pub async fn execute(
-    plan: &GcPlan,
-    store: &ObjectStore,
-    dry_run: bool,
-    progress: &dyn Progress,
-) -> Execution {
-    let probed = probe(plan, store, progress).await;
-    delete(plan, probed, store, dry_run, progress).await
+/// Probes and (unless a dry run) deletes every artifact the plan marks `Delete`.
+pub async fn execute(plan: &GcPlan, store: &ObjectStore, run: Run<'_>) -> Execution {
+    let probed = probe(plan, store, run).await;
+    delete(plan, probed, store, run).await
 }
 
 /// Finds what every due artifact amounts to, deleting nothing.
-pub async fn probe<'a>(
-    plan: &'a GcPlan,
-    store: &ObjectStore,
-    progress: &dyn Progress,
-) -> Probed<'a> {
+pub async fn probe<'a>(plan: &'a GcPlan, store: &ObjectStore, run: Run<'_>) -> Probed<'a> {
     let skew = jiff::SignedDuration::try_from(store.options().clock_skew).unwrap_or_default();
     let jobs: Vec<Job<'_>> = plan
         .workflows
@@ -190,12 +232,12 @@ pub async fn probe<'a>(
             let jobs = &jobs;
             async move {
                 let group: Vec<&Job<'_>> = members.iter().map(|&j| &jobs[j]).collect();
-                let found = if progress.stopped() {
+                let found = if run.stop.stopped() {
                     group.iter().map(|_| Err(StoreError::cancelled())).collect()
                 } else {
-                    probe_many(store, jobs[members[0]].conn, group, progress).await
+                    probe_many(store, jobs[members[0]].conn, group, run).await
                 };
-                progress.probed(members.len() as u64);
+                run.progress.probed(members.len() as u64);
                 members.into_iter().zip(found).collect::<Vec<_>>()
             }
         })
@@ -229,13 +271,12 @@ type KeyEntry = (String, u64, Vec<usize>);
 /// Keys to delete per (connection, bucket), each once.
 type KeyGroups<'a> = HashMap<(&'a S3Connection, &'a str), Vec<KeyEntry>>;
 
-/// Deletes what [`probe`] found (unless `dry_run`) and says what happened to each artifact.
+/// Deletes what [`probe`] found (unless a dry run) and says what happened to each artifact.
 pub async fn delete(
     plan: &GcPlan,
     probed: Probed<'_>,
     store: &ObjectStore,
-    dry_run: bool,
-    progress: &dyn Progress,
+    run: Run<'_>,
 ) -> Execution {
     let Probed { jobs, results } = probed;
     let mut exec = Execution::default();
@@ -279,12 +320,13 @@ pub async fn delete(
             }
         }
     }
-    let versions = versioned(plan, &jobs, &claimed, &mut exec, store, progress).await;
-    if dry_run {
+    let versions = versioned(plan, &jobs, &claimed, &mut exec, store, run).await;
+    if run.mode == Mode::DryRun {
         versions.settle(&jobs, &mut exec, None);
         return exec;
     }
-    progress.to_delete(groups.values().map(|g| g.len() as u64).sum());
+    run.progress
+        .to_delete(groups.values().map(|g| g.len() as u64).sum());
 
     let owners: Vec<AuditOwner> = jobs
         .iter()
@@ -313,7 +355,7 @@ pub async fn delete(
     // makes the whole future not provably `Send` (rustc's higher-ranked lifetime limits).
     let futures: Vec<_> = batches
         .into_iter()
-        .map(|(conn, bucket, chunk)| delete_batch(store, conn, bucket, chunk, &owners, progress))
+        .map(|(conn, bucket, chunk)| delete_batch(store, conn, bucket, chunk, &owners, run))
         .collect();
     let results: Vec<_> = futures::stream::iter(futures)
         .buffer_unordered(concurrency(store))
@@ -331,9 +373,7 @@ pub async fn delete(
     }
     // Then the versions the workflows wrote, where reclaimed: after their keys' delete
     // markers, so that no key ever shows an older version again.
-    let deleted_versions = versions
-        .delete(&jobs, &exec, store, progress, &owners)
-        .await;
+    let deleted_versions = versions.delete(&jobs, &exec, store, run, &owners).await;
     versions.settle(&jobs, &mut exec, Some(&deleted_versions));
     // Only what was really deleted counts.
     for out in exec.outcomes.values_mut() {
@@ -389,7 +429,7 @@ async fn versioned<'a>(
     claimed: &HashMap<usize, Vec<String>>,
     exec: &mut Execution,
     store: &ObjectStore,
-    progress: &dyn Progress,
+    run: Run<'_>,
 ) -> Versions<'a> {
     let mut buckets: Vec<(&'a S3Connection, &'a str)> = jobs
         .iter()
@@ -429,12 +469,14 @@ async fn versioned<'a>(
         if !versioning.is_some_and(Versioning::keeps_versions) {
             continue;
         }
-        let mut reclaim =
-            plan.artifact(job.id).reclaim_versions || store.options().reclaim_versions;
-        if reclaim && let Some(why) = &job.reclaim_refused {
-            // The author's times contradict the server's: its versions stay, and it says so.
-            o.reclaim_refused = Some(why.clone());
-            reclaim = false;
+        let choice = reclaim_choice(
+            store.options().reclaim_versions,
+            plan.artifact(job.id).reclaim_versions,
+            job.reclaim_refused.as_deref(),
+        );
+        let reclaim = choice == ReclaimChoice::Reclaim;
+        if let ReclaimChoice::Refused(why) = choice {
+            o.reclaim_refused = Some(why);
         }
         out.jobs.insert(j, reclaim);
         if reclaim {
@@ -457,7 +499,7 @@ async fn versioned<'a>(
     let listed = futures::future::join_all(places.iter().map(|(j, place)| {
         let job = &jobs[*j];
         async move {
-            if progress.stopped() {
+            if run.stop.stopped() {
                 return Err(StoreError::cancelled());
             }
             let client = store.client_for(job.conn, &job.target.bucket).await?;
@@ -465,7 +507,7 @@ async fn versioned<'a>(
             let prefix = place.scope().list_prefix();
             store
                 .list_versions(&client, &job.target.bucket, prefix, limit, &|| {
-                    progress.stopped()
+                    run.stop.stopped()
                 })
                 .await
         }
@@ -523,7 +565,7 @@ impl Versions<'_> {
         jobs: &[Job<'_>],
         exec: &Execution,
         store: &ObjectStore,
-        progress: &dyn Progress,
+        run: Run<'_>,
         owners: &[AuditOwner],
     ) -> VersionResults {
         let mut results: VersionResults = vec![Err(StoreError::cancelled()); self.entries.len()];
@@ -548,7 +590,7 @@ impl Versions<'_> {
             let done = match store.client_for(conn, bucket).await {
                 Ok(client) => {
                     store
-                        .delete_versions(&client, bucket, &pairs, &|| progress.stopped())
+                        .delete_versions(&client, bucket, &pairs, &|| run.stop.stopped())
                         .await
                 }
                 Err(e) => vec![Err(e); pairs.len()],
@@ -649,21 +691,22 @@ async fn delete_batch<'a>(
     bucket: &str,
     chunk: &'a [KeyEntry],
     owners: &[AuditOwner],
-    progress: &dyn Progress,
+    run: Run<'_>,
 ) -> BatchResult<'a> {
     let names: Vec<String> = chunk.iter().map(|(k, _, _)| k.clone()).collect();
-    if progress.stopped() {
+    if run.stop.stopped() {
         return (chunk, vec![Err(StoreError::cancelled()); names.len()]);
     }
     let results = match store.client_for(conn, bucket).await {
         Ok(client) => {
             store
-                .delete_keys(&client, bucket, &names, &|| progress.stopped())
+                .delete_keys(&client, bucket, &names, &|| run.stop.stopped())
                 .await
         }
         Err(e) => vec![Err(e); names.len()],
     };
-    progress.deleted(results.iter().filter(|r| r.is_ok()).count() as u64);
+    run.progress
+        .deleted(results.iter().filter(|r| r.is_ok()).count() as u64);
     audit(conn, bucket, chunk, &results, owners);
     (chunk, results)
 }
@@ -744,10 +787,10 @@ async fn probe_many(
     store: &ObjectStore,
     conn: &S3Connection,
     jobs: Vec<&Job<'_>>,
-    progress: &dyn Progress,
+    run: Run<'_>,
 ) -> Vec<ProbeResult> {
     if let [single] = jobs[..] {
-        return vec![probe_one(store, conn, single, progress).await];
+        return vec![probe_one(store, conn, single, run).await];
     }
     let prefix = common_prefix(jobs.iter().map(|j| j.target.key.as_str()));
     let limit = jobs.len() * LISTED_PER_ARTIFACT;
@@ -755,7 +798,7 @@ async fn probe_many(
         Ok(client) => {
             store
                 .list(&client, &jobs[0].target.bucket, prefix, limit, &|| {
-                    progress.stopped()
+                    run.stop.stopped()
                 })
                 .await
         }
@@ -778,14 +821,14 @@ async fn probe_many(
             }
             if parts.len() == 1 {
                 // Nothing left to split on (the same key named twice): probe each alone.
-                let each = jobs.iter().map(|j| probe_one(store, conn, j, progress));
+                let each = jobs.iter().map(|j| probe_one(store, conn, j, run));
                 return futures::future::join_all(each).await;
             }
             let mut out: Vec<Option<ProbeResult>> = (0..jobs.len()).map(|_| None).collect();
             let parts = parts.into_values().map(|idx| {
                 let part = idx.iter().map(|&i| jobs[i]).collect();
                 async move {
-                    let probed = Box::pin(probe_many(store, conn, part, progress)).await;
+                    let probed = Box::pin(probe_many(store, conn, part, run)).await;
                     (idx, probed)
                 }
             });
@@ -861,9 +904,9 @@ async fn probe_one(
     store: &ObjectStore,
     conn: &S3Connection,
     job: &Job<'_>,
-    progress: &dyn Progress,
+    run: Run<'_>,
 ) -> ProbeResult {
-    let stop = || progress.stopped();
+    let stop = || run.stop.stopped();
     let target = job.target;
     let client = store.client_for(conn, &job.target.bucket).await?;
     let limit = store.options().max_objects_per_artifact;

@@ -378,6 +378,21 @@ fn gc_service_accounts(wf: &Workflow) -> BTreeSet<String> {
     out
 }
 
+/// The reference an Event about the Workflow `raw` names.
+pub fn workflow_ref(raw: &Value) -> k8s_openapi::api::core::v1::ObjectReference {
+    let m = &raw["metadata"];
+    let s = |v: &Value| v.as_str().map(str::to_string);
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("argoproj.io/v1alpha1".into()),
+        kind: Some("Workflow".into()),
+        name: s(&m["name"]),
+        namespace: s(&m["namespace"]),
+        uid: s(&m["uid"]),
+        resource_version: s(&m["resourceVersion"]),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@ use serde_json::Value;
 use artgc_core::outcome::StatusUpdate;
 use artgc_core::status_patch::{merge_patch, probed_files_patch};
 
-use crate::controller::low_priority::{LowPriority, run_on as on};
 use crate::kube_api::WatchedWorkflow;
+use crate::low_priority::{LowPriority, run_on as on};
 
 /// Why a patch could not be built or applied.
 #[derive(Debug, thiserror::Error)]

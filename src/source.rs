@@ -36,8 +36,16 @@ pub enum Source {
 /// A plan and, for a cluster source, what recording it needs.
 pub struct LoadedPlan {
     pub plan: GcPlan,
-    /// The client and each planned Workflow's object as read (same order as the plan).
-    pub cluster: Option<(kube::Client, Vec<Value>)>,
+    pub cluster: Option<ClusterRead>,
+}
+
+/// The Workflows a cluster plan was made from, in the plan's order.
+pub struct ClusterRead {
+    pub client: kube::Client,
+    /// Each object as read, as JSON.
+    pub objects: Vec<Value>,
+    /// Each object as planned (offloaded nodes put back).
+    pub inputs: Vec<WorkflowInput>,
 }
 
 /// Reads the source and builds the plan.
@@ -318,6 +326,10 @@ async fn load_from_cluster(
     let plan = plan_with_index(&inputs, &state, opts, Some(&index));
     Ok(LoadedPlan {
         plan,
-        cluster: Some((client, raws)),
+        cluster: Some(ClusterRead {
+            client,
+            objects: raws,
+            inputs,
+        }),
     })
 }

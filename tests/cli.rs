@@ -684,3 +684,98 @@ async fn kubectl_conventions_kubeconfig_context_and_the_plugin() {
     assert_ok(&out);
     assert_eq!(json_of(&out)["workflows"][0]["name"], "wanted");
 }
+
+/// `purge` runs the controller's pass: a Workflow it cannot read is reported on the object and
+/// settled as the controller settles it (the deletion goes through), and a finished workflow
+/// whose versions may be reclaimed gets the finished-seen record the controller writes.
+#[tokio::test]
+async fn purge_records_unreadable_workflows_and_the_finish_as_the_controller_does() {
+    use artgc_testkit::KubeApiServer;
+    let kube = KubeApiServer::start().await;
+    let srv = S3Server::start().await;
+    let b = srv.bucket("cluster").await;
+    kube.seed(secret("ns", "s3", &srv.access_key, &srv.secret_key));
+    let mut repo = s3_repo(&srv.endpoint, &b, "s3");
+    repo["s3"]["region"] = json!(srv.region);
+    kube.seed(repositories("ns", &repo));
+    srv.put(&b, "fine/a.tgz", "x").await;
+    kube.seed(
+        workflow("ns", "fine")
+            .status_repo(repo.clone())
+            .set(&["status", "finishedAt"], json!("2020-01-01T00:00:00Z"))
+            .node(
+                "fine-1",
+                "main",
+                vec![with_strategy(
+                    key_only("out", "fine/a.tgz"),
+                    "OnWorkflowCompletion",
+                )],
+            )
+            .0,
+    );
+    kube.seed(
+        workflow("ns", "broken")
+            .set(
+                &["status", "nodes"],
+                json!({"x": {"outputs": {"artifacts": "not a list"}}}),
+            )
+            .set(
+                &["metadata", "finalizers"],
+                json!(["workflows.argoproj.io/artifact-gc"]),
+            )
+            .0,
+    );
+    // Being deleted: only artgc's finalizer holds it.
+    artgc::kube_api::workflows(&kube.client(), Some("ns"))
+        .delete("broken", &Default::default())
+        .await
+        .unwrap();
+    let get = |name: &str| kube.get("argoproj.io/v1alpha1", "Workflow", Some("ns"), name);
+    assert!(get("broken").is_some(), "held by the finalizer");
+
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kc, "ns").unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        artgc_with_kubeconfig(
+            &kc,
+            &[
+                "purge",
+                "fine",
+                "broken",
+                "-n",
+                "ns",
+                "--clock-skew",
+                "100000d",
+                "--reclaim-versions",
+                "--yes",
+                "-o",
+                "json",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    // The unreadable workflow is an error of the run: exit 1, and it is named.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = json_of(&out);
+    assert!(doc.to_string().contains("status.nodes"), "{doc}");
+    assert_eq!(srv.keys(&b).await, Vec::<String>::new());
+    let fine = get("fine").unwrap();
+    assert!(
+        fine["metadata"]["annotations"]["artgc.io/finished-seen"].is_string(),
+        "{}",
+        fine["metadata"]
+    );
+    assert_eq!(
+        fine["status"]["artifactGCStatus"]["strategiesProcessed"]["OnWorkflowCompletion"],
+        true
+    );
+    // Nothing artgc can read holds nothing: the finalizer is released and the object goes.
+    assert!(get("broken").is_none(), "{:?}", get("broken"));
+}

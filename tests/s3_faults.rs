@@ -4,7 +4,7 @@
 #[path = "../core/tests/support/mod.rs"]
 mod support;
 
-use artgc::execute::{Quiet, execute};
+use artgc::execute::{Run, execute};
 use artgc::store::{ObjectStore, StoreOptions};
 use artgc_core::plan::GcPlan;
 use artgc_testkit::{FaultProxy, FaultRule, S3Server};
@@ -46,7 +46,7 @@ async fn throttled_batches_are_retried_until_they_succeed() {
     let proxy = FaultProxy::start(&srv.endpoint).await;
     let (b, plan) = setup(&srv, &proxy.endpoint).await;
     proxy.add_rule(FaultRule::batch_delete(503, "SlowDown", 2));
-    let exec = execute(&plan, &store(), false, &Quiet).await;
+    let exec = execute(&plan, &store(), Run::DELETE).await;
     assert!(
         exec.outcomes.values().all(|o| o.error.is_none()),
         "{:?}",
@@ -63,7 +63,7 @@ async fn persistent_fault(status: u16, code: &'static str, category: &str, attem
     let proxy = FaultProxy::start(&srv.endpoint).await;
     let (b, plan) = setup(&srv, &proxy.endpoint).await;
     proxy.add_rule(FaultRule::batch_delete(status, code, 100));
-    let exec = execute(&plan, &store(), false, &Quiet).await;
+    let exec = execute(&plan, &store(), Run::DELETE).await;
     assert_eq!(exec.outcomes.len(), 2);
     for o in exec.outcomes.values() {
         assert_eq!(
@@ -94,7 +94,7 @@ async fn a_store_without_delete_objects_gets_single_deletes() {
     let proxy = FaultProxy::start(&srv.endpoint).await;
     let (b, plan) = setup(&srv, &proxy.endpoint).await;
     proxy.add_rule(FaultRule::batch_delete(501, "NotImplemented", 100));
-    let exec = execute(&plan, &store(), false, &Quiet).await;
+    let exec = execute(&plan, &store(), Run::DELETE).await;
     assert!(
         exec.outcomes.values().all(|o| o.error.is_none()),
         "{:?}",
@@ -116,7 +116,7 @@ async fn keys_reported_throttled_inside_the_response_are_retried() {
     let proxy = FaultProxy::start(&srv.endpoint).await;
     let (b, plan) = setup(&srv, &proxy.endpoint).await;
     proxy.add_rule(FaultRule::per_key_delete("SlowDown", 1));
-    let exec = execute(&plan, &store(), false, &Quiet).await;
+    let exec = execute(&plan, &store(), Run::DELETE).await;
     assert!(
         exec.outcomes.values().all(|o| o.error.is_none()),
         "{:?}",
@@ -132,7 +132,7 @@ async fn keys_denied_inside_the_response_fail_without_retry() {
     let proxy = FaultProxy::start(&srv.endpoint).await;
     let (b, plan) = setup(&srv, &proxy.endpoint).await;
     proxy.add_rule(FaultRule::per_key_delete("AccessDenied", 100));
-    let exec = execute(&plan, &store(), false, &Quiet).await;
+    let exec = execute(&plan, &store(), Run::DELETE).await;
     assert_eq!(exec.outcomes.len(), 2);
     for o in exec.outcomes.values() {
         assert_eq!(
@@ -152,7 +152,7 @@ async fn batch_deletes_carry_the_content_md5_of_their_body() {
     let srv = S3Server::start().await;
     let proxy = FaultProxy::start(&srv.endpoint).await;
     let (_, plan) = setup(&srv, &proxy.endpoint).await;
-    execute(&plan, &store(), false, &Quiet).await;
+    execute(&plan, &store(), Run::DELETE).await;
     let batch = proxy
         .log()
         .into_iter()
@@ -202,7 +202,7 @@ async fn an_endless_listing_is_cut_off() {
         max_objects_per_artifact: 5_000,
         ..Default::default()
     };
-    let exec = execute(&plan, &ObjectStore::new(opts), false, &Quiet).await;
+    let exec = execute(&plan, &ObjectStore::new(opts), Run::DELETE).await;
     let e = exec
         .get(artgc_core::plan::ArtifactRef::new(0, 0))
         .unwrap()
@@ -219,7 +219,7 @@ async fn an_endless_listing_is_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_listing_stops_at_the_next_page_when_the_pass_is_stopped() {
     struct StopAfter<'a>(&'a FaultProxy, usize);
-    impl artgc::execute::Progress for StopAfter<'_> {
+    impl artgc::execute::Stop for StopAfter<'_> {
         fn stopped(&self) -> bool {
             self.0.log().iter().filter(|r| r.method == "GET").count() >= self.1
         }
@@ -229,7 +229,12 @@ async fn a_long_listing_stops_at_the_next_page_when_the_pass_is_stopped() {
         max_objects_per_artifact: 100_000,
         ..Default::default()
     };
-    let exec = execute(&plan, &ObjectStore::new(opts), false, &StopAfter(&proxy, 3)).await;
+    let exec = execute(
+        &plan,
+        &ObjectStore::new(opts),
+        Run::DELETE.with_stop(&StopAfter(&proxy, 3)),
+    )
+    .await;
     let e = exec
         .get(artgc_core::plan::ArtifactRef::new(0, 0))
         .unwrap()
@@ -282,11 +287,11 @@ async fn a_slow_endpoint_does_not_hold_the_fast_ones_places() {
     let delay = std::time::Duration::from_secs(2);
     slow.set_latency(delay);
     let started = std::time::Instant::now();
-    let slow_run = execute(&slow_plan, &store, false, &Quiet);
+    let slow_run = execute(&slow_plan, &store, Run::DELETE);
     let fast_run = async {
         // Let the slow pass take every place it can first.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let exec = execute(&fast_plan, &store, false, &Quiet).await;
+        let exec = execute(&fast_plan, &store, Run::DELETE).await;
         (exec, started.elapsed())
     };
     let (slow_exec, (fast_exec, fast_done)) = tokio::join!(slow_run, fast_run);
@@ -342,7 +347,7 @@ async fn delete_batches_to_one_endpoint_stay_within_their_own_limit() {
         ..Default::default()
     });
     proxy.set_latency(std::time::Duration::from_millis(300));
-    let exec = execute(&plan, &store, false, &Quiet).await;
+    let exec = execute(&plan, &store, Run::DELETE).await;
     assert!(exec.outcomes.values().all(|o| o.error.is_none()));
     for b in &buckets {
         assert!(srv.keys(b).await.is_empty(), "{b} not emptied");
@@ -392,7 +397,7 @@ async fn a_bucket_in_another_region_is_found_and_collected() {
         [w, explicit].into_iter().chain(more).collect(),
         vec![secret("ns", "s3", &srv.access_key, &srv.secret_key)],
     );
-    let exec = execute(&plan, &store(), false, &Quiet).await;
+    let exec = execute(&plan, &store(), Run::DELETE).await;
     for (w, a) in [(0, 0), (0, 1)] {
         let o = exec
             .get(artgc_core::plan::ArtifactRef::new(w, a))

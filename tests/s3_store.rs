@@ -4,7 +4,7 @@
 #[path = "../core/tests/support/mod.rs"]
 mod support;
 
-use artgc::execute::{ArtifactOutcome, Execution, Quiet, execute};
+use artgc::execute::{ArtifactOutcome, Execution, Run, execute};
 use artgc::store::{ObjectStore, StoreOptions};
 use artgc_core::plan::{Decision, GcPlan, ObjectKind};
 use artgc_testkit::S3Server;
@@ -29,7 +29,8 @@ async fn run_with(plan: &GcPlan, dry_run: bool, opts: StoreOptions) -> Execution
         max_attempts: 2,
         ..opts
     };
-    execute(plan, &ObjectStore::new(opts), dry_run, &Quiet).await
+    let run = if dry_run { Run::DRY_RUN } else { Run::DELETE };
+    execute(plan, &ObjectStore::new(opts), run).await
 }
 
 fn outcome<'a>(plan: &GcPlan, exec: &'a Execution, wf: &str, name: &str) -> &'a ArtifactOutcome {

@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use artgc::controller::{ControllerConfig, ControllerHandle};
-use artgc::execute::{Execution, Quiet, execute};
+use artgc::execute::{Execution, Run, execute};
 use artgc::identity::StsSettings;
 use artgc::store::{ObjectStore, StoreOptions};
 use artgc_core::plan::{Decision, GcPlan, KeepReason, StrategyFilter};
@@ -58,7 +58,7 @@ async fn run(plan: &GcPlan) -> Execution {
         max_attempts: 2,
         ..Default::default()
     };
-    execute(plan, &ObjectStore::new(opts), false, &Quiet).await
+    execute(plan, &ObjectStore::new(opts), Run::DELETE).await
 }
 
 fn decision<'a>(plan: &'a GcPlan, wf: &str, art: &str) -> &'a Decision {
@@ -482,7 +482,8 @@ async fn a_repeat_pass_never_deletes_more_than_the_first() {
     };
     // First pass: the file is found and deleted; it is recorded as a file before deleting.
     let plan = plan_due(vec![wf()], creds(&srv));
-    let probed = artgc::execute::probe(&plan, &ObjectStore::new(Default::default()), &Quiet).await;
+    let probed =
+        artgc::execute::probe(&plan, &ObjectStore::new(Default::default()), Run::DELETE).await;
     let marks = probed.files_to_mark();
     assert_eq!(
         marks.len(),
@@ -493,8 +494,7 @@ async fn a_repeat_pass_never_deletes_more_than_the_first() {
         &plan,
         probed,
         &ObjectStore::new(Default::default()),
-        false,
-        &Quiet,
+        Run::DELETE,
     )
     .await;
     assert_eq!(srv.keys(&b).await, ["w/tgz/unrelated"]);
@@ -524,7 +524,7 @@ async fn a_repeat_pass_never_deletes_more_than_the_first() {
     // would be evidence of a directory, and a dry run lists what would then go.
     let plan = plan_due(vec![wf()], creds(&srv));
     let store = ObjectStore::new(Default::default());
-    let exec = execute(&plan, &store, true, &Quiet).await;
+    let exec = execute(&plan, &store, Run::DRY_RUN).await;
     let widened: u64 = exec.outcomes.values().map(|o| o.objects).sum();
     assert_eq!(widened, 1);
 }
@@ -731,7 +731,7 @@ async fn the_object_bound_holds_per_artifact_in_a_shared_listing() {
         max_objects_per_artifact: 2,
         ..Default::default()
     };
-    let exec = execute(&plan, &ObjectStore::new(opts), false, &Quiet).await;
+    let exec = execute(&plan, &ObjectStore::new(opts), Run::DELETE).await;
     let errors: Vec<_> = exec
         .outcomes
         .values()

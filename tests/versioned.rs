@@ -11,7 +11,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use artgc::execute::{ArtifactOutcome, Execution, Quiet, execute};
+use artgc::execute::{ArtifactOutcome, Execution, Run, execute};
 use artgc::report::Report;
 use artgc::store::{ObjectStore, StoreOptions, Versioning};
 use artgc_core::plan::{ArtifactRef, GcPlan, ObjectKind};
@@ -187,7 +187,8 @@ async fn run(plan: &GcPlan, dry_run: bool, reclaim: bool) -> Execution {
         reclaim_versions: reclaim,
         ..Default::default()
     };
-    execute(plan, &ObjectStore::new(opts), dry_run, &Quiet).await
+    let run = if dry_run { Run::DRY_RUN } else { Run::DELETE };
+    execute(plan, &ObjectStore::new(opts), run).await
 }
 
 fn outcome<'a>(plan: &GcPlan, exec: &'a Execution, name: &str) -> &'a ArtifactOutcome {

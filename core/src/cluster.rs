@@ -277,7 +277,7 @@ impl ClusterState {
         let bad = |field: &str, e: serde_saphyr::Error| {
             ResolveError::Repository(format!(
                 "ConfigMap {namespace}/{name} {field}: {}",
-                unparsed(&e)
+                crate::yaml::unparsed(&e)
             ))
         };
         if let Some(text) = data.get("artifactRepository") {
@@ -311,27 +311,13 @@ impl ClusterState {
         }
         if let Some(text) = data.get("config") {
             let cfg = serde_saphyr::from_str::<ControllerConfig>(text)
-                .map_err(|e| at(format!("data.config: {}", unparsed(&e))))?;
+                .map_err(|e| at(format!("data.config: {}", crate::yaml::unparsed(&e))))?;
             if let Some(p) = cfg.persistence {
                 let text = serde_json::to_string(&p).map_err(|e| at(e.to_string()))?;
                 return crate::persistence::parse(&text).map_err(at);
             }
         }
         Ok(None)
-    }
-}
-
-/// Why a ConfigMap's text did not parse, without quoting any of it: the parser's message can
-/// carry the text (a snippet, a value), and it goes into another tenant's condition, Event and
-/// logs. Where, not what.
-pub fn unparsed(e: &serde_saphyr::Error) -> String {
-    match e.without_snippet().location() {
-        Some(at) => format!(
-            "does not parse (line {}, column {}; the text is not quoted)",
-            at.line(),
-            at.column()
-        ),
-        None => "does not parse (the text is not quoted)".into(),
     }
 }
 
@@ -366,7 +352,7 @@ fn repository_in(
         .map_err(|e| {
             ResolveError::Repository(format!(
                 "{field}: ConfigMap {ns}/{name} key {key:?}: {}",
-                unparsed(&e)
+                crate::yaml::unparsed(&e)
             ))
         })
 }

@@ -65,6 +65,11 @@ impl InputError {
         }
     }
 
+    /// The object is not a Workflow artgc can read at all (it has no run to speak of).
+    pub fn is_malformed(&self) -> bool {
+        matches!(self, Self::Parse { .. } | Self::Field { .. })
+    }
+
     /// The workflow itself cannot be read: artgc can never collect it, so it holds nothing.
     /// (Anything else is a failure to retry.)
     pub fn is_unreadable(&self) -> bool {

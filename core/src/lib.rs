@@ -29,3 +29,4 @@ pub mod policy;
 pub mod status_patch;
 pub mod units;
 pub mod versions;
+pub mod yaml;

@@ -81,6 +81,34 @@ pub fn finished_seen_record(
     }
 }
 
+/// Whether any of a workflow's versions may be reclaimed, now or on a later pass: the
+/// operator's flag, its namespace's grant, or an artifact's.
+pub fn may_reclaim_versions(operator: bool, wp: &WorkflowPlan) -> bool {
+    operator || wp.may_reclaim || wp.artifacts.iter().any(|a| a.reclaim_versions)
+}
+
+/// Judges one workflow's pass: [`assess`], and the `artgc.io/finished-seen` record
+/// ([`finished_seen_record`]; an object that is no readable Workflow has no run to record).
+/// `operator_reclaims` is `--reclaim-versions`.
+pub fn judge(
+    wp: &WorkflowPlan,
+    w: usize,
+    execution: Option<&Execution>,
+    ctx: &PassContext,
+    operator_reclaims: bool,
+    now: jiff::Timestamp,
+) -> PassOutcome {
+    let mut out = assess(wp, w, execution, ctx);
+    let malformed = wp.error.as_ref().is_some_and(|e| e.is_malformed());
+    out.update.finished_seen = finished_seen_record(
+        wp,
+        ctx.finished && !malformed,
+        may_reclaim_versions(operator_reclaims, wp),
+        now,
+    );
+    out
+}
+
 /// One artifact (or the whole workflow) that could not be collected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -474,7 +502,7 @@ pub fn assess(
     if failed && ctx.deleting && ctx.finished {
         out.update.deletion_attempts = Some(ctx.attempt);
     }
-    out.update.finalizer = finalizer_change(ctx, out.pending, failed);
+    out.update.finalizer = finalizer_change(ctx, Collection::of(out.pending, failed));
     out
 }
 
@@ -537,13 +565,36 @@ pub fn condition_change(
     }
 }
 
+/// Where a workflow's collection stands after a pass, as the finalizer rule reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    /// Nothing is left to delete.
+    Done,
+    /// Something is left: not yet due, not tried, or a running workflow that may need GC.
+    Pending,
+    /// Something failed (and so is left).
+    Failed,
+}
+
+impl Collection {
+    pub fn of(pending: bool, failed: bool) -> Self {
+        match (pending, failed) {
+            (_, true) => Self::Failed,
+            (true, false) => Self::Pending,
+            (false, false) => Self::Done,
+        }
+    }
+}
+
 /// The one rule for artgc's finalizer. Added only while Argo runs a workflow that declares GC
 /// (never to a finished one, never to one Argo never started); released once nothing is pending,
 /// at once for a deleted workflow Argo never started, and by `forceFinalizerRemoval` when the
 /// deletion passes failed `budget` times. A running workflow being deleted is first allowed to
 /// finish, as in Argo.
-pub fn finalizer_change(ctx: &PassContext, pending: bool, failed: bool) -> FinalizerChange {
+pub fn finalizer_change(ctx: &PassContext, collection: Collection) -> FinalizerChange {
     let c = ctx;
+    let pending = collection != Collection::Done;
+    let failed = collection == Collection::Failed;
     match (c.deleting, c.finished, c.has_finalizer) {
         (_, _, true) if c.deleting && !c.finished && !c.started => {
             FinalizerChange::Remove { forced: false }

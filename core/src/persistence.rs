@@ -127,7 +127,7 @@ struct RawPool {
 /// configured. Errors name the field.
 pub fn parse(text: &str) -> Result<Option<Persistence>, String> {
     let raw: RawPersistence = serde_saphyr::from_str(text)
-        .map_err(|e| format!("persistence: {}", crate::cluster::unparsed(&e)))?;
+        .map_err(|e| format!("persistence: {}", crate::yaml::unparsed(&e)))?;
     from_raw(raw)
 }
 

@@ -16,6 +16,18 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Parses `7d`, `12h`, `90m`, `1h30m`, `45s` (days are 24 hours).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let span: jiff::Span = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration like 7d, 12h or 90m: {e}"))?;
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| format!("{text:?}: {e}"))?;
+    std::time::Duration::try_from(d).map_err(|_| format!("{text:?} must not be negative"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::human_bytes;

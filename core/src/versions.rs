@@ -123,6 +123,26 @@ pub fn run_bounds(f: &RunFacts, skew: jiff::SignedDuration) -> RunBounds {
     }
 }
 
+/// Whether a deleted artifact's noncurrent versions are reclaimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReclaimChoice {
+    Reclaim,
+    /// Neither the operator (`--reclaim-versions`) nor the namespace's grant asks for it.
+    NotAsked,
+    /// Asked for, but the workflow's times contradict the server's: its versions stay.
+    Refused(String),
+}
+
+/// The rule: reclaimed where the operator's flag or the artifact's grant (planned from the
+/// namespace's policy) asks, unless its run window was refused ([`RunBounds::refused`]).
+pub fn reclaim_choice(operator: bool, granted: bool, refused: Option<&str>) -> ReclaimChoice {
+    match (operator || granted, refused) {
+        (false, _) => ReclaimChoice::NotAsked,
+        (true, Some(why)) => ReclaimChoice::Refused(why.to_string()),
+        (true, None) => ReclaimChoice::Reclaim,
+    }
+}
+
 /// Why a listed version is not reclaimed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotReclaimed {

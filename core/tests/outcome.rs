@@ -157,7 +157,7 @@ fn nothing_carried_out_is_never_recorded_as_done() {
 #[test]
 fn the_finalizer_rule_table() {
     use FinalizerChange::*;
-    use artgc_core::outcome::finalizer_change;
+    use artgc_core::outcome::{Collection, finalizer_change};
     // deleting, finished, started, holds, may_need_gc, force, attempt, pending, failed -> change
     type Row = (
         bool,
@@ -208,7 +208,11 @@ fn the_finalizer_rule_table() {
             processed: Default::default(),
             has_condition: false,
         };
-        assert_eq!(finalizer_change(&c, pending, failed), want, "row {i}");
+        assert_eq!(
+            finalizer_change(&c, Collection::of(pending, failed)),
+            want,
+            "row {i}"
+        );
         // A one-off purge never adds it, and otherwise decides the same.
         let purge = PassContext {
             may_add_finalizer: false,
@@ -216,7 +220,7 @@ fn the_finalizer_rule_table() {
         };
         let want = if want == Add { Keep } else { want };
         assert_eq!(
-            finalizer_change(&purge, pending, failed),
+            finalizer_change(&purge, Collection::of(pending, failed)),
             want,
             "row {i}, purge"
         );

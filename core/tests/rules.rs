@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use artgc_core::error::{StoreError, StoreErrorKind};
 use artgc_core::execution::ArtifactOutcome;
 use artgc_core::outcome::{
-    ArtifactVerdict, ConditionChange, Failure, FinalizerChange, KeptReason, PassContext,
-    condition_change, decide_artifact, finalizer_change, processed_strategies,
+    ArtifactVerdict, Collection, ConditionChange, Failure, FinalizerChange, KeptReason,
+    PassContext, condition_change, decide_artifact, finalizer_change, processed_strategies,
 };
 use artgc_core::plan::{
     ArtifactPlan, Decision, KeepReason, OutputFacts, SkipReason, Strategy, StrategyFilter,
@@ -173,7 +173,11 @@ fn finalizer_rule() {
         ),
     ];
     for (what, ctx, pending, failed, want) in rows {
-        assert_eq!(finalizer_change(&ctx, pending, failed), want, "{what}");
+        assert_eq!(
+            finalizer_change(&ctx, Collection::of(pending, failed)),
+            want,
+            "{what}"
+        );
     }
 }
 
@@ -814,5 +818,97 @@ fn output_rule() {
     ];
     for (what, facts, want) in rows {
         assert_eq!(output_decision(&facts), want, "{what}");
+    }
+}
+
+/// Whether a deleted artifact's versions are reclaimed: asked for by the operator or the
+/// grant, and not refused.
+#[test]
+fn reclaim_choice_rule() {
+    use artgc_core::versions::{ReclaimChoice::*, reclaim_choice};
+    let why = "finishedAt is after the server's deletion time";
+    for (what, operator, granted, refused, want) in [
+        ("nobody asks", false, false, None, NotAsked),
+        (
+            "nobody asks, refused anyway",
+            false,
+            false,
+            Some(why),
+            NotAsked,
+        ),
+        ("the operator asks", true, false, None, Reclaim),
+        ("the grant asks", false, true, None, Reclaim),
+        ("both ask", true, true, None, Reclaim),
+        (
+            "asked, times refused",
+            true,
+            false,
+            Some(why),
+            Refused(why.into()),
+        ),
+        (
+            "granted, times refused",
+            false,
+            true,
+            Some(why),
+            Refused(why.into()),
+        ),
+    ] {
+        assert_eq!(reclaim_choice(operator, granted, refused), want, "{what}");
+    }
+}
+
+/// A pass's judgement records finished-seen where any version may be reclaimed, and never for
+/// a workflow that could not be read.
+#[test]
+fn judge_records_finished_seen_only_where_versions_may_be_reclaimed() {
+    use artgc_core::outcome::{PassContext, judge};
+    let now: jiff::Timestamp = "2026-12-07T10:00:00Z".parse().unwrap();
+    let ctx = PassContext {
+        finished: true,
+        started: true,
+        deleting: false,
+        has_finalizer: false,
+        force_finalizer_removal: false,
+        attempt: 1,
+        budget: 3,
+        may_need_gc: false,
+        may_add_finalizer: true,
+        processed: Default::default(),
+        has_condition: false,
+    };
+    let readable = |may_reclaim: bool| {
+        let mut wp = artgc_core::plan::WorkflowPlan::unplannable(
+            "ns",
+            "w",
+            artgc_core::error::InputError::Offloaded {
+                version: "v".into(),
+            },
+        );
+        wp.error = None;
+        wp.may_reclaim = may_reclaim;
+        wp
+    };
+    let unreadable = artgc_core::plan::WorkflowPlan::unplannable(
+        "ns",
+        "w",
+        artgc_core::error::InputError::Field {
+            field: "status.nodes".into(),
+            reason: "not a map".into(),
+        },
+    );
+    let running = PassContext {
+        finished: false,
+        ..ctx.clone()
+    };
+    for (what, wp, ctx, operator, want) in [
+        ("grant", readable(true), &ctx, false, Some(now)),
+        ("operator's flag", readable(false), &ctx, true, Some(now)),
+        ("neither", readable(false), &ctx, false, None),
+        ("running", readable(true), &running, true, None),
+        ("malformed", unreadable, &ctx, true, None),
+    ] {
+        let out = judge(&wp, 0, None, ctx, operator, now);
+        assert_eq!(out.update.finished_seen, want, "{what}");
     }
 }

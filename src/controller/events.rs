@@ -3,7 +3,6 @@
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event as KubeEvent, EventType};
-use serde_json::Value;
 use tracing::{error, info, warn};
 
 use crate::kube_api::workflows;
@@ -32,7 +31,7 @@ pub(super) async fn publish_internal_error(shared: &ControllerState, key: &str, 
     }]);
     let mut update = artgc_core::outcome::StatusUpdate::none();
     update.condition = artgc_core::outcome::ConditionChange::Set(message.clone());
-    let reference = object_ref(&raw);
+    let reference = crate::kube_api::workflow_ref(&raw);
     if let Err(e) = record::apply(&api, raw, &update, &shared.config.finalizer, "artgc", None).await
     {
         warn!(workflow = %key, error = %e, "recording an internal error");
@@ -46,20 +45,6 @@ pub(super) async fn publish_internal_error(shared: &ControllerState, key: &str, 
     };
     if let Err(e) = shared.recorder.publish(&ev, &reference).await {
         error!(workflow = %key, error = %e, "publishing an Event");
-    }
-}
-
-pub(super) fn object_ref(raw: &Value) -> ObjectReference {
-    let m = &raw["metadata"];
-    let s = |v: &Value| v.as_str().map(str::to_string);
-    ObjectReference {
-        api_version: Some("argoproj.io/v1alpha1".into()),
-        kind: Some("Workflow".into()),
-        name: s(&m["name"]),
-        namespace: s(&m["namespace"]),
-        uid: s(&m["uid"]),
-        resource_version: s(&m["resourceVersion"]),
-        ..Default::default()
     }
 }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Api;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +21,35 @@ pub struct LeaderElection {
     pub identity: String,
     /// Lease duration, seconds; the holder renews well within it.
     pub duration: u64,
+}
+
+/// This replica's claim to lead, with one owner (this module) and one channel
+/// (`ControllerState::claim`): what the lease manager says, and until when the Lease as last
+/// read from the API server is ours. The lease manager keeps saying "leader" while it fails to
+/// renew, so a pass is fenced by both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Claim {
+    /// The lease manager (without election: the controller itself, until stopped) says this
+    /// replica leads.
+    pub(super) leading: bool,
+    /// With election: until when the Lease as last read is ours (`None`: not proven).
+    valid_until: Option<jiff::Timestamp>,
+    elected: bool,
+}
+
+impl Claim {
+    pub(super) fn new(elected: bool) -> Self {
+        Self {
+            leading: false,
+            valid_until: None,
+            elected,
+        }
+    }
+
+    /// Whether this replica may act at `now`.
+    pub(super) fn holds_at(&self, now: jiff::Timestamp) -> bool {
+        self.leading && (!self.elected || self.valid_until.is_some_and(|t| t > now))
+    }
 }
 
 /// What one read of the Lease proves to its would-be holder, and when to read it next.
@@ -87,7 +115,7 @@ fn read_lease(
     }
 }
 
-/// Keeps `lease_valid_until` from reads of the Lease. A failed read keeps what the last one
+/// Keeps the claim's `valid_until` from reads of the Lease. A failed read keeps what the last one
 /// proved: that proof runs out by itself, and nobody can take the Lease before it does.
 async fn guard_lease(shared: Arc<ControllerState>, le: LeaderElection, stop: CancellationToken) {
     use k8s_openapi::api::coordination::v1::Lease;
@@ -101,7 +129,11 @@ async fn guard_lease(shared: Arc<ControllerState>, le: LeaderElection, stop: Can
                     le.duration,
                     jiff::Timestamp::now(),
                 );
-                *shared.lease_valid_until.lock().expect("lock") = reading.valid_until;
+                shared.claim.send_if_modified(|c| {
+                    let changed = c.valid_until != reading.valid_until;
+                    c.valid_until = reading.valid_until;
+                    changed
+                });
                 reading.next_read
             }
             Err(e) => {
@@ -127,15 +159,7 @@ pub(super) struct Fence<'a>(pub(super) &'a ControllerState);
 
 impl Fence<'_> {
     fn leading(&self) -> bool {
-        let elected = self.0.config.leader_election.is_some();
-        let valid = || {
-            self.0
-                .lease_valid_until
-                .lock()
-                .expect("lock")
-                .is_some_and(|t| t > jiff::Timestamp::now())
-        };
-        *self.0.leading.borrow() && (!elected || valid())
+        self.0.claim.borrow().holds_at(jiff::Timestamp::now())
     }
 
     /// Before every write to a Workflow.
@@ -147,28 +171,42 @@ impl Fence<'_> {
     }
 }
 
-impl crate::execute::Progress for Fence<'_> {
+impl crate::execute::Stop for Fence<'_> {
     fn stopped(&self) -> bool {
         !self.leading() || self.0.stopping.is_cancelled()
     }
 }
 
+impl crate::pass::WriteGate for Fence<'_> {
+    fn may_write(&self) -> bool {
+        self.leading()
+    }
+}
+
+/// Sets the claim's `leading`, telling the workers only of a change.
+fn set_leading(shared: &ControllerState, leading: bool) {
+    shared.claim.send_if_modified(|c| {
+        let changed = c.leading != leading;
+        c.leading = leading;
+        changed
+    });
+}
+
 /// Starts leadership: without election this replica leads until stopped; with it, the lease
-/// manager's view is forwarded to `leader` and the Lease is watched by [`guard_lease`]. On
+/// manager's view goes into the claim and the Lease is watched by [`guard_lease`]. On
 /// shutdown the Lease is released only after the workers are done.
 pub(super) async fn spawn(
     shared: &Arc<ControllerState>,
-    leader_tx: watch::Sender<bool>,
     stop: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), ControllerError> {
     match shared.config.leader_election.clone() {
         None => {
-            leader_tx.send_replace(true);
-            let stop = stop.clone();
+            set_leading(shared, true);
+            let (shared, stop) = (shared.clone(), stop.clone());
             tasks.spawn(async move {
                 stop.cancelled().await;
-                drop(leader_tx);
+                set_leading(&shared, false);
             });
         }
         Some(le) => {
@@ -190,7 +228,7 @@ pub(super) async fn spawn(
                 let (mut rx, task) = manager.watch().await;
                 loop {
                     let leading = *rx.borrow_and_update();
-                    leader_tx.send_replace(leading);
+                    set_leading(&shared2, leading);
                     info!(leading, "leadership");
                     tokio::select! {
                         _ = stop2.cancelled() => break,
@@ -204,7 +242,7 @@ pub(super) async fn spawn(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 // Stepping down releases the lease for the next leader.
-                leader_tx.send_replace(false);
+                set_leading(&shared2, false);
                 drop(rx);
                 match task.await {
                     Ok(Ok(_)) => {}
@@ -233,6 +271,42 @@ mod tests {
             renew_time: Some(MicroTime(at(renewed))),
             lease_duration_seconds: Some(secs),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_claim_holds_while_leading_and_with_election_while_the_lease_read_proves_it() {
+        let claim = |elected, leading, valid_until: Option<f64>| Claim {
+            leading,
+            valid_until: valid_until.map(at),
+            elected,
+        };
+        // (claim, now, holds)
+        let cases = [
+            ("no election, leading", claim(false, true, None), 0.0, true),
+            (
+                "no election, stopped",
+                claim(false, false, None),
+                0.0,
+                false,
+            ),
+            ("elected, never proven", claim(true, true, None), 0.0, false),
+            ("elected, proven", claim(true, true, Some(5.0)), 4.9, true),
+            (
+                "elected, proof ran out",
+                claim(true, true, Some(5.0)),
+                5.0,
+                false,
+            ),
+            (
+                "proven, but the manager stepped down",
+                claim(true, false, Some(5.0)),
+                1.0,
+                false,
+            ),
+        ];
+        for (what, c, now, want) in cases {
+            assert_eq!(c.holds_at(at(now)), want, "{what}");
         }
     }
 

@@ -9,7 +9,6 @@
 //! - `worker`: takes a key, reads the Workflow fresh, runs one pass (`reconcile`).
 //! - [`leader`]: the Lease and the fence every pass checks before it sends or writes.
 //! - `events`: metrics, Kubernetes Events and logs of a pass.
-//! - [`low_priority`]: the thread where a big Workflow's CPU work runs.
 //!
 //! Why not `kube::runtime::Controller`: its `applier` reconciles objects from a reflector's
 //! store, so it keeps every Workflow in memory, while this watch keeps only key uses (a
@@ -20,7 +19,6 @@ mod backlog;
 mod events;
 mod index;
 pub mod leader;
-pub mod low_priority;
 mod queue;
 mod worker;
 mod workflow_watch;
@@ -160,6 +158,17 @@ enum ReconcileError {
     Deadline(Duration),
 }
 
+impl From<crate::pass::PassError> for ReconcileError {
+    fn from(e: crate::pass::PassError) -> Self {
+        use crate::pass::PassError;
+        match e {
+            PassError::Record { source, .. } => Self::Record(source),
+            // A pass that finds its Workflow gone has nothing left to do; callers stop first.
+            PassError::Gone(_) | PassError::Fenced(_) => Self::Fenced,
+        }
+    }
+}
+
 impl ReconcileError {
     /// artgc's own failure: artifact failures are counted per artifact (and namespace)
     /// already, and a fenced pass is leadership or shutdown at work, not an error.
@@ -197,19 +206,16 @@ struct ControllerState {
     /// True once the watch delivered its first full list: no workflow is collected before
     /// every other workflow's keys are in the index.
     synced: watch::Sender<bool>,
-    /// True while this replica leads (as the lease manager says).
-    leading: watch::Receiver<bool>,
-    /// With leader election: until when the Lease, as last read from the API server, is ours.
-    /// The lease manager keeps saying "leader" while it fails to renew, so every request and
-    /// record is also checked against this.
-    lease_valid_until: std::sync::Mutex<Option<jiff::Timestamp>>,
+    /// This replica's claim to lead ([`leader::Claim`]): workers wait on it, every request
+    /// and record is fenced by it.
+    claim: watch::Sender<leader::Claim>,
     /// Cancelled on shutdown: passes stop between batches.
     stopping: CancellationToken,
     /// One big Workflow (see [`is_big`]) is read and planned at a time, by a pass or an
     /// indexer: parsed, one takes tens of times its text in memory, and seconds of CPU.
     big: tokio::sync::Semaphore,
     /// Where a big Workflow's CPU work runs (see [`crate::low_priority`]).
-    low: crate::controller::low_priority::LowPriority,
+    low: crate::low_priority::LowPriority,
 }
 
 /// Workflow text above which reading and planning it is serialized (see `ControllerState::big`).
@@ -229,7 +235,7 @@ impl ControllerState {
     /// CPU work of a pass or an indexer: a big Workflow's on the low-priority thread, any
     /// other's in place.
     async fn cpu<T: Send + 'static>(&self, big: bool, f: impl FnOnce() -> T + Send + 'static) -> T {
-        crate::controller::low_priority::run_on(big.then_some(&self.low), f).await
+        crate::low_priority::run_on(big.then_some(&self.low), f).await
     }
 
     /// The big-workflow place (see `big`), for a big Workflow; nothing to wait for otherwise.
@@ -249,7 +255,7 @@ impl metrics::StateSource for ControllerState {
             workflows_watched: size.watched,
             keys_indexed: size.keys_indexed,
             key_index_bytes: size.run_bytes,
-            leader: *self.leading.borrow(),
+            leader: self.claim.borrow().leading,
             watch_ready: self
                 .admin_state
                 .ready
@@ -357,13 +363,11 @@ pub async fn start(
         controller: "artgc".into(),
         instance: config.leader_election.as_ref().map(|l| l.identity.clone()),
     };
-    let (leader_tx, leader_rx) = watch::channel(false);
     let shared = Arc::new(ControllerState {
-        leading: leader_rx.clone(),
-        lease_valid_until: std::sync::Mutex::new(None),
+        claim: watch::Sender::new(leader::Claim::new(config.leader_election.is_some())),
         stopping: stop.clone(),
         big: tokio::sync::Semaphore::new(1),
-        low: crate::controller::low_priority::LowPriority::start("artgc-big")
+        low: crate::low_priority::LowPriority::start("artgc-big")
             .map_err(ControllerError::Thread)?,
         reader: ClusterReader::new(
             client.clone(),
@@ -394,7 +398,7 @@ pub async fn start(
     admin_state.metrics.observe_state(Arc::downgrade(&source));
     let mut tasks = JoinSet::new();
 
-    leader::spawn(&shared, leader_tx, &stop, &mut tasks).await?;
+    leader::spawn(&shared, &stop, &mut tasks).await?;
 
     tasks.spawn(workflow_watch::watch_workflows(
         shared.clone(),
@@ -403,7 +407,7 @@ pub async fn start(
     for _ in 0..shared.config.concurrency.max(1) {
         tasks.spawn(worker::worker(
             shared.clone(),
-            leader_rx.clone(),
+            shared.claim.subscribe(),
             stop.clone(),
         ));
     }

@@ -15,23 +15,24 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
-use crate::execute::{delete, probe};
+use crate::execute::Run;
 use crate::kube_api::{WatchedWorkflow, workflows};
 use crate::metrics;
+use crate::pass::{Finalizers, PassError, Passed, Recorder, Subject};
 use crate::record::{self, RecordError};
 use artgc_core::execution::Execution;
 use artgc_core::inventory::WorkflowInput;
 use artgc_core::model::Workflow;
-use artgc_core::outcome::{FinalizerChange, PassContext, PassOutcome, assess};
+use artgc_core::outcome::{FinalizerChange, PassContext};
 use artgc_core::plan::{GcPlan, PlanOptions, WorkflowPlan};
 
-use super::events::{Since, object_ref, publish_internal_error, publish_outcome};
+use super::events::{Since, publish_internal_error, publish_outcome};
 use super::leader::Fence;
 use super::{ControllerConfig, ControllerState, ReconcileError, is_big, split_key};
 
 pub(super) async fn worker(
     shared: Arc<ControllerState>,
-    mut leader: watch::Receiver<bool>,
+    mut claim: watch::Receiver<super::leader::Claim>,
     stop: CancellationToken,
 ) {
     let admin_state = shared.admin_state.clone();
@@ -45,11 +46,11 @@ pub(super) async fn worker(
         // Only the leader acts.
         tokio::select! {
             _ = stop.cancelled() => return,
-            r = leader.wait_for(|l| *l) => if r.is_err() { return },
+            r = claim.wait_for(|c| c.leading) => if r.is_err() { return },
         }
         let key = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = leader.wait_for(|l| !*l) => continue,
+            _ = claim.wait_for(|c| !c.leading) => continue,
             k = shared.queue.next() => k,
         };
         let mut timer = metrics::ReconcileTimer::start(shared.metrics());
@@ -161,68 +162,50 @@ async fn reconcile(
         .is_some_and(|a| a.iter().any(|f| f == pass.finalizer()));
     let budget = shared.config.retry_budget;
     let input = Arc::new(input);
-    let (plan, execution, ctx) = match &*input {
-        WorkflowInput::Valid(wf) if !wf.is_finished() => {
-            let ctx = PassContext::of(wf, &pass.raw, holds, budget);
-            return pass.running(&ctx).await;
-        }
-        WorkflowInput::Valid(wf) => {
-            let ctx = PassContext::of(wf, &pass.raw, holds, budget);
-            let plan = match pass.hydrated(wf).await {
-                Ok(None) => pass.plan(wf, input.clone()).await,
-                Ok(Some(input)) => match &*input {
-                    WorkflowInput::Valid(wf) => pass.plan(wf, input.clone()).await,
-                    WorkflowInput::Invalid { .. } => unreachable!("hydrated is valid"),
-                },
-                Err(error) => GcPlan {
-                    workflows: vec![WorkflowPlan::unplannable(ns, name, error)],
-                },
-            };
-            let execution = match pass.execute(&plan).await? {
-                Executed::Nothing => None,
-                Executed::Done(e) => Some(e),
-                Executed::Gone => return Ok(None),
-            };
-            (plan, execution, ctx)
-        }
-        WorkflowInput::Invalid {
-            namespace,
-            name,
-            error,
-        } => {
-            let plan = GcPlan {
-                workflows: vec![WorkflowPlan::unplannable(namespace, name, error.clone())],
-            };
-            let ctx = PassContext::unreadable(&pass.raw, holds, budget);
-            (plan, None, ctx)
-        }
+    if let WorkflowInput::Valid(wf) = &*input
+        && !wf.is_finished()
+    {
+        let ctx = PassContext::of(wf, &pass.raw, holds, budget);
+        return pass.running(&ctx).await;
+    }
+    let (plan, input) = pass.planned(input).await;
+    let since = Since {
+        finished_at: parse_time(&pass.raw["status"]["finishedAt"]),
+        deleted_at: parse_time(&pass.raw["metadata"]["deletionTimestamp"]),
     };
-    let mut outcome = assess(&plan.workflows[0], 0, execution.as_ref(), &ctx);
-    let wp = &plan.workflows[0];
-    let reclaims = shared.config.store.reclaim_versions
-        || wp.may_reclaim
-        || wp.artifacts.iter().any(|a| a.reclaim_versions);
-    let finished = matches!(&*input, WorkflowInput::Valid(wf) if wf.is_finished());
-    outcome.update.finished_seen =
-        artgc_core::outcome::finished_seen_record(wp, finished, reclaims, jiff::Timestamp::now());
-    pass.record(&outcome).await?;
+    let object = std::mem::take(&mut pass.raw);
+    let recorder = Recorder {
+        client: &shared.client,
+        field_manager: "artgc",
+        finalizer: &shared.config.finalizer,
+        finalizers: Finalizers::Manage { budget },
+        low: pass.low(),
+        gate: &pass.fence,
+        subjects: vec![Subject {
+            object,
+            input: &input,
+        }],
+    };
+    let run = Run::DELETE.with_stop(&pass.fence);
+    let reclaims = shared.config.store.reclaim_versions;
+    let passed = crate::pass::run(&plan, &shared.store, run, Some(recorder), reclaims).await;
+    let Passed {
+        execution,
+        mut recorded,
+    } = match passed {
+        Ok(p) => p,
+        Err(PassError::Gone(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let (outcome, written) = recorded.remove(0);
+    let reference = written?;
+    publish_outcome(shared, ns, key, &outcome, &reference, since).await;
     match outcome.failures.first() {
         Some(f) => Err(ReconcileError::Gc(f.category)),
-        None if outcome.pending && execution_stopped(execution.as_ref()) => {
-            Err(ReconcileError::Fenced)
-        }
+        None if outcome.pending && execution_stopped(&execution) => Err(ReconcileError::Fenced),
         None if outcome.waiting_on_readers => Ok(Some(shared.config.reader_recheck)),
         None => Ok(None),
     }
-}
-
-/// What carrying out a pass's plan came to.
-enum Executed {
-    /// Nothing to delete.
-    Nothing,
-    Done(Execution),
-    /// The Workflow is gone or was re-created meanwhile: nothing more to do.
-    Gone,
 }
 
 /// One pass over one workflow, as read for it.
@@ -241,13 +224,45 @@ impl Pass<'_> {
         &self.shared.config.finalizer
     }
 
-    fn low(&self) -> Option<&super::low_priority::LowPriority> {
+    fn low(&self) -> Option<&crate::low_priority::LowPriority> {
         self.big.then_some(&self.shared.low)
+    }
+
+    /// The plan of a finished or unreadable workflow, and the input it was made from (with
+    /// the nodes Argo offloaded put back, where it had offloaded them).
+    async fn planned(&self, input: Arc<WorkflowInput>) -> (GcPlan, Arc<WorkflowInput>) {
+        let (ns, name) = split_key(self.key);
+        match &*input {
+            WorkflowInput::Valid(wf) => match self.hydrated(wf).await {
+                Ok(None) => (self.plan(wf, input.clone()).await, input),
+                Ok(Some(hydrated)) => match &*hydrated {
+                    WorkflowInput::Valid(wf) => (self.plan(wf, hydrated.clone()).await, hydrated),
+                    WorkflowInput::Invalid { .. } => unreachable!("hydrated is valid"),
+                },
+                Err(error) => {
+                    let plan = GcPlan {
+                        workflows: vec![WorkflowPlan::unplannable(ns, name, error)],
+                    };
+                    (plan, input)
+                }
+            },
+            WorkflowInput::Invalid {
+                namespace,
+                name,
+                error,
+            } => {
+                let plan = GcPlan {
+                    workflows: vec![WorkflowPlan::unplannable(namespace, name, error.clone())],
+                };
+                (plan, input.clone())
+            }
+        }
     }
 
     /// Running, or never started: the finalizer is the only thing to decide.
     async fn running(mut self, ctx: &PassContext) -> Result<Option<Duration>, ReconcileError> {
-        let change = artgc_core::outcome::finalizer_change(ctx, true, false);
+        let change =
+            artgc_core::outcome::finalizer_change(ctx, artgc_core::outcome::Collection::Pending);
         if change != FinalizerChange::Keep {
             let mut update = artgc_core::outcome::StatusUpdate::none();
             update.finalizer = change;
@@ -350,62 +365,12 @@ impl Pass<'_> {
             .await;
         draft.check_shared(Some(&*shared.index.keys().await))
     }
-
-    /// Probes, records the files the probe found (before deleting: a crash after the delete
-    /// must not let a later pass mistake the gone file for a directory), and deletes.
-    async fn execute(&mut self, plan: &GcPlan) -> Result<Executed, ReconcileError> {
-        if !plan.artifacts().any(|(_, a)| a.connection.is_some()) {
-            return Ok(Executed::Nothing);
-        }
-        let store = &self.shared.store;
-        let probed = probe(plan, store, &self.fence).await;
-        let files: Vec<String> = probed
-            .files_to_mark()
-            .into_iter()
-            .map(|r| plan.artifact(r).node_and_name())
-            .collect();
-        if !files.is_empty() {
-            self.fence.check()?;
-            let raw = std::mem::take(&mut self.raw);
-            match record::mark_probed_files(&self.api, raw, &files, "artgc", self.low()).await? {
-                Some(v) => self.raw = v,
-                None => return Ok(Executed::Gone),
-            }
-        }
-        let execution = delete(plan, probed, store, false, &self.fence).await;
-        Ok(Executed::Done(execution))
-    }
-
-    /// Writes the outcome to the Workflow, then tells it (metrics, Events, logs).
-    async fn record(mut self, outcome: &PassOutcome) -> Result<(), ReconcileError> {
-        let reference = object_ref(&self.raw);
-        let since = Since {
-            finished_at: parse_time(&self.raw["status"]["finishedAt"]),
-            deleted_at: parse_time(&self.raw["metadata"]["deletionTimestamp"]),
-        };
-        self.fence.check()?;
-        let raw = std::mem::take(&mut self.raw);
-        let finalizer = self.finalizer();
-        record::apply(
-            &self.api,
-            raw,
-            &outcome.update,
-            finalizer,
-            "artgc",
-            self.low(),
-        )
-        .await?;
-        let (ns, _) = split_key(self.key);
-        publish_outcome(self.shared, ns, self.key, outcome, &reference, since).await;
-        Ok(())
-    }
 }
 
 /// Some artifact was not tried because the pass was stopped: the pass must run again.
-fn execution_stopped(execution: Option<&crate::execute::Execution>) -> bool {
-    execution.is_some_and(|e| {
-        e.outcomes
-            .values()
-            .any(|o| o.error.as_ref().is_some_and(|e| e.is_cancelled()))
-    })
+fn execution_stopped(execution: &Execution) -> bool {
+    execution
+        .outcomes
+        .values()
+        .any(|o| o.error.as_ref().is_some_and(|e| e.is_cancelled()))
 }
