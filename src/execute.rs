@@ -22,6 +22,7 @@ use artgc_core::versions::{
 };
 
 pub use artgc_core::execution::{ArtifactOutcome, Execution};
+use artgc_core::execution::{Claims, Found, KeyToDelete, claim, count_only_what_was_deleted};
 
 /// Progress of a run, for a progress bar.
 pub trait Progress: Sync {
@@ -266,10 +267,7 @@ struct AuditOwner {
 }
 
 /// A key to delete, its size, and the jobs that own it.
-type KeyEntry = (String, u64, Vec<usize>);
-
-/// Keys to delete per (connection, bucket), each once.
-type KeyGroups<'a> = HashMap<(&'a S3Connection, &'a str), Vec<KeyEntry>>;
+type KeyEntry = KeyToDelete;
 
 /// Deletes what [`probe`] found (unless a dry run) and says what happened to each artifact.
 pub async fn delete(
@@ -279,46 +277,20 @@ pub async fn delete(
     run: Run<'_>,
 ) -> Execution {
     let Probed { jobs, results } = probed;
+    let found = results.into_iter().enumerate().map(|(j, result)| Found {
+        job: j,
+        group: (jobs[j].conn, jobs[j].target.bucket.as_str()),
+        written_by: jobs[j].written_by,
+        result,
+    });
+    let Claims {
+        outcomes,
+        mut groups,
+        claimed,
+    } = claim(found);
     let mut exec = Execution::default();
-    let mut groups: KeyGroups<'_> = HashMap::new();
-    let mut seen: HashMap<(&S3Connection, &str, String), usize> = HashMap::new();
-    // The current keys each job claimed (its own or shared), for the version rule.
-    let mut claimed: HashMap<usize, Vec<String>> = HashMap::new();
-    for (j, result) in results.into_iter().enumerate() {
-        let job = &jobs[j];
-        let out = exec.outcomes.entry(job.id).or_default();
-        match result {
-            Err(e) => out.error = Some(e),
-            Ok((kind, found)) => {
-                out.kind = Some(kind);
-                out.absent = found.is_empty();
-                let (objects, newer): (Vec<_>, Vec<_>) = found
-                    .into_iter()
-                    .partition(|o| !written_after(o, job.written_by));
-                out.written_after = newer.len() as u64;
-                out.objects = objects.len() as u64;
-                out.bytes = objects.iter().map(|o| o.size).sum();
-                let group = groups
-                    .entry((job.conn, job.target.bucket.as_str()))
-                    .or_default();
-                claimed.insert(j, objects.iter().map(|o| o.key.clone()).collect());
-                for obj in objects {
-                    let k = (job.conn, job.target.bucket.as_str(), obj.key.clone());
-                    match seen.get(&k) {
-                        // Already claimed by another artifact: count it there only.
-                        Some(&i) => {
-                            group[i].2.push(j);
-                            out.objects -= 1;
-                            out.bytes -= obj.size;
-                        }
-                        None => {
-                            seen.insert(k, group.len());
-                            group.push((obj.key, obj.size, vec![j]));
-                        }
-                    }
-                }
-            }
-        }
+    for (j, out) in outcomes {
+        exec.outcomes.insert(jobs[j].id, out);
     }
     let versions = versioned(plan, &jobs, &claimed, &mut exec, store, run).await;
     if run.mode == Mode::DryRun {
@@ -343,7 +315,7 @@ pub async fn delete(
         .collect();
     // In key order: a store deletes neighbouring keys of its index faster, as when it lists.
     for keys in groups.values_mut() {
-        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        keys.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     }
     let mut batches = Vec::new();
     for ((conn, bucket), keys) in &groups {
@@ -363,7 +335,7 @@ pub async fn delete(
         .await;
 
     for (chunk, per_key) in results {
-        for ((_, _, owners), result) in chunk.iter().zip(per_key) {
+        for (KeyToDelete { owners, .. }, result) in chunk.iter().zip(per_key) {
             let Err(e) = result else { continue };
             for &j in owners {
                 let out = exec.outcomes.get_mut(&jobs[j].id).expect("probed job");
@@ -375,14 +347,9 @@ pub async fn delete(
     // markers, so that no key ever shows an older version again.
     let deleted_versions = versions.delete(&jobs, &exec, store, run, &owners).await;
     versions.settle(&jobs, &mut exec, Some(&deleted_versions));
-    // Only what was really deleted counts.
-    for out in exec.outcomes.values_mut() {
-        if out.error.is_some() {
-            out.objects = 0;
-            out.bytes = 0;
-            out.hidden_bytes = 0;
-        }
-    }
+    exec.outcomes
+        .values_mut()
+        .for_each(count_only_what_was_deleted);
     exec
 }
 
@@ -679,10 +646,6 @@ fn concurrency(store: &ObjectStore) -> usize {
     store.options().concurrency.max(1)
 }
 
-fn written_after(o: &StoredObject, limit: Option<jiff::Timestamp>) -> bool {
-    matches!((o.last_modified, limit), (Some(t), Some(limit)) if t > limit)
-}
-
 type BatchResult<'a> = (&'a [KeyEntry], Vec<Result<(), StoreError>>);
 
 async fn delete_batch<'a>(
@@ -693,7 +656,7 @@ async fn delete_batch<'a>(
     owners: &[AuditOwner],
     run: Run<'_>,
 ) -> BatchResult<'a> {
-    let names: Vec<String> = chunk.iter().map(|(k, _, _)| k.clone()).collect();
+    let names: Vec<String> = chunk.iter().map(|k| k.key.clone()).collect();
     if run.stop.stopped() {
         return (chunk, vec![Err(StoreError::cancelled()); names.len()]);
     }
@@ -722,7 +685,7 @@ fn audit(
     // Workflow (namespace, name, uid) of each key's first owner -> key positions and artifacts.
     type Keys<'o> = (Vec<usize>, Vec<&'o str>);
     let mut by_workflow: BTreeMap<(&str, &str, &str), Keys<'_>> = BTreeMap::new();
-    for (i, (_, _, jobs)) in chunk.iter().enumerate() {
+    for (i, KeyToDelete { owners: jobs, .. }) in chunk.iter().enumerate() {
         let first = &owners[jobs[0]];
         let entry = by_workflow
             .entry((&first.namespace, &first.workflow, &first.uid))
@@ -738,7 +701,7 @@ fn audit(
     let identity = conn.credentials.identity();
     for ((namespace, workflow, uid), (keys, artifacts)) in by_workflow {
         let failed = keys.iter().filter(|&&i| results[i].is_err()).count();
-        let bytes: u64 = keys.iter().map(|&i| chunk[i].1).sum();
+        let bytes: u64 = keys.iter().map(|&i| chunk[i].size).sum();
         tracing::info!(
             target: "artgc::audit",
             namespace,
@@ -748,8 +711,8 @@ fn audit(
             endpoint = %conn.url,
             bucket,
             keys = keys.len(),
-            first_key = %chunk[keys[0]].0.escape_debug(),
-            last_key = %chunk[*keys.last().expect("non-empty")].0.escape_debug(),
+            first_key = %chunk[keys[0]].key.escape_debug(),
+            last_key = %chunk[*keys.last().expect("non-empty")].key.escape_debug(),
             bytes,
             failed,
             identity = %identity,

@@ -291,14 +291,7 @@ pub enum VersionDeleted {
 
 pub use artgc_core::execution::Versioning;
 
-/// A listed or HEADed object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredObject {
-    pub key: String,
-    pub size: u64,
-    /// As the store reports it; `None` when it did not.
-    pub last_modified: Option<jiff::Timestamp>,
-}
+pub use artgc_core::execution::StoredObject;
 
 fn timestamp(t: Option<&aws_smithy_types::DateTime>) -> Option<jiff::Timestamp> {
     let t = t?;

@@ -642,6 +642,19 @@ pub fn condition_message(failures: &[Failure]) -> String {
     msg
 }
 
+/// The queue rule for a Workflow the watch cannot read at all: only its metadata is believed.
+/// Passed (reported, then settled by the rules) once its completed label says it finished, or
+/// once it is deleted while artgc's finalizer holds it.
+pub fn wants_pass_unreadable(completed_label: bool, deleting: bool, has_finalizer: bool) -> bool {
+    completed_label || (deleting && has_finalizer)
+}
+
+/// The queue rule for a Workflow whose offloaded nodes cannot be read now: passed once it
+/// finished or is deleted, so that the pass reads them again and reports what it could not.
+pub fn wants_pass_nodes_unread(finished: bool, deleting: bool) -> bool {
+    finished || deleting
+}
+
 /// Whether the watch should queue a workflow: something to delete, record or release. `wp` is
 /// its plan without Secrets (credential errors still count as work).
 pub fn wants_pass(wf: &Workflow, wp: &WorkflowPlan, has_finalizer: bool) -> bool {

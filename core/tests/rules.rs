@@ -912,3 +912,114 @@ fn judge_records_finished_seen_only_where_versions_may_be_reclaimed() {
         assert_eq!(out.update.finished_seen, want, "{what}");
     }
 }
+
+/// The queue rules for Workflows the watch cannot read: an unreadable object is believed only
+/// in its metadata; one whose offloaded nodes are unreadable now is passed once it is due.
+#[test]
+fn queue_rules_for_what_the_watch_cannot_read() {
+    use artgc_core::outcome::{wants_pass_nodes_unread, wants_pass_unreadable};
+    for (what, completed, deleting, holds, want) in [
+        (
+            "running, as far as anyone can tell",
+            false,
+            false,
+            false,
+            false,
+        ),
+        ("labelled completed", true, false, false, true),
+        ("deleted, held by artgc", false, true, true, true),
+        ("deleted, not artgc's to hold", false, true, false, false),
+        ("holding, not deleted", false, false, true, false),
+    ] {
+        assert_eq!(
+            wants_pass_unreadable(completed, deleting, holds),
+            want,
+            "{what}"
+        );
+    }
+    for (what, finished, deleting, want) in [
+        ("running", false, false, false),
+        ("finished", true, false, true),
+        ("deleted while running", false, true, true),
+    ] {
+        assert_eq!(wants_pass_nodes_unread(finished, deleting), want, "{what}");
+    }
+}
+
+/// The executor's accounting: objects written after the run are kept and counted apart; a key
+/// two artifacts found in one bucket is deleted once and counted for the first; a failed probe
+/// is that artifact's error; a failed artifact reclaimed nothing.
+#[test]
+fn claim_accounting_rule() {
+    use artgc_core::error::StoreError;
+    use artgc_core::execution::{Found, StoredObject, claim, count_only_what_was_deleted};
+    use artgc_core::plan::ObjectKind;
+    let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    let end = Some(t("2026-12-07T10:00:00Z"));
+    let obj = |key: &str, size: u64, at: Option<&str>| StoredObject {
+        key: key.into(),
+        size,
+        last_modified: at.map(t),
+    };
+    let found = |job, group, result| Found {
+        job,
+        group,
+        written_by: end,
+        result,
+    };
+    let claims = claim([
+        // Job 0: a directory of two objects and one written after the run.
+        found(
+            0,
+            "b1",
+            Ok((
+                ObjectKind::Directory,
+                vec![
+                    obj("w/out/a", 10, Some("2026-12-07T09:00:00Z")),
+                    obj("w/out/b", 20, None),
+                    obj("w/out/c", 40, Some("2026-12-07T11:00:00Z")),
+                ],
+            )),
+        ),
+        // Job 1: the same key in the same bucket: deleted once, counted for job 0.
+        found(
+            1,
+            "b1",
+            Ok((ObjectKind::File, vec![obj("w/out/a", 10, None)])),
+        ),
+        // Job 2: the same key in another bucket is another object.
+        found(
+            2,
+            "b2",
+            Ok((ObjectKind::File, vec![obj("w/out/a", 5, None)])),
+        ),
+        // Job 3: nothing there; job 4: the probe failed.
+        found(3, "b1", Ok((ObjectKind::File, vec![]))),
+        found(4, "b1", Err(StoreError::cancelled())),
+    ]);
+    let o = |j: usize| &claims.outcomes[&j];
+    assert_eq!((o(0).objects, o(0).bytes, o(0).written_after), (2, 30, 1));
+    assert_eq!((o(1).objects, o(1).bytes), (0, 0), "counted for job 0");
+    assert_eq!((o(2).objects, o(2).bytes), (1, 5));
+    assert!(o(3).absent && o(3).error.is_none());
+    assert!(o(4).error.is_some() && o(4).kind.is_none());
+    let b1: Vec<(&str, &[usize])> = claims.groups["b1"]
+        .iter()
+        .map(|k| (k.key.as_str(), k.owners.as_slice()))
+        .collect();
+    assert_eq!(b1, [("w/out/a", &[0, 1][..]), ("w/out/b", &[0][..])]);
+    assert_eq!(
+        claims.claimed[&1],
+        ["w/out/a"],
+        "job 1 claims the key it shares"
+    );
+    assert!(!claims.claimed.contains_key(&4));
+    let mut failed = claims.outcomes[&0].clone();
+    failed.error = Some(StoreError::cancelled());
+    failed.hidden_bytes = 7;
+    count_only_what_was_deleted(&mut failed);
+    assert_eq!(
+        (failed.objects, failed.bytes, failed.hidden_bytes),
+        (0, 0, 0)
+    );
+}

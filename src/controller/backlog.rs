@@ -5,6 +5,7 @@
 //! waits while the waiting objects' text passes a byte budget, so a burst of big Workflows
 //! cannot fill memory.
 
+use artgc_core::keys::WorkflowKey;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
@@ -36,13 +37,13 @@ impl Change {
 
 #[derive(Default)]
 struct Inner {
-    latest: HashMap<String, Change>,
+    latest: HashMap<WorkflowKey, Change>,
     /// Keys in arrival order, per lane. An entry whose key is in flight, has no change left
     /// (discarded, or taken through a later entry) or whose change moved to the other lane is
     /// skipped when reached: each take costs O(1) amortized.
-    order: [VecDeque<String>; 2],
+    order: [VecDeque<WorkflowKey>; 2],
     /// Keys being read, with the bytes they hold.
-    in_flight: HashMap<String, usize>,
+    in_flight: HashMap<WorkflowKey, usize>,
     bytes: usize,
 }
 
@@ -65,7 +66,7 @@ impl Backlog {
 
     /// Records a workflow's latest change; waits while the backlog is over its budget (one
     /// change bigger than the whole budget goes in alone).
-    pub async fn push(&self, key: String, change: Change) {
+    pub async fn push(&self, key: WorkflowKey, change: Change) {
         let size = change.bytes();
         loop {
             let room = self.room.notified();
@@ -94,7 +95,7 @@ impl Backlog {
     /// The next workflow whose latest change is in `lane` (see [`Change::lane`]), and that
     /// change; it is in flight until [`Self::done`]. Each lane has its own indexers, so that
     /// slow ones (big Workflows) never hold up the others.
-    pub async fn take(&self, lane: usize) -> (String, Change) {
+    pub async fn take(&self, lane: usize) -> (WorkflowKey, Change) {
         loop {
             let work = self.work.notified();
             {
@@ -115,13 +116,13 @@ impl Backlog {
     }
 
     /// `key` was read; a change that came meanwhile is queued behind the others.
-    pub fn done(&self, key: &str) {
+    pub fn done(&self, key: &WorkflowKey) {
         let mut q = self.inner.lock().expect("lock");
         if let Some(bytes) = q.in_flight.remove(key) {
             q.bytes -= bytes;
         }
         if let Some(lane) = q.latest.get(key).map(Change::lane) {
-            q.order[lane].push_back(key.to_string());
+            q.order[lane].push_back(key.clone());
             self.work.notify_waiters();
         }
         drop(q);
@@ -131,7 +132,12 @@ impl Backlog {
     /// Drops the waiting changes of the workflows `keep` refuses (gone in a re-list).
     pub fn discard(&self, keep: impl Fn(&str) -> bool) {
         let mut q = self.inner.lock().expect("lock");
-        let gone: Vec<String> = q.latest.keys().filter(|k| !keep(k)).cloned().collect();
+        let gone: Vec<WorkflowKey> = q
+            .latest
+            .keys()
+            .filter(|k| !keep(k.as_str()))
+            .cloned()
+            .collect();
         for k in gone {
             if let Some(c) = q.latest.remove(&k) {
                 q.bytes -= c.bytes();
@@ -185,12 +191,16 @@ mod tests {
         }
     }
 
+    fn key(name: &str) -> WorkflowKey {
+        WorkflowKey::new("ns", name)
+    }
+
     #[tokio::test]
     async fn changes_coalesce_and_one_workflow_is_read_once_at_a_time() {
         let b = Backlog::new(1 << 20);
-        b.push("ns/a".into(), wf("a1", 0)).await;
-        b.push("ns/b".into(), wf("b1", 0)).await;
-        b.push("ns/a".into(), wf("a2", 0)).await;
+        b.push(key("a"), wf("a1", 0)).await;
+        b.push(key("b"), wf("b1", 0)).await;
+        b.push(key("a"), wf("a2", 0)).await;
         let (k, c) = b.take(0).await;
         assert_eq!(
             (k.as_str(), name(&c).as_str()),
@@ -198,36 +208,36 @@ mod tests {
             "only the latest"
         );
         // a changes while it is read: not handed out again until done.
-        b.push("ns/a".into(), Change::Delete).await;
+        b.push(key("a"), Change::Delete).await;
         let (k, _) = b.take(0).await;
-        assert_eq!(k, "ns/b");
+        assert_eq!(k.as_str(), "ns/b");
         let again = tokio::time::timeout(Duration::from_millis(50), b.take(0)).await;
         assert!(again.is_err(), "a is in flight");
-        b.done("ns/a");
+        b.done(&key("a"));
         let (k, c) = b.take(0).await;
         assert_eq!((k.as_str(), name(&c).as_str()), ("ns/a", "deleted"));
-        b.done("ns/a");
-        b.done("ns/b");
+        b.done(&key("a"));
+        b.done(&key("b"));
         assert!(b.is_empty());
         // An indexer takes only what it handles; the rest waits for its own.
-        b.push("ns/big".into(), Change::Reread).await;
-        b.push("ns/small".into(), wf("small", 0)).await;
+        b.push(key("big"), Change::Reread).await;
+        b.push(key("small"), wf("small", 0)).await;
         let (k, _) = b.take(0).await;
-        assert_eq!(k, "ns/small");
+        assert_eq!(k.as_str(), "ns/small");
         let none = tokio::time::timeout(Duration::from_millis(50), b.take(0)).await;
         assert!(none.is_err());
         let (k, _) = b.take(1).await;
-        assert_eq!(k, "ns/big");
+        assert_eq!(k.as_str(), "ns/big");
         // A change that moves to the other lane is read there, once.
-        b.push("ns/c".into(), Change::Reread).await;
-        b.push("ns/c".into(), wf("c2", 0)).await;
+        b.push(key("c"), Change::Reread).await;
+        b.push(key("c"), wf("c2", 0)).await;
         let (k, c) = b.take(0).await;
         assert_eq!((k.as_str(), name(&c).as_str()), ("ns/c", "c2"));
         let none = tokio::time::timeout(Duration::from_millis(50), b.take(1)).await;
         assert!(none.is_err(), "its old place in the big lane is skipped");
-        b.done("ns/c");
-        b.done("ns/small");
-        b.done("ns/big");
+        b.done(&key("c"));
+        b.done(&key("small"));
+        b.done(&key("big"));
         tokio::time::timeout(Duration::from_millis(50), b.idle())
             .await
             .expect("idle");
@@ -236,18 +246,18 @@ mod tests {
     #[tokio::test]
     async fn the_watch_waits_while_the_backlog_is_over_budget() {
         let b = Arc::new(Backlog::new(10_000));
-        b.push("ns/big".into(), wf("big", 50_000)).await;
+        b.push(key("big"), wf("big", 50_000)).await;
         let pusher = {
             let b = b.clone();
-            tokio::spawn(async move { b.push("ns/next".into(), wf("next", 10)).await })
+            tokio::spawn(async move { b.push(key("next"), wf("next", 10)).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!pusher.is_finished(), "over budget: the push waits");
         let (k, _) = b.take(0).await;
-        assert_eq!(k, "ns/big");
+        assert_eq!(k.as_str(), "ns/big");
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!pusher.is_finished(), "still held while it is read");
-        b.done("ns/big");
+        b.done(&key("big"));
         tokio::time::timeout(Duration::from_secs(1), pusher)
             .await
             .expect("room again")

@@ -11,12 +11,17 @@ use crate::record;
 use artgc_core::outcome::{FinalizerChange, PassOutcome};
 use artgc_core::plan::Strategy;
 
-use super::{ControllerState, split_key};
+use super::ControllerState;
+use artgc_core::keys::WorkflowKey;
 
 /// A pass that panicked: the condition and a Warning Event on the workflow, so its owner sees
 /// it, as for any other failure.
-pub(super) async fn publish_internal_error(shared: &ControllerState, key: &str, what: &str) {
-    let (ns, name) = split_key(key);
+pub(super) async fn publish_internal_error(
+    shared: &ControllerState,
+    key: &WorkflowKey,
+    what: &str,
+) {
+    let (ns, name) = (key.namespace(), key.name());
     let api = workflows(&shared.client, Some(ns));
     let Ok(Some(obj)) = api.get_opt(name).await else {
         return;
@@ -57,13 +62,12 @@ pub(super) struct Since {
 /// Metrics, Events and logs for one recorded pass.
 pub(super) async fn publish_outcome(
     shared: &ControllerState,
-    ns: &str,
-    key: &str,
+    key: &WorkflowKey,
     outcome: &PassOutcome,
     reference: &ObjectReference,
     since: Since,
 ) {
-    count(shared.metrics(), ns, outcome, &since);
+    count(shared.metrics(), key.namespace(), outcome, &since);
     if let FinalizerChange::Remove { forced } = outcome.update.finalizer {
         if forced {
             warn!(workflow = %key, "finalizer removed by forceFinalizerRemoval with deletions still failing");

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use artgc_core::keys::{Coarseness, KeyIndex, NamespaceShare, WorkflowKeyUse};
+use artgc_core::keys::{Coarseness, KeyIndex, NamespaceShare, WorkflowKey, WorkflowKeyUse};
 use tokio::sync::{Mutex as AsyncMutex, MutexGuard};
 
 use crate::metrics::FinalizerWait;
@@ -18,10 +18,10 @@ pub(super) struct WorkflowIndex {
     bound: usize,
     keys: AsyncMutex<KeyIndex>,
     /// Every workflow the watch delivered, readable or not.
-    watched: Mutex<HashSet<String>>,
+    watched: Mutex<HashSet<WorkflowKey>>,
     /// The watched workflows being deleted that hold artgc's finalizer, with their
     /// deletionTimestamp: what the finalizer-wait gauges show.
-    waiting: Mutex<HashMap<String, jiff::Timestamp>>,
+    waiting: Mutex<HashMap<WorkflowKey, jiff::Timestamp>>,
     /// The index's size as of its last change, for scrapes that must not wait on its lock.
     keys_indexed: AtomicUsize,
     run_bytes: AtomicUsize,
@@ -52,14 +52,14 @@ impl WorkflowIndex {
     /// being deleted and holds artgc's finalizer.
     pub async fn apply(
         &self,
-        key: &str,
+        key: &WorkflowKey,
         uses: Vec<WorkflowKeyUse>,
         waiting: Option<jiff::Timestamp>,
     ) {
         let mut keys = self.keys.lock().await;
-        let before = keys.coarseness(key);
-        keys.set_workflow(key, uses);
-        let now = keys.coarseness(key);
+        let before = keys.coarseness(key.as_str());
+        keys.set_workflow(key.as_str(), uses);
+        let now = keys.coarseness(key.as_str());
         if let Some(level) = now.filter(|&l| l > Coarseness::PodFolders && now != before) {
             tracing::warn!(workflow = %key, level = level.as_str(), bound = self.bound,
                 "the namespace's share of the shared-key index is full: this workflow's keys are held as coarser folders, which keeps more of other workflows' keys");
@@ -71,14 +71,14 @@ impl WorkflowIndex {
 
     /// A workflow that cannot be read: watched, and its earlier key uses (if any) are kept, to
     /// be safe.
-    pub fn apply_unreadable(&self, key: &str, waiting: Option<jiff::Timestamp>) {
+    pub fn apply_unreadable(&self, key: &WorkflowKey, waiting: Option<jiff::Timestamp>) {
         self.watch(key, waiting);
     }
 
     /// A workflow that is gone.
-    pub async fn delete(&self, key: &str) {
+    pub async fn delete(&self, key: &WorkflowKey) {
         let mut keys = self.keys.lock().await;
-        keys.remove_workflow(key);
+        keys.remove_workflow(key.as_str());
         self.measured(&keys);
         drop(keys);
         self.watched.lock().expect("lock").remove(key);
@@ -92,8 +92,14 @@ impl WorkflowIndex {
         keys.retain_workflows(&keep);
         self.measured(&keys);
         drop(keys);
-        self.watched.lock().expect("lock").retain(|k| keep(k));
-        self.waiting.lock().expect("lock").retain(|k, _| keep(k));
+        self.watched
+            .lock()
+            .expect("lock")
+            .retain(|k| keep(k.as_str()));
+        self.waiting
+            .lock()
+            .expect("lock")
+            .retain(|k, _| keep(k.as_str()));
     }
 
     /// The shared-key index, for a pass's check; held only for that check.
@@ -115,8 +121,7 @@ impl WorkflowIndex {
         let waiting = self.waiting.lock().expect("lock");
         let mut by_ns: BTreeMap<&str, (usize, jiff::Timestamp)> = BTreeMap::new();
         for (key, since) in waiting.iter() {
-            let ns = key.split_once('/').map_or("default", |(ns, _)| ns);
-            let e = by_ns.entry(ns).or_insert((0, *since));
+            let e = by_ns.entry(key.namespace()).or_insert((0, *since));
             e.0 += 1;
             e.1 = e.1.min(*since);
         }
@@ -130,16 +135,16 @@ impl WorkflowIndex {
             .collect()
     }
 
-    fn watch(&self, key: &str, waiting: Option<jiff::Timestamp>) {
+    fn watch(&self, key: &WorkflowKey, waiting: Option<jiff::Timestamp>) {
         let mut watched = self.watched.lock().expect("lock");
         if !watched.contains(key) {
-            watched.insert(key.to_string());
+            watched.insert(key.clone());
         }
         drop(watched);
         let mut w = self.waiting.lock().expect("lock");
         match waiting {
             Some(t) => {
-                w.insert(key.to_string(), t);
+                w.insert(key.clone(), t);
             }
             None => {
                 w.remove(key);
@@ -163,16 +168,20 @@ impl WorkflowIndex {
 mod tests {
     use super::*;
 
+    fn k(ns: &str, name: &str) -> WorkflowKey {
+        WorkflowKey::new(ns, name)
+    }
+
     #[tokio::test]
     async fn reset_drops_only_what_the_relist_did_not_see_from_both_the_keys_and_the_watched_set() {
         let index = WorkflowIndex::default();
-        index.apply("ns/a", Vec::new(), None).await;
-        index.apply_unreadable("ns/broken", None);
-        index.apply("other/b", Vec::new(), None).await;
+        index.apply(&k("ns", "a"), Vec::new(), None).await;
+        index.apply_unreadable(&k("ns", "broken"), None);
+        index.apply(&k("other", "b"), Vec::new(), None).await;
         assert_eq!(index.size().watched, 3);
         index.reset(|k| k != "ns/a" && k != "ns/broken").await;
         assert_eq!(index.size().watched, 1);
-        index.delete("other/b").await;
+        index.delete(&k("other", "b")).await;
         assert_eq!(index.size().watched, 0);
     }
 
@@ -187,13 +196,17 @@ mod tests {
         let index = WorkflowIndex::default();
         let now = at("2026-01-01T01:00:00Z");
         index
-            .apply("a/one", Vec::new(), Some(at("2026-01-01T00:50:00Z")))
+            .apply(&k("a", "one"), Vec::new(), Some(at("2026-01-01T00:50:00Z")))
             .await;
-        index.apply_unreadable("a/two", Some(at("2026-01-01T00:30:00Z")));
+        index.apply_unreadable(&k("a", "two"), Some(at("2026-01-01T00:30:00Z")));
         index
-            .apply("b/three", Vec::new(), Some(at("2026-01-01T00:59:00Z")))
+            .apply(
+                &k("b", "three"),
+                Vec::new(),
+                Some(at("2026-01-01T00:59:00Z")),
+            )
             .await;
-        index.apply("b/running", Vec::new(), None).await;
+        index.apply(&k("b", "running"), Vec::new(), None).await;
         let waits = index.waiting(now);
         assert_eq!(
             waits,
@@ -210,8 +223,8 @@ mod tests {
                 },
             ]
         );
-        index.apply("a/two", Vec::new(), None).await;
-        index.delete("a/one").await;
+        index.apply(&k("a", "two"), Vec::new(), None).await;
+        index.delete(&k("a", "one")).await;
         index.reset(|k| k != "b/three").await;
         assert!(index.waiting(now).is_empty());
     }

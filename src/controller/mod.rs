@@ -1,5 +1,5 @@
 //! `artgc controller`: watches Workflows, queues those with GC work, and for each one gathers
-//! its inputs, runs the same plan and execution as `artgc purge`, records the outcome on the
+//! its inputs, runs the one GC [`crate::pass`] `artgc purge` runs too, records the outcome on the
 //! Workflow, and holds or releases the finalizer.
 //!
 //! - `workflow_watch`: the watch driver. It keeps no Workflow objects: each event is reduced, by
@@ -42,7 +42,7 @@ use crate::metrics::{self, Metrics};
 use crate::record::RecordError;
 use crate::store::{ObjectStore, StoreOptions};
 use artgc_core::cluster::ArgoConfigMapRef;
-use artgc_core::keys::KeyIndex;
+use artgc_core::keys::WorkflowKey;
 use artgc_core::model::FINALIZER_ARTIFACT_GC;
 use index::WorkflowIndex;
 use queue::WorkQueue;
@@ -200,7 +200,7 @@ struct ControllerState {
     offload: crate::offload::OffloadReader,
     store: ObjectStore,
     index: WorkflowIndex,
-    queue: WorkQueue<String>,
+    queue: WorkQueue<WorkflowKey>,
     admin_state: Arc<AdminState>,
     recorder: Recorder,
     /// True once the watch delivered its first full list: no workflow is collected before
@@ -299,14 +299,6 @@ impl ControllerHandle {
     }
 }
 
-fn key_of(ns: &str, name: &str) -> String {
-    KeyIndex::workflow_key(ns, name)
-}
-
-fn split_key(key: &str) -> (&str, &str) {
-    key.split_once('/').unwrap_or(("default", key))
-}
-
 /// Starts the controller's tasks: admin server, leader election, watch and workers.
 /// The controller's API clients: one for the watch's streams, which must stay open for minutes,
 /// and one for every other request, whose connections a read timeout bounds, so that an API
@@ -384,7 +376,7 @@ pub async fn start(
             .with_request_counter(admin_state.metrics.s3_requests.clone()),
         index: WorkflowIndex::with_namespace_bound(config.index_keys_per_namespace),
         queue: WorkQueue::new(
-            |k: &String| split_key(k).0,
+            |k: &WorkflowKey| k.namespace(),
             config.per_namespace_concurrency(),
         ),
         admin_state: admin_state.clone(),

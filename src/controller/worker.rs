@@ -28,7 +28,8 @@ use artgc_core::plan::{GcPlan, PlanOptions, WorkflowPlan};
 
 use super::events::{Since, publish_internal_error, publish_outcome};
 use super::leader::Fence;
-use super::{ControllerConfig, ControllerState, ReconcileError, is_big, split_key};
+use super::{ControllerConfig, ControllerState, ReconcileError, is_big};
+use artgc_core::keys::WorkflowKey;
 
 pub(super) async fn worker(
     shared: Arc<ControllerState>,
@@ -130,9 +131,9 @@ fn parse_time(v: &Value) -> Option<jiff::Timestamp> {
 #[tracing::instrument(name = "reconcile", skip(shared), fields(workflow = %key))]
 async fn reconcile(
     shared: &ControllerState,
-    key: &str,
+    key: &WorkflowKey,
 ) -> Result<Option<Duration>, ReconcileError> {
-    let (ns, name) = split_key(key);
+    let (ns, name) = (key.namespace(), key.name());
     // Read as text: its size decides whether it waits for the big-workflow place, and the
     // typed model is read from the text, not from a second copy of the tree.
     let Some(obj) = Api::<WatchedWorkflow>::namespaced(shared.client.clone(), ns)
@@ -199,7 +200,7 @@ async fn reconcile(
     };
     let (outcome, written) = recorded.remove(0);
     let reference = written?;
-    publish_outcome(shared, ns, key, &outcome, &reference, since).await;
+    publish_outcome(shared, key, &outcome, &reference, since).await;
     match outcome.failures.first() {
         Some(f) => Err(ReconcileError::Gc(f.category)),
         None if outcome.pending && execution_stopped(&execution) => Err(ReconcileError::Fenced),
@@ -211,7 +212,7 @@ async fn reconcile(
 /// One pass over one workflow, as read for it.
 struct Pass<'a> {
     shared: &'a ControllerState,
-    key: &'a str,
+    key: &'a WorkflowKey,
     api: Api<kube::api::DynamicObject>,
     fence: Fence<'a>,
     /// The Workflow as last read or written.
@@ -231,7 +232,7 @@ impl Pass<'_> {
     /// The plan of a finished or unreadable workflow, and the input it was made from (with
     /// the nodes Argo offloaded put back, where it had offloaded them).
     async fn planned(&self, input: Arc<WorkflowInput>) -> (GcPlan, Arc<WorkflowInput>) {
-        let (ns, name) = split_key(self.key);
+        let (ns, name) = (self.key.namespace(), self.key.name());
         match &*input {
             WorkflowInput::Valid(wf) => match self.hydrated(wf).await {
                 Ok(None) => (self.plan(wf, input.clone()).await, input),
@@ -315,8 +316,7 @@ impl Pass<'_> {
     /// Whether the Workflow now records another offloaded version than `wf` (a failed read
     /// says yes: the pass is then retried rather than given up).
     async fn offload_version_changed(&self, wf: &Workflow) -> bool {
-        let (_, name) = split_key(self.key);
-        match self.api.get_opt(name).await {
+        match self.api.get_opt(self.key.name()).await {
             Ok(Some(now)) => {
                 now.data["status"]["offloadNodeStatusVersion"].as_str()
                     != wf.status.offload_node_status_version.as_deref()
@@ -348,7 +348,7 @@ impl Pass<'_> {
                     what: "the workflow's ConfigMaps, Secrets and ServiceAccounts".into(),
                     source: Arc::new(e),
                 };
-                let (ns, name) = split_key(self.key);
+                let (ns, name) = (self.key.namespace(), self.key.name());
                 return GcPlan {
                     workflows: vec![WorkflowPlan::unplannable(ns, name, error)],
                 };

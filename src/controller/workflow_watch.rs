@@ -25,7 +25,8 @@ use artgc_core::plan::plan_alone;
 
 use super::backlog::{Backlog, Change};
 use super::worker::panic_message;
-use super::{ControllerState, is_big, key_of, split_key};
+use super::{ControllerState, is_big};
+use artgc_core::keys::WorkflowKey;
 
 /// Workflows per list page of the watch.
 const WATCH_PAGE_SIZE: u32 = 100;
@@ -116,7 +117,7 @@ struct WatchState<'a> {
     waiting_for: usize,
     synced_streams: HashSet<usize>,
     /// Keys seen during each stream's (re-)list, to drop those that vanished meanwhile.
-    relist: HashMap<usize, HashSet<String>>,
+    relist: HashMap<usize, HashSet<WorkflowKey>>,
 }
 
 /// A big Workflow's text is not kept waiting: it is read again when its turn comes.
@@ -128,11 +129,16 @@ fn applied(wf: WatchedWorkflow) -> Change {
     }
 }
 
-fn watched_key(wf: &WatchedWorkflow) -> String {
-    key_of(
-        wf.metadata.namespace.as_deref().unwrap_or("default"),
-        wf.metadata.name.as_deref().unwrap_or(""),
-    )
+/// The watched object's key; `None` for an object without a namespace or name, which the API
+/// server never sends for a Workflow (it is left alone, and said so).
+fn watched_key(wf: &WatchedWorkflow) -> Option<WorkflowKey> {
+    match (&wf.metadata.namespace, &wf.metadata.name) {
+        (Some(ns), Some(name)) => Some(WorkflowKey::new(ns, name)),
+        _ => {
+            warn!("a watched Workflow without a namespace or name; left alone");
+            None
+        }
+    }
 }
 
 impl WatchState<'_> {
@@ -143,7 +149,7 @@ impl WatchState<'_> {
                 self.relist.insert(stream, HashSet::new());
             }
             Event::InitApply(wf) => {
-                let key = watched_key(&wf);
+                let Some(key) = watched_key(&wf) else { return };
                 if let Some(seen) = self.relist.get_mut(&stream) {
                     seen.insert(key.clone());
                 }
@@ -175,11 +181,11 @@ impl WatchState<'_> {
                 }
             }
             Event::Apply(wf) => {
-                let key = watched_key(&wf);
+                let Some(key) = watched_key(&wf) else { return };
                 self.backlog.push(key, applied(wf)).await;
             }
             Event::Delete(wf) => {
-                let key = watched_key(&wf);
+                let Some(key) = watched_key(&wf) else { return };
                 self.backlog.push(key, Change::Delete).await;
             }
         }
@@ -194,9 +200,8 @@ async fn index(shared: &ControllerState, backlog: &Backlog, big: bool) {
         let read = match change {
             Change::Apply(wf) => Some(*wf),
             Change::Reread => {
-                let (ns, name) = split_key(&key);
-                match Api::<WatchedWorkflow>::namespaced(shared.client.clone(), ns)
-                    .get_opt(name)
+                match Api::<WatchedWorkflow>::namespaced(shared.client.clone(), key.namespace())
+                    .get_opt(key.name())
                     .await
                 {
                     Ok(Some(wf)) => Some(wf),
@@ -230,20 +235,15 @@ async fn index(shared: &ControllerState, backlog: &Backlog, big: bool) {
 }
 
 /// A workflow that is gone: out of the index and the queue (with its failure count).
-async fn forget_workflow(shared: &ControllerState, key: &str) {
+async fn forget_workflow(shared: &ControllerState, key: &WorkflowKey) {
     shared.index.delete(key).await;
-    shared.queue.forget(&key.to_string());
+    shared.queue.forget(key);
 }
 
 /// Reduces one watched Workflow to its key uses and a decision to queue it.
 async fn observe(shared: &ControllerState, wf: WatchedWorkflow) {
-    let ns = wf
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = wf.metadata.name.clone().unwrap_or_default();
-    let key = key_of(&ns, &name);
+    let Some(key) = watched_key(&wf) else { return };
+    let ns = key.namespace().to_string();
     shared.metrics().namespace_seen(&ns);
     let holds = has_finalizer(&wf.metadata, &shared.config.finalizer);
     let waiting = match (&wf.metadata.deletion_timestamp, holds) {
@@ -270,7 +270,8 @@ async fn observe(shared: &ControllerState, wf: WatchedWorkflow) {
                 Err(e) => {
                     warn!(workflow = %key, error = %e, category = e.category(), "reading offloaded nodes to index them");
                     shared.index.apply_unreadable(&key, waiting);
-                    if w.is_finished() || metadata.deletion_timestamp.is_some() {
+                    let deleting = metadata.deletion_timestamp.is_some();
+                    if artgc_core::outcome::wants_pass_nodes_unread(w.is_finished(), deleting) {
                         shared.queue.add(key, Instant::now());
                     }
                     return;
@@ -314,7 +315,8 @@ async fn observe(shared: &ControllerState, wf: WatchedWorkflow) {
                 .and_then(|l| l.get(artgc_core::model::LABEL_COMPLETED))
                 .is_some_and(|v| v == "true");
             shared.index.apply_unreadable(&key, waiting);
-            (holds && metadata.deletion_timestamp.is_some()) || completed
+            let deleting = metadata.deletion_timestamp.is_some();
+            artgc_core::outcome::wants_pass_unreadable(completed, deleting, holds)
         }
     };
     if queue {

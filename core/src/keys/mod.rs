@@ -348,10 +348,72 @@ fn sort_key(target: &S3Target, base: &str) -> Vec<u8> {
     k
 }
 
+/// A workflow's identity where it is held by key (the controller's queue, the index):
+/// its namespace and its name, always both. Its text is `namespace/name`, the index's key.
+#[derive(Debug, Clone)]
+pub struct WorkflowKey {
+    text: Arc<str>,
+    slash: usize,
+}
+
+impl WorkflowKey {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            text: format!("{namespace}/{name}").into(),
+            slash: namespace.len(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.text[..self.slash]
+    }
+
+    pub fn name(&self) -> &str {
+        &self.text[self.slash + 1..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+// Compared, hashed and borrowed as its text, so that maps keyed by it answer a `&str`.
+impl PartialEq for WorkflowKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+impl Eq for WorkflowKey {}
+impl std::hash::Hash for WorkflowKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state)
+    }
+}
+impl PartialOrd for WorkflowKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for WorkflowKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+impl std::borrow::Borrow<str> for WorkflowKey {
+    fn borrow(&self) -> &str {
+        &self.text
+    }
+}
+impl std::fmt::Display for WorkflowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 impl KeyIndex {
     /// The index key of a workflow.
     pub fn workflow_key(namespace: &str, name: &str) -> String {
-        format!("{namespace}/{name}")
+        WorkflowKey::new(namespace, name).as_str().to_string()
     }
 
     /// Replaces what the index holds for one workflow.
@@ -759,6 +821,20 @@ impl KeyIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_workflow_key_is_its_namespace_and_name_and_answers_as_its_text() {
+        let k = WorkflowKey::new("team-a", "build-x7");
+        assert_eq!((k.namespace(), k.name()), ("team-a", "build-x7"));
+        assert_eq!(k.as_str(), "team-a/build-x7");
+        assert_eq!(k.as_str(), KeyIndex::workflow_key("team-a", "build-x7"));
+        let set: std::collections::HashSet<WorkflowKey> = [k.clone()].into();
+        assert!(set.contains("team-a/build-x7"));
+        assert_ne!(k, WorkflowKey::new("team", "a/build-x7"));
+        // The namespace ends at its own length, not at the first slash of the text.
+        let odd = WorkflowKey::new("ns", "a/b");
+        assert_eq!((odd.namespace(), odd.name()), ("ns", "a/b"));
+    }
 
     fn t(key: &str) -> S3Target {
         S3Target {
