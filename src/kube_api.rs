@@ -15,10 +15,9 @@ use kube::{Api, Client};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use artgc_core::cluster::{ArgoConfigMapRef, ClusterState, REPOSITORIES_CONFIGMAP};
+use artgc_core::cluster::{ArgoConfigMapRef, ClusterState};
 use artgc_core::inventory::WorkflowInput;
 use artgc_core::model::Workflow;
-use artgc_core::nodes::workflow_nodes;
 use artgc_core::policy::Policy;
 
 pub fn workflow_resource() -> ApiResource {
@@ -92,54 +91,6 @@ impl kube::Resource for WatchedWorkflow {
     }
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
-    }
-}
-
-/// Every Secret a workflow's own fields name (spec, status, compressed nodes): a walk of its
-/// whole tree, so for a big one it runs off the runtime's workers.
-pub fn named_secrets(wf: &Workflow) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    if let Ok(v) = serde_json::to_value(wf) {
-        secret_names(&v, &mut names);
-    }
-    if let Ok(nodes) = workflow_nodes(wf)
-        && wf.status.nodes.as_ref().is_none_or(|n| n.is_empty())
-        && let Ok(v) = serde_json::to_value(&nodes.nodes)
-    {
-        secret_names(&v, &mut names);
-    }
-    // A name with workflow variables is read as the planner will resolve it.
-    let vars = artgc_core::location::Variables::of(wf);
-    names
-        .into_iter()
-        .filter_map(|n| match n.contains("{{") {
-            true => vars.substitute(&n).ok(),
-            false => Some(n),
-        })
-        .collect()
-}
-
-/// Names of every Secret a location in `value` refers to.
-fn secret_names(value: &Value, out: &mut BTreeSet<String>) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map {
-                if matches!(
-                    k.as_str(),
-                    "accessKeySecret"
-                        | "secretKeySecret"
-                        | "sessionTokenSecret"
-                        | "caSecret"
-                        | "serverSideCustomerKeySecret"
-                ) && let Some(name) = v["name"].as_str()
-                {
-                    out.insert(name.to_string());
-                }
-                secret_names(v, out);
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|v| secret_names(v, out)),
-        _ => {}
     }
 }
 
@@ -260,7 +211,7 @@ impl ClusterReader {
     }
 
     /// What planning `wf` needs: the repository ConfigMaps when its status has no resolved
-    /// repository, and, with `secrets` (the workflow's own, see [`named_secrets`]), those
+    /// repository, and, with `secrets` (the workflow's own, see [`artgc_core::reads::secrets`]), those
     /// Secrets and the ones its repository names.
     pub async fn state_for(
         &self,
@@ -285,44 +236,7 @@ impl ClusterReader {
         let mut state =
             ClusterState::new(self.argo_config_map.clone()).with_policy(self.policy.clone());
         let ns = wf.namespace().to_string();
-        // Read whether or not the status froze a repository: they say which endpoints are
-        // configured for the namespace.
-        let cns = self.argo_config_map.namespace.clone();
-        let mut wanted = vec![
-            (ns.clone(), REPOSITORIES_CONFIGMAP.to_string()),
-            // A ref naming no ConfigMap falls back to the controller namespace's default one.
-            (cns.clone(), REPOSITORIES_CONFIGMAP.to_string()),
-            (cns.clone(), self.argo_config_map.name.clone()),
-        ];
-        // A recorded ref (Argo before 3.1) names its namespace: only the two Argo reads.
-        if let Some(r) = &wf.status.artifact_repository_ref
-            && r.artifact_repository.is_none()
-            && let Some(at) = r.namespace.clone().filter(|n| !n.is_empty())
-            && artgc_core::cluster::ref_namespace_allowed(&at, &ns, &cns)
-        {
-            let name = r.config_map.clone().filter(|n| !n.is_empty());
-            wanted.push((at, name.unwrap_or_else(|| REPOSITORIES_CONFIGMAP.into())));
-        }
-        let spec_ref = wf.spec.artifact_repository_ref.as_ref().or_else(|| {
-            wf.stored_spec()
-                .and_then(|s| s.artifact_repository_ref.as_ref())
-        });
-        let status_ref = wf
-            .status
-            .artifact_repository_ref
-            .as_ref()
-            .and_then(|r| r.config_map.clone());
-        for name in spec_ref
-            .and_then(|r| r.config_map.clone())
-            .into_iter()
-            .chain(status_ref)
-            .filter(|n| !n.is_empty())
-        {
-            wanted.push((ns.clone(), name.clone()));
-            wanted.push((self.argo_config_map.namespace.clone(), name));
-        }
-        wanted.sort();
-        wanted.dedup();
+        let wanted = artgc_core::reads::config_maps(wf, &self.argo_config_map);
         for (cns, name) in wanted {
             if let Some(cm) = self.config_map(&cns, &name).await? {
                 state.insert_config_map(cm);
@@ -338,10 +252,8 @@ impl ClusterReader {
             state.insert_namespace_labels(&ns, n.metadata.labels.unwrap_or_default());
         }
         if let Some(mut names) = secrets {
-            if let Ok(repo) = state.repository_for(wf)
-                && let Ok(v) = serde_json::to_value(&repo)
-            {
-                secret_names(&v, &mut names);
+            if let Ok(repo) = state.repository_for(wf) {
+                names.extend(artgc_core::reads::secrets_of_repository(&repo));
             }
             let api = Api::<Secret>::namespaced(self.client.clone(), &ns);
             for name in names {
@@ -351,7 +263,7 @@ impl ClusterReader {
             }
             if self.policy.uses_service_accounts() {
                 let api = Api::<ServiceAccount>::namespaced(self.client.clone(), &ns);
-                for name in gc_service_accounts(wf) {
+                for name in artgc_core::reads::gc_service_accounts(wf) {
                     if let Some(sa) = absent_if_denied(api.get_opt(&name).await)? {
                         state.insert_service_account(sa);
                     }
@@ -360,22 +272,6 @@ impl ClusterReader {
         }
         Ok(state)
     }
-}
-
-/// The accounts a workflow's GC may act as: per artifact, the workflow's, and `default`.
-fn gc_service_accounts(wf: &Workflow) -> BTreeSet<String> {
-    let mut out = BTreeSet::from(["default".to_string()]);
-    out.extend(wf.gc_service_account().map(str::to_string));
-    if let Ok(nodes) = workflow_nodes(wf) {
-        let named = nodes
-            .nodes
-            .values()
-            .flat_map(|n| n.outputs.iter().flat_map(|o| &o.artifacts))
-            .filter_map(|a| a.artifact_gc.as_ref()?.service_account_name.clone())
-            .filter(|n| !n.is_empty());
-        out.extend(named);
-    }
-    out
 }
 
 /// The reference an Event about the Workflow `raw` names.
@@ -396,36 +292,6 @@ pub fn workflow_ref(raw: &Value) -> k8s_openapi::api::core::v1::ObjectReference 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secret_names_with_workflow_variables_are_read_as_they_resolve() {
-        let wf: Workflow = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "w", "namespace": "ns"},
-            "spec": {"arguments": {"parameters": [{"name": "s", "value": "team-creds"}]},
-                "templates": [{"name": "t", "archiveLocation": {"s3": {
-                    "accessKeySecret": {"name": "{{workflow.parameters.s}}", "key": "a"},
-                    "secretKeySecret": {"name": "{{workflow.parameters.nope}}", "key": "b"}}}}]},
-        }))
-        .unwrap();
-        assert_eq!(
-            named_secrets(&wf).into_iter().collect::<Vec<_>>(),
-            ["team-creds"]
-        );
-    }
-
-    #[test]
-    fn secret_names_are_found_anywhere() {
-        let v = serde_json::json!({"spec": {"templates": [{"archiveLocation": {"s3": {
-            "accessKeySecret": {"name": "a", "key": "k"}, "caSecret": {"name": "ca", "key": "c"}}}}]},
-            "x": [{"secretKeySecret": {"name": "b", "key": "k"}},
-                  {"encryptionOptions": {"serverSideCustomerKeySecret": {"name": "ssec", "key": "k"}}}]});
-        let mut out = BTreeSet::new();
-        secret_names(&v, &mut out);
-        assert_eq!(
-            out.into_iter().collect::<Vec<_>>(),
-            ["a", "b", "ca", "ssec"]
-        );
-    }
 
     #[test]
     fn a_malformed_workflow_still_deserializes_for_the_watch() {

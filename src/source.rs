@@ -300,7 +300,7 @@ async fn load_from_cluster(
     for w in &inputs {
         if let WorkflowInput::Valid(wf) = w {
             let s = reader
-                .state_for(wf, Some(crate::kube_api::named_secrets(wf)))
+                .state_for(wf, Some(artgc_core::reads::secrets(wf)))
                 .await
                 .map_err(|e| cluster_error("reading ConfigMaps and Secrets", e))?;
             state.absorb(s);

@@ -86,7 +86,8 @@ pub(super) async fn publish_outcome(
             "artifact GC pass"
         );
     }
-    for ev in events_of(outcome, since.deleted_at.is_some()) {
+    let notices = artgc_core::notice::of_pass(outcome, since.deleted_at.is_some());
+    for ev in notices.into_iter().map(kube_event) {
         if let Err(e) = shared.recorder.publish(&ev, reference).await {
             error!(workflow = %key, error = %e, "publishing an Event");
         }
@@ -145,60 +146,16 @@ fn count(m: &metrics::Metrics, ns: &str, outcome: &PassOutcome, since: &Since) {
     }
 }
 
-/// The Events a pass leaves on its Workflow. Events of one reason and action form a series (a
-/// count, the first note), so each pass kind and the forced release get their own action.
-fn events_of(outcome: &PassOutcome, deleted: bool) -> Vec<KubeEvent> {
-    let action = match deleted {
-        true => "CollectOnDeletion",
-        false => "CollectOnCompletion",
-    };
-    let mut events = Vec::new();
-    let reported: Vec<_> = outcome
-        .failures
-        .iter()
-        .chain(&outcome.notes)
-        .cloned()
-        .collect();
-    if !reported.is_empty() {
-        events.push(KubeEvent {
-            type_: EventType::Warning,
-            reason: "ArtifactGCFailed".into(),
-            note: Some(artgc_core::outcome::condition_message(&reported)),
-            action: action.into(),
-            secondary: None,
-        });
-    } else if outcome.artifacts_deleted() > 0 {
-        events.push(KubeEvent {
-            type_: EventType::Normal,
-            reason: "ArtifactGCSucceeded".into(),
-            note: Some(format!(
-                "deleted {} artifact(s): {} object(s), {} reclaimed{}",
-                outcome.artifacts_deleted(),
-                outcome.objects_deleted(),
-                artgc_core::units::human_bytes(outcome.bytes_reclaimed()),
-                match outcome.bytes_hidden() {
-                    0 => String::new(),
-                    h => format!(
-                        ", {} hidden in a versioned bucket",
-                        artgc_core::units::human_bytes(h)
-                    ),
-                }
-            )),
-            action: action.into(),
-            secondary: None,
-        });
+/// A notice of the core's as the Event kube-rs publishes.
+fn kube_event(n: artgc_core::notice::Notice) -> KubeEvent {
+    KubeEvent {
+        type_: match n.warning {
+            true => EventType::Warning,
+            false => EventType::Normal,
+        },
+        reason: n.reason.into(),
+        note: Some(n.note),
+        action: n.action.into(),
+        secondary: None,
     }
-    if outcome.update.finalizer == (FinalizerChange::Remove { forced: true }) {
-        events.push(KubeEvent {
-            type_: EventType::Warning,
-            reason: "ArtifactGCFinalizerForced".into(),
-            note: Some(format!(
-                "finalizer removed by forceFinalizerRemoval after the retry budget; left in the store: {}",
-                artgc_core::outcome::condition_message(&outcome.failures)
-            )),
-            action: "RemoveFinalizer".into(),
-            secondary: None,
-        });
-    }
-    events
 }

@@ -336,7 +336,7 @@ impl Pass<'_> {
             let input = input.clone();
             shared
                 .cpu(self.big, move || match &*input {
-                    WorkflowInput::Valid(wf) => crate::kube_api::named_secrets(wf),
+                    WorkflowInput::Valid(wf) => artgc_core::reads::secrets(wf),
                     WorkflowInput::Invalid { .. } => Default::default(),
                 })
                 .await
