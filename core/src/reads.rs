@@ -186,7 +186,8 @@ mod tests {
             ("argo", "workflow-controller-configmap"),
             ("team", "artifact-repositories"),
         ];
-        let cases: Vec<(&str, serde_json::Value, Vec<(&str, &str)>)> = vec![
+        type Case<'a> = (&'a str, serde_json::Value, Vec<(&'a str, &'a str)>);
+        let cases: Vec<Case> = vec![
             ("nothing named", serde_json::json!({}), base.to_vec()),
             (
                 "a spec ref: in both namespaces",
