@@ -267,7 +267,11 @@ pub struct ControllerArgs {
 }
 
 impl ControllerArgs {
-    pub fn config(&self) -> Result<crate::controller::ControllerConfig, String> {
+    /// The controller's settings; `max_node_status_bytes` is the global flag's value.
+    pub fn config(
+        &self,
+        max_node_status_bytes: u64,
+    ) -> Result<crate::controller::ControllerConfig, String> {
         let identity = self.identity.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .map(|h| h.trim().to_string())
@@ -276,6 +280,7 @@ impl ControllerArgs {
                 .unwrap_or_else(|| format!("artgc-{}", std::process::id()))
         });
         Ok(crate::controller::ControllerConfig {
+            max_node_status_bytes,
             policy: self.tenancy.policy()?,
             sts: self.tenancy.sts(),
             namespaces: self
@@ -428,7 +433,7 @@ impl StoreArgs {
 
 /// Runs a command; returns the exit code.
 pub fn run(cli: Cli) -> u8 {
-    artgc_core::nodes::set_max_decompressed(cli.max_node_status_bytes);
+    let limit = cli.max_node_status_bytes;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -440,16 +445,17 @@ pub fn run(cli: Cli) -> u8 {
         }
     };
     match cli.command {
-        Command::Plan(args) => rt.block_on(plan_command(&args)),
-        Command::Purge(args) => rt.block_on(purge_command(&args)),
-        Command::Controller(args) => rt.block_on(controller_command(&args)),
+        Command::Plan(args) => rt.block_on(plan_command(&args, limit)),
+        Command::Purge(args) => rt.block_on(purge_command(&args, limit)),
+        Command::Controller(args) => rt.block_on(controller_command(&args, limit)),
         #[cfg(feature = "demo")]
         Command::Demo(args) => rt.block_on(crate::demo::run(&args)),
     }
 }
 
-/// Reads the manifests or the cluster and builds the plan.
-pub async fn load_plan(source: &SourceArgs) -> Result<LoadedPlan, InputError> {
+/// Reads the manifests or the cluster and builds the plan; `limit` is
+/// `--max-node-status-bytes`.
+pub async fn load_plan(source: &SourceArgs, limit: u64) -> Result<LoadedPlan, InputError> {
     let opts = PlanOptions {
         filter: source.strategy.into(),
     };
@@ -471,6 +477,7 @@ pub async fn load_plan(source: &SourceArgs) -> Result<LoadedPlan, InputError> {
             policy,
             kubeconfig: source.kubeconfig.clone(),
             context: source.context.clone(),
+            max_node_status_bytes: limit,
         })
     } else {
         Source::Files {
@@ -479,6 +486,7 @@ pub async fn load_plan(source: &SourceArgs) -> Result<LoadedPlan, InputError> {
             older_than: source.older_than,
             argo: source.argo.config_ref(),
             policy,
+            max_node_status_bytes: limit,
         }
     };
     crate::source::load(&source, &opts).await
@@ -502,8 +510,8 @@ fn print(report: &Report, format: OutputFormat) -> u8 {
     }
 }
 
-async fn plan_command(args: &PlanArgs) -> u8 {
-    let plan = match load_plan(&args.source).await {
+async fn plan_command(args: &PlanArgs, limit: u64) -> u8 {
+    let plan = match load_plan(&args.source, limit).await {
         Ok(p) => p.plan,
         Err(e) => {
             eprintln!("error: {e}");
@@ -520,7 +528,7 @@ async fn plan_command(args: &PlanArgs) -> u8 {
     if invalid { EXIT_USAGE } else { code }
 }
 
-async fn purge_command(args: &PurgeArgs) -> u8 {
+async fn purge_command(args: &PurgeArgs, limit: u64) -> u8 {
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     if !args.dry_run && !args.yes && !interactive {
         eprintln!(
@@ -528,7 +536,7 @@ async fn purge_command(args: &PurgeArgs) -> u8 {
         );
         return EXIT_USAGE;
     }
-    let LoadedPlan { plan, cluster } = match load_plan(&args.source).await {
+    let LoadedPlan { plan, cluster } = match load_plan(&args.source, limit).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -577,6 +585,7 @@ async fn purge_command(args: &PurgeArgs) -> u8 {
             finalizer: &args.finalizer,
             finalizers: Finalizers::ReleaseOnly,
             low: None,
+            max_node_status_bytes: limit,
             gate: &pass::Open,
             subjects: c
                 .objects
@@ -614,8 +623,8 @@ async fn purge_command(args: &PurgeArgs) -> u8 {
     }
 }
 
-async fn controller_command(args: &ControllerArgs) -> u8 {
-    let config = match args.config() {
+async fn controller_command(args: &ControllerArgs, limit: u64) -> u8 {
+    let config = match args.config(limit) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

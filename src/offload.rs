@@ -100,12 +100,26 @@ enum DbPool {
 }
 
 /// One pool per database and credentials, made on first use; connections open lazily.
-#[derive(Default)]
 pub struct OffloadReader {
     pools: Mutex<HashMap<(Persistence, Credentials), std::sync::Arc<DbPool>>>,
+    /// The most node status read per workflow (`--max-node-status-bytes`).
+    max_node_status_bytes: u64,
+}
+
+impl Default for OffloadReader {
+    fn default() -> Self {
+        Self::new(artgc_core::nodes::DEFAULT_MAX_DECOMPRESSED)
+    }
 }
 
 impl OffloadReader {
+    pub fn new(max_node_status_bytes: u64) -> Self {
+        Self {
+            pools: Default::default(),
+            max_node_status_bytes,
+        }
+    }
+
     /// The nodes (Argo's JSON map by node id) offloaded for workflow `uid` in `namespace` at
     /// `version`: exactly that row, or [`OffloadError::Missing`].
     pub async fn nodes(
@@ -345,7 +359,7 @@ pub async fn hydrate(
             permanent: matches!(e, OffloadError::Missing { .. }),
             source: std::sync::Arc::new(e),
         })?;
-    artgc_core::nodes::hydrate(wf, &nodes)?;
+    artgc_core::nodes::hydrate(wf, &nodes, reader.max_node_status_bytes)?;
     Ok(true)
 }
 
@@ -354,9 +368,10 @@ pub async fn hydrate(
 pub async fn hydrate_all(
     state: &artgc_core::cluster::ClusterState,
     workflows: &mut [artgc_core::inventory::WorkflowInput],
+    max_node_status_bytes: u64,
 ) {
     use artgc_core::inventory::WorkflowInput;
-    let reader = OffloadReader::default();
+    let reader = OffloadReader::new(max_node_status_bytes);
     for w in workflows.iter_mut() {
         let WorkflowInput::Valid(wf) = w else {
             continue;

@@ -59,6 +59,8 @@ pub struct Recorder<'a> {
     pub finalizers: Finalizers,
     /// Where patches of a big Workflow are built.
     pub low: Option<&'a LowPriority>,
+    /// `--max-node-status-bytes`: bounds compressed nodes re-read to write them back.
+    pub max_node_status_bytes: u64,
     pub gate: &'a dyn WriteGate,
     /// The plan's workflows (same order), as read for the pass.
     pub subjects: Vec<Subject<'a>>,
@@ -220,6 +222,7 @@ async fn write(
         r.finalizer,
         r.field_manager,
         r.low,
+        r.max_node_status_bytes,
     )
     .await
     .map_err(|source| PassError::Record { workflow, source })?;

@@ -8,7 +8,7 @@ use kube::api::{DynamicObject, Patch, PatchParams};
 use serde_json::Value;
 
 use artgc_core::outcome::StatusUpdate;
-use artgc_core::status_patch::{merge_patch, probed_files_patch};
+use artgc_core::status_patch::{merge_patch_bounded, probed_files_patch};
 
 use crate::kube_api::WatchedWorkflow;
 use crate::low_priority::{LowPriority, run_on as on};
@@ -50,10 +50,11 @@ pub async fn apply(
     finalizer: &str,
     field_manager: &str,
     low: Option<&LowPriority>,
+    max_node_status_bytes: u64,
 ) -> Result<(), RecordError> {
     let (update, finalizer) = (update.clone(), finalizer.to_string());
     patch_fresh(api, raw, field_manager, false, low, move |cur| {
-        merge_patch(cur, &update, &finalizer)
+        merge_patch_bounded(cur, &update, &finalizer, max_node_status_bytes)
     })
     .await
     .map(|_| ())

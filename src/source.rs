@@ -29,6 +29,8 @@ pub enum Source {
         older_than: Option<Duration>,
         argo: ArgoConfigMapRef,
         policy: Arc<Policy>,
+        /// `--max-node-status-bytes`.
+        max_node_status_bytes: u64,
     },
     Cluster(ClusterSelection),
 }
@@ -58,6 +60,7 @@ pub async fn load(source: &Source, opts: &PlanOptions) -> Result<LoadedPlan, Inp
             older_than,
             argo,
             policy,
+            max_node_status_bytes: limit,
         } => {
             let inventory = read_paths(paths, namespace)?;
             let mut state = ClusterState::new(argo.clone()).with_policy(policy.clone());
@@ -67,7 +70,11 @@ pub async fn load(source: &Source, opts: &PlanOptions) -> Result<LoadedPlan, Inp
             for s in inventory.secrets {
                 state.insert_secret(s);
             }
-            let mut workflows = inventory.workflows;
+            let mut workflows: Vec<WorkflowInput> = inventory
+                .workflows
+                .into_iter()
+                .map(|w| w.unpacked(*limit))
+                .collect();
             if let Some(age) = older_than {
                 workflows.retain(|w| match w {
                     WorkflowInput::Valid(wf) => {
@@ -77,7 +84,7 @@ pub async fn load(source: &Source, opts: &PlanOptions) -> Result<LoadedPlan, Inp
                 });
             }
             // Argo's database, as the files' workflow-controller ConfigMap and Secrets name it.
-            crate::offload::hydrate_all(&state, &mut workflows).await;
+            crate::offload::hydrate_all(&state, &mut workflows, *limit).await;
             Ok(LoadedPlan {
                 plan: plan(&workflows, &state, opts),
                 cluster: None,
@@ -173,13 +180,16 @@ async fn index_pages(
     reader: &ClusterReader,
     default_ns: &str,
     index: &mut KeyIndex,
+    limit: u64,
 ) -> Result<(), kube::Error> {
     let mut lp = ListParams::default().limit(500);
     loop {
         let page = api.list(&lp).await?;
         for o in page.items {
             let v = serde_json::to_value(o).unwrap_or(Value::Null);
-            if let WorkflowInput::Valid(wf) = WorkflowInput::from_value(v, default_ns) {
+            if let WorkflowInput::Valid(wf) =
+                WorkflowInput::from_value(v, default_ns).unpacked(limit)
+            {
                 let s = reader.state_for(&wf, None).await?;
                 let key = KeyIndex::workflow_key(wf.namespace(), wf.name());
                 index.set_workflow(&key, workflow_key_uses(&wf, &s));
@@ -205,6 +215,8 @@ pub struct ClusterSelection {
     /// kubectl's `--kubeconfig` and `--context`; `None`: as kubectl without them.
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
+    /// `--max-node-status-bytes`.
+    pub max_node_status_bytes: u64,
 }
 
 /// A client as kubectl would make one: `--kubeconfig` (else `$KUBECONFIG`, else
@@ -267,7 +279,9 @@ async fn load_from_cluster(
     let default_ns = source.namespace.clone();
     let mut inputs: Vec<WorkflowInput> = selected
         .iter()
-        .map(|v| WorkflowInput::from_value(v.clone(), &default_ns))
+        .map(|v| {
+            WorkflowInput::from_value(v.clone(), &default_ns).unpacked(source.max_node_status_bytes)
+        })
         .collect();
     let mut raws = selected;
     if let Some(age) = source.older_than {
@@ -294,7 +308,7 @@ async fn load_from_cluster(
             .persistence_state()
             .await
             .map_err(|e| cluster_error("reading Argo's persistence settings", e))?;
-        crate::offload::hydrate_all(&persistence, &mut inputs).await;
+        crate::offload::hydrate_all(&persistence, &mut inputs, source.max_node_status_bytes).await;
     }
     let mut state = ClusterState::new(source.argo.clone()).with_policy(policy);
     for w in &inputs {
@@ -310,7 +324,14 @@ async fn load_from_cluster(
     // Every other workflow's keys, cluster-wide when allowed, else in the namespace: read a
     // page at a time and reduced to its key uses, so memory holds the index, not the objects.
     let mut index = KeyIndex::default();
-    let everyone = index_pages(&workflows(&client, None), &reader, &default_ns, &mut index).await;
+    let everyone = index_pages(
+        &workflows(&client, None),
+        &reader,
+        &default_ns,
+        &mut index,
+        source.max_node_status_bytes,
+    )
+    .await;
     if let Err(e) = everyone {
         tracing::warn!(error = %e, "cannot list Workflows cluster-wide; shared keys are checked within the namespace only");
         index = KeyIndex::default();
@@ -319,6 +340,7 @@ async fn load_from_cluster(
             &reader,
             &default_ns,
             &mut index,
+            source.max_node_status_bytes,
         )
         .await
         .map_err(|e| cluster_error("listing Workflows", e))?;

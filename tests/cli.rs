@@ -779,3 +779,34 @@ async fn purge_records_unreadable_workflows_and_the_finish_as_the_controller_doe
     // Nothing artgc can read holds nothing: the finalizer is released and the object goes.
     assert!(get("broken").is_none(), "{:?}", get("broken"));
 }
+
+/// `--max-node-status-bytes` is the bound every reader of a run uses: compressed nodes larger
+/// once inflated are an error for that workflow, and the same nodes plan under the default.
+#[test]
+fn the_node_status_bound_is_the_flags_value() {
+    use artgc_core::nodes::{NodeEncoding, compress};
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = json!({"w-1": {"id": "w-1", "name": "w", "type": "Pod", "templateName": "main",
+        "outputs": {"artifacts": [{"name": "out", "s3": {"key": "w/out.tgz"}}]}}});
+    let packed = compress(nodes.to_string().as_bytes(), NodeEncoding::Gzip).unwrap();
+    let wf = workflow("ns", "w")
+        .strategy("OnWorkflowCompletion")
+        .set(&["status", "nodes"], json!({}))
+        .set(&["status", "compressedNodes"], json!(packed));
+    write_manifests(dir.path(), vec![wf.0]);
+    let path = dir.path().to_str().unwrap();
+    let error_of = |out: &Output| json_of(out)["workflows"][0]["error"].clone();
+    let default = artgc(&["plan", "-f", path, "-o", "json"]);
+    assert!(error_of(&default).is_null(), "{}", error_of(&default));
+    let bounded = artgc(&[
+        "--max-node-status-bytes",
+        "64",
+        "plan",
+        "-f",
+        path,
+        "-o",
+        "json",
+    ]);
+    let e = error_of(&bounded).to_string();
+    assert!(e.contains("decompresses to more than 64 bytes"), "{e}");
+}

@@ -775,7 +775,8 @@ async fn a_recreated_workflow_never_receives_anothers_record() {
     update
         .processed
         .push(artgc_core::plan::Strategy::OnWorkflowCompletion);
-    artgc::record::apply(&api, first.clone(), &update, "f", "artgc", None)
+    let limit = artgc_core::nodes::DEFAULT_MAX_DECOMPRESSED;
+    artgc::record::apply(&api, first.clone(), &update, "f", "artgc", None, limit)
         .await
         .unwrap();
     let now = kube

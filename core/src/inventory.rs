@@ -48,6 +48,15 @@ impl WorkflowInput {
 
     /// As [`WorkflowInput::from_value`], from JSON text: no intermediate JSON tree, which
     /// matters for the controller's watch of many large Workflows.
+    /// The same input with its compressed nodes read, once, within `limit` bytes
+    /// (`--max-node-status-bytes`; see [`crate::nodes::unpack`]).
+    pub fn unpacked(mut self, limit: u64) -> Self {
+        if let Self::Valid(wf) = &mut self {
+            crate::nodes::unpack(wf, limit);
+        }
+        self
+    }
+
     pub fn from_json(text: &str, default_namespace: &str) -> Self {
         let mut de = serde_json::Deserializer::from_str(text);
         match serde_path_to_error::deserialize::<_, Workflow>(&mut de) {

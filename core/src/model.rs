@@ -343,6 +343,26 @@ pub struct SecretKeySelector {
     pub key: String,
 }
 
+/// How a workflow's nodes were stored, so that a write-back can keep the same form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeEncoding {
+    Plain,
+    Gzip,
+    Zstd,
+    Brotli,
+}
+
+impl NodeEncoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+            Self::Brotli => "brotli",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowStatus {
@@ -366,6 +386,10 @@ pub struct WorkflowStatus {
     pub artifact_repository_ref: Option<ArtifactRepositoryRefStatus>,
     #[serde(default, rename = "artifactGCStatus")]
     pub artifact_gc_status: Option<ArtifactGcStatus>,
+    /// Set where [`crate::nodes::unpack`] read `compressedNodes` into `nodes` (once, as the
+    /// object was read): how they were encoded, or why they could not be read.
+    #[serde(skip)]
+    pub unpacked: Option<Result<NodeEncoding, String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

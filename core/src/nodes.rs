@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -14,23 +13,16 @@ use crate::model::{NodeStatus, Workflow};
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-/// The most decompressed node status artgc reads (`--max-node-status-bytes`): a few KB of
-/// `compressedNodes` can inflate to gigabytes, and one such Workflow must not take the process
-/// down. Process-wide because it bounds the process's memory, whoever decompresses.
-static MAX_DECOMPRESSED: AtomicU64 = AtomicU64::new(DEFAULT_MAX_DECOMPRESSED);
-
-/// Default of `--max-node-status-bytes`.
+/// Default of `--max-node-status-bytes`, the most decompressed node status artgc reads per
+/// Workflow: a few KB of `compressedNodes` can inflate to gigabytes, and one such Workflow
+/// must not take the process down. The front ends hand the flag's value to [`unpack`] and
+/// [`decompress_bounded`]; anything else that decompresses is bounded by this.
 /// Argo objects are capped near 1.5 MiB (etcd), compressed; 8 MiB is ~20,000 nodes, and
 /// parsed it takes some 500 MiB, which the chart's memory limit allows for one at a time.
 pub const DEFAULT_MAX_DECOMPRESSED: u64 = 8 * 1024 * 1024;
 
-/// Sets the bound on decompressed node status, for the whole process.
-pub fn set_max_decompressed(bytes: u64) {
-    MAX_DECOMPRESSED.store(bytes.max(1), Ordering::Relaxed);
-}
-
-fn read_bounded(mut r: impl Read, what: &str) -> Result<Vec<u8>, String> {
-    let limit = MAX_DECOMPRESSED.load(Ordering::Relaxed);
+fn read_bounded(mut r: impl Read, what: &str, limit: u64) -> Result<Vec<u8>, String> {
+    let limit = limit.max(1);
     let mut out = Vec::new();
     (&mut r)
         .take(limit + 1)
@@ -44,25 +36,7 @@ fn read_bounded(mut r: impl Read, what: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// How a workflow's nodes were stored, so that a write-back can keep the same form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeEncoding {
-    Plain,
-    Gzip,
-    Zstd,
-    Brotli,
-}
-
-impl NodeEncoding {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Plain => "plain",
-            Self::Gzip => "gzip",
-            Self::Zstd => "zstd",
-            Self::Brotli => "brotli",
-        }
-    }
-}
+pub use crate::model::NodeEncoding;
 
 /// The node map of a workflow and how it was stored.
 #[derive(Debug, Clone)]
@@ -71,28 +45,62 @@ pub struct Nodes {
     pub encoding: NodeEncoding,
 }
 
+/// Reads `compressedNodes` into `nodes`, once, as the object is read (`limit`: the
+/// `--max-node-status-bytes` value): every later reader of the pass finds them there. A
+/// failure is kept, for [`workflow_nodes`] to report.
+pub fn unpack(wf: &mut Workflow, limit: u64) {
+    let status = &mut wf.status;
+    if status.unpacked.is_some() || status.nodes.as_ref().is_some_and(|n| !n.is_empty()) {
+        return;
+    }
+    let Some(packed) = status.compressed_nodes.as_deref().filter(|s| !s.is_empty()) else {
+        return;
+    };
+    match read_packed(packed, limit) {
+        Ok((nodes, encoding)) => {
+            status.nodes = Some(nodes);
+            status.compressed_nodes = None;
+            status.unpacked = Some(Ok(encoding));
+        }
+        Err(reason) => status.unpacked = Some(Err(reason)),
+    }
+}
+
+fn read_packed(
+    packed: &str,
+    limit: u64,
+) -> Result<(BTreeMap<String, NodeStatus>, NodeEncoding), String> {
+    let (json, encoding) = decompress_bounded(packed, limit)?;
+    let nodes = serde_json::from_slice::<BTreeMap<String, NodeStatus>>(&json)
+        .map_err(|e| format!("decompressed data is not a node map: {e}"))?;
+    Ok((nodes, encoding))
+}
+
 /// Reads a workflow's node map, whichever way it is stored.
 pub fn workflow_nodes(wf: &Workflow) -> Result<Nodes, InputError> {
     let status = &wf.status;
+    let field = |reason: String| InputError::Field {
+        field: "status.compressedNodes".into(),
+        reason,
+    };
+    if let Some(Err(reason)) = &status.unpacked {
+        return Err(field(reason.clone()));
+    }
     if let Some(nodes) = &status.nodes
         && !nodes.is_empty()
     {
+        let encoding = match &status.unpacked {
+            Some(Ok(e)) => *e,
+            _ => NodeEncoding::Plain,
+        };
         return Ok(Nodes {
             nodes: nodes.clone(),
-            encoding: NodeEncoding::Plain,
+            encoding,
         });
     }
+    // Not read through `unpack` (a typed object built in place): read now, within the default.
     if let Some(packed) = status.compressed_nodes.as_deref().filter(|s| !s.is_empty()) {
-        let (json, encoding) = decompress(packed).map_err(|reason| InputError::Field {
-            field: "status.compressedNodes".into(),
-            reason,
-        })?;
-        let nodes = serde_json::from_slice::<BTreeMap<String, NodeStatus>>(&json).map_err(|e| {
-            InputError::Field {
-                field: "status.compressedNodes".into(),
-                reason: format!("decompressed data is not a node map: {e}"),
-            }
-        })?;
+        let (nodes, encoding) = read_packed(packed, DEFAULT_MAX_DECOMPRESSED).map_err(field)?;
         return Ok(Nodes { nodes, encoding });
     }
     if let Some(version) = status
@@ -110,21 +118,27 @@ pub fn workflow_nodes(wf: &Workflow) -> Result<Nodes, InputError> {
     })
 }
 
-/// Decodes `status.compressedNodes` to JSON bytes, detecting the compression by magic bytes.
+/// [`decompress_bounded`] within [`DEFAULT_MAX_DECOMPRESSED`].
 pub fn decompress(packed: &str) -> Result<(Vec<u8>, NodeEncoding), String> {
+    decompress_bounded(packed, DEFAULT_MAX_DECOMPRESSED)
+}
+
+/// Decodes `status.compressedNodes` to JSON bytes, detecting the compression by magic bytes;
+/// more than `limit` bytes is an error.
+pub fn decompress_bounded(packed: &str, limit: u64) -> Result<(Vec<u8>, NodeEncoding), String> {
     let raw = STANDARD
         .decode(packed.trim())
         .map_err(|e| format!("not valid base64: {e}"))?;
     let (out, encoding) = if raw.starts_with(&GZIP_MAGIC) {
         let d = flate2::read::GzDecoder::new(raw.as_slice());
-        (read_bounded(d, "gzip")?, NodeEncoding::Gzip)
+        (read_bounded(d, "gzip", limit)?, NodeEncoding::Gzip)
     } else if raw.starts_with(&ZSTD_MAGIC) {
         let d =
             zstd::stream::read::Decoder::new(raw.as_slice()).map_err(|e| format!("zstd: {e}"))?;
-        (read_bounded(d, "zstd")?, NodeEncoding::Zstd)
+        (read_bounded(d, "zstd", limit)?, NodeEncoding::Zstd)
     } else {
         let d = brotli::Decompressor::new(raw.as_slice(), 64 * 1024);
-        (read_bounded(d, "brotli")?, NodeEncoding::Brotli)
+        (read_bounded(d, "brotli", limit)?, NodeEncoding::Brotli)
     };
     Ok((out, encoding))
 }
@@ -186,7 +200,11 @@ pub fn offloaded_marks(value: &str) -> Result<Vec<String>, String> {
             let raw = STANDARD
                 .decode(packed.trim())
                 .map_err(|e| format!("not valid base64: {e}"))?;
-            let out = read_bounded(flate2::read::GzDecoder::new(raw.as_slice()), "gzip")?;
+            let out = read_bounded(
+                flate2::read::GzDecoder::new(raw.as_slice()),
+                "gzip",
+                DEFAULT_MAX_DECOMPRESSED,
+            )?;
             String::from_utf8(out).map_err(|e| e.to_string())?
         }
     };
@@ -213,14 +231,14 @@ pub fn offloaded_marks_value(lines: &[String]) -> Result<String, String> {
 /// Puts the nodes read from Argo's database (`nodes_json`, the `argo_workflows.nodes` text) into
 /// `wf`, and marks `deleted` the artifacts artgc recorded in the offloaded-deleted annotation.
 /// The read is bounded as decompressed node status is (`--max-node-status-bytes`).
-pub fn hydrate(wf: &mut Workflow, nodes_json: &str) -> Result<(), InputError> {
+pub fn hydrate(wf: &mut Workflow, nodes_json: &str, limit: u64) -> Result<(), InputError> {
     let version = wf
         .status
         .offload_node_status_version
         .clone()
         .unwrap_or_default();
     let field = || format!("offloaded nodes (status.offloadNodeStatusVersion {version})");
-    let limit = MAX_DECOMPRESSED.load(Ordering::Relaxed);
+
     if nodes_json.len() as u64 > limit {
         return Err(InputError::Field {
             field: field(),
@@ -289,6 +307,38 @@ mod offloaded_tests {
         {"name":"a","s3":{"key":"k/a"}},{"name":"b","s3":{"key":"k/b"}}]}}}"#;
 
     #[test]
+    fn unpacking_reads_compressed_nodes_once_within_the_bound_given() {
+        let json = br#"{"n1":{"id":"n1","name":"w","type":"Pod"}}"#;
+        let packed = compress(json, NodeEncoding::Zstd).unwrap();
+        let typed = |packed: &str| -> Workflow {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "w", "namespace": "ns"},
+                "status": {"compressedNodes": packed}}))
+            .unwrap()
+        };
+        let mut wf = typed(&packed);
+        unpack(&mut wf, 1 << 20);
+        assert!(wf.status.compressed_nodes.is_none(), "read into nodes");
+        let nodes = workflow_nodes(&wf).unwrap();
+        assert_eq!(
+            nodes.encoding,
+            NodeEncoding::Zstd,
+            "written back as it came"
+        );
+        assert_eq!(nodes.nodes.keys().collect::<Vec<_>>(), ["n1"]);
+        // A bound smaller than the nodes: the error is kept for every later reader.
+        let mut small = typed(&packed);
+        unpack(&mut small, 8);
+        let e = workflow_nodes(&small).unwrap_err().to_string();
+        assert!(e.contains("decompresses to more than 8 bytes"), "{e}");
+        // Not unpacked (built in place): read within the default.
+        assert_eq!(
+            workflow_nodes(&typed(&packed)).unwrap().encoding,
+            NodeEncoding::Zstd
+        );
+    }
+
+    #[test]
     fn hydrated_nodes_carry_artgcs_marks() {
         let mut wf = offloaded(Some("n1/b\nn9/x"));
         assert!(is_offloaded(&wf));
@@ -296,7 +346,7 @@ mod offloaded_tests {
             workflow_nodes(&wf),
             Err(InputError::Offloaded { .. })
         ));
-        hydrate(&mut wf, NODES).unwrap();
+        hydrate(&mut wf, NODES, DEFAULT_MAX_DECOMPRESSED).unwrap();
         assert!(!is_offloaded(&wf));
         let nodes = workflow_nodes(&wf).unwrap();
         let arts = &nodes.nodes["n1"].outputs.as_ref().unwrap().artifacts;
@@ -308,7 +358,9 @@ mod offloaded_tests {
     #[test]
     fn what_does_not_hydrate_says_why() {
         let mut wf = offloaded(None);
-        let e = hydrate(&mut wf, "[1, 2]").unwrap_err().to_string();
+        let e = hydrate(&mut wf, "[1, 2]", DEFAULT_MAX_DECOMPRESSED)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with(
                 "offloaded nodes (status.offloadNodeStatusVersion fnv:1): not a node map"
@@ -316,7 +368,9 @@ mod offloaded_tests {
             "{e}"
         );
         let mut wf = offloaded(Some("gzip:%%%"));
-        let e = hydrate(&mut wf, NODES).unwrap_err().to_string();
+        let e = hydrate(&mut wf, NODES, DEFAULT_MAX_DECOMPRESSED)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("artgc.io/offloaded-deleted"), "{e}");
     }
 }

@@ -13,18 +13,34 @@ use crate::model::{
     ANNOTATION_DELETION_ATTEMPTS, ANNOTATION_FINISHED_SEEN, ANNOTATION_OFFLOADED_DELETED,
     ANNOTATION_PROBED_FILES,
 };
-use crate::nodes::{compress, decompress};
+use crate::nodes::{compress, decompress_bounded};
 use crate::outcome::{
     CONDITION_GC_ERROR, ConditionChange, DeletedArtifact, FinalizerChange, StatusUpdate,
 };
 use crate::plan::Strategy;
 
-/// The merge patch that applies `update` to the object `raw`, or `None` when it would change
-/// nothing. Each field is its own rule below; the patch carries only what changes.
+/// [`merge_patch_bounded`] within the default `--max-node-status-bytes`.
 pub fn merge_patch(
     raw: &Value,
     update: &StatusUpdate,
     finalizer: &str,
+) -> Result<Option<Value>, String> {
+    merge_patch_bounded(
+        raw,
+        update,
+        finalizer,
+        crate::nodes::DEFAULT_MAX_DECOMPRESSED,
+    )
+}
+
+/// The merge patch that applies `update` to the object `raw`, or `None` when it would change
+/// nothing. Each field is its own rule below; the patch carries only what changes. `limit`
+/// bounds compressed nodes, re-read here to be written back (`--max-node-status-bytes`).
+pub fn merge_patch_bounded(
+    raw: &Value,
+    update: &StatusUpdate,
+    finalizer: &str,
+    limit: u64,
 ) -> Result<Option<Value>, String> {
     let mut status = Map::new();
     let mut metadata = Map::new();
@@ -34,7 +50,7 @@ pub fn merge_patch(
         if let Some(value) = offloaded_marks(raw, &update.deleted)? {
             annotations.insert(ANNOTATION_OFFLOADED_DELETED.into(), Value::String(value));
         }
-    } else if let Some((field, value)) = deleted_marks(raw_status, &update.deleted)? {
+    } else if let Some((field, value)) = deleted_marks(raw_status, &update.deleted, limit)? {
         status.insert(field.into(), value);
     }
     if let Some(value) = strategies_processed(raw_status, &update.processed) {
@@ -72,6 +88,7 @@ pub fn merge_patch(
 fn deleted_marks(
     raw_status: &Value,
     deleted: &[DeletedArtifact],
+    limit: u64,
 ) -> Result<Option<(&'static str, Value)>, String> {
     if deleted.is_empty() {
         return Ok(None);
@@ -96,7 +113,7 @@ fn deleted_marks(
         return Ok(None);
     };
     let (bytes, encoding) =
-        decompress(packed).map_err(|e| format!("status.compressedNodes: {e}"))?;
+        decompress_bounded(packed, limit).map_err(|e| format!("status.compressedNodes: {e}"))?;
     let mut nodes: Map<String, Value> =
         serde_json::from_slice(&bytes).map_err(|e| format!("status.compressedNodes: {e}"))?;
     let mut changed = false;

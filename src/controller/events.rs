@@ -37,8 +37,11 @@ pub(super) async fn publish_internal_error(
     let mut update = artgc_core::outcome::StatusUpdate::none();
     update.condition = artgc_core::outcome::ConditionChange::Set(message.clone());
     let reference = crate::kube_api::workflow_ref(&raw);
-    if let Err(e) = record::apply(&api, raw, &update, &shared.config.finalizer, "artgc", None).await
-    {
+    let (finalizer, limit) = (
+        &shared.config.finalizer,
+        shared.config.max_node_status_bytes,
+    );
+    if let Err(e) = record::apply(&api, raw, &update, finalizer, "artgc", None, limit).await {
         warn!(workflow = %key, error = %e, "recording an internal error");
     }
     let ev = KubeEvent {

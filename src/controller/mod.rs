@@ -83,6 +83,9 @@ pub struct ControllerConfig {
     /// Entries one namespace's workflows may hold in the shared-key index before a workflow's
     /// keys are held coarser.
     pub index_keys_per_namespace: usize,
+    /// The most decompressed or offloaded node status read per Workflow
+    /// (`--max-node-status-bytes`).
+    pub max_node_status_bytes: u64,
     /// The operator's tenancy policy.
     pub policy: Arc<artgc_core::policy::Policy>,
     /// STS for workflows' GC service accounts.
@@ -108,6 +111,7 @@ impl Default for ControllerConfig {
             shutdown_grace: Duration::from_secs(30),
             pass_deadline: Duration::from_secs(600),
             api_timeout: Duration::from_secs(30),
+            max_node_status_bytes: artgc_core::nodes::DEFAULT_MAX_DECOMPRESSED,
             watch_timeout: Duration::from_secs(60),
             index_keys_per_namespace: 100_000,
             policy: Default::default(),
@@ -367,7 +371,7 @@ pub async fn start(
             config.policy.clone(),
         )
         .with_timeout(config.api_timeout),
-        offload: Default::default(),
+        offload: crate::offload::OffloadReader::new(config.max_node_status_bytes),
         store: ObjectStore::new(config.store.clone())
             .with_web_identity(WebIdentityConfig {
                 client: client.clone(),

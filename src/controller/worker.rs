@@ -145,9 +145,13 @@ async fn reconcile(
     };
     let big = is_big(obj.raw.get());
     let _big = shared.big_turn(big).await;
+    let limit = shared.config.max_node_status_bytes;
     let (raw, input) = shared
         .cpu(big, move || {
-            (serde_json::from_str::<Value>(obj.raw.get()), obj.input())
+            (
+                serde_json::from_str::<Value>(obj.raw.get()),
+                obj.input().unpacked(limit),
+            )
         })
         .await;
     let mut pass = Pass {
@@ -181,6 +185,7 @@ async fn reconcile(
         finalizer: &shared.config.finalizer,
         finalizers: Finalizers::Manage { budget },
         low: pass.low(),
+        max_node_status_bytes: shared.config.max_node_status_bytes,
         gate: &pass.fence,
         subjects: vec![Subject {
             object,
@@ -276,6 +281,7 @@ impl Pass<'_> {
                 self.finalizer(),
                 "artgc",
                 self.low(),
+                self.shared.config.max_node_status_bytes,
             )
             .await?;
             debug!(workflow = %self.key, ?change, "finalizer");

@@ -254,9 +254,11 @@ async fn observe(shared: &ControllerState, wf: WatchedWorkflow) {
     let _big = shared.big_turn(big).await;
     let WatchedWorkflow { metadata, raw } = wf;
     let input = {
-        let ns = ns.clone();
+        let (ns, limit) = (ns.clone(), shared.config.max_node_status_bytes);
         shared
-            .cpu(big, move || WorkflowInput::from_json(raw.get(), &ns))
+            .cpu(big, move || {
+                WorkflowInput::from_json(raw.get(), &ns).unpacked(limit)
+            })
             .await
     };
     let queue = match input {
