@@ -5,7 +5,7 @@
 //! Most tests run twice, once per API server (`test_server::` and `real_api_server::`):
 //! - the project's API test server, fast, one per test;
 //! - the real kube-apiserver `.ci/kube.sh` starts (`ARTGC_TEST_KUBECONFIG`; without it the
-//!   real runs fail in CI and are skipped elsewhere), a namespace per test, with Argo's own
+//!   real runs are ignored unless asked for, and fail without it when asked), a namespace per test, with Argo's own
 //!   Workflow CRD when `../shared` has it, and the controller acting as the ServiceAccount
 //!   `deploy/manifests` creates, bound to exactly the RBAC it ships.
 //!

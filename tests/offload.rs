@@ -3,7 +3,7 @@
 //! (`persist/sqldb/migrate.go`: the `argo_workflows` table as it stands after the last one).
 //!
 //! Needs `ARTGC_TEST_POSTGRES` and `ARTGC_TEST_MYSQL` (`eval "$(.ci/db.sh start DIR)"`):
-//! without them a test fails in CI and is skipped elsewhere.
+//! without them a test is ignored (not run), and fails when asked for (`--include-ignored`).
 
 use artgc::offload::{Credentials, OffloadError, OffloadReader};
 use artgc_core::model::SecretKeySelector;

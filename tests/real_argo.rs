@@ -20,7 +20,7 @@
 //!   in `/`), writes the task's `status.artifactResultsByNode`, and moves the pod to Succeeded.
 //!
 //! Needs `ARTGC_TEST_KUBECONFIG` and `ARTGC_ARGO_CONTROLLER`/`ARTGC_ARGO_CRDS`
-//! (`eval "$(.ci/argo.sh)"`): without them a test fails in CI and is skipped elsewhere.
+//! (`eval "$(.ci/argo.sh)"`): without them a test is ignored (not run), and fails when asked for (`--include-ignored`).
 
 mod common;
 #[path = "../core/tests/support/mod.rs"]

@@ -6,7 +6,7 @@
 //! API server. Fault injection stays with the test server (tests/controller.rs).
 //!
 //! Needs `ARTGC_TEST_KUBECONFIG` (`eval "$(.ci/kube.sh start DIR)"`): a test without it fails
-//! in CI and is skipped elsewhere.
+//! when asked for (the tests are ignored, so not run, otherwise).
 
 mod common;
 #[path = "../core/tests/support/mod.rs"]

@@ -1,8 +1,19 @@
 //! What the tests need from their environment.
 
-/// Environment variable `var`, which names something a test needs (`how` says where it comes
-/// from): missing, it fails the test in CI and skips it elsewhere, saying so.
+/// Environment variable `var`, which names a server or tool a test needs (`how` says where it
+/// comes from). Such tests are `#[ignore]`d, so they run only when asked for
+/// (`-- --include-ignored`): missing, it fails the test, naming what to start. Never `None`;
+/// the `Option` lets callers keep `?`.
 pub fn needed_var(var: &str, how: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) => Some(v),
+        Err(_) => panic!("{var} is not set: this test needs it ({how})"),
+    }
+}
+
+/// Environment variable `var` for an optional part of a test that runs anyway: missing, that
+/// part is left out, saying so (and in CI, where everything is provided, it fails).
+pub fn optional_var(var: &str, how: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) => Some(v),
         Err(_) => {
@@ -11,7 +22,7 @@ pub fn needed_var(var: &str, how: &str) -> Option<String> {
                 Ok("true"),
                 "{var} is not set: CI must provide it ({how})"
             );
-            eprintln!("skipped: {var} is not set ({how})");
+            eprintln!("left out: {var} is not set ({how})");
             None
         }
     }

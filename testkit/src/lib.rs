@@ -17,7 +17,7 @@ pub mod s3;
 pub mod sts;
 
 pub use blackhole::BlackHoleProxy;
-pub use env::{free_port, needed_var};
+pub use env::{free_port, needed_var, optional_var};
 pub use faults::{FaultProxy, FaultRule, SeenRequest};
 pub use http::flag;
 pub use kube::{KubeApiServer, KubeFault, KubeRequest, ResourceType};
