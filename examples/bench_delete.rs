@@ -13,6 +13,7 @@
 //! `--skip-argo` leaves (a) out (minutes behind a latency). (b) and each (c) run `--rounds` (3)
 //! times in a rotating order, each after a fresh seed and `--settle-secs` (10 on an external
 //! store); the summary compares their medians. `--concurrencies 4,8` narrows (c) to those.
+//! `--endpoint-concurrency N` and `--delete-concurrency N` set (b)'s bounds (artgc's flags).
 
 use std::time::Instant;
 
@@ -204,7 +205,19 @@ async fn artgc_purge(
     let p = plan(&inv.workflows, &state, &PlanOptions::default());
     let plan_secs = started.elapsed().as_secs_f64();
     assert!(p.artifacts().all(|(_, a)| a.decision == Decision::Delete));
-    let store = ObjectStore::new(StoreOptions::default());
+    // artgc's own bounds, as `--endpoint-concurrency` and `--delete-concurrency` set them.
+    let defaults = StoreOptions::default();
+    let store = ObjectStore::new(StoreOptions {
+        endpoint_concurrency: artgc_testkit::flag(
+            "--endpoint-concurrency",
+            defaults.endpoint_concurrency,
+        ),
+        delete_concurrency: artgc_testkit::flag(
+            "--delete-concurrency",
+            defaults.delete_concurrency,
+        ),
+        ..defaults
+    });
     let phases = Phases {
         started: Instant::now(),
         probed: Default::default(),

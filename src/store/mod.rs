@@ -409,6 +409,91 @@ impl ObjectStore {
     }
 }
 
+/// One listing (objects or versions) under a prefix, for [`ObjectStore::pages`].
+struct Listing<'a> {
+    /// The request, for messages.
+    what: &'static str,
+    /// What it lists, for messages.
+    noun: &'static str,
+    bucket: &'a str,
+    prefix: &'a str,
+    /// More items than this is an error: a bound on what one artifact may delete.
+    limit: usize,
+}
+
+impl Listing<'_> {
+    fn error<E>(
+        &self,
+        e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StoreError
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        sdk::sdk_error(
+            self.what,
+            &format!("s3://{}/{}", self.bucket, self.prefix),
+            e,
+        )
+    }
+}
+
+impl ObjectStore {
+    /// The one pager: asks `page` for each page after the marker the last one returned (`None`
+    /// for the first), each under the endpoint's bound, until a page returns no marker. Past
+    /// the listing's `limit` it fails; a store that keeps answering "more" past what the limit
+    /// allows (empty pages, a repeated marker) is cut off. `stopped` is asked before every page
+    /// after the first: a long listing ends `cancelled` on shutdown or lost leadership.
+    async fn pages<T, M, Page>(
+        &self,
+        client: &StoreClient,
+        listing: &Listing<'_>,
+        stopped: &(dyn Fn() -> bool + Sync),
+        mut page: impl FnMut(Option<M>) -> Page,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        Page: std::future::Future<Output = Result<(Vec<T>, Option<M>), StoreError>>,
+    {
+        let mut out = Vec::new();
+        let mut marker = None;
+        // A page holds up to 1,000 items.
+        let max_pages = listing.limit / 1000 + 3;
+        for page_no in 0..max_pages {
+            if page_no > 0 && stopped() {
+                return Err(StoreError::cancelled());
+            }
+            let (items, next) = {
+                let _permit = self.permit(client).await;
+                page(marker.take()).await?
+            };
+            out.extend(items);
+            if out.len() > listing.limit {
+                return Err(StoreError::new(
+                    StoreErrorKind::TooManyObjects,
+                    format!(
+                        "s3://{}/{} holds more than {} {} (raise --max-objects-per-artifact to allow it)",
+                        listing.bucket, listing.prefix, listing.limit, listing.noun
+                    ),
+                ));
+            }
+            match next {
+                Some(m) => marker = Some(m),
+                None => return Ok(out),
+            }
+        }
+        Err(StoreError::new(
+            StoreErrorKind::EndlessListing,
+            format!(
+                "{} s3://{}/{}: the store still answered \"more\" after {max_pages} pages ({} {}); given up",
+                listing.what,
+                listing.bucket,
+                listing.prefix,
+                out.len(),
+                listing.noun
+            ),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::sdk::{attempt_outcome, is_region_name, regional_url};

@@ -8,7 +8,9 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use backon::BackoffBuilder;
 
 use super::sdk::{add_content_md5, kind_of, sdk_error, timestamp};
-use super::{MAX_BATCH, ObjectStore, StoreClient, StoreError, StoreErrorKind, StoredObject};
+use super::{
+    Listing, MAX_BATCH, ObjectStore, StoreClient, StoreError, StoreErrorKind, StoredObject,
+};
 
 impl ObjectStore {
     /// HEAD one key: the object, or `None` when there is no such object.
@@ -55,58 +57,48 @@ impl ObjectStore {
         limit: usize,
         stopped: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<StoredObject>, StoreError> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        // A page holds up to 1,000 keys; a store that keeps answering "more" past what the
-        // bound allows (empty pages, a repeated token) is cut off.
-        let max_pages = limit / 1000 + 3;
-        for page_no in 0..max_pages {
-            if page_no > 0 && stopped() {
-                return Err(StoreError::cancelled());
-            }
-            let page = {
-                let _permit = self.permit(client).await;
-                client
+        let listing = Listing {
+            what: "ListObjectsV2",
+            noun: "objects",
+            bucket,
+            prefix,
+            limit,
+        };
+        let listing = &listing;
+        self.pages(
+            client,
+            listing,
+            stopped,
+            |token: Option<String>| async move {
+                let page = client
                     .list_objects_v2()
                     .bucket(bucket)
                     .prefix(prefix)
-                    .set_continuation_token(token.take())
+                    .set_continuation_token(token)
                     .send()
                     .await
-                    .map_err(|e| {
-                        sdk_error("ListObjectsV2", &format!("s3://{bucket}/{prefix}"), e)
-                    })?
-            };
-            for obj in page.contents() {
+                    .map_err(|e| listing.error(e))?;
                 // A store that ignores the prefix must not widen what is deleted.
-                if let Some(key) = obj.key().filter(|k| k.starts_with(prefix)) {
-                    out.push(StoredObject {
-                        key: key.to_string(),
-                        size: obj.size().unwrap_or(0).max(0) as u64,
-                        last_modified: timestamp(obj.last_modified()),
-                    });
-                }
-            }
-            if out.len() > limit {
-                return Err(StoreError::new(
-                    StoreErrorKind::TooManyObjects,
-                    format!(
-                        "s3://{bucket}/{prefix} holds more than {limit} objects (raise --max-objects-per-artifact to allow it)"
-                    ),
-                ));
-            }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => return Ok(out),
-            }
-        }
-        Err(StoreError::new(
-            StoreErrorKind::EndlessListing,
-            format!(
-                "ListObjectsV2 s3://{bucket}/{prefix}: the store still answered \"more\" after {max_pages} pages ({} objects); given up",
-                out.len()
-            ),
-        ))
+                let objects = page
+                    .contents()
+                    .iter()
+                    .filter_map(|obj| {
+                        let key = obj.key().filter(|k| k.starts_with(prefix))?;
+                        Some(StoredObject {
+                            key: key.to_string(),
+                            size: obj.size().unwrap_or(0).max(0) as u64,
+                            last_modified: timestamp(obj.last_modified()),
+                        })
+                    })
+                    .collect();
+                let next = match page.next_continuation_token() {
+                    Some(t) if page.is_truncated() == Some(true) => Some(t.to_string()),
+                    _ => None,
+                };
+                Ok((objects, next))
+            },
+        )
+        .await
     }
 
     /// Deletes keys of one bucket in batches of up to 1,000, retrying keys the store reports as

@@ -12,8 +12,8 @@ use super::sdk::{kind_of, sdk_error, timestamp};
 use artgc_core::location::S3Connection;
 
 use super::{
-    MAX_BATCH, MAX_CLIENTS, ObjectStore, ObjectVersion, StoreClient, StoreError, StoreErrorKind,
-    Versioning,
+    Listing, MAX_BATCH, MAX_CLIENTS, ObjectStore, ObjectVersion, StoreClient, StoreError,
+    StoreErrorKind, Versioning,
 };
 
 /// The versioning state in a GetBucketVersioning answer's text, whatever its root element.
@@ -115,66 +115,57 @@ impl ObjectStore {
         limit: usize,
         stopped: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<ObjectVersion>, StoreError> {
-        let mut out = Vec::new();
-        let mut key_marker: Option<String> = None;
-        let mut version_marker: Option<String> = None;
-        let max_pages = limit / 1000 + 3;
-        for page_no in 0..max_pages {
-            if page_no > 0 && stopped() {
-                return Err(StoreError::cancelled());
-            }
-            let page = {
-                let _permit = self.permit(client).await;
-                client
+        let listing = Listing {
+            what: "ListObjectVersions",
+            noun: "versions",
+            bucket,
+            prefix,
+            limit,
+        };
+        type Marker = (Option<String>, Option<String>);
+        let listing = &listing;
+        self.pages(
+            client,
+            listing,
+            stopped,
+            |marker: Option<Marker>| async move {
+                let (key_marker, version_marker) = marker.unwrap_or_default();
+                let page = client
                     .list_object_versions()
                     .bucket(bucket)
                     .prefix(prefix)
-                    .set_key_marker(key_marker.take())
-                    .set_version_id_marker(version_marker.take())
+                    .set_key_marker(key_marker)
+                    .set_version_id_marker(version_marker)
                     .send()
                     .await
-                    .map_err(|e| {
-                        sdk_error("ListObjectVersions", &format!("s3://{bucket}/{prefix}"), e)
-                    })?
-            };
-            for v in page.versions() {
-                // A store that ignores the prefix must not widen what is deleted.
-                let (Some(key), Some(id)) =
-                    (v.key().filter(|k| k.starts_with(prefix)), v.version_id())
-                else {
-                    continue;
+                    .map_err(|e| listing.error(e))?;
+                // A store that ignores the prefix must not widen what is deleted; delete markers
+                // are left out.
+                let versions = page
+                    .versions()
+                    .iter()
+                    .filter_map(|v| {
+                        let key = v.key().filter(|k| k.starts_with(prefix))?;
+                        Some(ObjectVersion {
+                            key: key.to_string(),
+                            version_id: v.version_id()?.to_string(),
+                            size: v.size().unwrap_or(0).max(0) as u64,
+                            last_modified: timestamp(v.last_modified()),
+                            is_latest: v.is_latest() == Some(true),
+                        })
+                    })
+                    .collect();
+                let next = match page.next_key_marker() {
+                    Some(k) if page.is_truncated() == Some(true) => Some((
+                        Some(k.to_string()),
+                        page.next_version_id_marker().map(str::to_string),
+                    )),
+                    _ => None,
                 };
-                out.push(ObjectVersion {
-                    key: key.to_string(),
-                    version_id: id.to_string(),
-                    size: v.size().unwrap_or(0).max(0) as u64,
-                    last_modified: timestamp(v.last_modified()),
-                    is_latest: v.is_latest() == Some(true),
-                });
-            }
-            if out.len() > limit {
-                return Err(StoreError::new(
-                    StoreErrorKind::TooManyObjects,
-                    format!(
-                        "s3://{bucket}/{prefix} holds more than {limit} versions (raise --max-objects-per-artifact to allow it)"
-                    ),
-                ));
-            }
-            if page.is_truncated() != Some(true) {
-                return Ok(out);
-            }
-            key_marker = page.next_key_marker().map(str::to_string);
-            version_marker = page.next_version_id_marker().map(str::to_string);
-            if key_marker.is_none() {
-                return Ok(out);
-            }
-        }
-        Err(StoreError::new(
-            StoreErrorKind::EndlessListing,
-            format!(
-                "ListObjectVersions s3://{bucket}/{prefix}: the store still answered \"more\" after {max_pages} pages; given up"
-            ),
-        ))
+                Ok((versions, next))
+            },
+        )
+        .await
     }
 
     /// Deletes versions (key, version id) of one bucket in batches of up to 1,000. A version
