@@ -400,36 +400,6 @@ impl Env {
     }
 }
 
-fn finalizers(wf: &Value) -> Vec<String> {
-    wf["metadata"]["finalizers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn deleted_flag(wf: &Value, node: &str, artifact: &str) -> bool {
-    wf["status"]["nodes"][node]["outputs"]["artifacts"]
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["name"] == artifact))
-        .is_some_and(|a| a["deleted"] == true)
-}
-
-fn processed(wf: &Value, s: &str) -> bool {
-    wf["status"]["artifactGCStatus"]["strategiesProcessed"][s] == true
-}
-
-fn gc_condition(wf: &Value) -> Option<String> {
-    wf["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "ArtifactGCError")
-        .map(|c| c["message"].as_str().unwrap_or_default().to_string())
-}
-
 async fn completion_then_deletion_with_mixed_strategies_and_never(e: Env) {
     e.put(&[
         "w1/done.tgz",

@@ -204,7 +204,7 @@ mod support;
 use artgc_testkit::{KubeApiServer, S3Server};
 use common::{quick_config, until};
 use serde_json::{Value, json};
-use support::{key_only, s3_repo, with_strategy, workflow};
+use support::{key_only, processed, s3_repo, with_strategy, workflow};
 
 /// `wf` as Argo leaves it when it offloads: the nodes go to the database (returned, as the
 /// `nodes` column holds them), the object keeps only `offloadNodeStatusVersion`.
@@ -280,9 +280,7 @@ async fn the_controller_collects_offloaded_workflows(s: Server) {
         .expect("controller starts");
     let get = |name: &str| kube.get("argoproj.io/v1alpha1", "Workflow", Some(ns), name);
     until("the offloaded workflow is collected", async || {
-        get("off").is_some_and(|w| {
-            w["status"]["artifactGCStatus"]["strategiesProcessed"]["OnWorkflowCompletion"] == true
-        })
+        get("off").is_some_and(|w| processed(&w, "OnWorkflowCompletion"))
     })
     .await;
     let w = get("off").unwrap();

@@ -25,6 +25,7 @@
 mod common;
 #[path = "../core/tests/support/mod.rs"]
 mod support;
+use support::{finalizers, processed};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -531,19 +532,13 @@ async fn steps_with_every_strategy_argo_gc_off_artgc_owning_the_finalizer() {
         "Argo completes it and artgc records the completion pass",
         async || {
             argo.workflow("steps").await.is_some_and(|w| {
-            w["status"]["phase"] == "Succeeded"
-                && w["status"]["artifactGCStatus"]["strategiesProcessed"]["OnWorkflowCompletion"]
-                    == true
-        })
+                w["status"]["phase"] == "Succeeded" && processed(&w, "OnWorkflowCompletion")
+            })
         },
     )
     .await;
     let w = argo.workflow("steps").await.unwrap();
-    assert_eq!(
-        w["metadata"]["finalizers"],
-        json!([FINALIZER]),
-        "deletion work remains"
-    );
+    assert_eq!(finalizers(&w), [FINALIZER], "deletion work remains");
     let keys = argo.keys().await;
     // Two pods, each: later, keep, dir/a.txt, dir/b.txt, main.log (done is gone).
     assert_eq!(keys.len(), 10, "{keys:?}");
@@ -605,9 +600,7 @@ async fn a_dag_from_a_workflow_template_is_collected_by_the_templates_strategy()
     .await;
     argo.until("Argo completes it and artgc collects it", async || {
         argo.workflow("from-template").await.is_some_and(|w| {
-            w["status"]["phase"] == "Succeeded"
-                && w["status"]["artifactGCStatus"]["strategiesProcessed"]["OnWorkflowCompletion"]
-                    == true
+            w["status"]["phase"] == "Succeeded" && processed(&w, "OnWorkflowCompletion")
         })
     })
     .await;
@@ -628,9 +621,7 @@ async fn a_dag_from_a_workflow_template_is_collected_by_the_templates_strategy()
     assert!(deleted.iter().all(|a| a["deleted"] == true), "{deleted:?}");
     assert!(argo.keys().await.is_empty(), "{:?}", argo.keys().await);
     assert!(
-        w["metadata"]["finalizers"]
-            .as_array()
-            .is_none_or(|f| f.is_empty()),
+        finalizers(&w).is_empty(),
         "nothing left to hold it for: {}",
         w["metadata"]
     );
@@ -807,8 +798,7 @@ fn pod_nodes(w: &Value) -> Vec<&Value> {
 }
 
 fn completion_processed(w: &Value) -> bool {
-    w["status"]["phase"] == "Succeeded"
-        && w["status"]["artifactGCStatus"]["strategiesProcessed"]["OnWorkflowCompletion"] == true
+    w["status"]["phase"] == "Succeeded" && processed(w, "OnWorkflowCompletion")
 }
 
 /// A `templateRef` into a WorkflowTemplate whose template retries: the first attempt fails
@@ -1030,8 +1020,7 @@ async fn force_finalizer_removal_lets_a_workflow_go_whose_deletion_keeps_failing
         "Argo completes it, artgc holding the finalizer",
         async || {
             argo.workflow("forced").await.is_some_and(|w| {
-                w["status"]["phase"] == "Succeeded"
-                    && w["metadata"]["finalizers"] == json!([FINALIZER])
+                w["status"]["phase"] == "Succeeded" && finalizers(&w) == [FINALIZER]
             })
         },
     )
@@ -1222,8 +1211,7 @@ async fn beside_argos_own_gc_under_its_own_finalizer() {
             let Some(w) = argo.workflow("both").await else {
                 return false;
             };
-            let mut finalizers: Vec<String> =
-                serde_json::from_value(w["metadata"]["finalizers"].clone()).unwrap_or_default();
+            let mut finalizers = finalizers(&w);
             finalizers.sort();
             let keys = argo.keys().await;
             completion_processed(&w)
@@ -1358,9 +1346,9 @@ async fn argo_and_artgc_writing_at_once_lose_nothing() {
     let ctl = argo.artgc(|_| {}).await;
     argo.submit(fan_out("busy", 30, "OnWorkflowDeletion")).await;
     argo.until("artgc holds it while Argo runs it", async || {
-        argo.workflow("busy").await.is_some_and(|w| {
-            w["metadata"]["finalizers"] == json!([FINALIZER]) && w["status"]["phase"] == "Running"
-        })
+        argo.workflow("busy")
+            .await
+            .is_some_and(|w| finalizers(&w) == [FINALIZER] && w["status"]["phase"] == "Running")
     })
     .await;
     // A mark Argo takes back (its conflict path, a leftover task result) is restored by the
@@ -1375,7 +1363,7 @@ async fn argo_and_artgc_writing_at_once_lose_nothing() {
     })
     .await;
     let w = argo.workflow("busy").await.unwrap();
-    assert_eq!(w["metadata"]["finalizers"], json!([FINALIZER]));
+    assert_eq!(finalizers(&w), [FINALIZER]);
     assert_eq!(
         w["metadata"]["labels"]["workflows.argoproj.io/completed"],
         "true"

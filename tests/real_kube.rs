@@ -168,9 +168,9 @@ async fn passes_are_recorded_and_the_finalizer_released_on_a_real_api_server() {
     let ctl = c.start(|_| {}).await;
 
     until("the completion pass is recorded", async || {
-        c.workflow("done").await.is_some_and(|w| {
-            w["status"]["artifactGCStatus"]["strategiesProcessed"][COMPLETION] == true
-        })
+        c.workflow("done")
+            .await
+            .is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
     let done = c.workflow("done").await.unwrap();
@@ -193,7 +193,7 @@ async fn passes_are_recorded_and_the_finalizer_released_on_a_real_api_server() {
     assert_eq!(s3.keys(&bucket).await, ["kept/out.tgz"]);
     let kept = c.workflow("kept").await.unwrap();
     assert!(
-        kept["metadata"]["finalizers"].is_null(),
+        finalizers(&kept).is_empty(),
         "a Never artifact holds nothing: {kept}"
     );
 }
@@ -210,9 +210,9 @@ async fn a_gc_service_account_token_from_the_real_api_server_reaches_sts() {
     let irsa = Irsa::new(&c, "irsa").await;
     let ctl = c.start(|config| irsa.configure(config)).await;
     until("collected through the service account", async || {
-        c.workflow("w").await.is_some_and(|w| {
-            w["status"]["artifactGCStatus"]["strategiesProcessed"][COMPLETION] == true
-        })
+        c.workflow("w")
+            .await
+            .is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
     ctl.shutdown().await;
@@ -401,9 +401,9 @@ impl EveryPass {
     /// Waits for each pass, deleting `gone` on the way.
     async fn run(&self, c: &Cluster) {
         until("the completion pass is recorded", async || {
-            c.workflow("done").await.is_some_and(|w| {
-                w["status"]["artifactGCStatus"]["strategiesProcessed"][COMPLETION] == true
-            })
+            c.workflow("done")
+                .await
+                .is_some_and(|w| processed(&w, COMPLETION))
         })
         .await;
         c.delete("gone").await;
@@ -530,9 +530,9 @@ async fn the_charts_namespaced_rbac_with_the_service_account_identity_is_enough(
         })
         .await;
     until("collected through the service account", async || {
-        c.workflow("w").await.is_some_and(|w| {
-            w["status"]["artifactGCStatus"]["strategiesProcessed"][COMPLETION] == true
-        })
+        c.workflow("w")
+            .await
+            .is_some_and(|w| processed(&w, COMPLETION))
     })
     .await;
     passes.run(&c).await;

@@ -886,14 +886,6 @@ impl IdentityEnv {
     }
 }
 
-fn condition(wf: &Value) -> Option<String> {
-    wf["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "ArtifactGCError")
-        .and_then(|c| c["message"].as_str().map(str::to_string))
-}
-
 /// The right account deletes (through its role, and a `roleARN` assumed with it); an account
 /// whose role does not trust it, or that has no role, is refused; nothing acts as artgc itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -940,11 +932,11 @@ async fn the_workflows_gc_service_account_deletes_and_no_other() {
         .start("defaults:\n  identities: [secret, serviceAccount]\n")
         .await;
     until("team-a collected", async || {
-        e.get("team-a")["status"]["artifactGCStatus"]["strategiesProcessed"][COMPLETION] == true
+        processed(&e.get("team-a"), COMPLETION)
     })
     .await;
     until("team-b and team-c report", async || {
-        condition(&e.get("team-b")).is_some() && condition(&e.get("team-c")).is_some()
+        gc_condition(&e.get("team-b")).is_some() && gc_condition(&e.get("team-c")).is_some()
     })
     .await;
     ctl.shutdown().await;
@@ -952,12 +944,12 @@ async fn the_workflows_gc_service_account_deletes_and_no_other() {
         e.s3.keys(&e.bucket).await,
         ["team-b/out.tgz", "team-c/out.tgz"]
     );
-    let b = condition(&e.get("team-b")).unwrap();
+    let b = gc_condition(&e.get("team-b")).unwrap();
     assert!(
         b.contains("(credentials)") && b.contains("AssumeRoleWithWebIdentity"),
         "{b}"
     );
-    let c = condition(&e.get("team-c")).unwrap();
+    let c = gc_condition(&e.get("team-c")).unwrap();
     assert!(
         c.contains("(identity)") && c.contains("eks.amazonaws.com/role-arn"),
         "{c}"
@@ -1000,11 +992,11 @@ async fn service_accounts_are_used_only_where_the_policy_enables_them() {
     );
     let ctl = e.start("defaults:\n  identities: [secret]\n").await;
     until("team-a reports", async || {
-        condition(&e.get("team-a")).is_some()
+        gc_condition(&e.get("team-a")).is_some()
     })
     .await;
     ctl.shutdown().await;
-    let c = condition(&e.get("team-a")).unwrap();
+    let c = gc_condition(&e.get("team-a")).unwrap();
     assert!(c.contains("(identity)"), "{c}");
     assert!(e.sts.calls().is_empty());
     let tokens = e

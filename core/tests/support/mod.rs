@@ -270,3 +270,39 @@ impl Situation for artgc_core::outcome::PassContext {
         Self { attempt: n, ..self }
     }
 }
+
+// ---- A Workflow's recorded GC state, as the tests read it back from a server ----
+
+/// artgc's finalizers (and anyone else's) on the object.
+pub fn finalizers(wf: &Value) -> Vec<String> {
+    wf["metadata"]["finalizers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the node's output artifact is marked `deleted: true` (plain `status.nodes`).
+pub fn deleted_flag(wf: &Value, node: &str, artifact: &str) -> bool {
+    wf["status"]["nodes"][node]["outputs"]["artifacts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == artifact))
+        .is_some_and(|a| a["deleted"] == true)
+}
+
+/// Whether `strategiesProcessed` records the strategy done.
+pub fn processed(wf: &Value, s: &str) -> bool {
+    wf["status"]["artifactGCStatus"]["strategiesProcessed"][s] == true
+}
+
+/// The `ArtifactGCError` condition's message, when set.
+pub fn gc_condition(wf: &Value) -> Option<String> {
+    wf["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "ArtifactGCError")
+        .map(|c| c["message"].as_str().unwrap_or_default().to_string())
+}
