@@ -543,24 +543,13 @@ async fn purge_command(args: &PurgeArgs, limit: u64) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let due: Vec<_> = plan
+    let due = plan
         .artifacts()
         .filter(|(_, a)| a.decision == Decision::Delete)
-        .collect();
-    if !args.dry_run && !args.yes && !due.is_empty() {
-        let workflows: std::collections::BTreeSet<_> =
-            due.iter().map(|(w, _)| (&w.namespace, &w.name)).collect();
-        eprint!(
-            "Delete {} artifact(s) of {} workflow(s) from S3? [y/N] ",
-            due.len(),
-            workflows.len()
-        );
-        let mut answer = String::new();
-        let _ = std::io::stdin().read_line(&mut answer);
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!("aborted; nothing deleted");
-            return EXIT_FAILED;
-        }
+        .count();
+    if !args.dry_run && !args.yes && due > 0 && !confirmed(&plan, due) {
+        eprintln!("aborted; nothing deleted");
+        return EXIT_FAILED;
     }
     let mut store = ObjectStore::new(args.store.options());
     if let Some(c) = &cluster {
@@ -569,36 +558,18 @@ async fn purge_command(args: &PurgeArgs, limit: u64) -> u8 {
             sts: args.source.tenancy.sts(),
         });
     }
-    let bar = ProgressBar::new(due.len() as u64);
-    let mode = match args.dry_run {
-        true => Mode::DryRun,
-        false => Mode::Delete,
-    };
+    let bar = ProgressBar::new(due as u64);
     let run = Run {
-        mode,
+        mode: match args.dry_run {
+            true => Mode::DryRun,
+            false => Mode::Delete,
+        },
         ..Run::DELETE.with_progress(&bar)
     };
-    let recorder = match &cluster {
-        Some(c) if !args.no_record => Some(Recorder {
-            client: &c.client,
-            field_manager: "artgc-purge",
-            finalizer: &args.finalizer,
-            finalizers: Finalizers::ReleaseOnly,
-            low: None,
-            max_node_status_bytes: limit,
-            gate: &pass::Open,
-            subjects: c
-                .objects
-                .iter()
-                .zip(&c.inputs)
-                .map(|(object, input)| Subject {
-                    object: object.clone(),
-                    input,
-                })
-                .collect(),
-        }),
-        _ => None,
-    };
+    let recorder = cluster
+        .as_ref()
+        .filter(|_| !args.no_record)
+        .map(|c| purge_recorder(c, args, limit));
     let reclaims = args.store.options().reclaim_versions;
     let passed = pass::run(&plan, &store, run, recorder, reclaims).await;
     bar.finish();
@@ -620,6 +591,49 @@ async fn purge_command(args: &PurgeArgs, limit: u64) -> u8 {
         EXIT_FAILED
     } else {
         code
+    }
+}
+
+/// Asks on the terminal before deleting `due` artifacts.
+fn confirmed(plan: &artgc_core::plan::GcPlan, due: usize) -> bool {
+    let workflows: std::collections::BTreeSet<_> = plan
+        .artifacts()
+        .filter(|(_, a)| a.decision == Decision::Delete)
+        .map(|(w, _)| (&w.namespace, &w.name))
+        .collect();
+    eprint!(
+        "Delete {due} artifact(s) of {} workflow(s) from S3? [y/N] ",
+        workflows.len()
+    );
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
+/// How `purge` records on the Workflows it read: as `artgc-purge`, releasing the finalizer
+/// only (nobody would be there to remove one it added).
+fn purge_recorder<'a>(
+    c: &'a crate::source::ClusterRead,
+    args: &'a PurgeArgs,
+    limit: u64,
+) -> Recorder<'a> {
+    Recorder {
+        client: &c.client,
+        field_manager: "artgc-purge",
+        finalizer: &args.finalizer,
+        finalizers: Finalizers::ReleaseOnly,
+        low: None,
+        max_node_status_bytes: limit,
+        gate: &pass::Open,
+        subjects: c
+            .objects
+            .iter()
+            .zip(&c.inputs)
+            .map(|(object, input)| Subject {
+                object: object.clone(),
+                input,
+            })
+            .collect(),
     }
 }
 

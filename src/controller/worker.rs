@@ -154,7 +154,7 @@ async fn reconcile(
             )
         })
         .await;
-    let mut pass = Pass {
+    let pass = Pass {
         shared,
         key,
         api: workflows(&shared.client, Some(ns)),
@@ -173,43 +173,21 @@ async fn reconcile(
         let ctx = PassContext::of(wf, &pass.raw, holds, budget);
         return pass.running(&ctx).await;
     }
-    let (plan, input) = pass.planned(input).await;
-    let since = Since {
-        finished_at: parse_time(&pass.raw["status"]["finishedAt"]),
-        deleted_at: parse_time(&pass.raw["metadata"]["deletionTimestamp"]),
-    };
-    let object = std::mem::take(&mut pass.raw);
-    let recorder = Recorder {
-        client: &shared.client,
-        field_manager: "artgc",
-        finalizer: &shared.config.finalizer,
-        finalizers: Finalizers::Manage { budget },
-        low: pass.low(),
-        max_node_status_bytes: shared.config.max_node_status_bytes,
-        gate: &pass.fence,
-        subjects: vec![Subject {
-            object,
-            input: &input,
-        }],
-    };
-    let run = Run::DELETE.with_stop(&pass.fence);
-    let reclaims = shared.config.store.reclaim_versions;
-    let passed = crate::pass::run(&plan, &shared.store, run, Some(recorder), reclaims).await;
-    let Passed {
-        execution,
-        mut recorded,
-    } = match passed {
-        Ok(p) => p,
-        Err(PassError::Gone(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let (outcome, written) = recorded.remove(0);
-    let reference = written?;
-    publish_outcome(shared, key, &outcome, &reference, since).await;
+    pass.collect(input, budget).await
+}
+
+/// What the queue does after a recorded pass: retry a failure (with backoff), retry a pass
+/// that was stopped before it was done, look again later for readers that still run, or
+/// nothing more.
+fn after_pass(
+    outcome: &artgc_core::outcome::PassOutcome,
+    execution: &Execution,
+    reader_recheck: Duration,
+) -> Result<Option<Duration>, ReconcileError> {
     match outcome.failures.first() {
         Some(f) => Err(ReconcileError::Gc(f.category)),
-        None if outcome.pending && execution_stopped(&execution) => Err(ReconcileError::Fenced),
-        None if outcome.waiting_on_readers => Ok(Some(shared.config.reader_recheck)),
+        None if outcome.pending && execution_stopped(execution) => Err(ReconcileError::Fenced),
+        None if outcome.waiting_on_readers => Ok(Some(reader_recheck)),
         None => Ok(None),
     }
 }
@@ -232,6 +210,49 @@ impl Pass<'_> {
 
     fn low(&self) -> Option<&crate::low_priority::LowPriority> {
         self.big.then_some(&self.shared.low)
+    }
+
+    /// A finished (or unreadable) workflow's pass: plan it, run the one [`crate::pass`], then
+    /// tell what it did.
+    async fn collect(
+        mut self,
+        input: Arc<WorkflowInput>,
+        budget: u32,
+    ) -> Result<Option<Duration>, ReconcileError> {
+        let shared = self.shared;
+        let (plan, input) = self.planned(input).await;
+        let since = Since {
+            finished_at: parse_time(&self.raw["status"]["finishedAt"]),
+            deleted_at: parse_time(&self.raw["metadata"]["deletionTimestamp"]),
+        };
+        let object = std::mem::take(&mut self.raw);
+        let recorder = Recorder {
+            client: &shared.client,
+            field_manager: "artgc",
+            finalizer: &shared.config.finalizer,
+            finalizers: Finalizers::Manage { budget },
+            low: self.low(),
+            max_node_status_bytes: shared.config.max_node_status_bytes,
+            gate: &self.fence,
+            subjects: vec![Subject {
+                object,
+                input: &input,
+            }],
+        };
+        let run = Run::DELETE.with_stop(&self.fence);
+        let reclaims = shared.config.store.reclaim_versions;
+        let passed = crate::pass::run(&plan, &shared.store, run, Some(recorder), reclaims).await;
+        let Passed {
+            execution,
+            mut recorded,
+        } = match passed {
+            Ok(p) => p,
+            Err(PassError::Gone(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let (outcome, written) = recorded.remove(0);
+        publish_outcome(shared, self.key, &outcome, &written?, since).await;
+        after_pass(&outcome, &execution, shared.config.reader_recheck)
     }
 
     /// The plan of a finished or unreadable workflow, and the input it was made from (with

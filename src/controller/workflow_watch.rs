@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::kube_api::WatchedWorkflow;
 use artgc_core::inventory::WorkflowInput;
-use artgc_core::model::LABEL_INSTANCE_ID;
+use artgc_core::model::{LABEL_INSTANCE_ID, Workflow};
 use artgc_core::outcome::wants_pass;
 use artgc_core::plan::plan_alone;
 
@@ -250,64 +250,38 @@ async fn observe(shared: &ControllerState, wf: WatchedWorkflow) {
         (Some(t), true) => Some(t.0),
         _ => None,
     };
+    let seen = Seen {
+        key: &key,
+        holds,
+        waiting,
+        deleting: wf.metadata.deletion_timestamp.is_some(),
+    };
     let big = is_big(wf.raw.get());
     let _big = shared.big_turn(big).await;
     let WatchedWorkflow { metadata, raw } = wf;
-    let input = {
-        let (ns, limit) = (ns.clone(), shared.config.max_node_status_bytes);
-        shared
-            .cpu(big, move || {
-                WorkflowInput::from_json(raw.get(), &ns).unpacked(limit)
-            })
-            .await
-    };
+    let limit = shared.config.max_node_status_bytes;
+    let input = shared
+        .cpu(big, move || {
+            WorkflowInput::from_json(raw.get(), &ns).unpacked(limit)
+        })
+        .await;
     let queue = match input {
         // Offloaded nodes: read from Argo's database, running or not, so that the keys such a
-        // workflow uses are in the shared-key index too. Unreadable now: its old entries stay.
+        // workflow uses are in the shared-key index too.
         WorkflowInput::Valid(mut w) if artgc_core::nodes::is_offloaded(&w) => {
-            match crate::offload::hydrate_from_cluster(&shared.offload, &shared.reader, &mut w)
-                .await
-            {
-                Ok(_) => Some(WorkflowInput::Valid(w)),
+            let read =
+                crate::offload::hydrate_from_cluster(&shared.offload, &shared.reader, &mut w).await;
+            match read {
+                Ok(_) => index_readable(shared, &seen, w, big).await,
+                // Unreadable now: its old entries stay, and it is passed once due.
                 Err(e) => {
                     warn!(workflow = %key, error = %e, category = e.category(), "reading offloaded nodes to index them");
                     shared.index.apply_unreadable(&key, waiting);
-                    let deleting = metadata.deletion_timestamp.is_some();
-                    if artgc_core::outcome::wants_pass_nodes_unread(w.is_finished(), deleting) {
-                        shared.queue.add(key, Instant::now());
-                    }
-                    return;
+                    artgc_core::outcome::wants_pass_nodes_unread(w.is_finished(), seen.deleting)
                 }
             }
         }
-        other => Some(other),
-    };
-    let queue = match queue.expect("handled above") {
-        WorkflowInput::Valid(w) => {
-            let state = match shared.reader.state_for(&w, None).await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(workflow = %key, error = %e, "reading repository ConfigMaps");
-                    // Its earlier key uses stay; its wait on the finalizer shows.
-                    shared.index.apply_unreadable(&key, waiting);
-                    shared
-                        .queue
-                        .add(key, Instant::now() + shared.config.backoff_base);
-                    return;
-                }
-            };
-            // The workflow and its plan are also dropped there: freeing a big tree takes a while.
-            let reclaims_everywhere = shared.config.store.reclaim_versions;
-            let (wants, uses) = shared
-                .cpu(big, move || {
-                    let (mut wp, uses) = plan_alone(&w, &state);
-                    wp.may_reclaim |= reclaims_everywhere;
-                    (wants_pass(&w, &wp, holds), uses)
-                })
-                .await;
-            shared.index.apply(&key, uses, waiting).await;
-            wants
-        }
+        WorkflowInput::Valid(w) => index_readable(shared, &seen, w, big).await,
         // Unreadable: reported (condition, event) once it finished or is being deleted with our
         // finalizer (the force rule applies); it keeps its old index entries, to be safe.
         WorkflowInput::Invalid { .. } => {
@@ -317,12 +291,55 @@ async fn observe(shared: &ControllerState, wf: WatchedWorkflow) {
                 .and_then(|l| l.get(artgc_core::model::LABEL_COMPLETED))
                 .is_some_and(|v| v == "true");
             shared.index.apply_unreadable(&key, waiting);
-            let deleting = metadata.deletion_timestamp.is_some();
-            artgc_core::outcome::wants_pass_unreadable(completed, deleting, holds)
+            artgc_core::outcome::wants_pass_unreadable(completed, seen.deleting, holds)
         }
     };
     if queue {
         debug!(workflow = %key, "queued");
         shared.queue.add(key, Instant::now());
     }
+}
+
+/// What the watch saw of a Workflow besides its body.
+struct Seen<'a> {
+    key: &'a WorkflowKey,
+    /// artgc's finalizer is on it.
+    holds: bool,
+    /// Its deletionTimestamp, while it is deleted and held by artgc's finalizer.
+    waiting: Option<jiff::Timestamp>,
+    deleting: bool,
+}
+
+/// Indexes a readable workflow's key uses; returns whether it wants a pass. A failed read of
+/// its ConfigMaps keeps its earlier uses and queues it after a backoff instead.
+async fn index_readable(
+    shared: &ControllerState,
+    seen: &Seen<'_>,
+    w: Box<Workflow>,
+    big: bool,
+) -> bool {
+    let state = match shared.reader.state_for(&w, None).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(workflow = %seen.key, error = %e, "reading repository ConfigMaps");
+            // Its earlier key uses stay; its wait on the finalizer shows.
+            shared.index.apply_unreadable(seen.key, seen.waiting);
+            shared.queue.add(
+                seen.key.clone(),
+                Instant::now() + shared.config.backoff_base,
+            );
+            return false;
+        }
+    };
+    // The workflow and its plan are also dropped there: freeing a big tree takes a while.
+    let (reclaims_everywhere, holds) = (shared.config.store.reclaim_versions, seen.holds);
+    let (wants, uses) = shared
+        .cpu(big, move || {
+            let (mut wp, uses) = plan_alone(&w, &state);
+            wp.may_reclaim |= reclaims_everywhere;
+            (wants_pass(&w, &wp, holds), uses)
+        })
+        .await;
+    shared.index.apply(seen.key, uses, seen.waiting).await;
+    wants
 }

@@ -48,6 +48,37 @@ pub(super) async fn versioned<'a>(
     store: &ObjectStore,
     run: Run<'_>,
 ) -> Versions<'a> {
+    let state = bucket_versioning(jobs, exec, store).await;
+    let mut out = Versions::default();
+    let operator = store.options().reclaim_versions;
+    let places = choose(plan, jobs, exec, &state, operator, &mut out);
+    let listed = futures::future::join_all(places.iter().map(|(j, place)| {
+        let job = &jobs[*j];
+        async move {
+            if run.stop.stopped() {
+                return Err(StoreError::cancelled());
+            }
+            let client = store.client_for(job.conn, &job.target.bucket).await?;
+            let limit = store.options().max_objects_per_artifact;
+            let prefix = place.scope().list_prefix();
+            store
+                .list_versions(&client, &job.target.bucket, prefix, limit, &|| {
+                    run.stop.stopped()
+                })
+                .await
+        }
+    }))
+    .await;
+    collect(jobs, claimed, exec, &places, listed, &mut out);
+    out
+}
+
+/// Each bucket's versioning, asked once, for the buckets of jobs whose probe went through.
+async fn bucket_versioning<'a>(
+    jobs: &[Job<'a>],
+    exec: &Execution,
+    store: &ObjectStore,
+) -> HashMap<(&'a S3Connection, &'a str), Option<Versioning>> {
     let mut buckets: Vec<(&'a S3Connection, &'a str)> = jobs
         .iter()
         .filter(|job| {
@@ -66,11 +97,20 @@ pub(super) async fn versioned<'a>(
         }
     }))
     .await;
-    let state: HashMap<(&S3Connection, &str), Option<Versioning>> =
-        buckets.into_iter().zip(asked).collect();
+    buckets.into_iter().zip(asked).collect()
+}
 
-    let mut out = Versions::default();
-    let mut listings = Vec::new();
+/// Records each job's bucket versioning and the reclaim choice ([`reclaim_choice`]); returns
+/// where each reclaimed job's versions are: its key, or the directory the probe found.
+fn choose(
+    plan: &GcPlan,
+    jobs: &[Job<'_>],
+    exec: &mut Execution,
+    state: &HashMap<(&S3Connection, &str), Option<Versioning>>,
+    operator: bool,
+    out: &mut Versions<'_>,
+) -> Vec<(usize, Place)> {
+    let mut places = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
         let Some(o) = exec.outcomes.get_mut(&job.id) else {
             continue;
@@ -87,7 +127,7 @@ pub(super) async fn versioned<'a>(
             continue;
         }
         let choice = reclaim_choice(
-            store.options().reclaim_versions,
+            operator,
             plan.artifact(job.id).reclaim_versions,
             job.reclaim_refused.as_deref(),
         );
@@ -98,38 +138,26 @@ pub(super) async fn versioned<'a>(
         out.jobs.insert(j, reclaim);
         if reclaim {
             o.reclaim_bounds = job.bounded_by.clone();
-            listings.push(j);
+            let place = match o.kind {
+                Some(ObjectKind::Directory) => Place::Prefix(job.target.directory_prefix()),
+                _ => Place::Key(job.target.key.clone()),
+            };
+            places.push((j, place));
         }
     }
-    // Where each reclaimed job's versions are: its key, or the directory the probe found.
-    let places: Vec<(usize, Place)> = listings
-        .into_iter()
-        .map(|j| {
-            let target = jobs[j].target;
-            let place = match exec.outcomes.get(&jobs[j].id).and_then(|o| o.kind) {
-                Some(ObjectKind::Directory) => Place::Prefix(target.directory_prefix()),
-                _ => Place::Key(target.key.clone()),
-            };
-            (j, place)
-        })
-        .collect();
-    let listed = futures::future::join_all(places.iter().map(|(j, place)| {
-        let job = &jobs[*j];
-        async move {
-            if run.stop.stopped() {
-                return Err(StoreError::cancelled());
-            }
-            let client = store.client_for(job.conn, &job.target.bucket).await?;
-            let limit = store.options().max_objects_per_artifact;
-            let prefix = place.scope().list_prefix();
-            store
-                .list_versions(&client, &job.target.bucket, prefix, limit, &|| {
-                    run.stop.stopped()
-                })
-                .await
-        }
-    }))
-    .await;
+    places
+}
+
+/// The versions each listing shows the job wrote ([`versions_to_reclaim`]), each once: a
+/// version two jobs claim is deleted once and counted for the first.
+fn collect<'a>(
+    jobs: &[Job<'a>],
+    claimed: &HashMap<usize, Vec<String>>,
+    exec: &mut Execution,
+    places: &[(usize, Place)],
+    listed: Vec<Result<Vec<ObjectVersion>, StoreError>>,
+    out: &mut Versions<'a>,
+) {
     let mut seen: HashMap<(&S3Connection, &str, String, String), usize> = HashMap::new();
     for ((j, place), listing) in places.iter().zip(listed) {
         let (j, scope) = (*j, place.scope());
@@ -171,7 +199,6 @@ pub(super) async fn versioned<'a>(
             }
         }
     }
-    out
 }
 
 impl Versions<'_> {
