@@ -256,47 +256,22 @@ async fn load_from_cluster(
     opts: &PlanOptions,
 ) -> Result<LoadedPlan, InputError> {
     let client = kube_client(source.kubeconfig.as_deref(), source.context.as_deref()).await?;
-    let ns = (!source.all_namespaces).then_some(source.namespace.as_str());
-    let api = workflows(&client, ns);
-    let mut lp = ListParams::default();
-    if let Some(sel) = &source.selector {
-        lp = lp.labels(sel);
-    }
-    let mut selected = Vec::new();
-    if source.names.is_empty() {
-        selected = list_all(&api, &lp)
-            .await
-            .map_err(|e| cluster_error("listing Workflows", e))?;
-    } else {
-        for name in &source.names {
-            let obj = api
-                .get(name)
-                .await
-                .map_err(|e| cluster_error(&format!("Workflow {}/{name}", source.namespace), e))?;
-            selected.push(serde_json::to_value(obj).unwrap_or(Value::Null));
-        }
-    }
-    let default_ns = source.namespace.clone();
-    let mut inputs: Vec<WorkflowInput> = selected
-        .iter()
+    let selected = select(&client, source).await?;
+    let limit = source.max_node_status_bytes;
+    let mut read: Vec<(Value, WorkflowInput)> = selected
+        .into_iter()
         .map(|v| {
-            WorkflowInput::from_value(v.clone(), &default_ns).unpacked(source.max_node_status_bytes)
+            let input = WorkflowInput::from_value(v.clone(), &source.namespace).unpacked(limit);
+            (v, input)
         })
         .collect();
-    let mut raws = selected;
     if let Some(age) = source.older_than {
-        let keep: Vec<bool> = inputs
-            .iter()
-            .map(|w| match w {
-                WorkflowInput::Valid(wf) => finished_before(wf.status.finished_at.as_deref(), age),
-                WorkflowInput::Invalid { .. } => true,
-            })
-            .collect();
-        let mut it = keep.iter();
-        inputs.retain(|_| *it.next().expect("same length"));
-        let mut it = keep.iter();
-        raws.retain(|_| *it.next().expect("same length"));
+        read.retain(|(_, w)| match w {
+            WorkflowInput::Valid(wf) => finished_before(wf.status.finished_at.as_deref(), age),
+            WorkflowInput::Invalid { .. } => true,
+        });
     }
+    let (raws, mut inputs): (Vec<Value>, Vec<WorkflowInput>) = read.into_iter().unzip();
 
     let policy = source.policy.clone();
     let reader = ClusterReader::new(client.clone(), source.argo.clone(), policy.clone());
@@ -308,7 +283,7 @@ async fn load_from_cluster(
             .persistence_state()
             .await
             .map_err(|e| cluster_error("reading Argo's persistence settings", e))?;
-        crate::offload::hydrate_all(&persistence, &mut inputs, source.max_node_status_bytes).await;
+        crate::offload::hydrate_all(&persistence, &mut inputs, limit).await;
     }
     let mut state = ClusterState::new(source.argo.clone()).with_policy(policy);
     for w in &inputs {
@@ -320,31 +295,7 @@ async fn load_from_cluster(
             state.absorb(s);
         }
     }
-
-    // Every other workflow's keys, cluster-wide when allowed, else in the namespace: read a
-    // page at a time and reduced to its key uses, so memory holds the index, not the objects.
-    let mut index = KeyIndex::default();
-    let everyone = index_pages(
-        &workflows(&client, None),
-        &reader,
-        &default_ns,
-        &mut index,
-        source.max_node_status_bytes,
-    )
-    .await;
-    if let Err(e) = everyone {
-        tracing::warn!(error = %e, "cannot list Workflows cluster-wide; shared keys are checked within the namespace only");
-        index = KeyIndex::default();
-        index_pages(
-            &workflows(&client, Some(&source.namespace)),
-            &reader,
-            &default_ns,
-            &mut index,
-            source.max_node_status_bytes,
-        )
-        .await
-        .map_err(|e| cluster_error("listing Workflows", e))?;
-    }
+    let index = everyones_keys(&client, &reader, source).await?;
     let plan = plan_with_index(&inputs, &state, opts, Some(&index));
     Ok(LoadedPlan {
         plan,
@@ -354,4 +305,52 @@ async fn load_from_cluster(
             inputs,
         }),
     })
+}
+
+/// The Workflows the selection names (by name, else by listing with its label selector), as
+/// JSON.
+async fn select(
+    client: &kube::Client,
+    source: &ClusterSelection,
+) -> Result<Vec<Value>, InputError> {
+    let ns = (!source.all_namespaces).then_some(source.namespace.as_str());
+    let api = workflows(client, ns);
+    if source.names.is_empty() {
+        let mut lp = ListParams::default();
+        if let Some(sel) = &source.selector {
+            lp = lp.labels(sel);
+        }
+        return list_all(&api, &lp)
+            .await
+            .map_err(|e| cluster_error("listing Workflows", e));
+    }
+    let mut selected = Vec::new();
+    for name in &source.names {
+        let obj = api
+            .get(name)
+            .await
+            .map_err(|e| cluster_error(&format!("Workflow {}/{name}", source.namespace), e))?;
+        selected.push(serde_json::to_value(obj).unwrap_or(Value::Null));
+    }
+    Ok(selected)
+}
+
+/// Every other workflow's keys, cluster-wide when allowed, else in the namespace: read a page
+/// at a time and reduced to its key uses, so memory holds the index, not the objects.
+async fn everyones_keys(
+    client: &kube::Client,
+    reader: &ClusterReader,
+    source: &ClusterSelection,
+) -> Result<KeyIndex, InputError> {
+    let (ns, limit) = (&source.namespace, source.max_node_status_bytes);
+    let mut index = KeyIndex::default();
+    let everyone = index_pages(&workflows(client, None), reader, ns, &mut index, limit).await;
+    if let Err(e) = everyone {
+        tracing::warn!(error = %e, "cannot list Workflows cluster-wide; shared keys are checked within the namespace only");
+        index = KeyIndex::default();
+        index_pages(&workflows(client, Some(ns)), reader, ns, &mut index, limit)
+            .await
+            .map_err(|e| cluster_error("listing Workflows", e))?;
+    }
+    Ok(index)
 }

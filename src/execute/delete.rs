@@ -35,33 +35,18 @@ pub async fn delete(
     run.progress
         .to_delete(groups.values().map(|g| g.len() as u64).sum());
 
-    let owners: Vec<AuditOwner> = jobs
-        .iter()
-        .map(|job| {
-            let wp = &plan.workflows[job.id.workflow];
-            let ap = plan.artifact(job.id);
-            AuditOwner {
-                namespace: wp.namespace.clone(),
-                workflow: wp.name.clone(),
-                uid: wp.uid.clone().unwrap_or_default(),
-                artifact: format!("{}/{}", ap.node, ap.name),
-            }
-        })
-        .collect();
+    let owners = audit_owners(plan, &jobs);
     // In key order: a store deletes neighbouring keys of its index faster, as when it lists.
     for keys in groups.values_mut() {
         keys.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     }
-    let mut batches = Vec::new();
-    for ((conn, bucket), keys) in &groups {
-        for chunk in keys.chunks(MAX_BATCH) {
-            batches.push((*conn, *bucket, chunk));
-        }
-    }
+    let batches = groups.iter().flat_map(|((conn, bucket), keys)| {
+        keys.chunks(MAX_BATCH)
+            .map(move |chunk| (*conn, *bucket, chunk))
+    });
     // Futures built before the stream, by a named async fn: a closure inside the stream type
     // makes the whole future not provably `Send` (rustc's higher-ranked lifetime limits).
     let futures: Vec<_> = batches
-        .into_iter()
         .map(|(conn, bucket, chunk)| delete_batch(store, conn, bucket, chunk, &owners, run))
         .collect();
     let results: Vec<_> = futures::stream::iter(futures)
@@ -86,6 +71,22 @@ pub async fn delete(
         .values_mut()
         .for_each(count_only_what_was_deleted);
     exec
+}
+
+/// Who each job's keys belong to, for the audit records.
+fn audit_owners(plan: &GcPlan, jobs: &[Job<'_>]) -> Vec<AuditOwner> {
+    jobs.iter()
+        .map(|job| {
+            let wp = &plan.workflows[job.id.workflow];
+            let ap = plan.artifact(job.id);
+            AuditOwner {
+                namespace: wp.namespace.clone(),
+                workflow: wp.name.clone(),
+                uid: wp.uid.clone().unwrap_or_default(),
+                artifact: format!("{}/{}", ap.node, ap.name),
+            }
+        })
+        .collect()
 }
 
 pub(super) type BatchResult<'a> = (&'a [KeyEntry], Vec<Result<(), StoreError>>);
