@@ -496,9 +496,33 @@ impl ObjectStore {
 
 #[cfg(test)]
 mod tests {
-    use super::sdk::{attempt_outcome, is_region_name, regional_url};
+    use super::sdk::{KeyError, attempt_outcome, is_region_name, per_key_error, regional_url};
     use super::versions::versioning_in;
     use super::*;
+
+    #[test]
+    fn a_key_deleteobjects_failed_is_retried_only_when_the_store_may_answer_otherwise() {
+        let at = "DeleteObjects s3://b/k";
+        let kind = |r: &KeyError| match r {
+            KeyError::Gone => "gone",
+            KeyError::Retry(_) => "retry",
+            KeyError::Failed(_) => "failed",
+        };
+        for (code, want) in [
+            ("NoSuchKey", "gone"),
+            ("SlowDown", "retry"),
+            ("InternalError", "retry"),
+            ("ServiceUnavailable", "retry"),
+            ("AccessDenied", "failed"),
+            ("Unknown", "retry"),
+        ] {
+            assert_eq!(kind(&per_key_error(code, "m", at)), want, "{code}");
+        }
+        let KeyError::Failed(e) = per_key_error("AccessDenied", "no", at) else {
+            panic!("failed")
+        };
+        assert_eq!(e.to_string(), "DeleteObjects s3://b/k: AccessDenied: no");
+    }
 
     #[test]
     fn only_a_region_name_goes_into_aws_s_regional_host() {

@@ -7,7 +7,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use backon::BackoffBuilder;
 
-use super::sdk::{add_content_md5, kind_of, sdk_error, timestamp};
+use super::sdk::{KeyError, add_content_md5, per_key_error, sdk_error, timestamp};
 use super::{
     Listing, MAX_BATCH, ObjectStore, StoreClient, StoreError, StoreErrorKind, StoredObject,
 };
@@ -184,25 +184,14 @@ impl ObjectStore {
                     continue;
                 };
                 let code = err.code().unwrap_or("Unknown");
-                if code == "NoSuchKey" {
-                    continue;
-                }
-                let kind = kind_of(Some(code), None);
-                let e = StoreError::new(
-                    kind,
-                    format!(
-                        "DeleteObjects s3://{bucket}/{}: {code}: {}",
-                        keys[i],
-                        err.message().unwrap_or_default()
-                    ),
-                );
-                results[i] = Err(e);
-                if matches!(
-                    kind,
-                    StoreErrorKind::Throttled | StoreErrorKind::Server | StoreErrorKind::Request
-                ) && code != "AccessDenied"
-                {
-                    retry.push(i);
+                let what = format!("DeleteObjects s3://{bucket}/{}", keys[i]);
+                match per_key_error(code, err.message().unwrap_or_default(), &what) {
+                    KeyError::Gone => {}
+                    KeyError::Retry(e) => {
+                        results[i] = Err(e);
+                        retry.push(i);
+                    }
+                    KeyError::Failed(e) => results[i] = Err(e),
                 }
             }
             if retry.is_empty() {

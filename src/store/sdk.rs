@@ -198,3 +198,31 @@ pub(super) fn timestamp(t: Option<&aws_smithy_types::DateTime>) -> Option<jiff::
     let t = t?;
     jiff::Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok()
 }
+
+/// What one key's error inside a DeleteObjects answer comes to.
+#[derive(Debug)]
+pub(super) enum KeyError {
+    /// `NoSuchKey`: already gone, which is what deleting wanted.
+    Gone,
+    /// Throttled, or failed on the store's side: sent again, within the attempts.
+    Retry(StoreError),
+    Failed(StoreError),
+}
+
+/// The rule for a per-key error `code` (and its message) reported by DeleteObjects for
+/// `what`: access denied is never retried, whatever kind the code maps to.
+pub(super) fn per_key_error(code: &str, message: &str, what: &str) -> KeyError {
+    if code == "NoSuchKey" {
+        return KeyError::Gone;
+    }
+    let kind = kind_of(Some(code), None);
+    let e = StoreError::new(kind, format!("{what}: {code}: {message}"));
+    let transient = matches!(
+        kind,
+        StoreErrorKind::Throttled | StoreErrorKind::Server | StoreErrorKind::Request
+    );
+    match transient && code != "AccessDenied" {
+        true => KeyError::Retry(e),
+        false => KeyError::Failed(e),
+    }
+}
