@@ -864,19 +864,7 @@ fn reclaim_choice_rule() {
 fn judge_records_finished_seen_only_where_versions_may_be_reclaimed() {
     use artgc_core::outcome::{PassContext, judge};
     let now: jiff::Timestamp = "2026-12-07T10:00:00Z".parse().unwrap();
-    let ctx = PassContext {
-        finished: true,
-        started: true,
-        deleting: false,
-        has_finalizer: false,
-        force_finalizer_removal: false,
-        attempt: 1,
-        budget: 3,
-        may_need_gc: false,
-        may_add_finalizer: true,
-        processed: Default::default(),
-        has_condition: false,
-    };
+    let ctx = completed_pass();
     let readable = |may_reclaim: bool| {
         let mut wp = artgc_core::plan::WorkflowPlan::unplannable(
             "ns",
