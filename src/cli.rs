@@ -11,7 +11,7 @@ use crate::execute::{Mode, Progress, Run};
 use crate::identity::StsSettings;
 use crate::pass::{self, Finalizers, Recorder, Subject};
 use crate::report::Report;
-use crate::source::{ClusterSelection, LoadedPlan, Source};
+use crate::source::{ClusterRead, ClusterSelection, LoadedPlan, Source};
 use crate::store::{ObjectStore, StoreOptions};
 use crate::telemetry::LogFormat;
 use artgc_core::cluster::ArgoConfigMapRef;
@@ -558,6 +558,14 @@ async fn purge_command(args: &PurgeArgs, limit: u64) -> u8 {
             sts: args.source.tenancy.sts(),
         });
     }
+    let (client, objects, inputs) = match cluster {
+        Some(ClusterRead {
+            client,
+            objects,
+            inputs,
+        }) => (Some(client), objects, inputs),
+        None => (None, Vec::new(), Vec::new()),
+    };
     let bar = ProgressBar::new(due as u64);
     let run = Run {
         mode: match args.dry_run {
@@ -566,12 +574,12 @@ async fn purge_command(args: &PurgeArgs, limit: u64) -> u8 {
         },
         ..Run::DELETE.with_progress(&bar)
     };
-    let recorder = cluster
+    // The objects as read move into the pass: it writes from them, nothing else reads them.
+    let recorder = client
         .as_ref()
         .filter(|_| !args.no_record)
-        .map(|c| purge_recorder(c, args, limit));
-    let reclaims = args.store.options().reclaim_versions;
-    let passed = pass::run(&plan, &store, run, recorder, reclaims).await;
+        .map(|client| purge_recorder(client, objects, &inputs, args, limit));
+    let passed = pass::run(&plan, &store, run, recorder).await;
     bar.finish();
     let passed = match passed {
         Ok(p) => p,
@@ -613,26 +621,24 @@ fn confirmed(plan: &artgc_core::plan::GcPlan, due: usize) -> bool {
 /// How `purge` records on the Workflows it read: as `artgc-purge`, releasing the finalizer
 /// only (nobody would be there to remove one it added).
 fn purge_recorder<'a>(
-    c: &'a crate::source::ClusterRead,
+    client: &'a kube::Client,
+    objects: Vec<serde_json::Value>,
+    inputs: &'a [artgc_core::inventory::WorkflowInput],
     args: &'a PurgeArgs,
     limit: u64,
 ) -> Recorder<'a> {
     Recorder {
-        client: &c.client,
+        client,
         field_manager: "artgc-purge",
         finalizer: &args.finalizer,
         finalizers: Finalizers::ReleaseOnly,
         low: None,
         max_node_status_bytes: limit,
         gate: &pass::Open,
-        subjects: c
-            .objects
-            .iter()
-            .zip(&c.inputs)
-            .map(|(object, input)| Subject {
-                object: object.clone(),
-                input,
-            })
+        subjects: objects
+            .into_iter()
+            .zip(inputs)
+            .map(|(object, input)| Subject { object, input })
             .collect(),
     }
 }

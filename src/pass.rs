@@ -100,16 +100,16 @@ pub struct Passed {
     pub recorded: Vec<(PassOutcome, Result<ObjectReference, PassError>)>,
 }
 
-/// Runs the pass. `operator_reclaims` is `--reclaim-versions` (it decides the finished-seen
-/// record). Fails only at the mark step, before anything is deleted; a failed record is one
+/// Runs the pass. Fails only at the mark step, before anything is deleted; a failed record is one
 /// workflow's, in [`Passed::recorded`].
 pub async fn run(
     plan: &GcPlan,
     store: &ObjectStore,
     run: Run<'_>,
     recorder: Option<Recorder<'_>>,
-    operator_reclaims: bool,
 ) -> Result<Passed, PassError> {
+    // `--reclaim-versions` decides the finished-seen record too.
+    let operator_reclaims = store.options().reclaim_versions;
     let mut recorder = recorder.filter(|_| run.mode == Mode::Delete);
     let contexts: Vec<PassContext> = match &recorder {
         Some(r) => {

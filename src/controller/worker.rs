@@ -240,8 +240,7 @@ impl Pass<'_> {
             }],
         };
         let run = Run::DELETE.with_stop(&self.fence);
-        let reclaims = shared.config.store.reclaim_versions;
-        let passed = crate::pass::run(&plan, &shared.store, run, Some(recorder), reclaims).await;
+        let passed = crate::pass::run(&plan, &shared.store, run, Some(recorder)).await;
         let Passed {
             execution,
             mut recorded,
@@ -250,7 +249,10 @@ impl Pass<'_> {
             Err(PassError::Gone(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let (outcome, written) = recorded.remove(0);
+        // One subject, recorded: a pass that deletes always records what it did.
+        let Some((outcome, written)) = recorded.pop() else {
+            return Ok(None);
+        };
         publish_outcome(shared, self.key, &outcome, &written?, since).await;
         after_pass(&outcome, &execution, shared.config.reader_recheck)
     }
