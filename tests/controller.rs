@@ -138,7 +138,7 @@ impl Env {
     }
 
     /// In a namespace of its own on the real API server, the controller acting as the shipped
-    /// ServiceAccount (or the chart's); `None` (skipped) outside CI without one.
+    /// ServiceAccount (or the chart's); without it the (ignored, asked-for) test fails.
     async fn real_api_server(test: &str) -> Option<Env> {
         let kube = RealKube::from_env().await?;
         // Namespace names are DNS labels: a short, readable prefix of the test's name.
