@@ -7,7 +7,7 @@
 //! Credentials are cached per (namespace, account, role, assumed role) until shortly before
 //! they expire; tokens are never cached, logged or kept beyond the exchange.
 
-use std::collections::HashMap;
+use crate::cache::Cache;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -61,28 +61,35 @@ pub struct IdentityKey {
     pub assume: Option<String>,
 }
 
+/// Identities kept at once: a provider per GC service account in use, each with its token.
+const MAX_IDENTITIES: usize = 4096;
+
 /// Providers by identity, shared by every S3 client that acts as it.
-#[derive(Default)]
 pub struct IdentityCache {
-    providers: Mutex<HashMap<IdentityKey, SharedCredentialsProvider>>,
+    providers: Cache<IdentityKey, SharedCredentialsProvider>,
+}
+
+impl Default for IdentityCache {
+    fn default() -> Self {
+        Self {
+            providers: Cache::new(MAX_IDENTITIES),
+        }
+    }
 }
 
 impl IdentityCache {
-    pub async fn provider(
+    pub fn provider(
         &self,
         config: &WebIdentityConfig,
         key: IdentityKey,
     ) -> SharedCredentialsProvider {
-        let mut map = self.providers.lock().await;
-        map.entry(key.clone())
-            .or_insert_with(|| {
-                SharedCredentialsProvider::new(ServiceAccountCredentials {
-                    config: config.clone(),
-                    key,
-                    cached: Arc::new(Mutex::new(None)),
-                })
+        self.providers.get_or_insert_with(&key.clone(), || {
+            SharedCredentialsProvider::new(ServiceAccountCredentials {
+                config: config.clone(),
+                key,
+                cached: Arc::new(Mutex::new(None)),
             })
-            .clone()
+        })
     }
 }
 

@@ -2,9 +2,11 @@
 //! view for the watch) and the ConfigMaps and Secrets one workflow's plan needs.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::cache::Cache;
 
 use std::sync::Arc;
 
@@ -94,8 +96,8 @@ impl kube::Resource for WatchedWorkflow {
     }
 }
 
-/// ConfigMaps by (namespace, name), with when they were read; `None`: not found.
-type ConfigMapCache = HashMap<(String, String), (Instant, Option<ConfigMap>)>;
+/// ConfigMaps by (namespace, name); `None`: not found.
+type ConfigMapCache = Cache<(String, String), Option<ConfigMap>>;
 
 /// Reads the ConfigMaps and Secrets a plan needs. ConfigMaps are cached for a short time (many
 /// workflows share one repository); Secrets are read fresh for each pass.
@@ -103,7 +105,7 @@ pub struct ClusterReader {
     client: Client,
     argo_config_map: ArgoConfigMapRef,
     policy: Arc<Policy>,
-    config_maps: Mutex<ConfigMapCache>,
+    config_maps: ConfigMapCache,
     /// [`ClusterReader::persistence_state`], cached as ConfigMaps are: the watch asks on every
     /// change of an offloaded Workflow.
     persistence: Mutex<Option<(Instant, ClusterState)>>,
@@ -124,6 +126,9 @@ fn timed_out(what: &str, after: Duration) -> kube::Error {
 /// ConfigMaps cached at once (repositories are few; a namespace per tenant at most).
 const MAX_CACHED_CONFIG_MAPS: usize = 4096;
 
+/// How long a ConfigMap read is believed (many workflows share one repository).
+const CONFIG_MAP_TTL: Duration = Duration::from_secs(30);
+
 /// A read the API server refuses for this object (forbidden, an invalid name, not found) gives
 /// nothing: the planner then reports what is missing for the artifact that needed it, as a
 /// failure of that workflow's pass. Throttling and server errors stay errors, to retry.
@@ -140,9 +145,9 @@ impl ClusterReader {
             client,
             argo_config_map,
             policy,
-            config_maps: Mutex::new(HashMap::new()),
+            config_maps: Cache::new(MAX_CACHED_CONFIG_MAPS).with_ttl(CONFIG_MAP_TTL),
             persistence: Mutex::new(None),
-            ttl: Duration::from_secs(30),
+            ttl: CONFIG_MAP_TTL,
             timeout: Duration::from_secs(30),
         }
     }
@@ -155,26 +160,15 @@ impl ClusterReader {
 
     async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, kube::Error> {
         let key = (ns.to_string(), name.to_string());
-        if let Some((at, cm)) = self.config_maps.lock().expect("lock").get(&key)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(cm.clone());
-        }
-        let cm = absent_if_denied(
-            Api::<ConfigMap>::namespaced(self.client.clone(), ns)
-                .get_opt(name)
-                .await,
-        )?;
-        let mut cache = self.config_maps.lock().expect("lock");
-        if cache.len() >= MAX_CACHED_CONFIG_MAPS {
-            let ttl = self.ttl;
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
-            if cache.len() >= MAX_CACHED_CONFIG_MAPS {
-                cache.clear();
-            }
-        }
-        cache.insert(key, (Instant::now(), cm.clone()));
-        Ok(cm)
+        self.config_maps
+            .get_or_try_insert(&key, async {
+                absent_if_denied(
+                    Api::<ConfigMap>::namespaced(self.client.clone(), ns)
+                        .get_opt(name)
+                        .await,
+                )
+            })
+            .await
     }
 
     /// Argo's database settings and their two Secrets (in the controller's namespace), for

@@ -15,6 +15,7 @@
 //!   health endpoints), [`telemetry`] (logs).
 
 pub mod admin;
+pub mod cache;
 pub mod cli;
 pub mod controller;
 #[cfg(feature = "demo")]

@@ -5,14 +5,13 @@
 //! sqlx: async PostgreSQL and MySQL/MariaDB drivers in one well-kept crate, pooled, with
 //! rustls on aws-lc-rs (the one crypto provider of the process), no compile-time query macros.
 
-use std::collections::HashMap;
+use crate::cache::Cache;
 use std::time::Duration;
 
 use artgc_core::persistence::{Engine, Persistence, SslMode};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use thiserror::Error;
-use tokio::sync::Mutex;
 
 /// How long a query may take.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -99,9 +98,12 @@ enum DbPool {
     MySql(MySqlPool),
 }
 
+/// Databases kept open at once (a cluster has one, or a few across its Argo installs).
+const MAX_POOLS: usize = 32;
+
 /// One pool per database and credentials, made on first use; connections open lazily.
 pub struct OffloadReader {
-    pools: Mutex<HashMap<(Persistence, Credentials), std::sync::Arc<DbPool>>>,
+    pools: Cache<(Persistence, Credentials), std::sync::Arc<DbPool>>,
     /// The most node status read per workflow (`--max-node-status-bytes`).
     max_node_status_bytes: u64,
 }
@@ -115,7 +117,7 @@ impl Default for OffloadReader {
 impl OffloadReader {
     pub fn new(max_node_status_bytes: u64) -> Self {
         Self {
-            pools: Default::default(),
+            pools: Cache::new(MAX_POOLS),
             max_node_status_bytes,
         }
     }
@@ -130,7 +132,7 @@ impl OffloadReader {
         uid: &str,
         version: &str,
     ) -> Result<String, OffloadError> {
-        let pool = self.pool(p, creds).await;
+        let pool = self.pool(p, creds);
         let at = format!("{}:{}/{}", p.host, p.port, p.database);
         let engine = p.engine.as_str();
         // The table name is a checked identifier (artgc_core::persistence).
@@ -178,17 +180,15 @@ impl OffloadReader {
         }
     }
 
-    async fn pool(&self, p: &Persistence, creds: &Credentials) -> std::sync::Arc<DbPool> {
-        let mut pools = self.pools.lock().await;
+    fn pool(&self, p: &Persistence, creds: &Credentials) -> std::sync::Arc<DbPool> {
         let key = (p.clone(), creds.clone());
-        if let Some(pool) = pools.get(&key) {
-            return pool.clone();
+        if let Some(pool) = self.pools.get(&key) {
+            return pool;
         }
         // Credentials rotate: a pool for older ones of the same database goes.
-        pools.retain(|(q, _), _| q != p);
-        let pool = std::sync::Arc::new(connect_lazy(p, creds));
-        pools.insert(key, pool.clone());
-        pool
+        self.pools.retain(|(q, _), _| q != p);
+        self.pools
+            .get_or_insert_with(&key, || std::sync::Arc::new(connect_lazy(p, creds)))
     }
 }
 

@@ -7,7 +7,6 @@
 //! - [`objects`]: HEAD, listing, deleting keys; [`versions`]: versioning, listing and deleting
 //!   versions; `sdk`: the SDK's errors, interceptors and endpoints.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +14,9 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Region, StalledStreamProtectionConfig};
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
-use tokio::sync::{Mutex, OnceCell, Semaphore};
+use tokio::sync::{OnceCell, Semaphore};
 
+use crate::cache::Cache;
 use crate::identity::{IdentityCache, IdentityKey, WebIdentityConfig};
 
 mod objects;
@@ -26,15 +26,11 @@ mod versions;
 use artgc_core::location::{Credentials, S3Connection};
 use sdk::{BoundResponses, CountAttempts, endpoint_of, is_region_name, regional_url};
 pub use versions::VersionDeleted;
-use versions::VersioningCell;
 
 /// S3 caps DeleteObjects at 1,000 keys.
 pub const MAX_BATCH: usize = 1000;
 
 pub use artgc_core::error::{StoreError, StoreErrorKind};
-
-/// A bucket's region, asked of its store once.
-type BucketRegion = Arc<OnceCell<String>>;
 
 /// Limits on the store's work.
 #[derive(Debug, Clone)]
@@ -117,25 +113,25 @@ pub struct Permit<'a> {
     _global: tokio::sync::SemaphorePermit<'a>,
 }
 
-/// Clients kept at once; past this the cache starts over (building one is cheap next to the
+/// Clients kept at once; past this the least used go (building one is cheap next to the
 /// memory a cache of every Secret ever seen would take).
 const MAX_CLIENTS: usize = 256;
 
 /// Shared S3 access: cached clients and bounds on requests in flight, per endpoint and overall.
 pub struct ObjectStore {
     opts: StoreOptions,
-    clients: Mutex<HashMap<S3Connection, StoreClient>>,
-    endpoints: std::sync::Mutex<HashMap<String, Arc<EndpointLimits>>>,
+    clients: Cache<S3Connection, StoreClient>,
+    endpoints: Cache<String, Arc<EndpointLimits>>,
     ambient: OnceCell<aws_config::SdkConfig>,
     web_identity: Option<WebIdentityConfig>,
     identities: IdentityCache,
     permits: Arc<Semaphore>,
     /// Regions found for (endpoint URL, bucket), for connections that set none.
-    regions: std::sync::Mutex<HashMap<(String, String), BucketRegion>>,
+    regions: Cache<(String, String), String>,
     /// Where request attempts are counted, if anywhere.
     requests: Option<crate::metrics::S3Requests>,
-    /// Versioning found per (endpoint URL, bucket), and when it was first asked.
-    versioning: std::sync::Mutex<HashMap<(String, String), (std::time::Instant, VersioningCell)>>,
+    /// Versioning found per (endpoint URL, bucket), believed for a while.
+    versioning: Cache<(String, String), artgc_core::execution::Versioning>,
 }
 
 impl ObjectStore {
@@ -143,15 +139,16 @@ impl ObjectStore {
         let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
         Self {
             opts,
-            clients: Mutex::new(HashMap::new()),
-            endpoints: Default::default(),
+            clients: Cache::new(MAX_CLIENTS),
+            // Idle ones only: a limit in use stays the one its requests share.
+            endpoints: Cache::keeping_in_use(MAX_CLIENTS, |l| Arc::strong_count(l) > 1),
             ambient: OnceCell::new(),
             web_identity: None,
             identities: IdentityCache::default(),
             permits,
-            regions: Default::default(),
+            regions: Cache::new(MAX_CLIENTS * 4),
             requests: None,
-            versioning: Default::default(),
+            versioning: Cache::new(MAX_CLIENTS * 4).with_ttl(versions::VERSIONING_TTL),
         }
     }
 
@@ -192,19 +189,12 @@ impl ObjectStore {
     }
 
     fn endpoint_limit(&self, url: &str) -> Arc<EndpointLimits> {
-        let mut map = self.endpoints.lock().expect("lock");
-        if map.len() >= MAX_CLIENTS && !map.contains_key(url) {
-            // Idle ones only: a semaphore in use stays shared with its requests.
-            map.retain(|_, s| Arc::strong_count(s) > 1);
-        }
-        map.entry(url.to_string())
-            .or_insert_with(|| {
-                Arc::new(EndpointLimits {
-                    requests: Semaphore::new(self.opts.endpoint_concurrency.max(1)),
-                    deletes: Semaphore::new(self.opts.delete_concurrency.max(1)),
-                })
+        self.endpoints.get_or_insert_with(&url.to_string(), || {
+            Arc::new(EndpointLimits {
+                requests: Semaphore::new(self.opts.endpoint_concurrency.max(1)),
+                deletes: Semaphore::new(self.opts.delete_concurrency.max(1)),
             })
-            .clone()
+        })
     }
 
     async fn ambient(&self) -> &aws_config::SdkConfig {
@@ -215,19 +205,14 @@ impl ObjectStore {
 
     /// The client for a connection, built once and reused.
     pub async fn client(&self, conn: &S3Connection) -> Result<StoreClient, StoreError> {
-        if let Some(c) = self.clients.lock().await.get(conn) {
-            return Ok(c.clone());
-        }
-        let client = StoreClient {
-            client: self.build_client(conn).await?,
-            endpoint: self.endpoint_limit(&endpoint_of(&conn.url)),
-        };
-        let mut clients = self.clients.lock().await;
-        if clients.len() >= MAX_CLIENTS {
-            clients.clear();
-        }
-        clients.entry(conn.clone()).or_insert(client.clone());
-        Ok(client)
+        self.clients
+            .get_or_try_insert(conn, async {
+                Ok(StoreClient {
+                    client: self.build_client(conn).await?,
+                    endpoint: self.endpoint_limit(&endpoint_of(&conn.url)),
+                })
+            })
+            .await
     }
 
     /// The client for a bucket of a connection: where the artifact set no region, the bucket's
@@ -242,23 +227,11 @@ impl ObjectStore {
         if !conn.discover_region {
             return self.client(conn).await;
         }
-        // One question per endpoint and bucket, however many passes start on it at once.
-        let cell = {
-            let mut regions = self.regions.lock().expect("lock");
-            if regions.len() >= MAX_CLIENTS * 4 {
-                regions.retain(|_, c| c.initialized());
-                if regions.len() >= MAX_CLIENTS * 4 {
-                    regions.clear();
-                }
-            }
-            regions
-                .entry((conn.url.clone(), bucket.to_string()))
-                .or_default()
-                .clone()
-        };
         let guess = self.client(conn).await?;
-        let asked = cell
-            .get_or_try_init(|| async {
+        // One question per endpoint and bucket, however many passes start on it at once.
+        let asked = self
+            .regions
+            .get_or_try_insert(&(conn.url.clone(), bucket.to_string()), async {
                 // The store answered: its region, or (none given) the guess stands. No
                 // answer: the guess for now, and the question again next time.
                 match self.bucket_region(&guess, bucket).await {
@@ -267,10 +240,7 @@ impl ObjectStore {
                 }
             })
             .await;
-        let region = match asked {
-            Ok(r) => r.clone(),
-            Err(()) => conn.region.clone(),
-        };
+        let region = asked.unwrap_or_else(|()| conn.region.clone());
         if region == conn.region {
             return self.client(conn).await;
         }
@@ -351,7 +321,7 @@ impl ObjectStore {
                     role_arn: role_arn.clone(),
                     assume: assume.clone(),
                 };
-                b.credentials_provider(self.identities.provider(config, key).await)
+                b.credentials_provider(self.identities.provider(config, key))
             }
             Credentials::Controller { assume: None } => {
                 let provider = self.ambient().await.credentials_provider().ok_or_else(|| {

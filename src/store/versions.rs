@@ -2,18 +2,16 @@
 //! prefix, and deleting versions by id, Object Lock respected.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::types::ObjectIdentifier;
-use tokio::sync::OnceCell;
 
 use super::sdk::{kind_of, sdk_error, timestamp};
 use artgc_core::location::S3Connection;
 
 use super::{
-    Listing, MAX_BATCH, MAX_CLIENTS, ObjectStore, ObjectVersion, StoreClient, StoreError,
-    StoreErrorKind, Versioning,
+    Listing, MAX_BATCH, ObjectStore, ObjectVersion, StoreClient, StoreError, StoreErrorKind,
+    Versioning,
 };
 
 /// The versioning state in a GetBucketVersioning answer's text, whatever its root element.
@@ -27,11 +25,8 @@ pub(super) fn versioning_in(body: &str) -> Versioning {
     }
 }
 
-/// A bucket's versioning, asked once.
-pub(super) type VersioningCell = Arc<OnceCell<Versioning>>;
-
 /// How long a bucket's versioning is believed: it can be turned on (or suspended) any time.
-const VERSIONING_TTL: Duration = Duration::from_secs(600);
+pub(super) const VERSIONING_TTL: Duration = Duration::from_secs(600);
 
 /// What deleting one version came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,22 +47,9 @@ impl ObjectStore {
         conn: &S3Connection,
         bucket: &str,
     ) -> Option<Versioning> {
-        let cell = {
-            let mut cache = self.versioning.lock().expect("lock");
-            if cache.len() >= MAX_CLIENTS * 4 {
-                cache.clear();
-            }
-            let now = std::time::Instant::now();
-            let entry = cache
-                .entry((conn.url.clone(), bucket.to_string()))
-                .or_insert_with(|| (now, VersioningCell::default()));
-            if now.duration_since(entry.0) > VERSIONING_TTL {
-                *entry = (now, VersioningCell::default());
-            }
-            entry.1.clone()
-        };
-        let asked = cell
-            .get_or_try_init(|| async {
+        let asked = self
+            .versioning
+            .get_or_try_insert(&(conn.url.clone(), bucket.to_string()), async {
                 let _permit = self.permit(client).await;
                 match client.get_bucket_versioning().bucket(bucket).send().await {
                     Ok(out) => Ok(match out.status() {
@@ -102,7 +84,7 @@ impl ObjectStore {
                 }
             })
             .await;
-        asked.ok().copied()
+        asked.ok()
     }
 
     /// Lists every version (delete markers left out) of the keys under `prefix`, at most
